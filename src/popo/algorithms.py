@@ -1,0 +1,149 @@
+"""The one dispatch point: an algorithm's name maps to how it assigns credit to rollouts, which rows it
+trains on, which extra model passes it needs, and its loss. The trainer looks everything up here and
+never branches on a name.
+
+Presets are configurations only (no loss code of their own): each maps to a base algorithm and a set
+of `algo.*` values, which the YAML file and command-line overrides can still change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from popo.losses import aggregate_tokens, grpo_loss, popo_loss
+from popo.weights import grpo_advantages, popo_weights
+
+if TYPE_CHECKING:
+    from popo.config import AlgoConfig
+
+
+@dataclass
+class BatchTotals:
+    """Counts over all training rows of one step, so that every micro-batch's loss is normalised
+    globally and summing micro-batch losses gives the loss of the whole batch."""
+
+    sequences: int
+    tokens: int
+    positive_tokens: int
+    weight_sum: float
+    max_length: int
+
+
+@dataclass
+class LossInputs:
+    """What a loss function may read for one micro-batch of n rows with C completion positions."""
+
+    logprobs: torch.Tensor  # [n, C] online policy, with grad
+    mask: torch.Tensor  # [n, C] bool completion mask
+    credit: torch.Tensor  # [n] POPO weights or GRPO advantages (no grad)
+    positive: torch.Tensor  # [n] bool
+    totals: BatchTotals
+    entropy: torch.Tensor | None = None  # [n, C]
+    predicted: torch.Tensor | None = None  # [n, H] predictor(online features)
+    target: torch.Tensor | None = None  # [n, H] EMA target features (no grad)
+    old_logprobs: torch.Tensor | None = None  # [n, C]
+    ref_logprobs: torch.Tensor | None = None  # [n, C]
+    generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What the trainer needs to know about one loss."""
+
+    credit: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, "AlgoConfig"], torch.Tensor]
+    """(rewards [N], sampling mean log-probs [N], lengths [N], group size, config) -> credit [N]."""
+    loss: Callable[[LossInputs, "AlgoConfig"], tuple[torch.Tensor, dict[str, float]]]
+    needs_negatives: Callable[["AlgoConfig"], bool]
+    """Whether negative rollouts go through the forward/backward pass at all."""
+    needs_target: Callable[["AlgoConfig"], bool]
+    """Whether an EMA target model and a predictor are built."""
+    needs_reference: Callable[["AlgoConfig"], bool]
+    """Whether a frozen reference model is loaded."""
+    needs_entropy: Callable[["AlgoConfig"], bool]
+    """Whether the token entropy enters the loss (else it is only logged, without gradient)."""
+    needs_old_logprobs: Callable[["AlgoConfig"], bool]
+    """Whether log-probs before the update must be computed in a separate pass."""
+
+
+def _popo_credit(rewards, mean_logprobs, lengths, group_size, cfg):
+    return popo_weights(mean_logprobs, rewards, group_size, mode=cfg.weight_mode,
+                        temperature=cfg.weight_temperature, threshold=cfg.reward_threshold,
+                        lengths=lengths, length_normalize=cfg.length_normalize)
+
+
+def _popo_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+    on_positives = cfg.entropy_scope == "positives"
+    loss, metrics = popo_loss(
+        x.logprobs, x.mask, x.credit, predicted_features=x.predicted, target_features=x.target,
+        token_entropy=x.entropy if on_positives else None, alpha=cfg.alpha,
+        beta=cfg.beta if on_positives else 0.0, noise_std=cfg.noise_std, generator=x.generator,
+        positive_mask=x.positive, num_positive_tokens=x.totals.positive_tokens,
+        weight_sum=x.totals.weight_sum)
+    if not on_positives and cfg.beta > 0 and x.entropy is not None:
+        # entropy_scope=all: -mean entropy over every trained token, negatives included
+        ent_loss = -aggregate_tokens(x.entropy, x.mask, "token-mean", num_tokens=x.totals.tokens)
+        loss = loss + cfg.beta * ent_loss
+        metrics = {**metrics, "ent_loss": float(ent_loss), "loss": float(loss)}
+    return loss, metrics
+
+
+def _grpo_credit(rewards, mean_logprobs, lengths, group_size, cfg):
+    return grpo_advantages(rewards, group_size, scale_by_std=cfg.scale_by_std)
+
+
+def _grpo_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+    old = x.old_logprobs if x.old_logprobs is not None else x.logprobs.detach()
+    return grpo_loss(
+        x.logprobs, old, x.credit, x.mask, ref_logprobs=x.ref_logprobs, clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high, kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
+        aggregation=cfg.aggregation, max_length=x.totals.max_length,
+        num_sequences=x.totals.sequences, num_tokens=x.totals.tokens)
+
+
+LOSSES: dict[str, Algorithm] = {
+    "popo": Algorithm(
+        credit=_popo_credit,
+        loss=_popo_loss,
+        needs_negatives=lambda cfg: cfg.entropy_scope == "all" and cfg.beta > 0,
+        needs_target=lambda cfg: cfg.alpha > 0,
+        needs_reference=lambda cfg: False,
+        needs_entropy=lambda cfg: cfg.beta > 0,
+        needs_old_logprobs=lambda cfg: False,
+    ),
+    "grpo": Algorithm(
+        credit=_grpo_credit,
+        loss=_grpo_loss,
+        needs_negatives=lambda cfg: True,
+        needs_target=lambda cfg: False,
+        needs_reference=lambda cfg: cfg.kl_coef > 0,
+        needs_entropy=lambda cfg: False,
+        needs_old_logprobs=lambda cfg: cfg.updates_per_batch > 1,
+    ),
+}
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "popo": ("popo", {}),
+    "popo-uniform": ("popo", {"weight_mode": "uniform"}),
+    "popo-frozen": ("popo", {"tau": 1.0}),
+    "popo-nosim": ("popo", {"alpha": 0.0}),
+    "popo-noent": ("popo", {"beta": 0.0}),
+    "raft": ("popo", {"weight_mode": "uniform", "alpha": 0.0, "beta": 0.0}),
+    "grpo": ("grpo", {}),
+    "dr-grpo": ("grpo", {"scale_by_std": False, "aggregation": "seq-mean-token-sum-norm"}),
+}
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """The `algo.*` values a preset sets (empty for an unknown name; validation reports it)."""
+    return dict(PRESETS[name][1]) if name in PRESETS else {}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """The loss-table entry behind an algorithm or preset name."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown algorithm {name!r}; known: {', '.join(PRESETS)}")
+    return LOSSES[PRESETS[name][0]]

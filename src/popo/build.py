@@ -1,0 +1,135 @@
+"""Turning a configuration into the parts a run needs: device, models, prompts and the verifier.
+
+Every failure a user can cause (missing model path, empty dataset) raises `SetupError` with one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from popo.config import Config
+from popo.data.example import Example
+
+
+class SetupError(RuntimeError):
+    """A problem with the run's inputs, reported as one line."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def testbed_task(config: Config):
+    from popo.testbed.task import AdditionTask
+
+    return AdditionTask(digits=config.testbed.digits, test_size=config.testbed.test_size)
+
+
+def resolve_model_path(config: Config, log: Callable[[str], None] = print) -> str:
+    """A local folder or hub id; `testbed` builds (or reuses) the warmed-up tiny model."""
+    if config.model.name == "testbed":
+        from popo.testbed.sft import prepare_testbed
+
+        tb = config.testbed
+        return str(prepare_testbed(tb.cache_dir, testbed_task(config), steps=tb.warmup_steps,
+                                   batch_size=tb.warmup_batch, lr=tb.warmup_lr, log=log))
+    name = config.model.name
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+    if looks_local and not (Path(name).expanduser() / "config.json").is_file():
+        raise SetupError(f"model path not found (no config.json in it): {name}")
+    return name
+
+
+def load_policy(path: str, config: Config, device: torch.device):
+    dtype = getattr(torch, config.model.dtype)
+    kwargs = {"dtype": dtype}
+    if config.model.attn_implementation:
+        kwargs["attn_implementation"] = config.model.attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    except OSError as err:
+        raise SetupError(f"cannot load model {path!r}: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tokenizer
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    clone = copy.deepcopy(model)
+    clone.requires_grad_(False)
+    return clone.eval()
+
+
+def load_examples_for(config: Config, source: str, *, split: str, log: Callable[[str], None]) -> list[Example]:
+    """Examples from the testbed generator, a local file or a hub dataset."""
+    if source == "testbed":
+        task = testbed_task(config)
+        if split == "test":
+            return task.test_examples()
+        return task.train_examples(config.testbed.train_size, seed=0)
+    from popo.data.sources import load_examples
+
+    d = config.data
+    examples, report = load_examples(source, split=split, problem_key=d.problem_key,
+                                     answer_key=d.answer_key, on_bad_row=d.on_bad_row)
+    skipped = getattr(report, "skipped", 0)
+    if skipped:
+        log(f"data: skipped {skipped} bad rows in {source} ({report})")
+    if not examples:
+        raise SetupError(f"dataset {source!r} has no usable rows")
+    return examples
+
+
+def render_prompts(config: Config, examples: list[Example], tokenizer) -> list[str]:
+    if config.data.template == "plain":
+        return [ex.problem for ex in examples]
+    from popo.data.templates import render_prompt
+
+    return [render_prompt(ex.problem, config.data.template, tokenizer) for ex in examples]
+
+
+def make_verifier(config: Config):
+    if config.data.source == "testbed":
+        from popo.testbed.task import AdditionVerifier
+
+        return AdditionVerifier()
+    from popo.rewards.math import MathVerifier
+
+    return MathVerifier()
+
+
+class PromptStream:
+    """Prompts in a seeded order, reshuffled each epoch; batch `step` is a pure function of the step,
+    so a resumed run sees exactly the prompts an uninterrupted one would."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        if size == 0:
+            raise SetupError("no training prompts")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(self.size))
+        random.Random(f"{self.seed}-{epoch}").shuffle(order)
+        return order
+
+    def batch(self, step: int) -> list[int]:
+        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+        orders: dict[int, list[int]] = {}
+        out = []
+        for pos in positions:
+            epoch = pos // self.size
+            orders.setdefault(epoch, self._order(epoch))
+            out.append(orders[epoch][pos % self.size])
+        return out

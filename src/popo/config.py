@@ -1,0 +1,365 @@
+"""Typed configuration: dataclasses whose field docstrings are the help text, YAML files and
+`section.key=value` overrides on the command line.
+
+Precedence, lowest first: dataclass defaults < the algorithm preset named by `algo.name` < the YAML file
+< command-line overrides. Unknown keys are an error that names the key and suggests the closest one.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message fit for one line on the console."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "testbed"
+    """Model to train: `testbed` (the embedded tiny Qwen2, warmed up and cached), a local folder, or a hub id."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, bfloat16 or float16."""
+    device: str = "auto"
+    """Device: auto (CUDA when available), cpu, cuda, cuda:N."""
+    attn_implementation: str | None = None
+    """Passed to `from_pretrained` (e.g. sdpa, flash_attention_2); None keeps the library default."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "testbed"
+    """Training prompts: `testbed`, a .jsonl/.json/.parquet file, or a hub dataset id."""
+    split: str = "train"
+    """Dataset split for hub sources."""
+    template: str = "plain"
+    """Prompt template: qwen-math, qwen-boxed, r1, plain, or a string containing {problem}."""
+    problem_key: str | None = None
+    """Column holding the problem (default: problem, question or prompt)."""
+    answer_key: str | None = None
+    """Column holding the answer (default: answer, or the last \\boxed{} of solution)."""
+    on_bad_row: str = "error"
+    """What to do with a malformed row: error (stop, naming file and line) or skip (count it)."""
+    eval_source: str = "testbed"
+    """Held-out prompts for periodic evaluation: `testbed`, a local file, or a hub id; empty disables."""
+    eval_size: int = 500
+    """Number of held-out prompts used by periodic evaluation (0 = all)."""
+    max_prompt_tokens: int = 512
+    """Prompts longer than this are an error (or skipped with on_bad_row=skip)."""
+
+
+@dataclass
+class TestbedConfig:
+    digits: int = 3
+    """Difficulty: digits of each operand in RL and test problems (the warm-up uses 1..digits)."""
+    test_size: int = 1000
+    """Size of the fixed held-out test split."""
+    train_size: int = 20000
+    """Number of generated RL prompts."""
+    warmup_steps: int = 600
+    """Supervised warm-up steps (`popo sft`)."""
+    warmup_batch: int = 128
+    """Examples per warm-up step."""
+    warmup_lr: float = 3e-3
+    """Warm-up peak learning rate."""
+    cache_dir: str = ".cache/popo"
+    """Where the built and warmed-up testbed model is cached."""
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    """G: rollouts sampled per prompt."""
+    prompts_per_step: int = 16
+    """B: prompts per training step."""
+    max_new_tokens: int = 24
+    """Completion token limit."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_batch_rollouts: int = 256
+    """Rows per generate call."""
+    engine: str = "hf"
+    """Rollout engine: hf (transformers generate)."""
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "popo"
+    """Algorithm or preset: popo, grpo, raft, popo-frozen, popo-nosim, popo-noent, popo-uniform, dr-grpo."""
+    reward_threshold: float = 0.0
+    """A rollout is positive when its reward is above this."""
+    zero_if_truncated: bool = True
+    """Rollouts cut off by the token limit get reward 0."""
+    alpha: float = 0.1
+    """POPO: weight of the similarity term L_sim."""
+    beta: float = 0.01
+    """POPO: weight of the entropy term L_ent."""
+    tau: float = 0.995
+    """POPO: EMA coefficient of the target model (1 = frozen target, 0 = copy of the policy)."""
+    tau_schedule: str = "constant"
+    """POPO: EMA schedule, constant or cosine (tau rises to 1 at the last step)."""
+    noise_std: float = 0.02
+    """POPO: std of the Gaussian noise added to the target features."""
+    predictor_width: int = 0
+    """POPO: predictor hidden width (0 = the model's hidden size)."""
+    predictor_layers: int = 2
+    """POPO: predictor depth in Linear layers."""
+    weight_mode: str = "softmax"
+    """POPO: positive weights, softmax (over mean log-probs) or uniform."""
+    weight_temperature: float = 1.0
+    """POPO: temperature of the weight softmax."""
+    length_normalize: bool = False
+    """POPO: divide each weight by its completion length and renormalise."""
+    entropy_scope: str = "positives"
+    """POPO: entropy over positives (no compute on negatives) or all (forwards the negatives too)."""
+    clip_low: float = 0.2
+    """GRPO: lower clip range epsilon."""
+    clip_high: float = 0.2
+    """GRPO: upper clip range epsilon."""
+    kl_coef: float = 0.0
+    """GRPO: KL penalty coefficient to the reference model (0 = no reference model is loaded)."""
+    kl_estimator: str = "k3"
+    """GRPO: KL estimator, k1, k2 or k3."""
+    aggregation: str = "seq-mean-token-mean"
+    """GRPO: loss aggregation, seq-mean-token-mean, token-mean or seq-mean-token-sum-norm."""
+    scale_by_std: bool = True
+    """GRPO: divide advantages by the group std (False = Dr.GRPO)."""
+    updates_per_batch: int = 1
+    """GRPO: optimizer updates per rollout batch (old log-probs are computed once when above 1)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    schedule: str = "constant"
+    """Learning-rate schedule after warmup: constant or cosine."""
+    warmup_ratio: float = 0.0
+    """Fraction of steps with a linear warmup."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this (0 disables)."""
+    micro_batch_tokens: int = 8192
+    """Token budget of one micro-batch (rows x padded length); gradients accumulate over micro-batches."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 150
+    """Training steps (one rollout batch each)."""
+    seed: int = 0
+    """Seed for prompt order, sampling and noise."""
+    out_dir: str = "runs/train"
+    """Run directory: metrics.jsonl, TensorBoard events, checkpoints."""
+    eval_every: int = 50
+    """Evaluate on the held-out split every N steps (0 disables; the last step is always evaluated)."""
+    eval_samples: int = 4
+    """k for sampled avg@k / pass@k in periodic evaluation."""
+    diag_every: int = 10
+    """Every N steps log KL(online||target) and the implicit-negative diagnostic (0 disables)."""
+    save_every: int = 50
+    """Checkpoint every N steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints to keep."""
+    max_bad_steps: int = 5
+    """Stop after this many consecutive steps with a non-finite loss or gradient."""
+    tensorboard: bool = True
+    """Write TensorBoard event files beside metrics.jsonl."""
+    progress: bool = True
+    """Show a live progress bar."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    testbed: TestbedConfig = field(default_factory=TestbedConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass."""
+    source = inspect.getsource(cls)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(
+        r'^\s+(\w+): [^\n]*\n\s+"""(.*?)"""', source, flags=re.M | re.S)}
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(sorted(options))})"
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check (and for command-line strings, parse) one value against its field's type."""
+    optional = type(None) in get_args(hint)
+    target = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
+    if isinstance(value, str) and value.lower() in ("none", "null") and optional:
+        return None
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: a value is required")
+    if target is str:
+        return str(value)
+    if isinstance(value, str):
+        if target is bool and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{where}: cannot read {value!r} as {getattr(target, '__name__', target)}") from None
+    if get_origin(target) is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
+            raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {target.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{where}'" + _suggest(key, names))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
+            kwargs[key] = _build(hint, value, f"{where}.")
+        else:
+            kwargs[key] = _coerce(value, hint, where)
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`a.b=c` strings to a nested dict of raw (string) values."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        path, value = item.split("=", 1)
+        node = nested
+        parts = path.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Defaults < algorithm preset < `base` < YAML file < overrides, then validated."""
+    from popo.algorithms import preset_overrides  # the preset table lives beside the loss table
+
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}".splitlines()[0]) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = _merge(raw, loaded)
+    raw = _merge(raw, parse_overrides(overrides or []))
+    algo = raw.get("algo", {})
+    if isinstance(algo, dict) and "name" in algo:
+        raw["algo"] = _merge(preset_overrides(str(algo["name"])), algo)
+    config = _build(Config, raw, "")
+    validate(config)
+    return config
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _choice(value: str, options: tuple[str, ...], where: str) -> None:
+    _check(value in options, f"{where}={value!r} is not valid" + _suggest(value, list(options)))
+
+
+def validate(config: Config) -> None:
+    """Reject bad values before any model is loaded."""
+    from popo.algorithms import PRESETS
+
+    a, o, r, t = config.algo, config.optim, config.rollout, config.train
+    _choice(a.name, tuple(PRESETS), "algo.name")
+    _check(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
+    _check(0.0 <= a.tau <= 1.0, f"algo.tau must lie in [0, 1], got {a.tau}")
+    _check(a.alpha >= 0 and a.beta >= 0, "algo.alpha and algo.beta must be >= 0")
+    _check(a.noise_std >= 0, f"algo.noise_std must be >= 0, got {a.noise_std}")
+    _check(a.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {a.kl_coef}")
+    _check(a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0")
+    _check(a.weight_temperature > 0, "algo.weight_temperature must be positive")
+    _check(a.updates_per_batch >= 1, "algo.updates_per_batch must be >= 1")
+    _choice(a.tau_schedule, ("constant", "cosine"), "algo.tau_schedule")
+    _choice(a.weight_mode, ("softmax", "uniform"), "algo.weight_mode")
+    _choice(a.entropy_scope, ("positives", "all"), "algo.entropy_scope")
+    _choice(a.kl_estimator, ("k1", "k2", "k3"), "algo.kl_estimator")
+    _choice(a.aggregation, ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"), "algo.aggregation")
+    _choice(o.schedule, ("constant", "cosine"), "optim.schedule")
+    _choice(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
+    _choice(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
+    _choice(r.engine, ("hf",), "rollout.engine")
+    _check(r.group_size >= 1 and r.prompts_per_step >= 1, "rollout.group_size and prompts_per_step must be >= 1")
+    _check(r.group_size >= 2 or not PRESETS[a.name][0] == "grpo",
+           f"algo.name={a.name} needs rollout.group_size >= 2 (advantages compare rollouts of one prompt)")
+    _check(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+    _check(0 < r.top_p <= 1 and r.temperature >= 0, "rollout.top_p must be in (0, 1] and temperature >= 0")
+    _check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
+    _check(o.grad_clip >= 0 and o.micro_batch_tokens > 0, "optim.grad_clip >= 0 and micro_batch_tokens > 0")
+    _check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
+    _check(t.keep_last >= 1 and t.max_bad_steps >= 1, "train.keep_last and max_bad_steps must be >= 1")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+    return {k: {kk: plain(vv) for kk, vv in v.items()} for k, v in dataclasses.asdict(config).items()}
+
+
+def reference_markdown() -> str:
+    """The configuration reference table, generated from the dataclasses (the README embeds it)."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for section in dataclasses.fields(Config):
+        cls = section.type if isinstance(section.type, type) else get_type_hints(Config)[section.name]
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"| `{section.name}.{f.name}` | `{default}` | {docs.get(f.name, '')} |")
+    return "\n".join(lines)

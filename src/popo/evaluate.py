@@ -1,0 +1,48 @@
+"""Evaluation of a policy on held-out prompts: greedy accuracy, sampled avg@k and pass@k."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from popo.data.example import Example
+from popo.rollout.base import RolloutEngine, SamplingParams
+
+
+def score_rollouts(verifier, texts: Sequence[str], answers: Sequence, truncated: torch.Tensor,
+                   *, zero_if_truncated: bool) -> torch.Tensor:
+    """Rewards [N] for decoded completions; rollouts cut off by the token limit get 0 if asked."""
+    rewards = torch.tensor(verifier.score(list(texts), list(answers)), dtype=torch.float32)
+    if zero_if_truncated:
+        rewards = torch.where(truncated.cpu(), 0.0, rewards)
+    return rewards
+
+
+def unbiased_pass_at_k(correct: torch.Tensor, k: int) -> float:
+    """Mean over prompts of 1 - C(n-c, k)/C(n, k) for a [prompts, n] 0/1 matrix (k <= n)."""
+    n = correct.shape[1]
+    c = correct.sum(dim=1).double()  # [B]
+    fail = torch.ones_like(c)
+    for j in range(k):  # C(n-c, k)/C(n, k) = prod_{j<k} (n-c-j)/(n-j)
+        fail = fail * ((n - c - j).clamp(min=0) / (n - j))
+    return float((1 - fail).mean())
+
+
+def evaluate_policy(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
+                    *, k: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                    seed: int = 0, zero_if_truncated: bool = True) -> dict[str, float]:
+    """Greedy accuracy, avg@k and pass@k (sampled at `temperature`) on `examples`."""
+    answers = [ex.answer for ex in examples]
+    greedy = engine.generate(prompts, 1, SamplingParams(max_new_tokens, temperature=0.0))
+    greedy_correct = score_rollouts(verifier, greedy.texts, answers, greedy.truncated,
+                                    zero_if_truncated=zero_if_truncated)
+    result = {"greedy_acc": float(greedy_correct.mean()), "mean_length": float(greedy.lengths.float().mean())}
+    if k > 0:
+        sampled = engine.generate(prompts, k, SamplingParams(max_new_tokens, temperature, top_p), seed=seed)
+        repeated = [a for a in answers for _ in range(k)]
+        correct = score_rollouts(verifier, sampled.texts, repeated, sampled.truncated,
+                                 zero_if_truncated=zero_if_truncated).view(len(examples), k)
+        result[f"avg@{k}"] = float(correct.mean())
+        result[f"pass@{k}"] = unbiased_pass_at_k(correct, k)
+    return result

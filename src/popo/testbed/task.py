@@ -1,0 +1,119 @@
+"""The synthetic reasoning task: multi-digit addition with a column-sum scratchpad.
+
+A prompt is ``a+b=``; the target completion lists the column sums from the least significant digit up,
+each including the carry from the column before, then ``=`` and the exact sum, then end-of-sequence:
+
+    345+678=  ->  13,12,10=1023<eos>        (5+8=13, 4+7+1=12, 3+6+1=10)
+
+The verifier is strict: reward 1.0 only if the whole completion matches ``<sums>=<answer>`` and the
+answer is the exact sum (the trainer also zeroes rollouts cut off before end-of-sequence). A wrong
+digit anywhere in the answer earns 0: no partial credit, the setting POPO is designed for.
+
+Difficulty is the number of digits of each operand. The warm-up trains on easier problems (operands
+of ``1 .. digits`` digits, short ones more often) and RL and evaluation use full ``digits``-digit
+operands, so RL has to improve on what imitation taught rather than repeat it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from popo.data.example import Example
+
+_COMPLETION = re.compile(r"(\d{1,2},)*\d{1,2}=(\d+)")
+
+
+def scratchpad(a: int, b: int) -> str:
+    """The target completion (without end-of-sequence) for ``a+b=``."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    sums, carry = [], 0
+    for k in range(max(len(da), len(db))):
+        column = int(da[k]) if k < len(da) else 0
+        column += int(db[k]) if k < len(db) else 0
+        column += carry
+        sums.append(str(column))
+        carry = column // 10
+    return ",".join(sums) + f"={a + b}"
+
+
+def make_example(a: int, b: int, split: str, index: int) -> Example:
+    return Example(problem=f"{a}+{b}=", answer=str(a + b), id=f"{split}-{index}")
+
+
+def _operand(rng: random.Random, digits: int) -> int:
+    low = 10 ** (digits - 1) if digits > 1 else 0
+    return rng.randint(low, 10**digits - 1)
+
+
+@dataclass(frozen=True)
+class AdditionTask:
+    """Generator of addition problems. Splits are disjoint by construction: the held-out test problems
+    are drawn first from their own seed and excluded from every other split."""
+
+    digits: int = 3
+    seed: int = 0
+    test_size: int = 1000
+
+    def test_examples(self) -> list[Example]:
+        rng = random.Random(f"test-{self.seed}-{self.digits}")
+        seen: set[tuple[int, int]] = set()
+        out: list[Example] = []
+        while len(out) < self.test_size:
+            pair = (_operand(rng, self.digits), _operand(rng, self.digits))
+            if pair not in seen:
+                seen.add(pair)
+                out.append(make_example(*pair, "test", len(out)))
+        return out
+
+    def _test_pairs(self) -> set[tuple[int, int]]:
+        return {tuple(int(x) for x in ex.problem[:-1].split("+")) for ex in self.test_examples()}
+
+    def train_examples(self, count: int, *, seed: int) -> list[Example]:
+        """RL prompts: full ``digits``-digit operands, never a test problem."""
+        rng, held_out = random.Random(f"train-{seed}"), self._test_pairs()
+        out: list[Example] = []
+        while len(out) < count:
+            pair = (_operand(rng, self.digits), _operand(rng, self.digits))
+            if pair not in held_out:
+                out.append(make_example(*pair, "train", len(out)))
+        return out
+
+    def warmup_pairs(self, count: int, *, seed: int) -> list[tuple[str, str]]:
+        """(prompt, completion) pairs for the supervised warm-up, on the easier distribution."""
+        rng, held_out = random.Random(f"warmup-{seed}"), self._test_pairs()
+        weights = [1.0] * (self.digits - 1) + [max(1.0, self.digits - 1.0)]
+        out: list[tuple[str, str]] = []
+        while len(out) < count:
+            da, db = rng.choices(range(1, self.digits + 1), weights=weights, k=2)
+            a, b = _operand(rng, da), _operand(rng, db)
+            if (a, b) not in held_out:
+                out.append((f"{a}+{b}=", scratchpad(a, b)))
+        return out
+
+
+def addition_reward(completion: str, answer: str | Sequence[str]) -> float:
+    """1.0 when the completion is exactly ``<column sums>=<answer>`` with the right answer, else 0.0."""
+    match = _COMPLETION.fullmatch(completion.strip()) if len(completion) < 256 else None
+    if match is None:
+        return 0.0
+    golds = (answer,) if isinstance(answer, str) else tuple(answer)
+    return 1.0 if match.group(2) in golds else 0.0
+
+
+class AdditionVerifier:
+    """The testbed's verifier (in-process: the check is a bounded regular expression)."""
+
+    def score(self, completions: Sequence[str], answers: Sequence[str | Sequence[str]]) -> list[float]:
+        return [addition_reward(c, a) for c, a in zip(completions, answers, strict=True)]
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> "AdditionVerifier":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

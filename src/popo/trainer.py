@@ -1,0 +1,278 @@
+"""The RLVR training loop: sample -> verify -> weights/advantages -> update -> EMA -> log.
+
+Everything algorithm-specific comes from the loss table (`popo.algorithms`): which rows are trained,
+which companion models exist, how credit is assigned and the loss. For POPO the negatives are dropped
+before the training batch is built, so they cost no forward or backward pass; a step with no positive
+skips the update entirely.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+
+from popo.algorithms import get_algorithm
+from popo.build import (PromptStream, SetupError, frozen_copy, load_examples_for, load_policy,
+                        make_verifier, render_prompts, resolve_device, resolve_model_path)
+from popo.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from popo.config import Config, to_dict
+from popo.ema import Predictor, ema_tau, ema_update_
+from popo.evaluate import evaluate_policy, score_rollouts
+from popo.rollout import HFEngine, Rollouts, SamplingParams
+from popo.tracking import MetricsWriter
+from popo.update import Models, mean_token_kl, sequence_logprobs, update_policy
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * progress)).item())
+        return 1.0
+    return factor
+
+
+def weight_entropy(weights: torch.Tensor, positive: torch.Tensor, group_size: int) -> float:
+    """Mean over prompts with a positive of the entropy (nats) of their positive weights."""
+    w = torch.where(positive, weights, 0.0).view(-1, group_size)  # [B, G]
+    ent = -(torch.where(w > 0, w * w.clamp(min=1e-30).log(), 0.0)).sum(1)  # [B]
+    has = positive.view(-1, group_size).any(1)
+    return float(ent[has].mean()) if has.any() else 0.0
+
+
+class Trainer:
+    """Owns the models, optimizer, engine, verifier and prompt stream of one run."""
+
+    def __init__(self, config: Config, *, resume: bool = False, log: Callable[[str], None] = print):
+        self.config, self.log = config, log
+        c = config
+        self.out_dir = Path(c.train.out_dir)
+        self.algorithm = get_algorithm(c.algo.name)
+        torch.manual_seed(c.train.seed)
+        self.device = resolve_device(c.model.device)
+        self.train_examples = load_examples_for(c, c.data.source, split=c.data.split, log=log)
+        self.eval_examples = (load_examples_for(c, c.data.eval_source, split="test", log=log)
+                              if c.data.eval_source else [])
+        if c.data.eval_size:
+            self.eval_examples = self.eval_examples[: c.data.eval_size]
+        model_path = resolve_model_path(c, log)
+        policy, self.tokenizer = load_policy(model_path, c, self.device)
+        self.train_prompts = render_prompts(c, self.train_examples, self.tokenizer)
+        self.eval_prompts = render_prompts(c, self.eval_examples, self.tokenizer)
+        self.models = Models(policy=policy.train())
+        if self.algorithm.needs_target(c.algo):
+            hidden = policy.config.hidden_size
+            self.models.target = frozen_copy(policy)
+            self.models.predictor = Predictor(hidden, c.algo.predictor_width or hidden,
+                                              c.algo.predictor_layers).to(self.device, policy.dtype)
+        if self.algorithm.needs_reference(c.algo):
+            self.models.reference = frozen_copy(policy)
+        self.params = [p for m in (policy, self.models.predictor) if m is not None for p in m.parameters()]
+        o = c.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(c.train.steps, o.warmup_ratio, o.schedule))
+        self.engine = HFEngine(policy, self.tokenizer, max_prompt_tokens=c.data.max_prompt_tokens,
+                               max_batch_rollouts=c.rollout.max_batch_rollouts)
+        self.verifier = make_verifier(c)
+        self.stream = PromptStream(len(self.train_examples), c.rollout.prompts_per_step, c.train.seed)
+        self.sampling = SamplingParams(c.rollout.max_new_tokens, c.rollout.temperature, c.rollout.top_p)
+        self.step, self.bad_steps, self.stop_requested = 0, 0, False
+        if resume:
+            self._resume()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
+        self.writer = MetricsWriter(self.out_dir, resume_step=self.step if resume else None,
+                                    tensorboard=c.train.tensorboard)
+
+    # ---------------------------------------------------------------- one step of the algorithm
+    def train_step(self, step: int) -> dict[str, float]:
+        c, G = self.config, self.config.rollout.group_size
+        timer = _Timer()
+        indices = self.stream.batch(step)
+        with timer("generate"):  # sample G rollouts per prompt
+            rollouts = self.engine.generate([self.train_prompts[i] for i in indices], G, self.sampling,
+                                            seed=_mix(c.train.seed, step, 1))
+        with timer("verify"):  # verify
+            answers = [self.train_examples[i].answer for i in indices for _ in range(G)]
+            rewards = score_rollouts(self.verifier, rollouts.texts, answers, rollouts.truncated,
+                                     zero_if_truncated=c.algo.zero_if_truncated).to(self.device)
+        positive = rewards > c.algo.reward_threshold  # [N]
+        credit = self.algorithm.credit(rewards, rollouts.mean_logprobs, rollouts.lengths.float(), G,
+                                       c.algo)  # weights (POPO) or advantages (GRPO), [N]
+        rows = torch.ones_like(positive) if self.algorithm.needs_negatives(c.algo) else positive
+        diagnose = c.train.diag_every > 0 and (step + 1) % c.train.diag_every == 0
+        negatives = rollouts.select(~positive) if diagnose else None
+        before = self._mean_logprob(negatives) if diagnose else None
+        with timer("train"):  # update on the training rows only
+            metrics = self._update(rollouts.select(rows), credit[rows], positive[rows], step)
+        with timer("ema"):  # EMA target
+            if self.models.target is not None and metrics.get("skipped", 1.0) == 0.0:
+                tau = ema_tau(step, c.train.steps, c.algo.tau, c.algo.tau_schedule)
+                ema_update_(self.models.target, self.models.policy, tau)
+                metrics["tau"] = tau
+        if diagnose:
+            metrics["implicit_neg_logprob_delta"] = self._mean_logprob(negatives) - before
+            if self.models.target is not None:
+                metrics["kl_online_target"] = mean_token_kl(self.models.policy, self.models.target,
+                                                            rollouts.select(positive), c.optim.micro_batch_tokens)
+        groups = positive.view(-1, G)
+        return {
+            "step": step + 1, "reward_mean": float(rewards.mean()), "pass_rate": float(positive.float().mean()),
+            "prompts_with_positive": float(groups.any(1).float().mean()),
+            "prompts_all_positive": float(groups.all(1).float().mean()),
+            "rollouts": rollouts.num_rollouts, "positive_rollouts": int(positive.sum()),
+            "generated_tokens": int(rollouts.lengths.sum()), "truncated_frac": float(rollouts.truncated.float().mean()),
+            "weight_entropy": weight_entropy(credit, positive, G), "lr": self.scheduler.get_last_lr()[0],
+            **metrics, **timer.seconds,
+        }
+
+    def _update(self, batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, step: int) -> dict:
+        c = self.config
+        if batch.num_rollouts == 0:  # nothing to learn from: no forward, no backward, no step
+            self.scheduler.step()
+            return {"trained_rollouts": 0, "trained_tokens": 0, "skipped_no_positive": 1.0, "skipped": 1.0}
+        generator = torch.Generator(device=self.device).manual_seed(_mix(c.train.seed, step, 2))
+        metrics = update_policy(
+            self.models, self.optimizer, self.algorithm, c.algo, batch, credit, positive,
+            max_length=c.rollout.max_new_tokens, token_budget=c.optim.micro_batch_tokens,
+            grad_clip=c.optim.grad_clip, generator=generator, params=self.params)
+        self.scheduler.step()
+        self.bad_steps = self.bad_steps + 1 if metrics["skipped"] else 0
+        if metrics["skipped"]:
+            self.log(f"step {step + 1}: non-finite loss or gradient, update skipped "
+                     f"({self.bad_steps} in a row)")
+        return {**metrics, "skipped_no_positive": 0.0}
+
+    def _mean_logprob(self, batch: Rollouts) -> float:
+        if batch.num_rollouts == 0:
+            return 0.0
+        lp = sequence_logprobs(self.models.policy, batch, self.config.optim.micro_batch_tokens)
+        return float(torch.where(batch.completion_mask, lp, 0.0).sum() / batch.completion_mask.sum())
+
+    # ---------------------------------------------------------------- the run
+    def evaluate(self) -> dict[str, float]:
+        c = self.config
+        if not self.eval_examples:
+            return {}
+        result = evaluate_policy(self.engine, self.eval_prompts, self.eval_examples, self.verifier,
+                                 k=c.train.eval_samples, max_new_tokens=c.rollout.max_new_tokens,
+                                 temperature=c.rollout.temperature or 1.0, top_p=c.rollout.top_p,
+                                 seed=_mix(c.train.seed, 0, 3), zero_if_truncated=c.algo.zero_if_truncated)
+        return {f"eval/{k}": v for k, v in result.items()}
+
+    def run(self) -> list[dict]:
+        c, history = self.config, []
+        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        bar = _progress(c.train.steps, self.step, c.train.progress)
+        try:
+            if self.step == 0 and c.train.eval_every > 0:
+                record = {"step": 0, "rollouts": 0, **self.evaluate()}
+                self.writer.write(record)
+                history.append(record)
+            while self.step < c.train.steps and not self.stop_requested:
+                record = self.train_step(self.step)
+                self.step += 1
+                last = self.step == c.train.steps
+                if last or (c.train.eval_every and self.step % c.train.eval_every == 0):
+                    record.update(self.evaluate())
+                record["rollouts_total"] = self.step * c.rollout.prompts_per_step * c.rollout.group_size
+                self.writer.write(record)
+                history.append(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{record['reward_mean']:.3f}", pass_rate=f"{record['pass_rate']:.3f}")
+                if self.bad_steps >= c.train.max_bad_steps:
+                    raise RuntimeError(f"stopping: {self.bad_steps} consecutive steps with a non-finite loss "
+                                       f"or gradient (last good checkpoint kept in {self.out_dir})")
+                if last or (c.train.save_every and self.step % c.train.save_every == 0):
+                    self.save()
+            if self.stop_requested:
+                self.log(f"stop requested: saving a final checkpoint at step {self.step}")
+                self.save()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if bar is not None:
+                bar.close()
+            self.writer.close()
+            self.verifier.close()
+        return history
+
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.out_dir, self.step, policy=self.models.policy, tokenizer=self.tokenizer,
+            optimizer=self.optimizer, scheduler=self.scheduler, target=self.models.target,
+            predictor=self.models.predictor, keep_last=self.config.train.keep_last,
+            state={"bad_steps": self.bad_steps, "data_position": self.step * self.config.rollout.prompts_per_step,
+                   "config": to_dict(self.config)})
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.out_dir, self.log)
+        if path is None:
+            raise SetupError(f"no intact checkpoint to resume from in {self.out_dir / 'checkpoints'}")
+        from safetensors.torch import load_file
+
+        _load_weights(self.models.policy, path / "policy", load_file)
+        if self.models.target is not None:
+            _load_weights(self.models.target, path / "target", load_file)
+        state = load_training_state(path, optimizer=self.optimizer, scheduler=self.scheduler,
+                                    predictor=self.models.predictor)
+        self.step, self.bad_steps = state["step"], state["bad_steps"]
+        self.log(f"resumed from {path} at step {self.step}")
+
+
+def _load_weights(model, folder: Path, load_file) -> None:
+    state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k}
+    if set(missing) - tied or unexpected:
+        raise SetupError(f"checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}")
+
+
+def _mix(seed: int, step: int, stream: int) -> int:
+    """A seed for one random stream of one step, independent of everything drawn before it."""
+    return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
+class _Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[f"time/{name}"] = time.perf_counter() - self.start
+        return _Span()
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def load_run_config(run_dir: str | Path) -> dict:
+    return json.loads(json.dumps(yaml.safe_load((Path(run_dir) / "config.yaml").read_text())))
