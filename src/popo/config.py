@@ -67,7 +67,7 @@ class TestbedConfig:
     """Size of the fixed held-out test split."""
     train_size: int = 20000
     """Number of generated RL prompts."""
-    warmup_steps: int = 600
+    warmup_steps: int = 700
     """Supervised warm-up steps (`popo sft`)."""
     warmup_batch: int = 128
     """Examples per warm-up step."""
@@ -203,9 +203,11 @@ def field_docs(cls: type) -> dict[str, str]:
         r'^\s+(\w+): [^\n]*\n\s+"""(.*?)"""', source, flags=re.M | re.S)}
 
 
-def _suggest(key: str, options: list[str]) -> str:
+def _suggest(key: str, options: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(sorted(options))})"
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    return f" (valid: {', '.join(prefix + o for o in sorted(options))})"
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -245,7 +247,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     for key, value in values.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key '{where}'" + _suggest(key, names))
+            raise ConfigError(f"unknown config key '{where}'" + _suggest(key, names, prefix))
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):

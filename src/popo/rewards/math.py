@@ -72,6 +72,7 @@ _CLOSERS = {"}", ")", "]"}
 DEFAULT_MAX_CHARS = 32_768
 DEFAULT_MAX_ANSWER_CHARS = 1_000
 DEFAULT_MAX_DEPTH = 40
+_CHUNK_CHARS = 32_000  # keeps one chunk message well inside a pipe buffer
 
 
 def _last_box_start(text: str, end: int) -> tuple[int, int]:
@@ -247,10 +248,25 @@ def _remaining(deadline: float | None) -> int | None:
     return max(1, _math.ceil(left))
 
 
-def _mv_parse(latex: str, deadline: float | None) -> list:
-    from math_verify import parse
-    from math_verify.errors import TimeoutException
+_MV: tuple | None = None
 
+
+def _math_verify():
+    """(parse, verify, TimeoutException) from math-verify, imported on first use.
+
+    Import errors propagate: a broken installation must fail loudly, not score everything 0.
+    """
+    global _MV
+    if _MV is None:
+        from math_verify import parse, verify
+        from math_verify.errors import TimeoutException
+
+        _MV = (parse, verify, TimeoutException)
+    return _MV
+
+
+def _mv_parse(latex: str, deadline: float | None) -> list:
+    parse, _, TimeoutException = _math_verify()
     secs = _remaining(deadline)
     try:
         with warnings.catch_warnings():
@@ -264,9 +280,7 @@ def _mv_parse(latex: str, deadline: float | None) -> list:
 
 
 def _mv_equal(gold, pred, deadline: float | None) -> bool:
-    from math_verify import verify
-    from math_verify.errors import TimeoutException
-
+    _, verify, TimeoutException = _math_verify()
     secs = _remaining(deadline)
     try:
         with warnings.catch_warnings():
@@ -278,19 +292,22 @@ def _mv_equal(gold, pred, deadline: float | None) -> bool:
         return False
 
 
-_GOLD_CACHE: collections.OrderedDict[str, list] = collections.OrderedDict()
+_GOLD_CACHE: collections.OrderedDict[str, list] = collections.OrderedDict()  # gold -> parsed, LRU
 _GOLD_CACHE_SIZE = 4096
+_GOLD_LOCK = threading.Lock()  # math_reward may run in several threads at once
 
 
 def _parsed_gold(gold: str, deadline: float | None) -> list:
-    hit = _GOLD_CACHE.get(gold)
-    if hit is not None:
-        _GOLD_CACHE.move_to_end(gold)
-        return hit
+    with _GOLD_LOCK:
+        hit = _GOLD_CACHE.get(gold)
+        if hit is not None:
+            _GOLD_CACHE.move_to_end(gold)
+            return hit
     parsed = _mv_parse(_gold_latex(gold), deadline)
-    _GOLD_CACHE[gold] = parsed
-    if len(_GOLD_CACHE) > _GOLD_CACHE_SIZE:
-        _GOLD_CACHE.popitem(last=False)
+    with _GOLD_LOCK:
+        _GOLD_CACHE[gold] = parsed
+        if len(_GOLD_CACHE) > _GOLD_CACHE_SIZE:
+            _GOLD_CACHE.popitem(last=False)
     return parsed
 
 
@@ -300,6 +317,7 @@ def _verify_content(content: str, golds: tuple[str, ...], timeout_s: float | Non
     ``timeout_s=None`` runs without a soft limit (no SIGALRM). Never raises for model input.
     """
     _quiet_math_verify()
+    _math_verify()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         pred = _mv_parse("\\boxed{" + content + "}", deadline)
@@ -338,9 +356,12 @@ def math_reward(
     """1.0 if the last ``\\boxed{}`` of ``completion`` is equivalent to ``gold`` (or any alternative), else 0.0.
 
     Runs in the calling process and is safe to call from any thread or process: math-verify's
-    ``SIGALRM`` soft timeout (``timeout_s``) is used only on the main thread, and elsewhere the call
-    runs without a time limit. There is no hard limit here; for untrusted model output at scale use
-    :class:`MathVerifier`, which isolates each item in a killable worker.
+    ``SIGALRM`` soft timeout (``timeout_s``) is used only on the main thread (it replaces, then
+    restores, any SIGALRM handler of the caller and cancels a pending ``alarm``), and elsewhere the
+    call runs without a time limit. There is no hard limit here; for untrusted model output at scale
+    use :class:`MathVerifier`, which isolates each item in a killable worker. The first call sets the
+    ``math_verify`` and ``latex2sympy2_extended`` loggers above CRITICAL, since some of their records
+    echo whole inputs.
     """
     golds = _gold_tuple(gold)
     content, _ = _extract(completion, max_chars, max_answer_chars, max_depth)
@@ -408,7 +429,9 @@ def _worker_main(argv: list[str]) -> None:
     try:
         warnings.simplefilter("ignore")
         _quiet_math_verify()
-        _verify_content("1", ("1",), timeout_s)  # import math-verify, load the LaTeX parser
+        # import math-verify and load the LaTeX parser; a worker that cannot verify 2/4 = 0.5 is broken
+        if _verify_content("\\frac{2}{4}", ("0.5",), max(timeout_s, 30.0))[0] != 1.0:
+            raise RuntimeError("self-check failed: math-verify does not accept \\frac{2}{4} = 0.5")
         _limit_memory(max_memory_mb)
     except BaseException:
         import traceback
@@ -417,6 +440,8 @@ def _worker_main(argv: list[str]) -> None:
         return
     res.send(("ready", os.getpid()))
     soft = timeout_s if timeout_s > 0 else None
+    # test hook: a worker dies abruptly on a box with exactly this content (simulates a crash in C code)
+    crash_on = os.environ.get("POPO_VERIFIER_TEST_CRASH_ON")
     while True:
         try:
             msg = cmd.recv()
@@ -425,6 +450,8 @@ def _worker_main(argv: list[str]) -> None:
         if msg[0] != "score":
             break
         for job, content, golds in msg[1]:
+            if crash_on is not None and content == crash_on:
+                os._exit(70)
             reward, timed_out = _verify_content(content, golds, soft)
             res.send(("result", job, reward, timed_out))
 
@@ -442,8 +469,9 @@ class VerifierStats:
     de-duplication; correct: completions that earned 1.0. no_box / unclosed / empty / too_long /
     too_deep: completions that earned 0 before reaching math-verify, by reason. soft_timeouts: items
     whose math-verify budget (``timeout_s``) ran out; hard_timeouts: items whose worker overran the
-    hard limit and was killed; crashes: items whose worker died on its own; restarts: workers started
-    to replace a killed or dead one.
+    hard limit and was killed; crashes: items that made a worker die twice (an item whose worker dies
+    is retried once, alone, on a fresh worker); restarts: workers started to replace a killed or dead
+    one.
     """
 
     items: int = 0
@@ -530,6 +558,7 @@ class MathVerifier:
         chunk_size: items sent to a worker per message (results stream back one by one).
         max_memory_mb: address-space limit of each worker (RLIMIT_AS); 0 for none.
         start_timeout_s: how long to wait for a worker to start before raising RuntimeError.
+        dedup: score identical (box content, gold) pairs of a batch once (see below).
 
     ``score`` de-duplicates identical (box content, gold) pairs within a batch (a group of G rollouts
     often repeats the same answer), scores each once, and copies the reward. Workers are started in the
@@ -550,6 +579,7 @@ class MathVerifier:
         chunk_size: int = 32,
         max_memory_mb: int = 4096,
         start_timeout_s: float = 120.0,
+        dedup: bool = True,
     ):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -568,6 +598,7 @@ class MathVerifier:
         self.chunk_size = int(chunk_size)
         self.max_memory_mb = int(max_memory_mb)
         self.start_timeout_s = float(start_timeout_s)
+        self.dedup = bool(dedup)
         self.stats = VerifierStats()
         self._lock = threading.Lock()
         self._closed = False
@@ -596,6 +627,16 @@ class MathVerifier:
 
     def reset_stats(self) -> None:
         self.stats = VerifierStats()
+
+    def wait_ready(self) -> None:
+        """Block until every worker has started (``score`` does this by itself; useful before timing).
+
+        Raises RuntimeError if a worker fails to start within ``start_timeout_s``.
+        """
+        if self._closed:
+            raise RuntimeError("this MathVerifier is closed")
+        with self._lock:
+            self._run_pool([], wait_for_start=True)
 
     def _spawn(self) -> _Worker:
         from multiprocessing.connection import Connection
@@ -649,7 +690,7 @@ class MathVerifier:
     def _score(self, completions: Sequence[str], answers: Sequence) -> list[float]:
         stats = self.stats
         rewards = [0.0] * len(completions)
-        jobs: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        jobs: dict[tuple, list[int]] = {}
         for i, (completion, answer) in enumerate(zip(completions, answers)):
             golds = _gold_tuple(answer)
             content, status = _extract(completion, self.max_chars, self.max_answer_chars, self.max_depth)
@@ -657,18 +698,19 @@ class MathVerifier:
             if content is None:
                 setattr(stats, status, getattr(stats, status) + 1)
                 continue
-            jobs.setdefault((content, golds), []).append(i)
+            key = (content, golds) if self.dedup else (content, golds, i)
+            jobs.setdefault(key, []).append(i)
         keys = list(jobs)
         stats.verified += len(keys)
         if self.num_workers == 0:
             soft = self.timeout_s if _signals_usable() else None
             results = {}
-            for job, (content, golds) in enumerate(keys):
+            for job, (content, golds, *_) in enumerate(keys):
                 reward, timed_out = _verify_content(content, golds, soft)
                 results[job] = reward
                 stats.soft_timeouts += timed_out
         else:
-            results = self._run_pool([(job, content, golds) for job, (content, golds) in enumerate(keys)])
+            results = self._run_pool([(job, key[0], key[1]) for job, key in enumerate(keys)])
         for job, key in enumerate(keys):
             reward = results.get(job, 0.0)
             for i in jobs[key]:
@@ -677,85 +719,149 @@ class MathVerifier:
                 stats.correct += len(jobs[key])
         return rewards
 
-    def _run_pool(self, items: list[tuple[int, str, tuple[str, ...]]]) -> dict[int, float]:
+    def _run_pool(
+        self, items: list[tuple[int, str, tuple[str, ...]]], wait_for_start: bool = False
+    ) -> dict[int, float]:
+        """Score (job, content, golds) items on the workers; returns {job: reward}."""
+        if not self._workers or (not items and not wait_for_start):
+            return {}
+        run = _PoolRun(self, items, wait_for_start)
+        try:
+            run.loop()
+        except BaseException:
+            # Leave no worker busy on this call's items (their late results would leak into the next
+            # call): replace every worker that still holds a chunk, then re-raise.
+            for idx, w in enumerate(self._workers):
+                if w.chunk:
+                    w.chunk = None
+                    try:
+                        self._replace(idx)
+                    except Exception:
+                        pass
+            raise
+        return run.results
+
+
+class _PoolRun:
+    """One ``score`` call on the pool: the chunk queue, the results, and the per-item kill rules.
+
+    Workers stream back one result per item, so the parent always knows which item a worker is on.
+    A worker silent for ``hard_timeout_s`` is killed and replaced: the item it was on gets 0 and the
+    rest of its chunk goes back to the front of the queue. A worker that dies on its own gets its item
+    retried once, alone, on a fresh worker; a second death gives that item 0.
+    """
+
+    def __init__(self, verifier: MathVerifier, items: list, wait_for_start: bool):
+        self.v = verifier
+        self.workers = verifier._workers  # replaced in place by MathVerifier._replace
+        self.results: dict[int, float] = {}
+        self.crashed: set[int] = set()
+        self.wait_for_start = wait_for_start
+        # a few chunks per worker keep the load balanced; each holds at most chunk_size items and about
+        # _CHUNK_CHARS characters
+        size = max(1, min(verifier.chunk_size, _math.ceil(len(items) / (4 * len(self.workers)))))
+        self.queue: collections.deque[list] = collections.deque()
+        chunk: list = []
+        chars = 0
+        for item in items:
+            item_chars = len(item[1]) + sum(len(g) for g in item[2])
+            if chunk and (len(chunk) >= size or chars + item_chars > _CHUNK_CHARS):
+                self.queue.append(chunk)
+                chunk, chars = [], 0
+            chunk.append(item)
+            chars += item_chars
+        if chunk:
+            self.queue.append(chunk)
+
+    def pending(self) -> bool:
+        if self.queue or any(w.chunk for w in self.workers):
+            return True
+        return self.wait_for_start and not all(w.ready for w in self.workers)
+
+    def _requeue_rest(self, w: _Worker) -> None:
+        """Put the items after the current one back at the front of the queue; the worker is free."""
+        rest = w.chunk[w.pos + 1 :] if w.chunk else []
+        if rest:
+            self.queue.appendleft(rest)
+        w.chunk = None
+
+    def _on_hard_timeout(self, idx: int) -> None:
+        w = self.workers[idx]
+        self.v.stats.hard_timeouts += 1
+        if w.chunk and w.pos < len(w.chunk):
+            self.results[w.chunk[w.pos][0]] = 0.0
+        self._requeue_rest(w)
+        self.v._replace(idx)
+
+    def _on_death(self, idx: int) -> None:
+        w = self.workers[idx]
+        if not w.ready:
+            raise RuntimeError(
+                f"a math verifier worker exited during start-up (exit code {w.proc.poll()}); "
+                "set POPO_VERIFIER_DEBUG=1 to see its stderr"
+            )
+        if w.chunk and w.pos < len(w.chunk):
+            item = w.chunk[w.pos]
+            self._requeue_rest(w)
+            if item[0] in self.crashed:  # it killed a fresh worker too
+                self.v.stats.crashes += 1
+                self.results[item[0]] = 0.0
+            else:  # maybe not its fault (e.g. killed from outside): one more try, alone
+                self.crashed.add(item[0])
+                self.queue.appendleft([item])
+        w.chunk = None
+        self.v._replace(idx)
+
+    def _dispatch(self) -> None:
+        now = time.monotonic()
+        for idx, w in enumerate(self.workers):
+            if w.ready and w.chunk is None and self.queue:
+                chunk = self.queue.popleft()
+                try:
+                    w.cmd.send(("score", chunk))
+                except OSError:  # it died while idle: start another and retry the chunk
+                    self.queue.appendleft(chunk)
+                    self.v._replace(idx)
+                    continue
+                w.chunk, w.pos, w.deadline = chunk, 0, now + self.v.hard_timeout_s
+
+    def _receive(self, w: _Worker, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "result":
+            _, job, reward, timed_out = msg
+            self.results[job] = float(reward)
+            self.v.stats.soft_timeouts += bool(timed_out)
+            w.pos += 1
+            if w.chunk is None or w.pos >= len(w.chunk):
+                w.chunk = None
+            else:
+                w.deadline = time.monotonic() + self.v.hard_timeout_s
+        elif kind == "ready":
+            w.ready = True
+        elif kind == "error":
+            raise RuntimeError(f"a math verifier worker failed to start:\n{msg[1]}")
+
+    def loop(self) -> None:
         from multiprocessing.connection import wait
 
-        results: dict[int, float] = {}
-        if not items:
-            return results
-        workers = self._workers
-        # at least a few chunks per worker so the load stays balanced, at most chunk_size items each
-        size = max(1, min(self.chunk_size, _math.ceil(len(items) / (4 * len(workers)))))
-        queue = collections.deque(items[k : k + size] for k in range(0, len(items), size))
-
-        def requeue_rest(w: _Worker, skip: int) -> None:
-            rest = w.chunk[w.pos + skip :] if w.chunk else []
-            if rest:
-                queue.appendleft(rest)
-            w.chunk = None
-
-        def culprit_gets_zero(w: _Worker) -> None:
-            if w.chunk and w.pos < len(w.chunk):
-                results[w.chunk[w.pos][0]] = 0.0
-
-        while queue or any(w.chunk for w in workers):
-            now = time.monotonic()
-            for idx, w in enumerate(workers):
-                if w.ready and w.chunk is None and queue:
-                    chunk = queue.popleft()
-                    try:
-                        w.cmd.send(("score", chunk))
-                    except OSError:  # died while idle: start another and retry the chunk
-                        queue.appendleft(chunk)
-                        self._replace(idx)
-                        continue
-                    w.chunk, w.pos, w.deadline = chunk, 0, now + self.hard_timeout_s
+        workers = self.workers
+        while self.pending():
+            self._dispatch()
             waits = [w.deadline if w.chunk else w.start_deadline for w in workers if w.chunk or not w.ready]
             timeout = max(0.0, min(waits) - time.monotonic()) if waits else None
             by_conn = {w.res: idx for idx, w in enumerate(workers)}
             for conn in wait(list(by_conn), timeout=timeout):
                 idx = by_conn[conn]
-                w = workers[idx]
                 try:
                     while conn.poll():
-                        self._handle(w, conn.recv(), results)
+                        self._receive(workers[idx], conn.recv())
                 except (EOFError, OSError):
-                    if not w.ready:
-                        code = w.proc.poll()
-                        raise RuntimeError(
-                            f"a math verifier worker exited during start-up (exit code {code}); "
-                            "set POPO_VERIFIER_DEBUG=1 to see its stderr"
-                        ) from None
-                    if w.chunk:  # died on the item it was working on
-                        self.stats.crashes += 1
-                        culprit_gets_zero(w)
-                        requeue_rest(w, 1)
-                    self._replace(idx)
+                    self._on_death(idx)
             now = time.monotonic()
             for idx, w in enumerate(workers):
                 if w.chunk and now > w.deadline:
-                    self.stats.hard_timeouts += 1
-                    culprit_gets_zero(w)
-                    requeue_rest(w, 1)
-                    self._replace(idx)
+                    self._on_hard_timeout(idx)
                 elif not w.ready and now > w.start_deadline:
                     raise RuntimeError(
-                        f"a math verifier worker did not start within {self.start_timeout_s:.0f} s"
+                        f"a math verifier worker did not start within {self.v.start_timeout_s:.0f} s"
                     )
-        return results
-
-    def _handle(self, w: _Worker, msg: tuple, results: dict[int, float]) -> None:
-        kind = msg[0]
-        if kind == "result":
-            _, job, reward, timed_out = msg
-            results[job] = float(reward)
-            self.stats.soft_timeouts += bool(timed_out)
-            w.pos += 1
-            if w.chunk is None or w.pos >= len(w.chunk):
-                w.chunk = None
-            else:
-                w.deadline = time.monotonic() + self.hard_timeout_s
-        elif kind == "ready":
-            w.ready = True
-        elif kind == "error":
-            raise RuntimeError(f"a math verifier worker failed to start:\n{msg[1]}")

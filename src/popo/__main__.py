@@ -1,0 +1,5 @@
+import sys
+
+from popo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,110 @@
+"""Command line: `popo demo | sft | train | eval | config`.
+
+Errors a user can cause (bad config key or value, missing model, empty or malformed dataset) print one
+`error:` line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from popo.build import SetupError
+from popo.config import ConfigError, load_config, reference_markdown
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="popo", description="Positive-Only Policy Optimization (POPO) and GRPO for RL with verifiable rewards.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="warm up the embedded testbed, train POPO and GRPO, compare them")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--quick", action="store_true", help="same pipeline, smaller budget (under 2 minutes)")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-5")
+
+    sft = sub.add_parser("sft", help="build and warm up the testbed model (cached) and print its path")
+    sft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="testbed.* overrides")
+
+    train = sub.add_parser("train", help="train a policy with POPO, GRPO or a preset")
+    train.add_argument("config", nargs="?", help="YAML config file (optional with --resume)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. algo.name=grpo")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+
+    ev = sub.add_parser("eval", help="evaluate a model on math benchmarks or the testbed's held-out split")
+    ev.add_argument("--model", required=True, help="model folder or hub id, or `testbed`")
+    ev.add_argument("--benchmarks", default="testbed", help="comma-separated names (aime24,math500,...) or testbed")
+    ev.add_argument("--data-dir", help="folder holding the benchmark .jsonl files (else the hub)")
+    ev.add_argument("--samples", type=int, default=4, help="k sampled completions per problem")
+    ev.add_argument("--temperature", type=float, default=0.6, help="sampling temperature")
+    ev.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
+    ev.add_argument("--max-new-tokens", type=int, default=1024, help="completion token limit")
+    ev.add_argument("--template", default="qwen-math", help="prompt template name or string with {problem}")
+    ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0 = all)")
+    ev.add_argument("--out", default="runs/eval/results.json", help="JSON output (a .md table is written beside)")
+
+    cfg = sub.add_parser("config", help="print the configuration reference (every key, default and meaning)")
+    cfg.add_argument("--yaml", action="store_true", help="print the defaults as YAML instead")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, SetupError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # data errors name file, line and field
+        if type(err).__name__ in ("DataError",):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from popo.demo import run_demo
+
+        load_config(None, args.overrides)  # reject bad overrides before any work
+        run_demo(args.out, quick=args.quick, extra=args.overrides)
+    elif args.command == "sft":
+        from popo.build import resolve_model_path
+
+        print(resolve_model_path(load_config(None, ["model.name=testbed", *args.overrides])))
+    elif args.command == "train":
+        _train(args)
+    elif args.command == "eval":
+        from popo.eval_cli import run_eval
+
+        run_eval(args)
+    elif args.command == "config":
+        if args.yaml:
+            import yaml
+
+            from popo.config import Config, to_dict
+
+            print(yaml.safe_dump(to_dict(Config()), sort_keys=False))
+        else:
+            print(reference_markdown())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from popo.trainer import Trainer
+
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config:  # `popo train key=value ...` without a file
+        overrides.insert(0, args.config)
+        args.config = None
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise SetupError(f"cannot resume: {saved} not found")
+        config = load_config(saved, overrides + [f"train.out_dir={args.resume}"])
+        Trainer(config, resume=True).run()
+        return
+    Trainer(load_config(args.config, overrides)).run()

@@ -1,0 +1,370 @@
+"""Load problems and gold answers from local files or Hugging Face hub datasets, with strict row checks.
+
+Sources
+    * a local ``.jsonl`` file (one JSON object per line; blank lines are ignored),
+    * a local ``.json`` file (a list of objects, or an object holding that list under ``data``,
+      ``examples`` or ``rows``),
+    * a local ``.parquet`` file,
+    * otherwise a hub dataset id, loaded with ``datasets.load_dataset(source, config, split=split)``.
+
+Columns
+    * problem: ``problem_key``, else the first of ``problem`` / ``question`` / ``prompt`` present;
+    * answer: ``answer_key``, else ``answer``, else the content of the last ``\\boxed{}`` in ``solution``;
+      an ``answer_alternatives`` list is merged in, giving ``Example.answer`` as a tuple when there are
+      several distinct forms. Integer and float answers are converted to strings (``27.0`` -> ``"27"``);
+    * id: the row's ``id`` (string or integer), else ``f"{stem}-{n}"`` (n = line or row number).
+
+Bad rows
+    Every problem is reported as ``DataError`` (a ``ValueError``) whose message starts with
+    ``<file>:<line>:`` for JSON lines files and ``<file>:row <n>:`` for JSON / parquet / hub data
+    (1-based), then names the field, e.g. ``data.jsonl:7: field 'answer' is missing``. With
+    ``on_bad_row="skip"`` such rows are skipped instead and counted by reason in the returned
+    :class:`LoadReport`. A missing file, an unreadable file and a source with no valid row are errors
+    in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from popo.data.example import Example
+
+__all__ = ["DataError", "LoadReport", "load_examples", "examples_from_rows"]
+
+PROBLEM_KEYS = ("problem", "question", "prompt")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+MAX_REPORTED_MESSAGES = 5
+
+
+class DataError(ValueError):
+    """A dataset problem, with the file, line (or row) and field in the message."""
+
+
+class _RowError(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class LoadReport:
+    """What happened while loading: rows seen, examples kept, rows skipped by reason, first messages.
+
+    reasons: ``malformed_json``, ``not_utf8``, ``not_an_object``, ``missing_field``, ``empty_field``,
+    ``bad_type``, ``no_boxed_answer``, ``duplicate_id``.
+    """
+
+    source: str
+    rows: int = 0
+    loaded: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """Total number of skipped rows."""
+        return sum(self.skipped_by_reason.values())
+
+    def __str__(self) -> str:
+        text = f"{self.source}: {self.loaded} examples from {self.rows} rows"
+        if self.skipped:
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped_by_reason.items()))
+            text += f", skipped {self.skipped} ({reasons})"
+        return text
+
+
+# ----------------------------------------------------------------------------------------------------
+# Field conversion
+# ----------------------------------------------------------------------------------------------------
+
+
+def _number_to_str(value: int | float, name: str) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _RowError("bad_type", f"field '{name}' is not a finite number ({value!r})")
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def _text_field(row: dict, name: str, numbers: bool = False) -> str:
+    """A required non-empty string field; with ``numbers`` an int or float is converted to a string."""
+    if name not in row or row[name] is None:
+        raise _RowError("missing_field", f"field '{name}' is missing")
+    value = row[name]
+    if isinstance(value, bool):
+        raise _RowError("bad_type", f"field '{name}' must be a string, got bool")
+    if numbers and isinstance(value, (int, float)):
+        value = _number_to_str(value, name)
+    if not isinstance(value, str):
+        raise _RowError("bad_type", f"field '{name}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise _RowError("empty_field", f"field '{name}' is empty")
+    return value
+
+
+def _answer_list(row: dict, name: str) -> list[str]:
+    """One answer field: a string/number, or a non-empty list of them."""
+    value = row.get(name)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise _RowError("empty_field", f"field '{name}' is an empty list")
+        return [_text_field({name: v}, name, numbers=True).strip() for v in value]
+    return [_text_field(row, name, numbers=True).strip()]
+
+
+def _problem(row: dict, problem_key: str | None) -> str:
+    if problem_key is not None:
+        return _text_field(row, problem_key)
+    for key in PROBLEM_KEYS:
+        if key in row and row[key] is not None:
+            return _text_field(row, key)
+    raise _RowError("missing_field", "field 'problem' is missing (also looked for 'question', 'prompt')")
+
+
+def _answers(row: dict, answer_key: str | None) -> list[str]:
+    if answer_key is not None:
+        answers = _answer_list(row, answer_key)
+    elif row.get("answer") is not None:
+        answers = _answer_list(row, "answer")
+    elif row.get("solution") is not None:
+        from popo.rewards.math import last_boxed_content
+
+        solution = _text_field(row, "solution")
+        boxed = last_boxed_content(solution)
+        if boxed is None:
+            raise _RowError("no_boxed_answer", "field 'solution' has no complete \\boxed{} answer")
+        answers = [boxed]
+    else:
+        raise _RowError("missing_field", "field 'answer' is missing (and there is no 'solution')")
+    alternatives = row.get("answer_alternatives")
+    if alternatives is not None:
+        if not isinstance(alternatives, (list, tuple)):
+            raise _RowError(
+                "bad_type",
+                f"field 'answer_alternatives' must be a list, got {type(alternatives).__name__}",
+            )
+        if alternatives:
+            answers += _answer_list(row, "answer_alternatives")
+    unique: list[str] = []
+    for a in answers:
+        if a not in unique:
+            unique.append(a)
+    return unique
+
+
+def _row_id(row: dict, default: str) -> str:
+    value = row.get("id")
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (str, int)):  # ints are common hub ids
+        raise _RowError("bad_type", f"field 'id' must be a string or an integer, got {type(value).__name__}")
+    value = str(value).strip()
+    if not value:
+        raise _RowError("empty_field", "field 'id' is empty")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Readers: each yields (location, row or _RowError); location is "file:7" or "file:row 7"
+# ----------------------------------------------------------------------------------------------------
+
+Located = tuple[str, int, Any]  # (prefix, number, row dict or _RowError)
+
+
+def _read_jsonl(path: Path, label: str) -> Iterator[Located]:
+    data = _read_bytes(path)
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        prefix = f"{label}:{number}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield prefix, number, _RowError("not_utf8", f"line is not valid UTF-8 (byte {err.start + 1}: {err.reason})")
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            yield prefix, number, _RowError("malformed_json", f"malformed JSON ({err.msg} at column {err.colno})")
+            continue
+        yield prefix, number, row
+
+
+def _read_json(path: Path, label: str) -> Iterator[Located]:
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{label}:{line}: file is not valid UTF-8 ({err.reason})") from None
+    if not text.strip():
+        raise DataError(f"{label}: file is empty")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{label}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    if isinstance(payload, dict):
+        for key in ("data", "examples", "rows"):
+            if isinstance(payload.get(key), list):
+                payload = payload[key]
+                break
+        else:
+            raise DataError(f"{label}: expected a list of objects (or one under 'data', 'examples' or 'rows')")
+    if not isinstance(payload, list):
+        raise DataError(f"{label}: expected a list of objects, got {type(payload).__name__}")
+    for number, row in enumerate(payload, start=1):
+        yield f"{label}:row {number}", number, row
+
+
+def _read_parquet(path: Path, label: str) -> Iterator[Located]:
+    _check_exists(path)
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    except Exception as err:
+        raise DataError(f"{label}: cannot read parquet file ({err})") from None
+    for number, row in enumerate(rows, start=1):
+        yield f"{label}:row {number}", number, row
+
+
+def _read_hub(source: str, config: str | None, split: str) -> Iterator[Located]:
+    try:
+        import datasets
+    except ImportError as err:  # pragma: no cover - datasets is a dependency
+        raise DataError(f"{source}: loading hub datasets needs the 'datasets' package ({err})") from None
+    try:
+        dataset = datasets.load_dataset(source, config, split=split)
+    except Exception as err:
+        raise DataError(f"{source}: cannot load hub dataset (config={config!r}, split={split!r}): {err}") from None
+    label = f"{source}[{split}]"
+    for number, row in enumerate(dataset, start=1):
+        yield f"{label}:row {number}", number, row
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+
+
+def _read_bytes(path: Path) -> bytes:
+    _check_exists(path)
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err.strerror})") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public entry points
+# ----------------------------------------------------------------------------------------------------
+
+
+def examples_from_rows(
+    rows: Iterable[Located],
+    *,
+    label: str,
+    stem: str,
+    problem_key: str | None = None,
+    answer_key: str | None = None,
+    answer_transform: Callable[[str], str] | None = None,
+    on_bad_row: str = "error",
+    limit: int | None = None,
+) -> tuple[list[Example], LoadReport]:
+    """Validate located rows into Examples (the shared core of :func:`load_examples`).
+
+    ``rows`` yields ``(prefix, number, row)`` where prefix is the location used in messages.
+    ``answer_transform`` post-processes each answer string (e.g. GSM8K's text after ``####``); it may
+    raise ``ValueError`` to reject a row.
+    """
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    report = LoadReport(source=label)
+    reasons: Counter[str] = Counter()
+    examples: list[Example] = []
+    seen_ids: dict[str, str] = {}
+
+    for prefix, number, row in rows:
+        report.rows += 1
+        try:
+            if isinstance(row, _RowError):
+                raise row
+            if not isinstance(row, dict):
+                raise _RowError("not_an_object", f"row is not a JSON object (got {type(row).__name__})")
+            problem = _problem(row, problem_key)
+            answers = _answers(row, answer_key)
+            if answer_transform is not None:
+                try:
+                    answers = [answer_transform(a) for a in answers]
+                except ValueError as err:
+                    raise _RowError("bad_type", f"field '{answer_key or 'answer'}': {err}") from None
+                if not all(a.strip() for a in answers):
+                    raise _RowError("empty_field", f"field '{answer_key or 'answer'}' is empty after conversion")
+            example_id = _row_id(row, f"{stem}-{number}")
+            if example_id in seen_ids:
+                raise _RowError("duplicate_id", f"field 'id': duplicate id {example_id!r} (first at {seen_ids[example_id]})")
+        except _RowError as err:
+            message = f"{prefix}: {err.message}"
+            if on_bad_row == "error":
+                raise DataError(message) from None
+            reasons[err.reason] += 1
+            if len(report.messages) < MAX_REPORTED_MESSAGES:
+                report.messages.append(message)
+            continue
+        seen_ids[example_id] = prefix
+        answer: str | tuple[str, ...] = answers[0] if len(answers) == 1 else tuple(answers)
+        examples.append(Example(problem=problem, answer=answer, id=example_id))
+        if limit is not None and len(examples) >= limit:
+            break
+
+    report.skipped_by_reason = dict(reasons)
+    report.loaded = len(examples)
+    if not examples:
+        if report.rows == 0:
+            raise DataError(f"{label}: no rows (the source is empty)")
+        raise DataError(f"{label}: no valid rows ({report.skipped} skipped: {report.skipped_by_reason})")
+    return examples, report
+
+
+def load_examples(
+    source: str | Path,
+    *,
+    split: str = "train",
+    config: str | None = None,
+    problem_key: str | None = None,
+    answer_key: str | None = None,
+    on_bad_row: str = "error",
+    limit: int | None = None,
+) -> tuple[list[Example], LoadReport]:
+    """Load Examples from a local ``.jsonl`` / ``.json`` / ``.parquet`` file or a hub dataset id.
+
+    ``split`` and ``config`` only apply to hub datasets. ``limit`` stops after that many examples.
+    Returns the examples and a :class:`LoadReport`; raises :class:`DataError` on a bad row (unless
+    ``on_bad_row="skip"``), a missing or unreadable file, or a source without any valid row.
+    """
+    path = Path(source)
+    text = str(source)
+    suffix = path.suffix.lower()
+    common = dict(problem_key=problem_key, answer_key=answer_key, on_bad_row=on_bad_row, limit=limit)
+    if suffix in LOCAL_SUFFIXES or path.exists():
+        reader = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet}.get(suffix)
+        if reader is None:
+            raise DataError(f"{text}: unsupported file type (use {', '.join(LOCAL_SUFFIXES)})")
+        return examples_from_rows(reader(path, text), label=text, stem=path.stem, **common)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise DataError(f"{text}: file not found (and not a hub dataset id)")
+    return examples_from_rows(
+        _read_hub(text, config, split), label=f"{text}[{split}]", stem=text.rsplit("/", 1)[-1], **common
+    )

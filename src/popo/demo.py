@@ -1,0 +1,99 @@
+"""`popo demo`: warm up the embedded testbed, train POPO and GRPO from the same start with the same
+rollout budget, evaluate all three on the held-out split and write a report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from popo.config import Config, load_config
+from popo.report import environment_line, plot_learning_curves, results_table
+from popo.trainer import Trainer
+
+METHODS = ("popo", "grpo")
+
+
+def demo_overrides(quick: bool) -> list[str]:
+    """The demo's settings on top of the defaults; `quick` is the same pipeline on a smaller budget."""
+    common = ["model.name=testbed", "data.source=testbed", "data.eval_source=testbed", "train.save_every=0",
+              "rollout.prompts_per_step=32", "rollout.group_size=8", "optim.lr=5e-5", "train.eval_samples=4"]
+    if quick:
+        return common + ["testbed.warmup_steps=150", "train.steps=12", "train.eval_every=6",
+                         "data.eval_size=200", "train.diag_every=6"]
+    return common + ["train.steps=150", "train.eval_every=50", "data.eval_size=1000", "train.diag_every=10"]
+
+
+def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, extra: list[str] | None = None,
+             log: Callable[[str], None] = print) -> list[dict]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    overrides = demo_overrides(quick) + list(extra or [])
+    histories, rows = {}, []
+    start_eval: dict[str, float] = {}
+    for method in METHODS:
+        config = load_config(None, overrides + [f"algo.name={method}", f"train.out_dir={out / method}"])
+        log(f"\n== {method}: {config.train.steps} steps x {config.rollout.prompts_per_step} prompts x "
+            f"{config.rollout.group_size} rollouts ==")
+        torch.manual_seed(config.train.seed)
+        trainer = Trainer(config, log=log)
+        if not start_eval:
+            start_eval = {k.removeprefix("eval/"): v for k, v in trainer.evaluate().items()}
+        t0 = time.perf_counter()
+        history = trainer.run()
+        wall = time.perf_counter() - t0
+        histories[method] = history
+        steps = [h for h in history if "reward_mean" in h]
+        final = {k.removeprefix("eval/"): v for k, v in history[-1].items() if k.startswith("eval/")}
+        rows.append({"method": method, **final, "wall_s": wall,
+                     "reward_mean": sum(h["reward_mean"] for h in steps) / max(1, len(steps)),
+                     "trained_rollouts": sum(h.get("trained_rollouts", 0) for h in steps),
+                     "trained_tokens": sum(h.get("trained_tokens", 0) for h in steps),
+                     "train_s": sum(h.get("time/train", 0.0) for h in steps)})
+    k = config.train.eval_samples
+    rows.insert(0, {"method": "warmed-up start", **start_eval})
+    table = results_table(rows, k)
+    plot_learning_curves(histories, out / "learning_curve.png", start_eval.get("greedy_acc"))
+    total = time.perf_counter() - started
+    write_report(out, table, config, overrides, rows, total, quick)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    log("\n" + table)
+    log(f"\nreport: {out / 'report.md'}   total wall time {total:.0f}s")
+    return rows
+
+
+def write_report(out: Path, table: str, config: Config, overrides: list[str], rows: list[dict],
+                 total_s: float, quick: bool) -> None:
+    by = {r["method"]: r for r in rows}
+    ratio = ""
+    if "popo" in by and "grpo" in by and by["grpo"].get("train_s"):
+        ratio = (f"POPO's training phase took {by['popo']['train_s']:.1f}s against GRPO's "
+                 f"{by['grpo']['train_s']:.1f}s ({by['popo']['train_s'] / by['grpo']['train_s']:.2f}x): "
+                 f"POPO forwards and back-propagates only its positive rollouts "
+                 f"({by['popo']['trained_rollouts']:.0f} rows against {by['grpo']['trained_rollouts']:.0f}).\n")
+    text = f"""# popo demo{' (quick)' if quick else ''}
+
+Task: {config.testbed.digits}-digit addition with a column-sum scratchpad (reward 1 only for an exactly
+right, well-formed answer). Model: the embedded tiny Qwen2, warmed up on easier problems. Both methods
+start from the same warmed-up checkpoint and sample the same number of rollouts
+({config.train.steps} steps x {config.rollout.prompts_per_step} prompts x {config.rollout.group_size}).
+Evaluation: {config.data.eval_size} held-out problems never used in training; greedy accuracy and
+avg@{config.train.eval_samples} / pass@{config.train.eval_samples} sampled at temperature {config.rollout.temperature}.
+
+{table}
+
+{ratio}
+One run per method and one seed: differences of a few points are within noise (the standard error of a
+greedy accuracy near 0.3 on {config.data.eval_size} problems is about
+{(0.3 * 0.7 / max(1, config.data.eval_size)) ** 0.5:.3f}). `popo compare` is the tool for claims.
+
+![learning curve](learning_curve.png)
+
+Command: `popo demo{' --quick' if quick else ''}` (settings: `{' '.join(overrides)}`).
+Total wall time {total_s:.0f}s on {environment_line()}.
+"""
+    (out / "report.md").write_text(text)
