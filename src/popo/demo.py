@@ -22,7 +22,7 @@ def demo_overrides(quick: bool) -> list[str]:
     common = ["model.name=testbed", "data.source=testbed", "data.eval_source=testbed", "train.save_every=0",
               "rollout.prompts_per_step=32", "rollout.group_size=8", "optim.lr=5e-5", "train.eval_samples=4"]
     if quick:
-        return common + ["testbed.warmup_steps=150", "train.steps=12", "train.eval_every=6",
+        return common + ["testbed.digits=2", "testbed.warmup_steps=300", "train.steps=12", "train.eval_every=6",
                          "data.eval_size=200", "train.diag_every=6"]
     return common + ["train.steps=150", "train.eval_every=50", "data.eval_size=1000", "train.diag_every=10"]
 

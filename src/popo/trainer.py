@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,7 +141,9 @@ class Trainer:
     def _update(self, batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, step: int) -> dict:
         c = self.config
         if batch.num_rollouts == 0:  # nothing to learn from: no forward, no backward, no step
-            self.scheduler.step()
+            with warnings.catch_warnings():  # the schedule still advances one step, by design
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                self.scheduler.step()
             return {"trained_rollouts": 0, "trained_tokens": 0, "skipped_no_positive": 1.0, "skipped": 1.0}
         generator = torch.Generator(device=self.device).manual_seed(_mix(c.train.seed, step, 2))
         metrics = update_policy(
