@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from popo.data.example import Example
+from popo.metrics import pass_at_k
 from popo.rollout.base import RolloutEngine, SamplingParams
 
 
@@ -17,16 +18,6 @@ def score_rollouts(verifier, texts: Sequence[str], answers: Sequence, truncated:
     if zero_if_truncated:
         rewards = torch.where(truncated.cpu(), 0.0, rewards)
     return rewards
-
-
-def unbiased_pass_at_k(correct: torch.Tensor, k: int) -> float:
-    """Mean over prompts of 1 - C(n-c, k)/C(n, k) for a [prompts, n] 0/1 matrix (k <= n)."""
-    n = correct.shape[1]
-    c = correct.sum(dim=1).double()  # [B]
-    fail = torch.ones_like(c)
-    for j in range(k):  # C(n-c, k)/C(n, k) = prod_{j<k} (n-c-j)/(n-j)
-        fail = fail * ((n - c - j).clamp(min=0) / (n - j))
-    return float((1 - fail).mean())
 
 
 def evaluate_policy(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
@@ -44,5 +35,6 @@ def evaluate_policy(engine: RolloutEngine, prompts: Sequence[str], examples: Seq
         correct = score_rollouts(verifier, sampled.texts, repeated, sampled.truncated,
                                  zero_if_truncated=zero_if_truncated).view(len(examples), k)
         result[f"avg@{k}"] = float(correct.mean())
-        result[f"pass@{k}"] = unbiased_pass_at_k(correct, k)
+        counts = correct.sum(dim=1).long().tolist()
+        result[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in counts) / len(counts)
     return result
