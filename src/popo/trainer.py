@@ -8,8 +8,8 @@ skips the update entirely.
 
 from __future__ import annotations
 
-import json
 import signal
+from contextlib import contextmanager
 import time
 import warnings
 from collections.abc import Callable
@@ -254,19 +254,16 @@ def _mix(seed: int, step: int, stream: int) -> int:
 
 
 class _Timer:
+    """Wall time of named phases of one step, under `time/<name>`."""
+
     def __init__(self):
         self.seconds: dict[str, float] = {}
 
+    @contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[f"time/{name}"] = time.perf_counter() - self.start
-        return _Span()
+        start = time.perf_counter()
+        yield
+        self.seconds[f"time/{name}"] = time.perf_counter() - start
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -275,7 +272,3 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
-def load_run_config(run_dir: str | Path) -> dict:
-    return json.loads(json.dumps(yaml.safe_load((Path(run_dir) / "config.yaml").read_text())))
