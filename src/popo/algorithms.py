@@ -48,6 +48,7 @@ class LossInputs:
     old_logprobs: torch.Tensor | None = None  # [n, C]
     ref_logprobs: torch.Tensor | None = None  # [n, C]
     generator: torch.Generator | None = None
+    target_noise: torch.Tensor | None = None  # [n, H] standard normal per row; else drawn from `generator`
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class Algorithm:
     """Whether the token entropy enters the loss (else it is only logged, without gradient)."""
     needs_old_logprobs: Callable[["AlgoConfig"], bool]
     """Whether log-probs before the update must be computed in a separate pass."""
+    zero_credit_inert: Callable[["AlgoConfig"], bool] = lambda cfg: False
+    """Whether a row with zero credit has an exactly zero loss gradient, so it need not be forwarded
+    (the loss normalisers still count it)."""
 
 
 def _popo_credit(rewards, mean_logprobs, lengths, group_size, cfg):
@@ -77,17 +81,20 @@ def _popo_credit(rewards, mean_logprobs, lengths, group_size, cfg):
 
 def _popo_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
     on_positives = cfg.entropy_scope == "positives"
+    target, noise_std = x.target, cfg.noise_std
+    if x.target_noise is not None and target is not None:  # per-row noise, the same however rows are batched
+        target, noise_std = target + cfg.noise_std * x.target_noise.to(target.dtype), 0.0
     loss, metrics = popo_loss(
-        x.logprobs, x.mask, x.credit, predicted_features=x.predicted, target_features=x.target,
+        x.logprobs, x.mask, x.credit, predicted_features=x.predicted, target_features=target,
         token_entropy=x.entropy if on_positives else None, alpha=cfg.alpha,
-        beta=cfg.beta if on_positives else 0.0, noise_std=cfg.noise_std, generator=x.generator,
+        beta=cfg.beta if on_positives else 0.0, noise_std=noise_std, generator=x.generator,
         positive_mask=x.positive, num_positive_tokens=x.totals.positive_tokens,
         weight_sum=x.totals.weight_sum)
     if not on_positives and cfg.beta > 0 and x.entropy is not None:
         # entropy_scope=all: -mean entropy over every trained token, negatives included
         ent_loss = -aggregate_tokens(x.entropy, x.mask, "token-mean", num_tokens=x.totals.tokens)
         loss = loss + cfg.beta * ent_loss
-        metrics = {**metrics, "ent_loss": float(ent_loss), "loss": float(loss)}
+        metrics = {**metrics, "ent_loss": float(ent_loss.detach()), "loss": float(loss.detach())}
     return loss, metrics
 
 
@@ -122,6 +129,7 @@ LOSSES: dict[str, Algorithm] = {
         needs_reference=lambda cfg: cfg.kl_coef > 0,
         needs_entropy=lambda cfg: False,
         needs_old_logprobs=lambda cfg: cfg.updates_per_batch > 1,
+        zero_credit_inert=lambda cfg: cfg.kl_coef == 0,  # -min(rho A, clip(rho) A) is 0 for A = 0
     ),
 }
 
@@ -133,6 +141,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "popo-noent": ("popo", {"beta": 0.0}),
     "raft": ("popo", {"weight_mode": "uniform", "alpha": 0.0, "beta": 0.0}),
     "grpo": ("grpo", {}),
+    "grpo-kl": ("grpo", {"kl_coef": 0.04}),  # GRPO with the KL penalty to the reference model
     "dr-grpo": ("grpo", {"scale_by_std": False, "aggregation": "seq-mean-token-sum-norm"}),
 }
 

@@ -100,6 +100,45 @@ def render_prompts(config: Config, examples: list[Example], tokenizer) -> list[s
     return [render_prompt(ex.problem, config.data.template, tokenizer) for ex in examples]
 
 
+def fit_prompts(config: Config, examples: list[Example], tokenizer, *, context: int | None, source: str,
+                split: str, log: Callable[[str], None]) -> tuple[list[Example], list[str]]:
+    """The rendered prompts and their examples, with the prompt-length cap applied.
+
+    The cap is `data.max_prompt_tokens`, and the model's context (`context` tokens) less
+    `rollout.max_new_tokens` when that is smaller. A longer prompt is a `DataError` naming file, line
+    and field, or with `data.on_bad_row=skip` is dropped and counted in the log.
+    """
+    from popo.data.sources import DataError, locate_examples
+
+    d = config.data
+    prompts = render_prompts(config, examples, tokenizer)
+    limit, why = d.max_prompt_tokens, f"data.max_prompt_tokens={d.max_prompt_tokens}"
+    if context:
+        room = context - config.rollout.max_new_tokens
+        if room < 1:
+            raise SetupError(f"rollout.max_new_tokens={config.rollout.max_new_tokens} leaves no room for a "
+                             f"prompt in the model's context of {context} tokens")
+        if room < limit:
+            limit, why = room, f"model context {context} - rollout.max_new_tokens {config.rollout.max_new_tokens}"
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    too_long = [i for i, n in enumerate(lengths) if n > limit]
+    if not too_long:
+        return examples, prompts
+    first = examples[too_long[0]]
+    where = (locate_examples(source, [first.id], split=split, problem_key=d.problem_key,
+                             answer_key=d.answer_key) if source != "testbed" else {})
+    message = (f"{where.get(first.id, f'{source}: example {first.id!r}')}: field '{d.problem_key or 'problem'}': "
+               f"the prompt is {lengths[too_long[0]]} tokens with the template, over the limit of {limit} ({why})")
+    if d.on_bad_row == "error":
+        raise DataError(message)
+    log(f"data: skipped {len(too_long)} prompts longer than {limit} tokens in {source} (first: {message})")
+    dropped = set(too_long)
+    kept = [i for i in range(len(examples)) if i not in dropped]
+    if not kept:
+        raise SetupError(f"dataset {source!r} has no prompt within {limit} tokens")
+    return [examples[i] for i in kept], [prompts[i] for i in kept]
+
+
 def make_verifier(config: Config):
     if config.data.source == "testbed":
         from popo.testbed.task import AdditionVerifier

@@ -8,16 +8,19 @@ Layout of `RUN_DIR/checkpoints/step-000050/`:
     state.json       step, data position, counters, the resolved config
     MANIFEST.json    size and SHA-256 of every file above, written last
 
-A checkpoint is written into `step-N.tmp` and renamed into place, so a crash leaves either the old set of
-checkpoints or the new one. On load, a folder whose manifest is missing or does not match is skipped with
-a message, and the next older checkpoint is used.
+A checkpoint is written into `step-N.tmp`, flushed to disk (fsync) and renamed into place, so a crash
+leaves either the old set of checkpoints or the new one; leftover `.tmp` folders are never read and are
+removed by the next save. On load, a folder whose manifest is missing, unreadable, incomplete or does
+not match the files is skipped with a message, and the next older checkpoint is used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +29,21 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+
+CHECKPOINT_NAME = re.compile(r"step-\d+")
+REQUIRED_FILES = ("optimizer.pt", "state.json")  # and at least one policy/*.safetensors
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to disk, so a rename that follows cannot outlive its content."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -53,12 +71,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: str | Path, step: int, *, policy, tokenizer, optimizer, scheduler,
                     state: dict[str, Any], target=None, predictor=None, keep_last: int = 2) -> Path:
-    """Write checkpoint `step` atomically and prune all but the newest `keep_last`."""
+    """Write checkpoint `step` atomically and prune all but the newest `keep_last`.
+
+    Checkpoints of later steps can only exist when a resume skipped them as damaged: they are removed, so
+    pruning never leaves a damaged checkpoint in place of the intact one just written."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("*.tmp"):  # torn writes of earlier runs of this folder
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir()
     policy.save_pretrained(tmp / "policy")
     tokenizer.save_pretrained(tmp / "policy")
     if target is not None:
@@ -71,10 +94,21 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, tokenizer, optimi
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
     (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
+    for path in [*files, tmp / "MANIFEST.json", *{p.parent for p in files}]:
+        _fsync(path)
+    if final.exists():  # the same step saved twice (e.g. a stop request on a save step): swap, then drop
+        old = root / f"step-{step:06d}.replaced.tmp"
+        final.rename(old)
+        tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    _fsync(root)
+    kept = list_checkpoints(run_dir)
+    newer = [p for p in kept if int(p.name.split("-")[1]) > step]  # damaged ones a resume skipped
+    older = [p for p in kept if p not in newer]
+    for stale in newer + older[:-keep_last]:
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -82,8 +116,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp")
-                   and p.name.startswith("step-")), key=lambda p: p.name)
+    return sorted((p for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)),
+                  key=lambda p: int(p.name.split("-")[1]))
 
 
 def verify_checkpoint(path: Path) -> str | None:
@@ -93,13 +127,19 @@ def verify_checkpoint(path: Path) -> str | None:
         return "no MANIFEST.json (incomplete write)"
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
-        return "MANIFEST.json is not valid JSON"
-    for name, entry in manifest.items():
+        entries = {str(name): (int(e["bytes"]), str(e["sha256"])) for name, e in manifest.items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return "MANIFEST.json is not a valid manifest"
+    for name in REQUIRED_FILES:
+        if name not in entries:
+            return f"MANIFEST.json does not list {name}"
+    if not any(n.startswith("policy/") and n.endswith(".safetensors") for n in entries):
+        return "MANIFEST.json lists no policy weights"
+    for name, (size, digest) in entries.items():
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
-        if file.stat().st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
+        if file.stat().st_size != size or _sha256(file) != digest:
             return f"{name} does not match its checksum"
     return None
 

@@ -44,9 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0 = all)")
     ev.add_argument("--out", default="runs/eval/results.json", help="JSON output (a .md table is written beside)")
 
+    _add_study_parsers(sub)
+
     cfg = sub.add_parser("config", help="print the configuration reference (every key, default and meaning)")
     cfg.add_argument("--yaml", action="store_true", help="print the defaults as YAML instead")
     return parser
+
+
+def _add_study_parsers(sub) -> None:
+    from popo.compare_cli import add_study_parsers  # compare, sweep, report
+
+    add_study_parsers(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +87,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from popo.eval_cli import run_eval
 
         run_eval(args)
+    elif args.command in ("compare", "sweep", "report"):
+        from popo.compare_cli import run_study_command
+
+        run_study_command(args)
     elif args.command == "config":
         if args.yaml:
             import yaml

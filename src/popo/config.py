@@ -347,6 +347,17 @@ def validate(config: Config) -> None:
     _check(o.grad_clip >= 0 and o.micro_batch_tokens > 0, "optim.grad_clip >= 0 and micro_batch_tokens > 0")
     _check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
     _check(t.keep_last >= 1 and t.max_bad_steps >= 1, "train.keep_last and max_bad_steps must be >= 1")
+    for where, value in (("train.save_every", t.save_every), ("train.eval_every", t.eval_every),
+                         ("train.diag_every", t.diag_every), ("train.eval_samples", t.eval_samples),
+                         ("data.eval_size", config.data.eval_size), ("optim.weight_decay", o.weight_decay),
+                         ("algo.predictor_width", a.predictor_width)):
+        _check(value >= 0, f"{where} must be >= 0, got {value}")
+    for where, value in (("data.max_prompt_tokens", config.data.max_prompt_tokens),
+                         ("rollout.max_batch_rollouts", r.max_batch_rollouts),
+                         ("algo.predictor_layers", a.predictor_layers), ("testbed.digits", config.testbed.digits)):
+        _check(value >= 1, f"{where} must be >= 1, got {value}")
+    _check(all(0 <= b < 1 for b in o.betas) and len(o.betas) == 2,
+           f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

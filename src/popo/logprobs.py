@@ -67,11 +67,15 @@ def _chunked_token_stats(
     need_logprobs: bool,
     need_entropy: bool,
     chunk_size: int,
+    entropy_grad: bool = True,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Shared chunked loop.
 
     ``hidden_or_logits`` is [N, T, D]; with ``head`` it is a hidden state and the
     head maps each chunk to logits, otherwise D = V and it is already logits.
+    With ``entropy_grad=False`` the entropy is computed from detached logits
+    without autograd, so its softmax workspace is freed at once instead of being
+    kept for a backward pass that would never reach it.
     Returns ([N, T] float32 logprobs or None, [N, T] float32 entropy or None).
     """
     _check_chunk(chunk_size)
@@ -92,9 +96,12 @@ def _chunked_token_stats(
             chosen = logits.gather(-1, idx).squeeze(-1)  # [c]
             lp_chunks.append(chosen - lse)  # [c]
         if need_entropy:
-            p = torch.softmax(logits, dim=-1)  # [c, V]
-            finite = torch.where(torch.isneginf(logits), 0.0, logits)  # [c, V]
-            ent_chunks.append(lse - (p * finite).sum(-1))  # [c]
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                z = logits if entropy_grad else logits.detach()  # [c, V]
+                z_lse = lse if entropy_grad else lse.detach()  # [c]
+                p = torch.softmax(z, dim=-1)  # [c, V]
+                finite = torch.where(torch.isneginf(z), 0.0, z)  # [c, V]
+                ent_chunks.append(z_lse - (p * finite).sum(-1))  # [c]
     device = hidden_or_logits.device
     empty = torch.zeros(0, device=device, dtype=torch.float32)
 
@@ -190,6 +197,7 @@ def completion_outputs(
     need_entropy: bool = False,
     need_features: bool = False,
     chunk_size: int = 4096,
+    entropy_grad: bool = True,
 ) -> CompletionOutputs:
     """Run the decoder once and return completion-token log-probs / entropy / features.
 
@@ -200,6 +208,8 @@ def completion_outputs(
         prompt_length: P, 1 <= P < L.
         need_logprobs / need_entropy / need_features: which outputs to compute.
         chunk_size: rows of [N*C] processed per LM-head call.
+        entropy_grad: False when the entropy is only logged: it is then computed
+            without autograd (same values, no gradient, less memory and time).
 
     Returns:
         CompletionOutputs with logprobs [N, C], entropy [N, C], features [N, C, H]
@@ -235,6 +245,7 @@ def completion_outputs(
         out.logprobs, out.entropy = _chunked_token_stats(
             h_pred, targets, head=head, softcap=softcap,
             need_logprobs=need_logprobs, need_entropy=need_entropy, chunk_size=chunk_size,
+            entropy_grad=entropy_grad,
         )
     if need_features:
         out.features = hidden[:, prompt_length:]  # [N, C, H]

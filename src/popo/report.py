@@ -48,3 +48,74 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: Path,
 def environment_line() -> str:
     return (f"python {platform.python_version()}, torch {torch.__version__}, transformers "
             f"{transformers.__version__}, {platform.machine()} with {torch.get_num_threads()} threads")
+
+
+# ---------------------------------------------------------------- study plots (`popo report`)
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path, *, xlabel: str, ylabel: str,
+                title: str, baseline: float | None = None) -> None:
+    """One line per name through (x, mean, CI half-width) points, with a shaded interval."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, points in series.items():
+        xs, ys, hs = ([p[i] for p in points] for i in range(3))
+        line, = ax.plot(xs, ys, marker="o", markersize=3, label=name)
+        lows = [y - h for y, h in zip(ys, hs) if h == h]
+        if len(lows) == len(ys):
+            ax.fill_between(xs, lows, [y + h for y, h in zip(ys, hs)], color=line.get_color(), alpha=0.12)
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", linestyle=":", linewidth=1, label="start")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: Path, xlabel: str) -> None:
+    """Side-by-side panels of (x, y) lines, one panel per (title, series)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels):
+        for name, points in series.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1.2, label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_forest(rows: list[tuple[str, list[tuple[float, float]]]], labels: list[str], path: Path, *,
+                start: list[float | None]) -> None:
+    """Per variant, mean +- CI of each metric in its own panel (a "forest plot")."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 0.28 * len(rows) + 1.2),
+                             squeeze=False, sharey=True)
+    ys = list(range(len(rows)))[::-1]
+    for j, (ax, label) in enumerate(zip(axes[0], labels)):
+        means = [r[1][j][0] for r in rows]
+        halves = [r[1][j][1] if r[1][j][1] == r[1][j][1] else 0.0 for r in rows]
+        ax.errorbar(means, ys, xerr=halves, fmt="o", markersize=3, capsize=2)
+        if start[j] is not None:
+            ax.axvline(start[j], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_yticks(ys)
+    axes[0][0].set_yticklabels([r[0] for r in rows], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,9 +1,15 @@
-"""Metrics stream: one JSON object a line in `metrics.jsonl`, mirrored to TensorBoard."""
+"""Metrics stream: one JSON object a line in `metrics.jsonl`, mirrored to TensorBoard.
+
+Each record is written and flushed as one line. A process killed mid-write can leave a partial last line;
+on resume that line is dropped with the records after the checkpoint's step, and the file is rewritten
+atomically (temporary file + rename), so a second crash during the rewrite loses nothing.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +28,11 @@ class MetricsWriter:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in self.path.read_text(errors="replace").splitlines()
+                    if (step := _record_step(line)) is not None and step <= resume_step]
+            _replace_text(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None:
-            self.path.write_text("")
+            _replace_text(self.path, "")
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard:
@@ -50,5 +56,27 @@ class MetricsWriter:
             self._tb.close()
 
 
+def _record_step(line: str) -> int | None:
+    """The step of one metrics line; None for a blank or torn line (a crash in the middle of a write)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return int(record.get("step", 0)) if isinstance(record, dict) else None
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of a metrics file; a torn last line (the writer was killed mid-line) is ignored."""
+    lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    if lines and _record_step(lines[-1]) is None:
+        lines.pop()
+    return [json.loads(line) for line in lines]

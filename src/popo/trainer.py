@@ -19,13 +19,15 @@ import torch
 import yaml
 
 from popo.algorithms import get_algorithm
-from popo.build import (PromptStream, SetupError, frozen_copy, load_examples_for, load_policy,
-                        make_verifier, render_prompts, resolve_device, resolve_model_path)
+from popo.build import (PromptStream, SetupError, fit_prompts, frozen_copy, load_examples_for, load_policy,
+                        make_verifier, resolve_device, resolve_model_path)
 from popo.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from popo.config import Config, to_dict
+from popo.distributed import Dist
 from popo.ema import Predictor, ema_tau, ema_update_
 from popo.evaluate import evaluate_policy, score_rollouts
 from popo.rollout import HFEngine, Rollouts, SamplingParams
+from popo.rollout.sampling import row_seed
 from popo.tracking import MetricsWriter
 from popo.update import Models, mean_token_kl, sequence_logprobs, update_policy
 
@@ -61,15 +63,26 @@ class Trainer:
         self.algorithm = get_algorithm(c.algo.name)
         torch.manual_seed(c.train.seed)
         self.device = resolve_device(c.model.device)
+        self.dist = Dist.from_environment(self.device.type)  # one process unless launched by accelerate
+        if self.dist.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if c.rollout.prompts_per_step % self.dist.world:
+            raise SetupError(f"rollout.prompts_per_step={c.rollout.prompts_per_step} must be divisible by the "
+                             f"number of processes ({self.dist.world})")
         self.train_examples = load_examples_for(c, c.data.source, split=c.data.split, log=log)
         self.eval_examples = (load_examples_for(c, c.data.eval_source, split="test", log=log)
                               if c.data.eval_source else [])
         if c.data.eval_size:
             self.eval_examples = self.eval_examples[: c.data.eval_size]
-        model_path = resolve_model_path(c, log)
+        with self.dist.main_first():  # rank 0 builds the testbed cache, the others then read it
+            model_path = resolve_model_path(c, log)
         policy, self.tokenizer = load_policy(model_path, c, self.device)
-        self.train_prompts = render_prompts(c, self.train_examples, self.tokenizer)
-        self.eval_prompts = render_prompts(c, self.eval_examples, self.tokenizer)
+        context = getattr(policy.config, "max_position_embeddings", None)  # prompts over the cap: error or skip
+        self.train_examples, self.train_prompts = fit_prompts(
+            c, self.train_examples, self.tokenizer, context=context, source=c.data.source, split=c.data.split, log=log)
+        self.eval_examples, self.eval_prompts = fit_prompts(
+            c, self.eval_examples, self.tokenizer, context=context, source=c.data.eval_source, split="test", log=log)
         self.models = Models(policy=policy.train())
         if self.algorithm.needs_target(c.algo):
             hidden = policy.config.hidden_size
@@ -79,6 +92,8 @@ class Trainer:
         if self.algorithm.needs_reference(c.algo):
             self.models.reference = frozen_copy(policy)
         self.params = [p for m in (policy, self.models.predictor) if m is not None for p in m.parameters()]
+        self.dist.broadcast_([p for m in (policy, self.models.predictor, self.models.target) if m is not None
+                              for p in m.parameters()])  # identical start on every rank
         o = c.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -91,21 +106,26 @@ class Trainer:
         self.step, self.bad_steps, self.stop_requested = 0, 0, False
         if resume:
             self._resume()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
-        self.writer = MetricsWriter(self.out_dir, resume_step=self.step if resume else None,
-                                    tensorboard=c.train.tensorboard)
+        self.writer = None  # only rank 0 writes logs and checkpoints
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
+            self.writer = MetricsWriter(self.out_dir, resume_step=self.step if resume else None,
+                                        tensorboard=c.train.tensorboard)
 
     # ---------------------------------------------------------------- one step of the algorithm
     def train_step(self, step: int) -> dict[str, float]:
         c, G = self.config, self.config.rollout.group_size
         timer = _Timer()
         indices = self.stream.batch(step)
-        with timer("generate"):  # sample G rollouts per prompt
-            rollouts = self.engine.generate([self.train_prompts[i] for i in indices], G, self.sampling,
-                                            seed=_mix(c.train.seed, step, 1))
+        positions = self.dist.shard(len(indices))  # this rank's prompts; a prompt's G rollouts stay together
+        local = [indices[p] for p in positions]
+        with timer("generate"):  # sample G rollouts per prompt, each prompt from its own seed
+            step_seed = _mix(c.train.seed, step, 1)
+            rollouts = self.engine.generate([self.train_prompts[i] for i in local], G, self.sampling,
+                                            prompt_seeds=[row_seed(step_seed, p) for p in positions])
         with timer("verify"):  # verify
-            answers = [self.train_examples[i].answer for i in indices for _ in range(G)]
+            answers = [self.train_examples[i].answer for i in local for _ in range(G)]
             rewards = score_rollouts(self.verifier, rollouts.texts, answers, rollouts.truncated,
                                      zero_if_truncated=c.algo.zero_if_truncated).to(self.device)
         positive = rewards > c.algo.reward_threshold  # [N]
@@ -115,8 +135,10 @@ class Trainer:
         diagnose = c.train.diag_every > 0 and (step + 1) % c.train.diag_every == 0
         negatives = rollouts.select(~positive) if diagnose else None
         before = self._mean_logprob(negatives) if diagnose else None
+        noise_seeds = torch.tensor([row_seed(_mix(c.train.seed, step, 4), p * G + j) for p in positions
+                                    for j in range(G)], device=self.device)  # per-rollout target noise
         with timer("train"):  # update on the training rows only
-            metrics = self._update(rollouts.select(rows), credit[rows], positive[rows], step)
+            metrics = self._update(rollouts.select(rows), credit[rows], positive[rows], step, noise_seeds[rows])
         with timer("ema"):  # EMA target
             if self.models.target is not None and metrics.get("skipped", 1.0) == 0.0:
                 tau = ema_tau(step, c.train.steps, c.algo.tau, c.algo.tau_schedule)
@@ -125,22 +147,32 @@ class Trainer:
         if diagnose:
             metrics["implicit_neg_logprob_delta"] = self._mean_logprob(negatives) - before
             if self.models.target is not None:
-                metrics["kl_online_target"] = mean_token_kl(self.models.policy, self.models.target,
-                                                            rollouts.select(positive), c.optim.micro_batch_tokens)
+                batch = rollouts.select(positive)
+                kl = mean_token_kl(self.models.policy, self.models.target, batch, c.optim.micro_batch_tokens)
+                n = float(batch.completion_mask.sum())
+                kl_sum, count = self.dist.sum_values([kl * n, n])
+                metrics["kl_online_target"] = kl_sum / max(count, 1.0)
+        # step statistics over the whole batch (all ranks), as one process would compute them
+        rewards, positive, credit = (self.dist.gather(t) for t in (rewards, positive, credit))
+        lengths, truncated = self.dist.gather(rollouts.lengths), self.dist.gather(rollouts.truncated)
         groups = positive.view(-1, G)
+        if self.dist.world > 1:  # a rank may have nothing to train on; it still joins every collective
+            metrics["positive_rollouts_min_rank"] = int(positive.view(self.dist.world, -1).sum(1).min())
         return {
             "step": step + 1, "reward_mean": float(rewards.mean()), "pass_rate": float(positive.float().mean()),
             "prompts_with_positive": float(groups.any(1).float().mean()),
             "prompts_all_positive": float(groups.all(1).float().mean()),
-            "rollouts": rollouts.num_rollouts, "positive_rollouts": int(positive.sum()),
-            "generated_tokens": int(rollouts.lengths.sum()), "truncated_frac": float(rollouts.truncated.float().mean()),
-            "weight_entropy": weight_entropy(credit, positive, G), "lr": self.scheduler.get_last_lr()[0],
-            **metrics, **timer.seconds,
+            "rollouts": int(rewards.numel()), "positive_rollouts": int(positive.sum()),
+            "generated_tokens": int(lengths.sum()), "truncated_frac": float(truncated.float().mean()),
+            "lr": self.scheduler.get_last_lr()[0], **metrics,
+            "weight_entropy": weight_entropy(credit, positive, G),  # per prompt, over the whole batch
+            **timer.seconds,
         }
 
-    def _update(self, batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, step: int) -> dict:
+    def _update(self, batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, step: int,
+                noise_seeds: torch.Tensor) -> dict:
         c = self.config
-        if batch.num_rollouts == 0:  # nothing to learn from: no forward, no backward, no step
+        if not self.dist.any(batch.num_rollouts > 0):  # nothing to learn from: no forward, backward or step
             with warnings.catch_warnings():  # the schedule still advances one step, by design
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 self.scheduler.step()
@@ -149,7 +181,8 @@ class Trainer:
         metrics = update_policy(
             self.models, self.optimizer, self.algorithm, c.algo, batch, credit, positive,
             max_length=c.rollout.max_new_tokens, token_budget=c.optim.micro_batch_tokens,
-            grad_clip=c.optim.grad_clip, generator=generator, params=self.params)
+            grad_clip=c.optim.grad_clip, generator=generator, params=self.params, dist=self.dist,
+            row_seeds=noise_seeds)
         self.scheduler.step()
         self.bad_steps = self.bad_steps + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
@@ -158,15 +191,19 @@ class Trainer:
         return {**metrics, "skipped_no_positive": 0.0}
 
     def _mean_logprob(self, batch: Rollouts) -> float:
-        if batch.num_rollouts == 0:
-            return 0.0
-        lp = sequence_logprobs(self.models.policy, batch, self.config.optim.micro_batch_tokens)
-        return float(torch.where(batch.completion_mask, lp, 0.0).sum() / batch.completion_mask.sum())
+        """Mean per-token log-prob of `batch` under the policy, over all ranks' rows."""
+        total, count = 0.0, 0.0
+        if batch.num_rollouts:
+            lp = sequence_logprobs(self.models.policy, batch, self.config.optim.micro_batch_tokens)
+            total, count = float(torch.where(batch.completion_mask, lp, 0.0).sum()), float(batch.completion_mask.sum())
+        total, count = self.dist.sum_values([total, count])
+        return total / count if count else 0.0
 
     # ---------------------------------------------------------------- the run
     def evaluate(self) -> dict[str, float]:
+        """Held-out evaluation (rank 0 only: the other ranks wait at the next step's first collective)."""
         c = self.config
-        if not self.eval_examples:
+        if not self.eval_examples or not self.dist.is_main:
             return {}
         result = evaluate_policy(self.engine, self.eval_prompts, self.eval_examples, self.verifier,
                                  k=c.train.eval_samples, max_new_tokens=c.rollout.max_new_tokens,
@@ -177,20 +214,20 @@ class Trainer:
     def run(self) -> list[dict]:
         c, history = self.config, []
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        bar = _progress(c.train.steps, self.step, c.train.progress)
+        bar = _progress(c.train.steps, self.step, c.train.progress and self.dist.is_main)
         try:
             if self.step == 0 and c.train.eval_every > 0:
                 record = {"step": 0, "rollouts": 0, **self.evaluate()}
-                self.writer.write(record)
+                self._write(record)
                 history.append(record)
-            while self.step < c.train.steps and not self.stop_requested:
+            while self.step < c.train.steps and not self.dist.any(self.stop_requested):
                 record = self.train_step(self.step)
                 self.step += 1
                 last = self.step == c.train.steps
                 if last or (c.train.eval_every and self.step % c.train.eval_every == 0):
                     record.update(self.evaluate())
                 record["rollouts_total"] = self.step * c.rollout.prompts_per_step * c.rollout.group_size
-                self.writer.write(record)
+                self._write(record)
                 history.append(record)
                 if bar is not None:
                     bar.update(1)
@@ -200,7 +237,7 @@ class Trainer:
                                        f"or gradient (last good checkpoint kept in {self.out_dir})")
                 if last or (c.train.save_every and self.step % c.train.save_every == 0):
                     self.save()
-            if self.stop_requested:
+            if self.dist.any(self.stop_requested):
                 self.log(f"stop requested: saving a final checkpoint at step {self.step}")
                 self.save()
         finally:
@@ -208,14 +245,25 @@ class Trainer:
                 signal.signal(s, handler)
             if bar is not None:
                 bar.close()
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
             self.verifier.close()
         return history
 
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True
 
-    def save(self) -> Path:
+    def _write(self, record: dict) -> None:
+        if self.writer is not None:
+            self.writer.write(record)
+
+    def save(self) -> Path | None:
+        """Rank 0 writes the checkpoint (every rank holds the same state); the others wait for it."""
+        path = self._save() if self.dist.is_main else None
+        self.dist.barrier()
+        return path
+
+    def _save(self) -> Path:
         return save_checkpoint(
             self.out_dir, self.step, policy=self.models.policy, tokenizer=self.tokenizer,
             optimizer=self.optimizer, scheduler=self.scheduler, target=self.models.target,

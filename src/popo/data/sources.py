@@ -35,7 +35,7 @@ from typing import Any
 
 from popo.data.example import Example
 
-__all__ = ["DataError", "LoadReport", "load_examples", "examples_from_rows"]
+__all__ = ["DataError", "LoadReport", "load_examples", "examples_from_rows", "locate_examples"]
 
 PROBLEM_KEYS = ("problem", "question", "prompt")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -66,6 +66,8 @@ class LoadReport:
     loaded: int = 0
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+    locations: dict[str, str] = field(default_factory=dict, repr=False)
+    """Where each loaded example came from: id -> ``file:line`` (or ``file:row n``)."""
 
     @property
     def skipped(self) -> int:
@@ -331,6 +333,7 @@ def examples_from_rows(
 
     report.skipped_by_reason = dict(reasons)
     report.loaded = len(examples)
+    report.locations = seen_ids
     if not examples:
         if report.rows == 0:
             raise DataError(f"{label}: no rows (the source is empty)")
@@ -368,3 +371,19 @@ def load_examples(
     return examples_from_rows(
         _read_hub(text, config, split), label=f"{text}[{split}]", stem=text.rsplit("/", 1)[-1], **common
     )
+
+
+def locate_examples(source: str | Path, ids: Iterable[str], *, split: str = "train", config: str | None = None,
+                    problem_key: str | None = None, answer_key: str | None = None) -> dict[str, str]:
+    """``file:line`` (or ``file:row n``) of the examples with these ids, found by reading the source again.
+
+    For messages about examples after loading (e.g. a prompt too long once rendered); ids not found
+    are left out. Reading again keeps :class:`~popo.data.example.Example` free of bookkeeping.
+    """
+    wanted = set(ids)
+    try:
+        _, report = load_examples(source, split=split, config=config, problem_key=problem_key,
+                                  answer_key=answer_key, on_bad_row="skip")
+    except DataError:
+        return {}
+    return {i: where for i, where in report.locations.items() if i in wanted}

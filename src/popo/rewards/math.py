@@ -748,7 +748,8 @@ class _PoolRun:
     Workers stream back one result per item, so the parent always knows which item a worker is on.
     A worker silent for ``hard_timeout_s`` is killed and replaced: the item it was on gets 0 and the
     rest of its chunk goes back to the front of the queue. A worker that dies on its own gets its item
-    retried once, alone, on a fresh worker; a second death gives that item 0.
+    retried once, alone, on a fresh worker; a second death gives that item 0. A worker killed by a signal
+    while starting is replaced (up to 3 times a call); one that exits on its own while starting is an error.
     """
 
     def __init__(self, verifier: MathVerifier, items: list, wait_for_start: bool):
@@ -756,6 +757,7 @@ class _PoolRun:
         self.workers = verifier._workers  # replaced in place by MathVerifier._replace
         self.results: dict[int, float] = {}
         self.crashed: set[int] = set()
+        self.start_deaths = 0  # workers killed by a signal during start-up in this call
         self.wait_for_start = wait_for_start
         # a few chunks per worker keep the load balanced; each holds at most chunk_size items and about
         # _CHUNK_CHARS characters
@@ -796,8 +798,16 @@ class _PoolRun:
     def _on_death(self, idx: int) -> None:
         w = self.workers[idx]
         if not w.ready:
+            try:
+                code = w.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+            self.start_deaths += 1
+            if code is not None and code < 0 and self.start_deaths <= 3:
+                self.v._replace(idx)  # killed from outside while starting (e.g. the OOM killer): retry
+                return
             raise RuntimeError(
-                f"a math verifier worker exited during start-up (exit code {w.proc.poll()}); "
+                f"a math verifier worker exited during start-up (exit code {code}); "
                 "set POPO_VERIFIER_DEBUG=1 to see its stderr"
             )
         if w.chunk and w.pos < len(w.chunk):

@@ -1,7 +1,9 @@
 """Rollout engine on `transformers` `generate` (KV cache, batched, seeded; CPU and CUDA).
 
-The log-prob of each sampled token is read from the processed scores `generate` already computes
-(temperature and top-p applied), so POPO's weights need no extra forward pass.
+Sampling is done by `popo.rollout.sampling.SeededSampler` (Gumbel-max with per-row counter-based noise),
+which also records the log-prob of each sampled token under the distribution it was drawn from
+(temperature and top-p applied), so POPO's weights need no extra forward pass and no [rows, steps, vocab]
+score tensor is kept.
 """
 
 from __future__ import annotations
@@ -9,18 +11,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+import transformers
+from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from popo.rollout.base import Rollouts, SamplingParams
+from popo.rollout.sampling import SeededSampler, gumbel_noise, row_seed, sampling_logprobs
 
 
 class HFEngine:
-    """Samples with the policy model itself; `max_batch_rollouts` bounds the rows per `generate` call."""
+    """Samples with the policy model itself; `max_batch_rollouts` bounds the rows per `generate` call.
+
+    With `share_prompt_prefill` (the default) each prompt's tokens but the last go through the model once,
+    not once per rollout: their KV cache is computed for the distinct prompts and repeated for the
+    prompt's `n` rows, and decoding starts from it (it then runs only the last prompt token per row).
+
+    With `drop_finished_rows` (the default) the engine runs its own decoding loop (`_decode`): a row that
+    has produced end-of-sequence leaves the batch and its KV cache, so later steps only compute the rows
+    still running. `generate` would keep computing finished rows (and padding them) until the longest
+    one ends. The samples are the same either way (`SeededSampler`'s draw depends only on the row's
+    seed and position); False uses `generate` with the sampler as a logits processor. The loop applies
+    only temperature and top-p, not other processors of the model's `generation_config`.
+    """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
-                 max_prompt_tokens: int = 1024, max_batch_rollouts: int = 256):
+                 max_prompt_tokens: int = 1024, max_batch_rollouts: int = 256, share_prompt_prefill: bool = True,
+                 drop_finished_rows: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.max_prompt_tokens, self.max_batch_rollouts = max_prompt_tokens, max_batch_rollouts
+        self.share_prompt_prefill, self.drop_finished_rows = share_prompt_prefill, drop_finished_rows
         self._prompt_cache: dict[str, list[int]] = {}
 
     def _encode(self, prompt: str) -> list[int]:
@@ -36,43 +54,48 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, *,
-                 seed: int | None = None) -> Rollouts:
+                 seed: int | None = None, prompt_seeds: Sequence[int] | None = None) -> Rollouts:
+        """`n` rollouts per prompt. Sample j of prompt i is drawn with the seed `row_seed(s_i, j)`, where
+        s_i is `prompt_seeds[i]` or else `row_seed(seed, i)`: a rollout does not depend on which other
+        prompts share its batch or process (see `popo.rollout.sampling`)."""
         encoded = [self._encode(p) for p in prompts]
+        if prompt_seeds is None:
+            base = int(torch.randint(0, 2**31 - 1, ())) if seed is None else seed
+            prompt_seeds = [row_seed(base, i) for i in range(len(prompts))]
+        if len(prompt_seeds) != len(prompts):
+            raise ValueError(f"{len(prompt_seeds)} prompt seeds for {len(prompts)} prompts")
         per_call = max(1, self.max_batch_rollouts // n)
         parts: list[Rollouts] = []
-        with torch.random.fork_rng(devices=self._cuda_devices()):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, len(encoded), per_call):
-                parts.append(self._generate_batch(encoded[start:start + per_call], n, sampling))
+        for start in range(0, len(encoded), per_call):
+            seeds = [row_seed(s, j) for s in prompt_seeds[start:start + per_call] for j in range(n)]
+            parts.append(self._generate_batch(encoded[start:start + per_call], n, sampling, seeds))
         return concat_rollouts(parts, pad_id=self.tokenizer.pad_token_id)
 
-    def _cuda_devices(self) -> list[int]:
-        device = next(self.model.parameters()).device
-        return [device.index or 0] if device.type == "cuda" else []
-
-    def _generate_batch(self, encoded: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
+    def _generate_batch(self, encoded: list[list[int]], n: int, sampling: SamplingParams,
+                        seeds: list[int]) -> Rollouts:
         pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         device = next(self.model.parameters()).device
         width = max(len(ids) for ids in encoded)
         prompt_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
         prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded],
                                    device=device)
-        prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # [N, P]
-        prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # [N, P]
-        greedy = sampling.temperature <= 0
-        options = dict(do_sample=False) if greedy else dict(
-            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=sampling.max_new_tokens,
-            pad_token_id=pad_id, eos_token_id=eos_id, return_dict_in_generate=True,
-            output_scores=True, use_cache=True, **options)
+        prefix = self._prefix_cache(prompt_ids, prompt_mask, n) if self.share_prompt_prefill else None
+        prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # [N, P]
+        prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # [N, P]
+        seed_tensor = torch.tensor(seeds, dtype=torch.int64, device=device)  # [N]
+        if self.drop_finished_rows:
+            completion_ids, logprobs = self._decode(prompt_ids, prompt_mask, prefix, seed_tensor, sampling)
+        else:
+            sampler = SeededSampler(seed_tensor, sampling.temperature, sampling.top_p, prompt_width=width)
+            out = self.model.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=sampling.max_new_tokens,
+                pad_token_id=pad_id, eos_token_id=eos_id, return_dict_in_generate=True, use_cache=True,
+                do_sample=False, logits_processor=LogitsProcessorList([sampler]), **_cache_kwarg(prefix))
+            completion_ids = out.sequences[:, width:]  # [N, C]
+            logprobs = torch.stack(sampler.logprobs, dim=1)[:, : completion_ids.shape[1]]  # [N, C]
         self.model.train(was_training)
-        completion_ids = out.sequences[:, width:]  # [N, C]
-        scores = torch.stack(out.scores, dim=1).float()  # [N, C, V]
-        logprobs = scores.log_softmax(dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
         is_eos = completion_ids == eos_id
         eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # eos tokens strictly before t
         completion_mask = eos_before == 0  # [N, C] up to and including the first eos
@@ -82,6 +105,67 @@ class HFEngine:
             torch.where(completion_mask, completion_ids, pad_id), skip_special_tokens=True)
         return Rollouts(prompt_ids, prompt_mask.bool(), completion_ids, completion_mask, logprobs,
                         truncated, texts, group_size=n)
+
+
+    def _decode(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache, seeds: torch.Tensor,
+                 sampling: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample up to `max_new_tokens` per row ([N, P] left-padded prompts, `cache` holding their first
+        P-1 columns or None); rows leave the batch at their end-of-sequence token.
+        Returns (completion ids [N, C] padded after eos, sampled-token log-probs [N, C], 0 there)."""
+        pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        n_rows, limit = prompt_ids.shape[0], sampling.max_new_tokens
+        tokens = torch.full((n_rows, limit), pad_id, dtype=torch.long, device=prompt_ids.device)  # [N, C]
+        logprobs = torch.zeros(n_rows, limit, dtype=torch.float32, device=prompt_ids.device)  # [N, C]
+        mask = prompt_mask.long()  # [R, P + t] for the R running rows
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # [R, P]
+        inputs, step_positions = prompt_ids, positions  # the whole prompt, unless the prefix is cached
+        if cache is not None:
+            inputs, step_positions = prompt_ids[:, -1:], positions[:, -1:]
+        running = torch.arange(n_rows, device=prompt_ids.device)  # [R] row index of each running row
+        last_position = positions[:, -1:]  # [R, 1]
+        steps = 0
+        for t in range(limit):
+            out = self.model(input_ids=inputs, attention_mask=mask, position_ids=step_positions, use_cache=True,
+                             logits_to_keep=1, **_cache_kwarg(cache))
+            cache = out["cache"] if "cache" in out else out["past_key_values"]
+            logp = sampling_logprobs(out.logits[:, -1], sampling.temperature, sampling.top_p)  # [R, V]
+            keyed = logp if sampling.temperature <= 0 else logp + gumbel_noise(seeds, t, logp.shape[-1])
+            choice = keyed.argmax(dim=-1)  # [R]
+            tokens[running, t] = choice
+            logprobs[running, t] = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+            steps = t + 1
+            going = choice != eos_id  # [R]
+            if not bool(going.any()):
+                break
+            if not bool(going.all()):  # finished rows leave the batch and the cache
+                keep = going.nonzero().squeeze(1)  # [R']
+                cache.batch_select_indices(keep)
+                running, seeds, choice = running[keep], seeds[keep], choice[keep]
+                mask, last_position = mask[keep], last_position[keep]
+            inputs = choice.unsqueeze(1)  # [R, 1]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [R, P + t + 1]
+            last_position = last_position + 1
+            step_positions = last_position
+        return tokens[:, :steps], logprobs[:, :steps]
+
+    def _prefix_cache(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int):
+        """KV cache of the first P-1 prompt columns for the B distinct prompts ([B, P] left-padded), each
+        repeated for its n rows; None when there is nothing to share."""
+        if n == 1 or prompt_ids.shape[1] < 2:
+            return None
+        position_ids = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)  # [B, P], as `generate` numbers them
+        out = self.model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
+                         position_ids=position_ids[:, :-1], use_cache=True, logits_to_keep=1)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]  # transformers 5 / 4
+        cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...], rows ordered prompt by prompt
+        return cache
+
+
+def _cache_kwarg(cache) -> dict:
+    """`generate`'s keyword for a starting KV cache: `cache` from transformers 5, `past_key_values` before."""
+    if cache is None:
+        return {}
+    return {"cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values": cache}
 
 
 def concat_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:

@@ -1,0 +1,179 @@
+"""Rollout generation: popo's HFEngine against a bare `model.generate` call on the same batch.
+
+Bare = what a trainer without popo's engine runs (TRL's transformers path): left-padded prompt ids
+already on the device, `generate(do_sample=True, temperature=1, top_k=0, top_p=1)`, nothing else.
+Engine = `HFEngine.generate(prompts, G, ...)`: tokenisation (cached), per-row seeded sampling with the
+sampled tokens' log-probs, completion masks, decoding to text: everything a training step needs.
+Overhead = engine time / bare time - 1, per interleaved round, median over rounds.
+
+The second table is generated tokens per second (completion tokens up to and including the first
+end-of-sequence) against the number of rows per call.
+
+    .venv/bin/python benchmarks/generation.py
+    .venv/bin/python benchmarks/generation.py --models testbed --batch-sizes 8 64 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def load(model: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = common.model_path(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return policy, tokenizer
+
+
+def prompts_for(count: int) -> list[str]:
+    from popo.testbed.task import AdditionTask
+
+    return [ex.problem for ex in AdditionTask(digits=3, test_size=1000).train_examples(count, seed=0)]
+
+
+def bare_generate(policy, tokenizer, prompts: list[str], group: int, max_new_tokens: int, seed: int):
+    """(wall s, CPU s, generated tokens) of one plain sampled `generate` call; tokenisation not timed."""
+    import torch
+
+    batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    ids = batch["input_ids"].repeat_interleave(group, dim=0)  # [N, P]
+    mask = batch["attention_mask"].repeat_interleave(group, dim=0)  # [N, P]
+    torch.manual_seed(seed)
+    with common.Clock() as clock, torch.no_grad():
+        out = policy.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
+                              temperature=1.0, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id)
+    completion = out[:, ids.shape[1]:]  # [N, C]
+    is_eos = completion == tokenizer.eos_token_id
+    kept = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first eos
+    return clock.wall, clock.cpu, int(kept.sum())
+
+
+def engine_generate(engine, prompts: list[str], group: int, max_new_tokens: int, seed: int):
+    from popo.rollout import SamplingParams
+
+    with common.Clock() as clock:
+        rollouts = engine.generate(prompts, group, SamplingParams(max_new_tokens, 1.0, 1.0), seed=seed)
+    return clock.wall, clock.cpu, int(rollouts.lengths.sum())
+
+
+def _one(which, policy, tokenizer, engine, prompts, args, seed):
+    if which == "bare":
+        return bare_generate(policy, tokenizer, prompts, args.group, args.max_new_tokens, seed)
+    return engine_generate(engine, prompts, args.group, args.max_new_tokens, seed)
+
+
+def _compare(samples: dict) -> dict:
+    bare, engine = samples["bare"], samples["engine"]
+    ratios = [e[0] / b[0] for b, e in zip(bare, engine)]
+    cpu_ratios = [e[1] / b[1] for b, e in zip(bare, engine)]
+    return {"bare_s": common.median([b[0] for b in bare]), "engine_s": common.median([e[0] for e in engine]),
+            "bare_cpu_s": common.median([b[1] for b in bare]), "engine_cpu_s": common.median([e[1] for e in engine]),
+            "overhead": common.median(ratios) - 1.0, "overhead_cpu": common.median(cpu_ratios) - 1.0,
+            "round_ratios": [round(r, 3) for r in ratios],
+            "bare_tokens": common.median([b[2] for b in bare]), "engine_tokens": common.median([e[2] for e in engine])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["testbed", "2.4m"], choices=list(common.MODELS))
+    parser.add_argument("--prompts", type=int, default=8, help="prompts in the overhead batch")
+    parser.add_argument("--group", type=int, default=8, help="completions per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 64, 128, 256],
+                        help="rows per call for the tokens/s table (multiples of --group)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch default)")
+    parser.add_argument("--out", type=Path, default=common.RESULTS / "generation")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+
+    from popo.rollout import HFEngine
+
+    common.set_threads(args.threads)
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    overhead_rows, throughput_rows = [], []
+    for model in args.models:
+        policy, tokenizer = load(model)
+        engine = HFEngine(policy, tokenizer, max_batch_rollouts=max(args.batch_sizes + [args.prompts * args.group]))
+        prompts = prompts_for(max(args.batch_sizes) // args.group + args.prompts)
+        batch = prompts[: args.prompts]
+        for seed in range(2):  # warm-up (allocator, tokeniser cache) for both paths
+            bare_generate(policy, tokenizer, batch, args.group, args.max_new_tokens, seed)
+            engine_generate(engine, batch, args.group, args.max_new_tokens, seed)
+        samples = {"bare": [], "engine": []}  # (wall, cpu, tokens) per round
+        for rep in range(args.repeats):
+            for which in (("bare", "engine") if rep % 2 == 0 else ("engine", "bare")):
+                samples[which].append(_one(which, policy, tokenizer, engine, batch, args, rep))
+        row = {"model": model, "rows": args.prompts * args.group, **_compare(samples)}
+        overhead_rows.append(row)
+        print(f"{model:8} {row['rows']} rows: bare {row['bare_s']:.3f} s, engine {row['engine_s']:.3f} s, "
+              f"overhead {100 * row['overhead']:+.1f}% wall, {100 * row['overhead_cpu']:+.1f}% CPU "
+              f"(rounds {row['round_ratios']})", flush=True)
+        for rows in args.batch_sizes:
+            sub = prompts[: max(1, rows // args.group)]
+            samples = {"bare": [], "engine": []}
+            for rep in range(max(1, args.repeats // 2)):
+                for which in (("bare", "engine") if rep % 2 == 0 else ("engine", "bare")):
+                    samples[which].append(_one(which, policy, tokenizer, engine, sub, args, rep))
+            entry = {"model": model, "rows": len(sub) * args.group}
+            for which, runs in samples.items():
+                entry[f"{which}_tokens_per_s"] = common.median([t / w for w, c, t in runs])
+                entry[f"{which}_tokens_per_cpu_s"] = common.median([t / c for w, c, t in runs])
+            throughput_rows.append(entry)
+            print(f"{model:8} {entry['rows']:4} rows: bare {entry['bare_tokens_per_s']:8.0f} tok/s, "
+                  f"engine {entry['engine_tokens_per_s']:8.0f} tok/s", flush=True)
+
+    result = {"command": common.command_line(), "loadavg_before": load_before, "machine": common.machine(),
+              "versions": common.versions(), "settings": {"group_size": args.group, "max_new_tokens": args.max_new_tokens,
+                                                          "repeats": args.repeats, "threads": args.threads, "temperature": 1.0, "top_p": 1.0},
+              "overhead": overhead_rows, "throughput": throughput_rows}
+    common.write_result("generation", result, render_markdown(result), None if args.no_write else args.out)
+    return 0
+
+
+def render_markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = common.header("Generation: popo's engine vs bare `model.generate`", result)
+    lines += [
+        f"Up to {s['max_new_tokens']} new tokens, temperature {s['temperature']}, top-p {s['top_p']}, "
+        f"G = {s['group_size']}, fp32, torch threads {s['threads']}; {s['repeats']} interleaved rounds (bare and engine alternate first).",
+        "",
+        "## Overhead on one step's batch",
+        "",
+        *common.table(["model", "rows", "bare s", "engine s", "overhead (wall)", "bare CPU s", "engine CPU s",
+                       "overhead (CPU)", "bare tokens", "engine tokens", "per-round engine/bare (wall)"],
+                      [[r["model"], r["rows"], round(r["bare_s"], 4), round(r["engine_s"], 4),
+                        f"{100 * r['overhead']:+.1f}%", round(r["bare_cpu_s"], 4), round(r["engine_cpu_s"], 4),
+                        f"{100 * r['overhead_cpu']:+.1f}%", r["bare_tokens"], r["engine_tokens"],
+                        ", ".join(map(str, r["round_ratios"]))] for r in result["overhead"]]),
+        "",
+        "Engine overhead = median over rounds of engine time / bare time, minus 1 (negative = the engine "
+        "is faster). Tokens = completion tokens up to and including the first end-of-sequence (the two "
+        "paths draw different samples, so lengths differ slightly on the testbed model).",
+        "",
+        "## Tokens per second against rows per call",
+        "",
+        *common.table(["model", "rows", "bare tokens/s", "engine tokens/s", "bare tokens/CPU-s",
+                       "engine tokens/CPU-s"],
+                      [[r["model"], r["rows"], round(r["bare_tokens_per_s"]), round(r["engine_tokens_per_s"]),
+                        round(r["bare_tokens_per_cpu_s"]), round(r["engine_tokens_per_cpu_s"])]
+                       for r in result["throughput"]]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""`popo compare` and `popo sweep`: budget-matched, multi-seed runs from one initial checkpoint.
+
+A study folder holds one run per (variant, seed) in ``OUT/<variant>/seed-<s>/`` and a ``study.json``
+that records the shared settings, the variants and the rollout budget. Every variant starts from the
+same initial checkpoint (the same `model.name`, or the same cached warmed-up testbed model) and gets
+the same rollout budget, ``train.steps x rollout.prompts_per_step x rollout.group_size``: a study whose
+variants would differ in budget is refused before anything runs. The seed (`train.seed`) changes the
+prompt order, the sampling and the loss noise; the initial weights and the held-out set never change.
+
+A finished run has a ``done.json``; it is skipped when the study is run again (after checking that its
+settings are the ones asked for). An interrupted run resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from popo.algorithms import PRESETS
+from popo.config import Config, ConfigError, load_config, to_dict
+
+SFT_MORE = "sft-more"
+
+
+def study_overrides() -> list[str]:
+    """The default study settings (no CONFIG given): the `popo demo` testbed (3-digit addition, warm-up
+    on easier problems, 150 steps x 32 prompts x 8 rollouts, lr 5e-5, 1000 held-out problems), with
+    k=8 for avg@k / pass@k, quiet runs and a checkpoint every 50 steps so that runs can resume."""
+    return ["model.name=testbed", "data.source=testbed", "data.eval_source=testbed", "data.eval_size=1000",
+            "testbed.digits=3", "rollout.prompts_per_step=32", "rollout.group_size=8", "optim.lr=5e-5",
+            "train.steps=150", "train.eval_every=75", "train.eval_samples=8", "train.diag_every=10",
+            "train.save_every=50", "train.keep_last=1", "train.progress=false", "train.tensorboard=false"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a study: a name, the overrides that define it, and whether it is the SFT control."""
+
+    name: str
+    overrides: tuple[str, ...]
+    sft: bool = False
+
+    @property
+    def dirname(self) -> str:
+        return "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in self.name.replace(" ", "_"))
+
+
+@dataclass
+class Study:
+    """What a study folder holds: shared settings and variants (merged over `compare`/`sweep` calls)."""
+
+    config_path: str | None
+    base_overrides: list[str]
+    variants: list[Variant] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    budget: int = 0
+    commands: list[str] = field(default_factory=list)
+
+
+def method_variants(methods: list[str]) -> list[Variant]:
+    """Variants for `--methods`: any preset name (popo, grpo, grpo-kl, raft, popo-nosim, ...) or sft-more."""
+    out = []
+    for method in methods:
+        if method == SFT_MORE:
+            out.append(Variant(SFT_MORE, ("algo.name=raft",), sft=True))
+        elif method in PRESETS:
+            out.append(Variant(method, (f"algo.name={method}",)))
+        else:
+            raise ConfigError(f"--methods: unknown method {method!r}; known: {', '.join([*PRESETS, SFT_MORE])}")
+    return out
+
+
+def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """``["algo.alpha=0.05,0.1", "algo.tau=0.99,0.999"]`` -> ``[("algo.alpha", ["0.05", "0.1"]), ...]``."""
+    grid = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not items:
+            raise ConfigError(f"--grid {spec!r}: expected KEY=V1,V2,... (e.g. algo.alpha=0.05,0.1,0.3)")
+        grid.append((key.strip(), items))
+    return grid
+
+
+def grid_variants(methods: list[str], grid: list[tuple[str, list[str]]]) -> list[Variant]:
+    """The cartesian product of methods and grid values, named ``method key=value ...``."""
+    out = []
+    for base in method_variants(methods):
+        for values in itertools.product(*[items for _, items in grid]):
+            pairs = [(key, value) for (key, _), value in zip(grid, values)]
+            label = " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in pairs)
+            out.append(Variant(f"{base.name} {label}".strip(), base.overrides + tuple(f"{k}={v}" for k, v in pairs),
+                               base.sft))
+    return out
+
+
+def rollout_budget(config: Config) -> int:
+    """Rollouts a run samples: steps x prompts per step x group size (for sft-more, the RL-equivalent)."""
+    return config.train.steps * config.rollout.prompts_per_step * config.rollout.group_size
+
+
+def run_config(study: Study, variant: Variant, seed: int, run_dir: Path) -> Config:
+    return load_config(study.config_path, [*study.base_overrides, *variant.overrides, f"train.seed={seed}",
+                                           f"train.out_dir={run_dir}"])
+
+
+def check_budgets(configs: dict[str, Config]) -> int:
+    """The common rollout budget; a ConfigError naming the variants when they differ."""
+    budgets = {name: rollout_budget(c) for name, c in configs.items()}
+    if len(set(budgets.values())) > 1:
+        detail = ", ".join(f"{n}: {b}" for n, b in budgets.items())
+        raise ConfigError(f"variants must share one rollout budget (steps x prompts x group size); got {detail}")
+    return next(iter(budgets.values()), 0)
+
+
+def _comparable(config: Config) -> dict:
+    """A run's settings without the fields that may legitimately change between invocations."""
+    d = to_dict(config)
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("out_dir", "progress", "tensorboard")}
+    return d
+
+
+def run_state(run_dir: Path, config: Config) -> str:
+    """``done`` (finished with these settings), ``partial`` (has a checkpoint) or ``new``."""
+    done = run_dir / "done.json"
+    if done.is_file():
+        saved = json.loads(done.read_text()).get("config")
+        if saved is not None and saved != json.loads(json.dumps(_comparable(config))):
+            raise ConfigError(f"{run_dir} was finished with different settings; use another --out or delete it")
+        return "done"
+    from popo.checkpoint import list_checkpoints
+
+    return "partial" if (run_dir / "checkpoints").is_dir() and list_checkpoints(run_dir) else "new"
+
+
+def execute_run(study_dir: str, variant: Variant, seed: int, threads: int) -> dict:
+    """Train (or resume) one run and mark it done; runs in a worker process when `--workers` > 1."""
+    import torch
+
+    from popo.build import resolve_model_path
+    from popo.sft_more import SftMoreTrainer
+    from popo.trainer import Trainer
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    study = load_study(Path(study_dir))
+    run_dir = Path(study_dir) / variant.dirname / f"seed-{seed}"
+    config = run_config(study, variant, seed, run_dir)
+    state = run_state(run_dir, config)
+    if state == "done":
+        return json.loads((run_dir / "done.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (run_dir / "train.log").open("a")
+
+    def log(message: str) -> None:
+        log_file.write(message + "\n")
+        log_file.flush()
+
+    start = time.perf_counter()
+    cls = SftMoreTrainer if variant.sft else Trainer
+    trainer = cls(config, resume=state == "partial", log=log)
+    trainer.run()
+    log_file.close()
+    if trainer.step < config.train.steps:
+        raise RuntimeError(f"{run_dir}: stopped at step {trainer.step} of {config.train.steps}")
+    record = {"variant": variant.name, "seed": seed, "sft": variant.sft, "wall_s": time.perf_counter() - start,
+              "resumed": state == "partial", "budget": rollout_budget(config),
+              "initial_checkpoint": resolve_model_path(config, log=lambda _: None),
+              "threads": torch.get_num_threads(), "config": _comparable(config)}
+    (run_dir / "done.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def load_study(out: Path) -> Study:
+    raw = json.loads((out / "study.json").read_text())
+    raw["variants"] = [Variant(v["name"], tuple(v["overrides"]), v.get("sft", False)) for v in raw["variants"]]
+    return Study(**raw)
+
+
+def prepare_study(out: Path, config_path: str | None, base_overrides: list[str], variants: list[Variant],
+                  seeds: list[int], command: str) -> Study:
+    """Create or extend OUT/study.json after validating every run's config and the shared budget."""
+    if out.joinpath("study.json").is_file():
+        study = load_study(out)
+        same = study.config_path == config_path and (study.base_overrides == base_overrides or _comparable(
+            load_config(config_path, study.base_overrides)) == _comparable(load_config(config_path, base_overrides)))
+        if not same:
+            raise ConfigError(f"{out} holds a study with other shared settings ({study.config_path}, "
+                              f"{' '.join(study.base_overrides)}); use another --out")
+    else:
+        study = Study(config_path, base_overrides)
+    known = {v.name: v for v in study.variants}
+    for v in variants:
+        if v.name in known and known[v.name] != v:
+            raise ConfigError(f"{out}: variant {v.name!r} already exists with other overrides")
+        known[v.name] = v
+    study.variants = list(known.values())
+    study.seeds = sorted(set(study.seeds) | set(seeds))
+    configs = {v.name: run_config(study, v, seeds[0] if seeds else 0, out / v.dirname) for v in study.variants}
+    study.budget = check_budgets(configs)
+    if command not in study.commands:
+        study.commands.append(command)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = asdict(study)
+    payload["variants"] = [asdict(v) for v in study.variants]
+    (out / "study.json").write_text(json.dumps(payload, indent=1))
+    return study
+
+
+def run_study(out: str | Path, variants: list[Variant], seeds: list[int], *, config_path: str | None = None,
+              overrides: list[str] | None = None, workers: int = 1, threads: int = 0,
+              command: str | None = None, report: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Run every (variant, seed) not yet done, `workers` at a time, then write the report."""
+    out = Path(out)
+    base = ([] if config_path else study_overrides()) + list(overrides or [])
+    command = command or "popo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    study = prepare_study(out, config_path, base, variants, seeds, command)
+    log(f"study {out}: {len(variants)} variants x {len(seeds)} seeds, {study.budget} rollouts per run")
+    jobs, skipped = [], 0
+    for seed in seeds:  # seed-major: every variant gets seed 0 before any gets seed 1
+        for v in variants:
+            run_dir = out / v.dirname / f"seed-{seed}"
+            if run_state(run_dir, run_config(study, v, seed, run_dir)) == "done":
+                skipped += 1
+            else:
+                jobs.append((v, seed))
+    log(f"{skipped} runs already done (skipped), {len(jobs)} to run")
+    started = time.perf_counter()
+
+    def finished(i: int, rec: dict) -> None:
+        log(f"[{i}/{len(jobs)}] {rec['variant']} seed {rec['seed']}: {rec['wall_s']:.0f}s "
+            f"(elapsed {time.perf_counter() - started:.0f}s)")
+
+    if workers <= 1:
+        for i, (v, seed) in enumerate(jobs, 1):
+            finished(i, execute_run(str(out), v, seed, threads))
+    elif jobs:
+        env_threads = os.environ.get("OMP_NUM_THREADS")
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(execute_run, str(out), v, seed, threads or int(env_threads or 1))
+                       for v, seed in jobs]
+            for i, future in enumerate(as_completed(futures), 1):
+                finished(i, future.result())
+    if report:
+        from popo.study_report import write_study_report
+
+        write_study_report(out, log=log)
+    return out

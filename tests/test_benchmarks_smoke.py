@@ -1,0 +1,95 @@
+"""Every benchmark entry point runs end to end with the smallest settings, for one repetition, and
+writes its JSON + markdown: benchmarks are not tests (no timing is asserted), but they must not rot.
+
+The TRL comparison needs `trl`, which is not a project dependency (benchmarks/requirements.txt pins
+it); without it that part is skipped visibly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--prompts", "2", "--group", "2", "--max-new-tokens", "3"]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, monkeypatch_module):
+    """The benchmarks folder importable, and the tiny random models cached in a temporary folder."""
+    monkeypatch_module.setenv("POPO_BENCH_CACHE", str(tmp_path_factory.mktemp("bench-models")))
+    monkeypatch_module.syspath_prepend(str(BENCHMARKS))
+    return lambda name: importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _written(out: Path) -> dict:
+    assert out.with_suffix(".md").read_text().startswith("# ")
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def test_step_time_ours(bench, tmp_path):
+    out = tmp_path / "step"
+    assert bench("step_time_vs_trl").main(["--models", "0.3m", "--frameworks", "grpo", "popo", "--steps", "2",
+                                           "--repeats", "1", *TINY, "--out", str(out)]) == 0
+    rows = _written(out)["rows"]
+    assert {r["framework"] for r in rows} == {"grpo", "popo"}
+    assert all(r["median_step_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+
+
+def test_step_time_trl(bench, tmp_path):
+    if importlib.util.find_spec("trl") is None:
+        pytest.skip("trl is not installed (pip install -r benchmarks/requirements.txt to run this part)")
+    out = tmp_path / "step_trl"
+    assert bench("step_time_vs_trl").main(["--models", "0.3m", "--frameworks", "trl", "grpo", "--steps", "2",
+                                           "--repeats", "1", *TINY, "--out", str(out)]) == 0
+    rows = {r["framework"]: r for r in _written(out)["rows"]}
+    assert rows["grpo"]["trl_over_ours"] > 0
+
+
+def test_positive_fraction(bench, tmp_path):
+    out = tmp_path / "fraction"
+    assert bench("positive_fraction").main(["--model", "0.3m", "--fractions", "0.5", "--repeats", "1",
+                                            "--prompts", "2", "--group", "4", "--max-new-tokens", "3",
+                                            "--out", str(out)]) == 0
+    rows = {r["config"]: r for r in _written(out)["rows"]}
+    assert rows["popo"]["forwarded_rows"] == 4  # half of 8 rows are positive: only those are forwarded
+    assert rows["popo-ent-all"]["forwarded_rows"] == rows["grpo-full"]["forwarded_rows"] == 8
+
+
+def test_generation(bench, tmp_path):
+    out = tmp_path / "generation"
+    assert bench("generation").main(["--models", "0.3m", "--prompts", "2", "--group", "2", "--max-new-tokens", "3",
+                                     "--batch-sizes", "4", "--repeats", "1", "--out", str(out)]) == 0
+    result = _written(out)
+    assert result["overhead"][0]["engine_tokens"] > 0 and result["throughput"][0]["rows"] == 4
+
+
+def test_profile_step(bench, capsys):
+    assert bench("profile_step").main(["--model", "0.3m", "--steps", "1", *TINY, "--top", "3"]) == 0
+    assert "cProfile by tottime" in capsys.readouterr().out
+
+
+def test_verifier_throughput(bench, tmp_path):
+    module = bench("verifier_throughput")
+    if not module.DEFAULT_DATA.is_file():
+        pytest.skip(f"MATH-500 file not found: {module.DEFAULT_DATA}")
+    out = tmp_path / "verifier"
+    argv = sys.argv
+    try:
+        sys.argv = ["verifier_throughput.py"]
+        assert module.main(["--prompts", "2", "--group", "2", "--workers", "1", "--runs", "1",
+                            "--out", str(out)]) == 0
+    finally:
+        sys.argv = argv
+    assert _written(out)["rows"][0]["items"] == 4

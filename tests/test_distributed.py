@@ -1,0 +1,103 @@
+"""Two processes (accelerate launch, gloo on CPU) train exactly like one process with the whole batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def overrides(cache: Path, out: Path, *extra: str) -> list[str]:
+    # 2 prompts per step: one per rank, so a rank often samples no positive at all
+    return [f"testbed.cache_dir={cache}", "testbed.warmup_steps=200", "testbed.warmup_batch=32",
+            "testbed.digits=1", "testbed.test_size=20", "data.eval_source=", "rollout.prompts_per_step=2",
+            "rollout.group_size=4", "rollout.max_new_tokens=12", "train.eval_every=0", "train.diag_every=2",
+            "train.save_every=2", "train.keep_last=5", "train.progress=false", "train.tensorboard=false",
+            "optim.lr=1e-3", "algo.tau=0.5", "model.device=cpu", f"train.out_dir={out}", *extra]
+
+
+def run(args: list[str], processes: int = 1) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if processes == 1:
+        cmd = [sys.executable, "-m", "popo", *args]
+    else:
+        cmd = [str(ACCELERATE), "launch", "--multi_gpu", f"--num_processes={processes}", "--num_machines=1",
+               "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={_free_port()}",
+               "-m", "popo", *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in lines]
+
+
+def weights(run_dir: Path, step: int, part: str = "policy") -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / part / "model.safetensors")
+
+
+def assert_same_records(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        ra, rb = ({k: v for k, v in r.items() if k != "positive_rollouts_min_rank"} for r in (ra, rb))
+        assert ra.keys() == rb.keys(), ra.keys() ^ rb.keys()
+        for key in ra.keys() - {"micro_batches"}:  # each rank plans its own micro-batches
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6, rel=1e-5), (ra["step"], key)  # summation order only
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    run(["sft", f"testbed.cache_dir={path}", "testbed.warmup_steps=200", "testbed.warmup_batch=32",
+         "testbed.digits=1", "testbed.test_size=20"])
+    return path
+
+
+@pytest.mark.parametrize("algo", ["popo", "grpo"])
+def test_two_processes_equal_one_process_with_the_whole_batch(cache, tmp_path, algo):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(["train", *overrides(cache, one, f"algo.name={algo}", "train.steps=4")])
+    run(["train", *overrides(cache, two, f"algo.name={algo}", "train.steps=4")], processes=2)
+    a, b = records(one), records(two)
+    assert_same_records(a, b)
+    assert sum(r["positive_rollouts"] for r in a) > 0, "the warmed-up model should solve something"
+    if algo == "popo":  # the case that could hang: one rank with nothing to train while the other trains
+        assert any(r["positive_rollouts_min_rank"] == 0 < r["positive_rollouts"] for r in b), b
+    for step in (2, 4):
+        assert_same_weights(weights(one, step), weights(two, step))
+        if algo == "popo":
+            assert_same_weights(weights(one, step, "target"), weights(two, step, "target"))
+
+
+def test_checkpoint_of_two_processes_resumes_in_one(cache, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(["train", *overrides(cache, one, "train.steps=4")])
+    run(["train", *overrides(cache, two, "train.steps=2")], processes=2)
+    shutil.rmtree(two / "checkpoints" / "step-000004", ignore_errors=True)
+    run(["train", "--resume", str(two), "train.steps=4"])
+    assert_same_records(records(one), records(two))
+    assert_same_weights(weights(one, 4), weights(two, 4))
