@@ -4,7 +4,9 @@ Bare = what a trainer without popo's engine runs (TRL's transformers path): left
 already on the device, `generate(do_sample=True, temperature=1, top_k=0, top_p=1)`, nothing else.
 Engine = `HFEngine.generate(prompts, G, ...)`: tokenisation (cached), per-row seeded sampling with the
 sampled tokens' log-probs, completion masks, decoding to text: everything a training step needs.
-Overhead = engine time / bare time - 1, per interleaved round, median over rounds.
+Overhead = engine time / bare time - 1, per interleaved round, median over rounds. `engine-generate`
+is the engine before this benchmark's optimisations (sampler inside `generate`, no shared prompt
+prefill, finished rows kept): `HFEngine(share_prompt_prefill=False, drop_finished_rows=False)`.
 
 The second table is generated tokens per second (completion tokens up to and including the first
 end-of-sequence) against the number of rows per call.
@@ -67,21 +69,32 @@ def engine_generate(engine, prompts: list[str], group: int, max_new_tokens: int,
     return clock.wall, clock.cpu, int(rollouts.lengths.sum())
 
 
-def _one(which, policy, tokenizer, engine, prompts, args, seed):
+PATHS = ("bare", "engine", "engine-generate")
+
+
+def _one(which, policy, tokenizer, engines, prompts, args, seed):
     if which == "bare":
         return bare_generate(policy, tokenizer, prompts, args.group, args.max_new_tokens, seed)
-    return engine_generate(engine, prompts, args.group, args.max_new_tokens, seed)
+    return engine_generate(engines[which], prompts, args.group, args.max_new_tokens, seed)
+
+
+def _order(rep: int) -> tuple[str, ...]:
+    return PATHS[rep % 3:] + PATHS[: rep % 3]
 
 
 def _compare(samples: dict) -> dict:
-    bare, engine = samples["bare"], samples["engine"]
-    ratios = [e[0] / b[0] for b, e in zip(bare, engine)]
-    cpu_ratios = [e[1] / b[1] for b, e in zip(bare, engine)]
-    return {"bare_s": common.median([b[0] for b in bare]), "engine_s": common.median([e[0] for e in engine]),
-            "bare_cpu_s": common.median([b[1] for b in bare]), "engine_cpu_s": common.median([e[1] for e in engine]),
-            "overhead": common.median(ratios) - 1.0, "overhead_cpu": common.median(cpu_ratios) - 1.0,
-            "round_ratios": [round(r, 3) for r in ratios],
-            "bare_tokens": common.median([b[2] for b in bare]), "engine_tokens": common.median([e[2] for e in engine])}
+    bare = samples["bare"]
+    out = {"bare_s": common.median([b[0] for b in bare]), "bare_cpu_s": common.median([b[1] for b in bare]),
+           "bare_tokens": common.median([b[2] for b in bare])}
+    for name in ("engine", "engine-generate"):
+        runs, key = samples[name], name.replace("-", "_")
+        out[f"{key}_s"] = common.median([e[0] for e in runs])
+        out[f"{key}_cpu_s"] = common.median([e[1] for e in runs])
+        out[f"{key}_tokens"] = common.median([e[2] for e in runs])
+        out[f"{key}_overhead"] = common.median([e[0] / b[0] for b, e in zip(bare, runs)]) - 1.0
+        out[f"{key}_overhead_cpu"] = common.median([e[1] / b[1] for b, e in zip(bare, runs)]) - 1.0
+        out[f"{key}_round_ratios"] = [round(e[0] / b[0], 3) for b, e in zip(bare, runs)]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,27 +119,31 @@ def main(argv: list[str] | None = None) -> int:
     overhead_rows, throughput_rows = [], []
     for model in args.models:
         policy, tokenizer = load(model)
-        engine = HFEngine(policy, tokenizer, max_batch_rollouts=max(args.batch_sizes + [args.prompts * args.group]))
+        most = max(args.batch_sizes + [args.prompts * args.group])
+        engines = {"engine": HFEngine(policy, tokenizer, max_batch_rollouts=most),
+                   "engine-generate": HFEngine(policy, tokenizer, max_batch_rollouts=most,
+                                               share_prompt_prefill=False, drop_finished_rows=False)}
         prompts = prompts_for(max(args.batch_sizes) // args.group + args.prompts)
         batch = prompts[: args.prompts]
         for seed in range(2):  # warm-up (allocator, tokeniser cache) for both paths
-            bare_generate(policy, tokenizer, batch, args.group, args.max_new_tokens, seed)
-            engine_generate(engine, batch, args.group, args.max_new_tokens, seed)
-        samples = {"bare": [], "engine": []}  # (wall, cpu, tokens) per round
+            for which in PATHS:
+                _one(which, policy, tokenizer, engines, batch, args, seed)
+        samples = {name: [] for name in PATHS}  # (wall, cpu, tokens) per round
         for rep in range(args.repeats):
-            for which in (("bare", "engine") if rep % 2 == 0 else ("engine", "bare")):
-                samples[which].append(_one(which, policy, tokenizer, engine, batch, args, rep))
+            for which in _order(rep):
+                samples[which].append(_one(which, policy, tokenizer, engines, batch, args, rep))
         row = {"model": model, "rows": args.prompts * args.group, **_compare(samples)}
         overhead_rows.append(row)
-        print(f"{model:8} {row['rows']} rows: bare {row['bare_s']:.3f} s, engine {row['engine_s']:.3f} s, "
-              f"overhead {100 * row['overhead']:+.1f}% wall, {100 * row['overhead_cpu']:+.1f}% CPU "
-              f"(rounds {row['round_ratios']})", flush=True)
+        print(f"{model:8} {row['rows']} rows: bare {row['bare_s']:.3f} s, engine {row['engine_s']:.3f} s "
+              f"({100 * row['engine_overhead']:+.1f}% wall, {100 * row['engine_overhead_cpu']:+.1f}% CPU), "
+              f"engine-generate {row['engine_generate_s']:.3f} s ({100 * row['engine_generate_overhead']:+.1f}% "
+              f"wall)", flush=True)
         for rows in args.batch_sizes:
             sub = prompts[: max(1, rows // args.group)]
-            samples = {"bare": [], "engine": []}
+            samples = {name: [] for name in PATHS}
             for rep in range(max(1, args.repeats // 2)):
-                for which in (("bare", "engine") if rep % 2 == 0 else ("engine", "bare")):
-                    samples[which].append(_one(which, policy, tokenizer, engine, sub, args, rep))
+                for which in _order(rep):
+                    samples[which].append(_one(which, policy, tokenizer, engines, sub, args, rep))
             entry = {"model": model, "rows": len(sub) * args.group}
             for which, runs in samples.items():
                 entry[f"{which}_tokens_per_s"] = common.median([t / w for w, c, t in runs])
@@ -143,6 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _overhead_cells(rows: list[dict]) -> list[list]:
+    out = []
+    for r in rows:
+        out.append([r["model"], r["rows"], "bare", round(r["bare_s"], 4), round(r["bare_cpu_s"], 4), "-", "-",
+                    r["bare_tokens"], "-"])
+        for name in ("engine", "engine-generate"):
+            key = name.replace("-", "_")
+            out.append([r["model"], r["rows"], name, round(r[f"{key}_s"], 4), round(r[f"{key}_cpu_s"], 4),
+                         f"{100 * r[f'{key}_overhead']:+.1f}%", f"{100 * r[f'{key}_overhead_cpu']:+.1f}%",
+                         r[f"{key}_tokens"], ", ".join(map(str, r[f"{key}_round_ratios"]))])
+    return out
+
+
 def render_markdown(result: dict) -> str:
     s = result["settings"]
     lines = common.header("Generation: popo's engine vs bare `model.generate`", result)
@@ -152,24 +182,19 @@ def render_markdown(result: dict) -> str:
         "",
         "## Overhead on one step's batch",
         "",
-        *common.table(["model", "rows", "bare s", "engine s", "overhead (wall)", "bare CPU s", "engine CPU s",
-                       "overhead (CPU)", "bare tokens", "engine tokens", "per-round engine/bare (wall)"],
-                      [[r["model"], r["rows"], round(r["bare_s"], 4), round(r["engine_s"], 4),
-                        f"{100 * r['overhead']:+.1f}%", round(r["bare_cpu_s"], 4), round(r["engine_cpu_s"], 4),
-                        f"{100 * r['overhead_cpu']:+.1f}%", r["bare_tokens"], r["engine_tokens"],
-                        ", ".join(map(str, r["round_ratios"]))] for r in result["overhead"]]),
+        *common.table(["model", "rows", "path", "wall s", "CPU s", "vs bare (wall)", "vs bare (CPU)", "tokens",
+                       "per-round / bare (wall)"], _overhead_cells(result["overhead"])),
         "",
-        "Engine overhead = median over rounds of engine time / bare time, minus 1 (negative = the engine "
-        "is faster). Tokens = completion tokens up to and including the first end-of-sequence (the two "
+        "vs bare = median over rounds of path time / bare time, minus 1 (negative = faster than a bare "
+        "`generate`). engine = popo's engine now; engine-generate = the engine before the optimisations "
+        "(sampler inside `generate`, prompt prefill per row, finished rows kept). Tokens = completion tokens up to and including the first end-of-sequence (the two "
         "paths draw different samples, so lengths differ slightly on the testbed model).",
         "",
         "## Tokens per second against rows per call",
         "",
-        *common.table(["model", "rows", "bare tokens/s", "engine tokens/s", "bare tokens/CPU-s",
-                       "engine tokens/CPU-s"],
-                      [[r["model"], r["rows"], round(r["bare_tokens_per_s"]), round(r["engine_tokens_per_s"]),
-                        round(r["bare_tokens_per_cpu_s"]), round(r["engine_tokens_per_cpu_s"])]
-                       for r in result["throughput"]]),
+        *common.table(["model", "rows", *[f"{p} tokens/s" for p in PATHS], *[f"{p} tokens/CPU-s" for p in PATHS]],
+                      [[r["model"], r["rows"], *[round(r[f"{p}_tokens_per_s"]) for p in PATHS],
+                        *[round(r[f"{p}_tokens_per_cpu_s"]) for p in PATHS]] for r in result["throughput"]]),
         "",
     ]
     return "\n".join(lines)

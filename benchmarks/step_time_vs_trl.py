@@ -8,6 +8,10 @@ step (and, for POPO, the EMA update). Rewards: the testbed verifier for the test
 random models, which never solve the task, a hash of the completion text that marks about 1/8 of
 them positive (see `common.hash_reward`), the same function in both frameworks.
 
+`grpo-base` / `popo-base` are popo before the optimisations documented in docs/performance.md
+(engine sampling inside `generate` with per-row prompt prefill and finished rows kept; GRPO forwarding
+zero-advantage rows), for the before/after comparison in the same run.
+
 Each (framework, model) run is a fresh process (so its peak RSS is its own) training `--steps` steps;
 the runs are interleaved (round r runs every framework once, in a rotated order) and repeated
 `--repeats` times. Per run: median step time over the steps after the first. Per pair: the ratio of
@@ -34,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-FRAMEWORKS = ("trl", "grpo", "popo")
+FRAMEWORKS = ("trl", "grpo", "popo", "grpo-base", "popo-base")
 
 
 # ---------------------------------------------------------------- workers (one framework, one model)
@@ -47,14 +51,17 @@ def _prompts(args):
 
 def make_trainer(args):
     """popo's Trainer for `args.framework` (grpo or popo) on `args.model`, with the shared settings."""
+    from dataclasses import replace
+
     from popo.config import load_config
     from popo.trainer import Trainer
 
     path = common.model_path(args.model)
+    algo = args.framework.removesuffix("-base")
     out_dir = tempfile.mkdtemp(prefix="bench-step-")
     overrides = [
         f"model.name={path}", "model.dtype=float32", "model.device=cpu", "data.eval_source=",
-        f"testbed.train_size={args.prompts * (args.steps + 1) * 4}", f"algo.name={args.framework}",
+        f"testbed.train_size={args.prompts * (args.steps + 1) * 4}", f"algo.name={algo}",
         f"rollout.group_size={args.group}", f"rollout.prompts_per_step={args.prompts}",
         f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
         "algo.kl_coef=0.0", "algo.aggregation=token-mean", "algo.zero_if_truncated=false",
@@ -65,6 +72,9 @@ def make_trainer(args):
     trainer = Trainer(load_config(None, overrides), log=lambda s: None)
     if args.model != "testbed":
         trainer.verifier = common.HashVerifier()
+    if args.framework.endswith("-base"):  # popo before the optimisations of docs/performance.md
+        trainer.engine.share_prompt_prefill = trainer.engine.drop_finished_rows = False
+        trainer.algorithm = replace(trainer.algorithm, zero_credit_inert=lambda cfg: False)
     return trainer
 
 
@@ -204,7 +214,8 @@ def summarise(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["0.3m", "2.4m", "testbed"], choices=list(common.MODELS))
-    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS,
+                        help="trl, popo's grpo and popo, and the -base variants (popo before optimisation)")
     parser.add_argument("--steps", type=int, default=30, help="steps per run (the first is excluded)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per model")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
@@ -237,13 +248,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{model:8} round {rep + 1}  {fw:5} median step {medians[fw]:.4f} s (CPU {cpu[fw]:.4f} s)  "
                       f"peak RSS {result['peak_rss_mb']:.0f} MiB  threads {result['torch_threads']}", flush=True)
             if "trl" in medians:
-                for fw in ("grpo", "popo"):
+                for fw in ("grpo", "popo", "grpo-base", "popo-base"):
                     if fw in medians:
                         ratios.setdefault((model, fw), []).append(medians["trl"] / medians[fw])
                         cpu_ratios.setdefault((model, fw), []).append(cpu["trl"] / cpu[fw])
 
     rows = []
-    for (model, fw), rs in runs.items():
+    for (model, fw), rs in sorted(runs.items(), key=lambda kv: (args.models.index(kv[0][0]),
+                                                                FRAMEWORKS.index(kv[0][1]))):
         row = {"model": model, "framework": fw, **summarise(rs)}
         if (model, fw) in ratios:
             row["trl_over_ours"] = common.median(ratios[(model, fw)])

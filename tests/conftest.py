@@ -7,6 +7,8 @@ examples than the short CI budget.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -26,15 +28,46 @@ def fuzz_long(request) -> bool:
     return bool(request.config.getoption("--fuzz-long")) or os.environ.get("POPO_FUZZ_LONG") == "1"
 
 
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="session")
 def tiny_testbed(tmp_path_factory) -> list[str]:
     """Overrides for a very small testbed run (1-digit problems, 20 warm-up steps cached once per session,
-    CPU, 4 prompts x 2 rollouts, 8 new tokens); every rollout counts as positive so every step updates."""
+    CPU, 4 prompts x 2 rollouts, 8 new tokens); every rollout counts as positive so every step updates.
+
+    The warm-up runs in a one-thread subprocess: on two shared cores a tiny model trains far faster on
+    one thread than on two contended ones."""
     cache = tmp_path_factory.mktemp("testbed-cache")
-    return [
-        f"testbed.cache_dir={cache}", "testbed.warmup_steps=20", "testbed.warmup_batch=16", "testbed.digits=1",
-        "testbed.test_size=6", "testbed.train_size=64", "data.eval_size=6", "model.device=cpu",
-        "rollout.prompts_per_step=4", "rollout.group_size=2", "rollout.max_new_tokens=8",
-        "algo.reward_threshold=-1", "optim.lr=1e-3", "train.eval_every=0", "train.diag_every=0",
-        "train.progress=false", "train.tensorboard=false",
-    ]
+    testbed = [f"testbed.cache_dir={cache}", "testbed.warmup_steps=20", "testbed.warmup_batch=16",
+               "testbed.digits=1", "testbed.test_size=6", "testbed.train_size=64"]
+    subprocess.run([sys.executable, "-m", "popo", "sft", *testbed], check=True, capture_output=True,
+                   env={**os.environ, **ONE_THREAD_ENV}, timeout=600)
+    return [*testbed, "data.eval_size=6", "model.device=cpu", "rollout.prompts_per_step=4",
+            "rollout.group_size=2", "rollout.max_new_tokens=8", "algo.reward_threshold=-1", "optim.lr=1e-3",
+            "train.eval_every=0", "train.diag_every=0", "train.progress=false", "train.tensorboard=false"]
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (much faster for tiny models on shared cores), then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+WARM_TESTBED = ["testbed.warmup_steps=200", "testbed.warmup_batch=32", "testbed.digits=1", "testbed.test_size=20"]
+
+
+@pytest.fixture(scope="session")
+def warm_testbed_cache(tmp_path_factory) -> str:
+    """A testbed cache holding the 1-digit model after 200 warm-up steps (it solves some problems, so
+    RL steps have positives and negatives), built once per session in a one-thread subprocess. Tests
+    pass `testbed.cache_dir=<this>` with the `WARM_TESTBED` overrides to reuse it."""
+    cache = tmp_path_factory.mktemp("warm-testbed")
+    subprocess.run([sys.executable, "-m", "popo", "sft", f"testbed.cache_dir={cache}", *WARM_TESTBED], check=True,
+                   capture_output=True, env={**os.environ, **ONE_THREAD_ENV}, timeout=900)
+    return str(cache)

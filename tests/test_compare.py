@@ -8,7 +8,7 @@ import json
 import pytest
 
 from popo.cli import main
-from popo.compare import (Variant, check_budgets, grid_variants, method_variants, parse_grid, prepare_study,
+from popo.compare import (check_budgets, config_differences, grid_variants, method_variants, parse_grid, prepare_study,
                           rollout_budget, run_state)
 from popo.config import ConfigError, load_config
 from popo.sft_more import reference_completion
@@ -22,8 +22,8 @@ def cache_dir(tmp_path_factory):
 
 
 def tiny(cache_dir) -> list[str]:
-    # 1-digit problems and a short warm-up: the model solves some problems, so steps have positives
-    return [f"testbed.cache_dir={cache_dir}", "testbed.warmup_steps=200", "testbed.warmup_batch=32",
+    # 1-digit problems and a very short warm-up (the test checks the plumbing, not learning)
+    return [f"testbed.cache_dir={cache_dir}", "testbed.warmup_steps=60", "testbed.warmup_batch=16",
             "testbed.digits=1", "testbed.test_size=16", "testbed.train_size=64", "data.eval_size=16", "rollout.prompts_per_step=4",
             "rollout.group_size=4", "rollout.max_new_tokens=12", "train.steps=3", "train.eval_every=2",
             "train.diag_every=1", "train.save_every=2", "train.eval_samples=2", "optim.lr=1e-3"]
@@ -78,7 +78,7 @@ def test_reference_completion():
 
 def test_compare_end_to_end_report_and_skip(cache_dir, tmp_path, capsys):
     out = tmp_path / "study"
-    argv = ["compare", *tiny(cache_dir), "--methods", "popo,grpo", "--seeds", "2", "--out", str(out)]
+    argv = ["compare", *tiny(cache_dir), "--methods", "popo,grpo", "--seeds", "2", "--out", str(out), "--threads", "1"]
     assert main(argv) == 0
     study = json.loads((out / "study.json").read_text())
     assert study["budget"] == 3 * 4 * 4 and study["seeds"] == [0, 1]
@@ -130,7 +130,7 @@ def test_compare_end_to_end_report_and_skip(cache_dir, tmp_path, capsys):
 def test_sweep_and_sft_more(cache_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
     status = main(["sweep", *tiny(cache_dir), "--methods", "popo,sft-more", "--grid", "optim.lr=1e-3,1e-4",
-                   "--seeds", "1", "--out", str(out)])
+                   "--seeds", "1", "--out", str(out), "--threads", "1"])
     assert status == 0
     names = {v["name"] for v in json.loads((out / "study.json").read_text())["variants"]}
     assert names == {"popo lr=1e-3", "popo lr=1e-4", "sft-more lr=1e-3", "sft-more lr=1e-4"}
@@ -141,3 +141,10 @@ def test_sweep_and_sft_more(cache_dir, tmp_path, capsys):
     capsys.readouterr()
     bad = main(["compare", *tiny(cache_dir), "train.steps=5", "--methods", "popo", "--seeds", "1", "--out", str(out)])
     assert bad == 2 and "other shared settings" in capsys.readouterr().err
+
+
+def test_config_differences_ignore_keys_added_later():
+    saved = {"algo": {"alpha": 0.1, "tau": 0.995}, "train": {"steps": 3}}
+    current = {"algo": {"alpha": 0.1, "tau": 0.99, "new_knob": 1}, "train": {"steps": 3}, "model": {"x": 1}}
+    assert config_differences(saved, current) == ["algo.tau"]
+    assert config_differences(saved, {**current, "algo": {"alpha": 0.1, "tau": 0.995}}) == []

@@ -70,11 +70,8 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cache")
-    run(["sft", f"testbed.cache_dir={path}", "testbed.warmup_steps=200", "testbed.warmup_batch=32",
-         "testbed.digits=1", "testbed.test_size=20"])
-    return path
+def cache(warm_testbed_cache) -> Path:
+    return Path(warm_testbed_cache)
 
 
 @pytest.mark.parametrize("algo", ["popo", "grpo"])

@@ -17,8 +17,8 @@ REQUIRED_KEYS = {"step", "reward_mean", "pass_rate", "rollouts", "positive_rollo
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
+def cache_dir(warm_testbed_cache):
+    return warm_testbed_cache
 
 
 def make_config(cache_dir, out_dir, *extra):

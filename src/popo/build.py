@@ -6,6 +6,7 @@ Every failure a user can cause (missing model path, empty dataset) raises `Setup
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,12 @@ def load_policy(path: str, config: Config, device: torch.device):
         kwargs["attn_implementation"] = config.model.attn_implementation
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+        if (Path(path) / "adapter_config.json").is_file():  # a LoRA checkpoint: merge it into its base
+            from popo.lora import load_adapter_merged
+
+            model = load_adapter_merged(path, **kwargs).to(device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
     except OSError as err:
         raise SetupError(f"cannot load model {path!r}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
@@ -63,6 +69,12 @@ def load_policy(path: str, config: Config, device: torch.device):
     tokenizer.padding_side = "left"
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    lora = config.model.lora
+    if lora.r > 0:
+        from popo.lora import apply_lora
+
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules,
+                           config.model.gradient_checkpointing)
     return model, tokenizer
 
 
@@ -172,3 +184,55 @@ class PromptStream:
             orders.setdefault(epoch, self._order(epoch))
             out.append(orders[epoch][pos % self.size])
         return out
+
+
+def build_models(policy: torch.nn.Module, config: Config, algorithm, device: torch.device):
+    """The policy and the companions the algorithm asks for. With LoRA the EMA target is an EMA of
+    the adapter tensors and the reference is the policy with adapters disabled: no model copies."""
+    from popo.ema import Predictor
+    from popo.lora import AdapterEMA, AdapterOff, is_peft
+    from popo.update import Models
+
+    models, lora = Models(policy=policy.train()), is_peft(policy)
+    if algorithm.needs_target(config.algo):
+        hidden = policy.config.hidden_size
+        models.target = AdapterEMA(policy) if lora else frozen_copy(policy)
+        models.predictor = Predictor(hidden, config.algo.predictor_width or hidden,
+                                     config.algo.predictor_layers).to(device, policy.dtype)
+    if algorithm.needs_reference(config.algo):
+        models.reference = AdapterOff(policy) if lora else frozen_copy(policy)
+    if config.model.offload_companions:
+        for companion in (models.target, models.reference):
+            if companion is not None:
+                companion.to("cpu")
+    return models
+
+
+@contextmanager
+def companions_on(models, device: torch.device, enabled: bool):
+    """With `model.offload_companions`, move the EMA target and the reference to `device` for the
+    block and back to CPU memory after it."""
+    moved = [m for m in (models.target, models.reference) if m is not None] if enabled else []
+    for m in moved:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m in moved:
+            m.to("cpu")
+
+
+def make_engine(config: Config, policy: torch.nn.Module, tokenizer, model_path: str):
+    """The rollout engine named by `rollout.engine`."""
+    r = config.rollout
+    if r.engine == "vllm":
+        from popo.rollout.vllm import VLLMEngine
+
+        return VLLMEngine(model_path, tokenizer, mode=r.vllm_mode, server_url=r.vllm_server_url,
+                          gpu_memory_utilization=r.vllm_gpu_memory_utilization, dtype=config.model.dtype,
+                          sync_dir=str(Path(config.train.out_dir) / "vllm-sync"),
+                          max_prompt_tokens=config.data.max_prompt_tokens)
+    from popo.rollout import HFEngine
+
+    return HFEngine(policy, tokenizer, max_prompt_tokens=config.data.max_prompt_tokens,
+                    max_batch_rollouts=r.max_batch_rollouts)

@@ -1,4 +1,4 @@
-"""Command line: `popo demo | sft | train | eval | config`.
+"""Command line: `popo demo | sft | train | eval | compare | sweep | report | config`.
 
 Errors a user can cause (bad config key or value, missing model, empty or malformed dataset) print one
 `error:` line and exit with status 2, without a traceback.

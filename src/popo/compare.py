@@ -129,13 +129,28 @@ def _comparable(config: Config) -> dict:
     return d
 
 
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys present in both dicts whose values differ (keys added to the config since the run
+    was made are ignored: they did not exist then)."""
+    out = []
+    for key in saved.keys() & current.keys():
+        a, b = saved[key], current[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return sorted(out)
+
+
 def run_state(run_dir: Path, config: Config) -> str:
     """``done`` (finished with these settings), ``partial`` (has a checkpoint) or ``new``."""
     done = run_dir / "done.json"
     if done.is_file():
-        saved = json.loads(done.read_text()).get("config")
-        if saved is not None and saved != json.loads(json.dumps(_comparable(config))):
-            raise ConfigError(f"{run_dir} was finished with different settings; use another --out or delete it")
+        saved = json.loads(done.read_text()).get("config") or {}
+        changed = config_differences(saved, json.loads(json.dumps(_comparable(config))))
+        if changed:
+            raise ConfigError(f"{run_dir} was finished with different settings ({', '.join(changed)}); "
+                              "use another --out or delete it")
         return "done"
     from popo.checkpoint import list_checkpoints
 
@@ -146,12 +161,22 @@ def execute_run(study_dir: str, variant: Variant, seed: int, threads: int) -> di
     """Train (or resume) one run and mark it done; runs in a worker process when `--workers` > 1."""
     import torch
 
+    previous_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        return _execute(study_dir, variant, seed)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _execute(study_dir: str, variant: Variant, seed: int) -> dict:
+    import torch
+
     from popo.build import resolve_model_path
     from popo.sft_more import SftMoreTrainer
     from popo.trainer import Trainer
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     study = load_study(Path(study_dir))
     run_dir = Path(study_dir) / variant.dirname / f"seed-{seed}"
     config = run_config(study, variant, seed, run_dir)

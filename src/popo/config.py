@@ -24,6 +24,18 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraSettings:
+    r: int = 0
+    """LoRA rank; 0 trains all weights. Needs `peft` (pip install 'popo[lora]')."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    target_modules: str = "all-linear"
+    """Modules that get adapters: all-linear, or comma-separated names such as q_proj,v_proj."""
+
+
+@dataclass
 class ModelConfig:
     name: str = "testbed"
     """Model to train: `testbed` (the embedded tiny Qwen2, warmed up and cached), a local folder, or a hub id."""
@@ -35,6 +47,10 @@ class ModelConfig:
     """Passed to `from_pretrained` (e.g. sdpa, flash_attention_2); None keeps the library default."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    offload_companions: bool = False
+    """Keep the EMA target and the reference model in CPU memory, on the device only during the update."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA adapters (model.lora.r, .alpha, .dropout, .target_modules); the EMA target then tracks them only."""
 
 
 @dataclass
@@ -92,7 +108,13 @@ class RolloutConfig:
     max_batch_rollouts: int = 256
     """Rows per generate call."""
     engine: str = "hf"
-    """Rollout engine: hf (transformers generate)."""
+    """Rollout engine: hf (transformers) or vllm (needs `pip install 'popo[vllm]'` and a CUDA GPU)."""
+    vllm_mode: str = "colocate"
+    """vLLM: colocate (in the training process, sleeping between rollouts) or server (LoRA only)."""
+    vllm_server_url: str = "http://127.0.0.1:8000"
+    """vLLM server mode: base URL of the `vllm serve` process."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vLLM colocate mode: share of GPU memory vLLM may use."""
 
 
 @dataclass
@@ -337,7 +359,14 @@ def validate(config: Config) -> None:
     _choice(o.schedule, ("constant", "cosine"), "optim.schedule")
     _choice(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
     _choice(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
-    _choice(r.engine, ("hf",), "rollout.engine")
+    _choice(r.engine, ("hf", "vllm"), "rollout.engine")
+    _choice(r.vllm_mode, ("colocate", "server"), "rollout.vllm_mode")
+    _check(0 < r.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
+    lora = config.model.lora
+    _check(lora.r >= 0 and lora.alpha > 0 and 0 <= lora.dropout < 1,
+           "model.lora.r must be >= 0, model.lora.alpha > 0 and model.lora.dropout in [0, 1)")
+    _check(r.engine != "vllm" or r.vllm_mode != "server" or lora.r > 0,
+           "rollout.vllm_mode=server syncs LoRA adapters only: set model.lora.r > 0 or use vllm_mode=colocate")
     _check(r.group_size >= 1 and r.prompts_per_step >= 1, "rollout.group_size and prompts_per_step must be >= 1")
     _check(r.group_size >= 2 or not PRESETS[a.name][0] == "grpo",
            f"algo.name={a.name} needs rollout.group_size >= 2 (advantages compare rollouts of one prompt)")
@@ -366,13 +395,21 @@ def to_dict(config: Config) -> dict[str, Any]:
     return {k: {kk: plain(vv) for kk, vv in v.items()} for k, v in dataclasses.asdict(config).items()}
 
 
+def _reference_rows(cls: type, prefix: str) -> list[str]:
+    docs, hints, rows = field_docs(cls), get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows.extend(_reference_rows(hints[f.name], f"{prefix}{f.name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append(f"| `{prefix}{f.name}` | `{default}` | {docs.get(f.name, '')} |")
+    return rows
+
+
 def reference_markdown() -> str:
     """The configuration reference table, generated from the dataclasses (the README embeds it)."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     for section in dataclasses.fields(Config):
         cls = section.type if isinstance(section.type, type) else get_type_hints(Config)[section.name]
-        docs = field_docs(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"| `{section.name}.{f.name}` | `{default}` | {docs.get(f.name, '')} |")
+        lines.extend(_reference_rows(cls, f"{section.name}."))
     return "\n".join(lines)

@@ -19,17 +19,18 @@ import torch
 import yaml
 
 from popo.algorithms import get_algorithm
-from popo.build import (PromptStream, SetupError, fit_prompts, frozen_copy, load_examples_for, load_policy,
-                        make_verifier, resolve_device, resolve_model_path)
+from popo.build import (PromptStream, SetupError, build_models, companions_on, fit_prompts, load_examples_for,
+                        load_policy, make_engine, make_verifier, resolve_device, resolve_model_path)
 from popo.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from popo.config import Config, to_dict
 from popo.distributed import Dist
-from popo.ema import Predictor, ema_tau, ema_update_
+from popo.ema import ema_tau, ema_update_
 from popo.evaluate import evaluate_policy, score_rollouts
-from popo.rollout import HFEngine, Rollouts, SamplingParams
+from popo.lora import ema_tensors, load_policy_weights
+from popo.rollout import Rollouts, SamplingParams
 from popo.rollout.sampling import row_seed
 from popo.tracking import MetricsWriter
-from popo.update import Models, mean_token_kl, sequence_logprobs, update_policy
+from popo.update import mean_token_kl, sequence_logprobs, update_policy
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
@@ -83,23 +84,16 @@ class Trainer:
             c, self.train_examples, self.tokenizer, context=context, source=c.data.source, split=c.data.split, log=log)
         self.eval_examples, self.eval_prompts = fit_prompts(
             c, self.eval_examples, self.tokenizer, context=context, source=c.data.eval_source, split="test", log=log)
-        self.models = Models(policy=policy.train())
-        if self.algorithm.needs_target(c.algo):
-            hidden = policy.config.hidden_size
-            self.models.target = frozen_copy(policy)
-            self.models.predictor = Predictor(hidden, c.algo.predictor_width or hidden,
-                                              c.algo.predictor_layers).to(self.device, policy.dtype)
-        if self.algorithm.needs_reference(c.algo):
-            self.models.reference = frozen_copy(policy)
-        self.params = [p for m in (policy, self.models.predictor) if m is not None for p in m.parameters()]
+        self.models = build_models(policy, c, self.algorithm, self.device)
+        self.params = [p for m in (policy, self.models.predictor) if m is not None for p in m.parameters()
+                       if p.requires_grad]  # with LoRA: the adapters only
         self.dist.broadcast_([p for m in (policy, self.models.predictor, self.models.target) if m is not None
                               for p in m.parameters()])  # identical start on every rank
         o = c.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(c.train.steps, o.warmup_ratio, o.schedule))
-        self.engine = HFEngine(policy, self.tokenizer, max_prompt_tokens=c.data.max_prompt_tokens,
-                               max_batch_rollouts=c.rollout.max_batch_rollouts)
+        self.engine = make_engine(c, policy, self.tokenizer, model_path)
         self.verifier = make_verifier(c)
         self.stream = PromptStream(len(self.train_examples), c.rollout.prompts_per_step, c.train.seed)
         self.sampling = SamplingParams(c.rollout.max_new_tokens, c.rollout.temperature, c.rollout.top_p)
@@ -137,21 +131,21 @@ class Trainer:
         before = self._mean_logprob(negatives) if diagnose else None
         noise_seeds = torch.tensor([row_seed(_mix(c.train.seed, step, 4), p * G + j) for p in positions
                                     for j in range(G)], device=self.device)  # per-rollout target noise
-        with timer("train"):  # update on the training rows only
-            metrics = self._update(rollouts.select(rows), credit[rows], positive[rows], step, noise_seeds[rows])
-        with timer("ema"):  # EMA target
-            if self.models.target is not None and metrics.get("skipped", 1.0) == 0.0:
-                tau = ema_tau(step, c.train.steps, c.algo.tau, c.algo.tau_schedule)
-                ema_update_(self.models.target, self.models.policy, tau)
-                metrics["tau"] = tau
-        if diagnose:
-            metrics["implicit_neg_logprob_delta"] = self._mean_logprob(negatives) - before
-            if self.models.target is not None:
-                batch = rollouts.select(positive)
-                kl = mean_token_kl(self.models.policy, self.models.target, batch, c.optim.micro_batch_tokens)
-                n = float(batch.completion_mask.sum())
-                kl_sum, count = self.dist.sum_values([kl * n, n])
-                metrics["kl_online_target"] = kl_sum / max(count, 1.0)
+        with companions_on(self.models, self.device, c.model.offload_companions):
+            with timer("train"):  # update on the training rows only
+                metrics = self._update(rollouts.select(rows), credit[rows], positive[rows], step,
+                                       noise_seeds[rows])
+            updated = metrics.get("skipped", 1.0) == 0.0
+            with timer("ema"):  # EMA target
+                if self.models.target is not None and updated:
+                    tau = ema_tau(step, c.train.steps, c.algo.tau, c.algo.tau_schedule)
+                    ema_update_(*ema_tensors(self.models.target, self.models.policy), tau)
+                    metrics["tau"] = tau
+            if diagnose:
+                metrics.update(self._diagnostics(rollouts.select(positive), negatives, before))
+        if updated and hasattr(self.engine, "push_weights"):  # an engine with its own copy of the weights
+            with timer("sync"):
+                self.engine.push_weights(self.models.policy)
         # step statistics over the whole batch (all ranks), as one process would compute them
         rewards, positive, credit = (self.dist.gather(t) for t in (rewards, positive, credit))
         lengths, truncated = self.dist.gather(rollouts.lengths), self.dist.gather(rollouts.truncated)
@@ -189,6 +183,18 @@ class Trainer:
             self.log(f"step {step + 1}: non-finite loss or gradient, update skipped "
                      f"({self.bad_steps} in a row)")
         return {**metrics, "skipped_no_positive": 0.0}
+
+    def _diagnostics(self, positives: Rollouts, negatives: Rollouts, before: float) -> dict[str, float]:
+        """How far the negatives' log-prob moved without being trained on (the implicit negative
+        gradient) and, with a target, KL(online || target) on the positives."""
+        out = {"implicit_neg_logprob_delta": self._mean_logprob(negatives) - before}
+        if self.models.target is not None:
+            kl = mean_token_kl(self.models.policy, self.models.target, positives,
+                               self.config.optim.micro_batch_tokens)
+            n = float(positives.completion_mask.sum())
+            kl_sum, count = self.dist.sum_values([kl * n, n])
+            out["kl_online_target"] = kl_sum / max(count, 1.0)
+        return out
 
     def _mean_logprob(self, batch: Rollouts) -> float:
         """Mean per-token log-prob of `batch` under the policy, over all ranks' rows."""
@@ -278,6 +284,8 @@ class Trainer:
         from safetensors.torch import load_file
 
         _load_weights(self.models.policy, path / "policy", load_file)
+        if hasattr(self.engine, "push_weights"):
+            self.engine.push_weights(self.models.policy)
         if self.models.target is not None:
             _load_weights(self.models.target, path / "target", load_file)
         state = load_training_state(path, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -290,7 +298,7 @@ def _load_weights(model, folder: Path, load_file) -> None:
     state = {}
     for file in sorted(folder.glob("*.safetensors")):
         state.update(load_file(file))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_policy_weights(model, state)
     tied = {k for k in missing if "lm_head" in k}
     if set(missing) - tied or unexpected:
         raise SetupError(f"checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}")

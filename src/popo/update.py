@@ -7,6 +7,8 @@ so negatives cost no forward or backward pass here.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +16,7 @@ from torch import nn
 
 from popo.algorithms import Algorithm, BatchTotals, LossInputs
 from popo.distributed import Dist, reduce_update_metrics
+from popo.lora import companion
 from popo.logprobs import completion_outputs, masked_mean
 from popo.losses import kl_penalty
 from popo.rollout.base import Rollouts
@@ -35,17 +38,22 @@ class Models:
 
 
 def plan_micro_batches(batch: Rollouts, token_budget: int) -> list[torch.Tensor]:
-    """Row indices of micro-batches: rows sorted by length, each micro-batch's padded size
-    (rows x longest row) kept within `token_budget` (a single longer row still gets its own)."""
-    lengths = batch.prompt_mask.sum(1) + batch.lengths  # [n]
-    order = torch.argsort(lengths, descending=True, stable=True).tolist()
+    """Row indices of micro-batches: rows sorted by length, each micro-batch's padded size kept within
+    `token_budget` (a single longer row still gets its own). The padded size is what the forward pass
+    sees: rows x (longest prompt + longest completion) of the micro-batch."""
+    prompt_lengths, completion_lengths = batch.prompt_mask.sum(1), batch.lengths  # [n], [n]
+    order = torch.argsort(prompt_lengths + completion_lengths, descending=True, stable=True).tolist()
+    prompt_lengths, completion_lengths = prompt_lengths.tolist(), completion_lengths.tolist()
     groups: list[list[int]] = []
+    width_p = width_c = 0
     for row in order:
-        longest = int(lengths[groups[-1][0]]) if groups else 0
-        if groups and (len(groups[-1]) + 1) * longest <= token_budget:
+        p, c = max(width_p, prompt_lengths[row]), max(width_c, completion_lengths[row])
+        if groups and (len(groups[-1]) + 1) * (p + c) <= token_budget:
             groups[-1].append(row)
+            width_p, width_c = p, c
         else:
             groups.append([row])
+            width_p, width_c = prompt_lengths[row], completion_lengths[row]
     return [torch.tensor(sorted(g)) for g in groups]
 
 
@@ -78,6 +86,51 @@ def _accumulate(total: dict[str, float], metrics: dict[str, float], share: float
         total[key] = total.get(key, 0.0) + (value if key in ADDITIVE_METRICS else share * value)
 
 
+def retry_once_on_oom(update):
+    """Wrap `update_policy`: on CUDA out-of-memory in a micro-batch, zero the gradients and run the update
+    once more with half the token budget (smaller micro-batches, same result up to float rounding), then
+    fail with a message naming the settings to lower.
+
+    Not retried, and reported at once: an OOM after an optimizer step of this call (with
+    `updates_per_batch > 1`, redoing it would step twice) or with several processes (the other ranks
+    would wait in a collective).
+    """
+    @functools.wraps(update)
+    def wrapper(models, optimizer, *args, token_budget: int, **kwargs) -> dict[str, float]:
+        stepped: list[int] = []
+        hook = optimizer.register_step_post_hook(lambda *_: stepped.append(1))
+        try:
+            try:
+                return update(models, optimizer, *args, token_budget=token_budget, **kwargs)
+            except torch.OutOfMemoryError as err:  # leave the except block first: it pins the activations
+                dist = kwargs.get("dist")
+                retry = not stepped and token_budget >= 2 and (dist is None or dist.world == 1)
+                if not retry:
+                    raise torch.OutOfMemoryError(_oom_message(token_budget, None)) from err
+            optimizer.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            warnings.warn(f"CUDA out of memory in a micro-batch: retrying the update with "
+                          f"optim.micro_batch_tokens={token_budget // 2} (half of {token_budget})", RuntimeWarning)
+            try:
+                metrics = update(models, optimizer, *args, token_budget=token_budget // 2, **kwargs)
+            except torch.OutOfMemoryError as err:
+                optimizer.zero_grad(set_to_none=True)
+                raise torch.OutOfMemoryError(_oom_message(token_budget, token_budget // 2)) from err
+            return {**metrics, "oom_retries": 1.0}
+        finally:
+            hook.remove()
+    return wrapper
+
+
+def _oom_message(budget: int, retried_with: int | None) -> str:
+    tried = f"and again at {retried_with}" if retried_with else "(not retried)"
+    return (f"CUDA out of memory in the update with optim.micro_batch_tokens={budget} {tried}; lower "
+            "optim.micro_batch_tokens, rollout.max_new_tokens or rollout.prompts_per_step, or set "
+            "model.gradient_checkpointing=true")
+
+
+@retry_once_on_oom
 def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: Algorithm, cfg,
                   batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, *, max_length: int,
                   token_budget: int, grad_clip: float, generator: torch.Generator | None,
@@ -99,7 +152,10 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
         algorithm, cfg, batch, credit, positive, row_seeds, totals.tokens, dist)
     plans = plan_micro_batches(batch, token_budget)
     old = sequence_logprobs(models.policy, batch, token_budget) if algorithm.needs_old_logprobs(cfg) else None
-    ref = sequence_logprobs(models.reference, batch, token_budget) if models.reference is not None else None
+    ref = None
+    if models.reference is not None:
+        with companion(models.reference) as reference:
+            ref = sequence_logprobs(reference, batch, token_budget)
     entropy_in_loss = algorithm.needs_entropy(cfg)
     metrics: dict[str, float] = {}
     updates = cfg.updates_per_batch if old is not None else 1
@@ -110,6 +166,12 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
             sub = batch.select(rows)
             ids, attention, prompt_len = sub.sequences()
             width = sub.completion_ids.shape[1]
+            target_features = None
+            if models.target is not None:  # before the policy's forward: a LoRA target swaps adapter tensors
+                with torch.no_grad(), companion(models.target) as target:
+                    target_features = masked_mean(completion_outputs(
+                        target, ids, attention, prompt_len, need_logprobs=False, need_features=True).features,
+                        sub.completion_mask)
             out = completion_outputs(models.policy, ids, attention, prompt_len, need_entropy=True,
                                      need_features=models.target is not None, entropy_grad=entropy_in_loss)
             inputs = LossInputs(
@@ -122,11 +184,10 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
                 inputs.predicted = models.predictor(masked_mean(out.features, sub.completion_mask))
                 if row_seeds is not None:
                     inputs.target_noise = normal_noise(row_seeds[rows], out.features.shape[-1])
-                with torch.no_grad():
-                    target = completion_outputs(models.target, ids, attention, prompt_len,
-                                                need_logprobs=False, need_features=True)
-                inputs.target = masked_mean(target.features, sub.completion_mask)
+                inputs.target = target_features
             loss, step_metrics = algorithm.loss(inputs, cfg)
+            if not bool(torch.isfinite(loss.detach())):  # skip the update even if the gradient is finite
+                step_metrics["loss"] = float(loss.detach())
             loss.backward()
             share = float(sub.completion_mask.sum()) / max(1, share_tokens)
             if "adv_mean" in step_metrics:  # a mean over rows: this micro-batch's share of the batch sum
@@ -188,6 +249,7 @@ def mean_token_kl(policy: nn.Module, target: nn.Module, batch: Rollouts, token_b
     if batch.num_rollouts == 0:
         return 0.0
     online = sequence_logprobs(policy, batch, token_budget)
-    frozen = sequence_logprobs(target, batch, token_budget)
+    with companion(target) as model:
+        frozen = sequence_logprobs(model, batch, token_budget)
     kl = kl_penalty(online, frozen, "k3")
     return float(torch.where(batch.completion_mask, kl, 0.0).sum() / batch.completion_mask.sum().clamp(min=1))

@@ -1,9 +1,10 @@
-"""Rollout engine on `transformers` `generate` (KV cache, batched, seeded; CPU and CUDA).
+"""Rollout engine on a `transformers` causal LM (KV cache, batched, seeded; CPU and CUDA).
 
-Sampling is done by `popo.rollout.sampling.SeededSampler` (Gumbel-max with per-row counter-based noise),
-which also records the log-prob of each sampled token under the distribution it was drawn from
-(temperature and top-p applied), so POPO's weights need no extra forward pass and no [rows, steps, vocab]
-score tensor is kept.
+Sampling is done by `popo.rollout.sampling` (Gumbel-max with per-row counter-based noise), which also
+records the log-prob of each sampled token under the distribution it was drawn from (temperature and
+top-p applied), so POPO's weights need no extra forward pass and no [rows, steps, vocab] score tensor is
+kept. By default the engine decodes with its own loop (shared prompt prefill, finished rows leave the
+batch; see `HFEngine`), measured against a bare `generate` in benchmarks/generation.py.
 """
 
 from __future__ import annotations

@@ -60,8 +60,16 @@ class VLLMEngine:
         if self.mode == "colocate":
             if self.sleep_between:
                 self.llm.wake_up(tags=["weights"])
-            named = [(name, p.detach()) for name, p in policy.state_dict().items()]
-            self.llm.collective_rpc(_load_weights, args=(named,))
+            lora = hasattr(policy, "peft_config")
+            if lora:  # vLLM holds plain weights: send base + adapter merged, then unmerge
+                policy.merge_adapter()
+            try:
+                named = [(_plain_name(name), p.detach()) for name, p in policy.state_dict().items()
+                         if "lora_" not in name]
+                self.llm.collective_rpc(_load_weights, args=(named,))
+            finally:
+                if lora:
+                    policy.unmerge_adapter()
             if self.sleep_between:
                 self.llm.sleep(level=1)
             return
@@ -122,6 +130,13 @@ class VLLMEngine:
         with urllib.request.urlopen(request, timeout=600) as reply:
             text = reply.read().decode()
         return json.loads(text) if text.strip().startswith("{") else {}
+
+
+def _plain_name(name: str) -> str:
+    """A `peft` parameter name as the plain model names it."""
+    if name.startswith("base_model.model."):
+        name = name[len("base_model.model."):]
+    return name.replace(".base_layer.", ".")
 
 
 def _parse_choice(choice: dict) -> tuple[list[int], list[float]]:
