@@ -93,7 +93,7 @@ def test_two_processes_equal_one_process_with_the_whole_batch(cache, tmp_path, a
 def test_checkpoint_of_two_processes_resumes_in_one(cache, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run(["train", *overrides(cache, one, "train.steps=4")])
-    run(["train", *overrides(cache, two, "train.steps=2")], processes=2)
+    run(["train", "--num-processes", "2", *overrides(cache, two, "train.steps=2")])  # the CLI shortcut
     shutil.rmtree(two / "checkpoints" / "step-000004", ignore_errors=True)
     run(["train", "--resume", str(two), "train.steps=4"])
     assert_same_records(records(one), records(two))

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="YAML config file (optional with --resume)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. algo.name=grpo")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    train.add_argument("--num-processes", type=int, default=1, metavar="N",
+                       help="data-parallel processes on this machine (runs `accelerate launch` for you)")
 
     ev = sub.add_parser("eval", help="evaluate a model on math benchmarks or the testbed's held-out split")
     ev.add_argument("--model", required=True, help="model folder or hub id, or `testbed`")
@@ -59,6 +61,7 @@ def _add_study_parsers(sub) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _dispatch(args)
     except (ConfigError, SetupError) as err:
@@ -106,6 +109,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    if args.num_processes > 1:  # re-launch this command under accelerate, one process per rank
+        _launch(args.argv, args.num_processes)
+        return
     from popo.trainer import Trainer
 
     overrides = list(args.overrides)
@@ -120,3 +126,21 @@ def _train(args: argparse.Namespace) -> None:
         Trainer(config, resume=True).run()
         return
     Trainer(load_config(args.config, overrides)).run()
+
+
+def _launch(argv: list[str], num_processes: int) -> None:
+    """Run the same `popo train` command line in `num_processes` processes with `accelerate launch`
+    (one node; for several nodes call `accelerate launch` yourself, see README "Scaling up")."""
+    import subprocess
+
+    argv = list(argv)
+    for i, item in enumerate(argv):  # drop --num-processes N / --num-processes=N
+        if item.startswith("--num-processes"):
+            del argv[i: i + (1 if "=" in item else 2)]
+            break
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               f"--num_processes={num_processes}", "--num_machines=1", "--mixed_precision=no",
+               "--dynamo_backend=no", "-m", "popo", *argv]
+    code = subprocess.call(command)
+    if code:
+        raise SystemExit(code)
