@@ -23,4 +23,4 @@ demo-quick: $(STAMP)
 	$(PY) -m popo demo --quick --out runs/demo-quick
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q

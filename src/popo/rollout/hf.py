@@ -16,7 +16,7 @@ import transformers
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from popo.rollout.base import Rollouts, SamplingParams
-from popo.rollout.sampling import SeededSampler, gumbel_noise, row_seed, sampling_logprobs
+from popo.rollout.sampling import SeededSampler, fmix32, gumbel_noise, row_seed, sampling_logprobs
 
 
 class HFEngine:
@@ -68,12 +68,12 @@ class HFEngine:
         per_call = max(1, self.max_batch_rollouts // n)
         parts: list[Rollouts] = []
         for start in range(0, len(encoded), per_call):
-            seeds = [row_seed(s, j) for s in prompt_seeds[start:start + per_call] for j in range(n)]
+            seeds = sample_seeds(prompt_seeds[start:start + per_call], n)  # [row_seed(s, j) for s, j]
             parts.append(self._generate_batch(encoded[start:start + per_call], n, sampling, seeds))
         return concat_rollouts(parts, pad_id=self.tokenizer.pad_token_id)
 
     def _generate_batch(self, encoded: list[list[int]], n: int, sampling: SamplingParams,
-                        seeds: list[int]) -> Rollouts:
+                        seeds: torch.Tensor) -> Rollouts:
         pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         device = next(self.model.parameters()).device
         width = max(len(ids) for ids in encoded)
@@ -85,7 +85,7 @@ class HFEngine:
         prefix = self._prefix_cache(prompt_ids, prompt_mask, n) if self.share_prompt_prefill else None
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # [N, P]
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # [N, P]
-        seed_tensor = torch.tensor(seeds, dtype=torch.int64, device=device)  # [N]
+        seed_tensor = seeds.to(device)  # [N]
         if self.drop_finished_rows:
             completion_ids, logprobs = self._decode(prompt_ids, prompt_mask, prefix, seed_tensor, sampling)
         else:
@@ -160,6 +160,15 @@ class HFEngine:
         cache = out["cache"] if "cache" in out else out["past_key_values"]  # transformers 5 / 4
         cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...], rows ordered prompt by prompt
         return cache
+
+
+def sample_seeds(prompt_seeds: Sequence[int], n: int) -> torch.Tensor:
+    """`row_seed(s, j)` for every prompt seed s and sample index j < n, as one int64 tensor [len * n]
+    (rows prompt by prompt), in one vectorised pass instead of a tensor round trip per row."""
+    mask = 0xFFFFFFFF
+    base = torch.tensor([s & mask for s in prompt_seeds], dtype=torch.int64)  # [B]
+    keys = fmix32((torch.arange(n, dtype=torch.int64) * 0x9E3779B1 + 0x7F4A7C15) & mask)  # [n]
+    return fmix32(base.unsqueeze(1) ^ keys.unsqueeze(0)).flatten()  # [B * n], row_seed's one-key step
 
 
 def _cache_kwarg(cache) -> dict:
