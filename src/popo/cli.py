@@ -67,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SetupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if type(err).__name__ != "TrainingHalted":  # the trainer's own stop, e.g. K non-finite steps in a row
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     except ValueError as err:  # data errors name file, line and field
         if type(err).__name__ in ("DataError",):
             print(f"error: {err}", file=sys.stderr)

@@ -33,6 +33,10 @@ from popo.tracking import MetricsWriter
 from popo.update import mean_token_kl, sequence_logprobs, update_policy
 
 
+class TrainingHalted(RuntimeError):
+    """The run stopped itself (e.g. too many consecutive non-finite updates); its message says why."""
+
+
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
     warmup = int(total_steps * warmup_ratio)
 
@@ -239,7 +243,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(reward=f"{record['reward_mean']:.3f}", pass_rate=f"{record['pass_rate']:.3f}")
                 if self.bad_steps >= c.train.max_bad_steps:
-                    raise RuntimeError(f"stopping: {self.bad_steps} consecutive steps with a non-finite loss "
+                    raise TrainingHalted(f"stopping: {self.bad_steps} consecutive steps with a non-finite loss "
                                        f"or gradient (last good checkpoint kept in {self.out_dir})")
                 if last or (c.train.save_every and self.step % c.train.save_every == 0):
                     self.save()
