@@ -152,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model:8} {entry['rows']:4} rows: bare {entry['bare_tokens_per_s']:8.0f} tok/s, "
                   f"engine {entry['engine_tokens_per_s']:8.0f} tok/s", flush=True)
 
+    settings = {"group_size": args.group, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+                "threads": args.threads, "temperature": 1.0, "top_p": 1.0}
     result = {"command": common.command_line(), "loadavg_before": load_before, "machine": common.machine(),
-              "versions": common.versions(), "settings": {"group_size": args.group, "max_new_tokens": args.max_new_tokens,
-                                                          "repeats": args.repeats, "threads": args.threads, "temperature": 1.0, "top_p": 1.0},
-              "overhead": overhead_rows, "throughput": throughput_rows}
+              "versions": common.versions(), "settings": settings, "overhead": overhead_rows,
+              "throughput": throughput_rows}
     common.write_result("generation", result, render_markdown(result), None if args.no_write else args.out)
     return 0
 
@@ -178,7 +179,8 @@ def render_markdown(result: dict) -> str:
     lines = common.header("Generation: popo's engine vs bare `model.generate`", result)
     lines += [
         f"Up to {s['max_new_tokens']} new tokens, temperature {s['temperature']}, top-p {s['top_p']}, "
-        f"G = {s['group_size']}, fp32, torch threads {s['threads']}; {s['repeats']} interleaved rounds (bare and engine alternate first).",
+        f"G = {s['group_size']}, fp32, torch threads {s['threads']}; {s['repeats']} interleaved rounds (the "
+        "three paths take turns going first).",
         "",
         "## Overhead on one step's batch",
         "",
@@ -187,12 +189,14 @@ def render_markdown(result: dict) -> str:
         "",
         "vs bare = median over rounds of path time / bare time, minus 1 (negative = faster than a bare "
         "`generate`). engine = popo's engine now; engine-generate = the engine before the optimisations "
-        "(sampler inside `generate`, prompt prefill per row, finished rows kept). Tokens = completion tokens up to and including the first end-of-sequence (the two "
-        "paths draw different samples, so lengths differ slightly on the testbed model).",
+        "(sampler inside `generate`, prompt prefill per row, finished rows kept). Tokens = completion tokens "
+        "up to and including the first end-of-sequence (bare `generate` draws different samples from the "
+        "engine's seeded ones, so lengths differ slightly on the testbed model).",
         "",
         "## Tokens per second against rows per call",
         "",
-        *common.table(["model", "rows", *[f"{p} tokens/s" for p in PATHS], *[f"{p} tokens/CPU-s" for p in PATHS]],
+        *common.table(["model", "rows", *[f"{p} tokens/s" for p in PATHS],
+                       *[f"{p} tokens/CPU-s" for p in PATHS]],
                       [[r["model"], r["rows"], *[round(r[f"{p}_tokens_per_s"]) for p in PATHS],
                         *[round(r[f"{p}_tokens_per_cpu_s"]) for p in PATHS]] for r in result["throughput"]]),
         "",

@@ -2,8 +2,8 @@
 
 Without a KL term, a row's clipped surrogate is -min(rho A, clip(rho) A) = 0 for A = 0 whatever the
 policy, so its gradient is exactly zero. Leaving such rows out while the loss normalisers still count
-them must give the same update as forwarding the whole batch. The reference here forwards every row (the same code path with the shortcut switched
-off). The optimizer is plain SGD with lr 1, so the weight change is the gradient itself (AdamW's first
+them must give the same update as forwarding the whole batch. The reference here forwards every row
+(the same code path with the shortcut switched off). The optimizer is plain SGD with lr 1, so the weight change is the gradient itself (AdamW's first
 step would hide a wrong gradient scale). The model runs in float64; the token log-probs are float32
 by design (`popo.logprobs`), hence atol 1e-6.
 """

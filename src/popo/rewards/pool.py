@@ -1,0 +1,446 @@
+"""The parent side of :class:`MathVerifier`: worker processes, chunked dispatch and per-item hard time limits.
+
+The reward rule, its safety notes and the worker loop live in :mod:`popo.rewards.math`. Each worker loads
+that file by path (it imports only the standard library), never this one, which imports ``popo``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math as _math
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from popo.rewards import math as _reward_math
+from popo.rewards.math import (
+    _BOOTSTRAP, DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, _extract, _gold_tuple,
+    _signals_usable, _verify_content,
+)
+
+__all__ = ["MathVerifier", "VerifierStats"]
+
+_CHUNK_CHARS = 32_000  # keeps one chunk message well inside a pipe buffer
+# the file each worker loads by path: the reward module, not this one (it must not import popo)
+_WORKER_FILE = os.path.abspath(_reward_math.__file__)
+
+
+@dataclass
+class VerifierStats:
+    """Cumulative counters of a :class:`MathVerifier` (see ``MathVerifier.stats``).
+
+    items: completions scored; verified: (box, gold) pairs actually checked by math-verify after
+    de-duplication; correct: completions that earned 1.0. no_box / unclosed / empty / too_long /
+    too_deep: completions that earned 0 before reaching math-verify, by reason. soft_timeouts: items
+    whose math-verify budget (``timeout_s``) ran out; hard_timeouts: items whose worker overran the
+    hard limit and was killed; crashes: items that made a worker die twice (an item whose worker dies
+    is retried once, alone, on a fresh worker); restarts: workers started to replace a killed or dead
+    one.
+    """
+
+    items: int = 0
+    verified: int = 0
+    correct: int = 0
+    no_box: int = 0
+    unclosed: int = 0
+    empty: int = 0
+    too_long: int = 0
+    too_deep: int = 0
+    soft_timeouts: int = 0
+    hard_timeouts: int = 0
+    crashes: int = 0
+    restarts: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _Worker:
+    __slots__ = ("proc", "cmd", "res", "ready", "chunk", "pos", "deadline", "start_deadline")
+
+    def __init__(self, proc, cmd, res, start_deadline: float):
+        self.proc = proc
+        self.cmd = cmd
+        self.res = res
+        self.ready = False
+        self.chunk: list | None = None
+        self.pos = 0
+        self.deadline = 0.0
+        self.start_deadline = start_deadline
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def _stop_worker(w: _Worker, grace_s: float) -> None:
+    """Close the pipes (an idle worker exits on EOF), then kill whatever is still running, and reap."""
+    for conn in (w.cmd, w.res):
+        try:
+            conn.close()
+        except OSError:
+            pass
+    try:
+        w.proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    if w.proc.poll() is None:
+        try:
+            w.proc.kill()
+        except OSError:
+            pass
+        try:
+            w.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _shutdown_workers(workers: list[_Worker]) -> None:
+    for w in workers:
+        try:
+            w.cmd.close()  # idle workers see EOF and exit while we attend to the others
+        except OSError:
+            pass
+    deadline = time.monotonic() + 2.0
+    for w in workers:
+        _stop_worker(w, max(0.0, deadline - time.monotonic()))
+    workers.clear()
+
+
+class MathVerifier:
+    """Batch math verifier: a pool of worker processes running :func:`math_reward`'s rule.
+
+    Args:
+        num_workers: worker processes; 0 scores in the calling process (tests, debugging; no hard limit,
+            and the soft limit only on the main thread).
+        timeout_s: soft per-item budget inside the worker (math-verify's own SIGALRM timeouts).
+        hard_timeout_s: per-item wall-clock limit enforced by the parent, which kills and replaces a
+            worker that overruns it; that item gets 0. Default ``1.5 * timeout_s + 2``.
+        max_chars: only the last ``max_chars`` characters of a completion are searched for the box.
+        max_answer_chars: a box whose content is longer than this earns 0 without being parsed.
+        max_depth: a box nested deeper than this ((), [], {} combined) earns 0 without being parsed.
+        chunk_size: items sent to a worker per message (results stream back one by one).
+        max_memory_mb: address-space limit of each worker (RLIMIT_AS); 0 for none.
+        start_timeout_s: how long to wait for a worker to start before raising RuntimeError.
+        dedup: score identical (box content, gold) pairs of a batch once (see below).
+
+    ``score`` de-duplicates identical (box content, gold) pairs within a batch (a group of G rollouts
+    often repeats the same answer), scores each once, and copies the reward. Workers are started in the
+    constructor and stopped by ``close()``, by leaving a ``with`` block, or when the verifier is garbage
+    collected; they also exit on their own when the parent process dies. ``score`` is serialised by a
+    lock, so one verifier can be shared between threads.
+    """
+
+    def __init__(
+        self,
+        num_workers: int = 2,
+        timeout_s: float = 5.0,
+        *,
+        hard_timeout_s: float | None = None,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        chunk_size: int = 32,
+        max_memory_mb: int = 4096,
+        start_timeout_s: float = 120.0,
+        dedup: bool = True,
+    ):
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.num_workers = int(num_workers)
+        self.timeout_s = float(timeout_s)
+        self.hard_timeout_s = float(hard_timeout_s) if hard_timeout_s is not None else 1.5 * self.timeout_s + 2.0
+        if self.hard_timeout_s <= 0:
+            raise ValueError(f"hard_timeout_s must be > 0, got {hard_timeout_s}")
+        self.max_chars = int(max_chars)
+        self.max_answer_chars = int(max_answer_chars)
+        self.max_depth = int(max_depth)
+        self.chunk_size = int(chunk_size)
+        self.max_memory_mb = int(max_memory_mb)
+        self.start_timeout_s = float(start_timeout_s)
+        self.dedup = bool(dedup)
+        self.stats = VerifierStats()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._workers: list[_Worker] = []
+        self._finalizer = weakref.finalize(self, _shutdown_workers, self._workers)
+        for _ in range(self.num_workers):
+            self._workers.append(self._spawn())
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> MathVerifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers (idempotent). The verifier cannot score afterwards."""
+        self._closed = True
+        self._finalizer()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (they change when a worker is replaced)."""
+        return [w.pid for w in self._workers]
+
+    def reset_stats(self) -> None:
+        self.stats = VerifierStats()
+
+    def wait_ready(self) -> None:
+        """Block until every worker has started (``score`` does this by itself; useful before timing).
+
+        Raises RuntimeError if a worker fails to start within ``start_timeout_s``.
+        """
+        if self._closed:
+            raise RuntimeError("this MathVerifier is closed")
+        with self._lock:
+            self._run_pool([], wait_for_start=True)
+
+    def _spawn(self) -> _Worker:
+        from multiprocessing.connection import Connection
+
+        cmd_r, cmd_w = os.pipe()
+        res_r, res_w = os.pipe()
+        debug = bool(os.environ.get("POPO_VERIFIER_DEBUG"))
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable, "-P", "-c", _BOOTSTRAP, _WORKER_FILE,
+                    str(cmd_r), str(res_w), str(os.getpid()), repr(self.timeout_s), str(self.max_memory_mb),
+                ],
+                pass_fds=(cmd_r, res_w),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=None if debug else subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except BaseException:
+            for fd in (cmd_r, cmd_w, res_r, res_w):
+                os.close(fd)
+            raise
+        os.close(cmd_r)
+        os.close(res_w)
+        return _Worker(
+            proc,
+            Connection(cmd_w, readable=False),
+            Connection(res_r, writable=False),
+            time.monotonic() + self.start_timeout_s,
+        )
+
+    def _replace(self, index: int) -> None:
+        _stop_worker(self._workers[index], 0.0)
+        self._workers[index] = self._spawn()
+        self.stats.restarts += 1
+
+    # -- scoring -----------------------------------------------------------------------------------
+
+    def score(self, completions: Sequence[str], answers: Sequence[str | Sequence[str]]) -> list[float]:
+        """Rewards in [0, 1] for each (completion, gold) pair, in order."""
+        if len(completions) != len(answers):
+            raise ValueError(
+                f"got {len(completions)} completions but {len(answers)} answers; they must pair up"
+            )
+        if self._closed:
+            raise RuntimeError("this MathVerifier is closed")
+        with self._lock:
+            return self._score(completions, answers)
+
+    def _score(self, completions: Sequence[str], answers: Sequence) -> list[float]:
+        stats = self.stats
+        rewards = [0.0] * len(completions)
+        jobs: dict[tuple, list[int]] = {}
+        for i, (completion, answer) in enumerate(zip(completions, answers)):
+            golds = _gold_tuple(answer)
+            content, status = _extract(completion, self.max_chars, self.max_answer_chars, self.max_depth)
+            stats.items += 1
+            if content is None:
+                setattr(stats, status, getattr(stats, status) + 1)
+                continue
+            key = (content, golds) if self.dedup else (content, golds, i)
+            jobs.setdefault(key, []).append(i)
+        keys = list(jobs)
+        stats.verified += len(keys)
+        if self.num_workers == 0:
+            soft = self.timeout_s if _signals_usable() else None
+            results = {}
+            for job, (content, golds, *_) in enumerate(keys):
+                reward, timed_out = _verify_content(content, golds, soft)
+                results[job] = reward
+                stats.soft_timeouts += timed_out
+        else:
+            results = self._run_pool([(job, key[0], key[1]) for job, key in enumerate(keys)])
+        for job, key in enumerate(keys):
+            reward = results.get(job, 0.0)
+            for i in jobs[key]:
+                rewards[i] = reward
+            if reward > 0:
+                stats.correct += len(jobs[key])
+        return rewards
+
+    def _run_pool(
+        self, items: list[tuple[int, str, tuple[str, ...]]], wait_for_start: bool = False
+    ) -> dict[int, float]:
+        """Score (job, content, golds) items on the workers; returns {job: reward}."""
+        if not self._workers or (not items and not wait_for_start):
+            return {}
+        run = _PoolRun(self, items, wait_for_start)
+        try:
+            run.loop()
+        except BaseException:
+            # Leave no worker busy on this call's items (their late results would leak into the next
+            # call): replace every worker that still holds a chunk, then re-raise.
+            for idx, w in enumerate(self._workers):
+                if w.chunk:
+                    w.chunk = None
+                    try:
+                        self._replace(idx)
+                    except Exception:
+                        pass
+            raise
+        return run.results
+
+
+class _PoolRun:
+    """One ``score`` call on the pool: the chunk queue, the results, and the per-item kill rules.
+
+    Workers stream back one result per item, so the parent always knows which item a worker is on.
+    A worker silent for ``hard_timeout_s`` is killed and replaced: the item it was on gets 0 and the
+    rest of its chunk goes back to the front of the queue. A worker that dies on its own gets its item
+    retried once, alone, on a fresh worker; a second death gives that item 0. A worker killed by a signal
+    while starting is replaced (up to 3 times a call); one that exits on its own while starting is an error.
+    """
+
+    def __init__(self, verifier: MathVerifier, items: list, wait_for_start: bool):
+        self.v = verifier
+        self.workers = verifier._workers  # replaced in place by MathVerifier._replace
+        self.results: dict[int, float] = {}
+        self.crashed: set[int] = set()
+        self.start_deaths = 0  # workers killed by a signal during start-up in this call
+        self.wait_for_start = wait_for_start
+        # a few chunks per worker keep the load balanced; each holds at most chunk_size items and about
+        # _CHUNK_CHARS characters
+        size = max(1, min(verifier.chunk_size, _math.ceil(len(items) / (4 * len(self.workers)))))
+        self.queue: collections.deque[list] = collections.deque()
+        chunk: list = []
+        chars = 0
+        for item in items:
+            item_chars = len(item[1]) + sum(len(g) for g in item[2])
+            if chunk and (len(chunk) >= size or chars + item_chars > _CHUNK_CHARS):
+                self.queue.append(chunk)
+                chunk, chars = [], 0
+            chunk.append(item)
+            chars += item_chars
+        if chunk:
+            self.queue.append(chunk)
+
+    def pending(self) -> bool:
+        if self.queue or any(w.chunk for w in self.workers):
+            return True
+        return self.wait_for_start and not all(w.ready for w in self.workers)
+
+    def _requeue_rest(self, w: _Worker) -> None:
+        """Put the items after the current one back at the front of the queue; the worker is free."""
+        rest = w.chunk[w.pos + 1 :] if w.chunk else []
+        if rest:
+            self.queue.appendleft(rest)
+        w.chunk = None
+
+    def _on_hard_timeout(self, idx: int) -> None:
+        w = self.workers[idx]
+        self.v.stats.hard_timeouts += 1
+        if w.chunk and w.pos < len(w.chunk):
+            self.results[w.chunk[w.pos][0]] = 0.0
+        self._requeue_rest(w)
+        self.v._replace(idx)
+
+    def _on_death(self, idx: int) -> None:
+        w = self.workers[idx]
+        if not w.ready:
+            try:
+                code = w.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+            self.start_deaths += 1
+            if code is not None and code < 0 and self.start_deaths <= 3:
+                self.v._replace(idx)  # killed from outside while starting (e.g. the OOM killer): retry
+                return
+            raise RuntimeError(
+                f"a math verifier worker exited during start-up (exit code {code}); "
+                "set POPO_VERIFIER_DEBUG=1 to see its stderr"
+            )
+        if w.chunk and w.pos < len(w.chunk):
+            item = w.chunk[w.pos]
+            self._requeue_rest(w)
+            if item[0] in self.crashed:  # it killed a fresh worker too
+                self.v.stats.crashes += 1
+                self.results[item[0]] = 0.0
+            else:  # maybe not its fault (e.g. killed from outside): one more try, alone
+                self.crashed.add(item[0])
+                self.queue.appendleft([item])
+        w.chunk = None
+        self.v._replace(idx)
+
+    def _dispatch(self) -> None:
+        now = time.monotonic()
+        for idx, w in enumerate(self.workers):
+            if w.ready and w.chunk is None and self.queue:
+                chunk = self.queue.popleft()
+                try:
+                    w.cmd.send(("score", chunk))
+                except OSError:  # it died while idle: start another and retry the chunk
+                    self.queue.appendleft(chunk)
+                    self.v._replace(idx)
+                    continue
+                w.chunk, w.pos, w.deadline = chunk, 0, now + self.v.hard_timeout_s
+
+    def _receive(self, w: _Worker, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "result":
+            _, job, reward, timed_out = msg
+            self.results[job] = float(reward)
+            self.v.stats.soft_timeouts += bool(timed_out)
+            w.pos += 1
+            if w.chunk is None or w.pos >= len(w.chunk):
+                w.chunk = None
+            else:
+                w.deadline = time.monotonic() + self.v.hard_timeout_s
+        elif kind == "ready":
+            w.ready = True
+        elif kind == "error":
+            raise RuntimeError(f"a math verifier worker failed to start:\n{msg[1]}")
+
+    def loop(self) -> None:
+        from multiprocessing.connection import wait
+
+        workers = self.workers
+        while self.pending():
+            self._dispatch()
+            waits = [w.deadline if w.chunk else w.start_deadline for w in workers if w.chunk or not w.ready]
+            timeout = max(0.0, min(waits) - time.monotonic()) if waits else None
+            by_conn = {w.res: idx for idx, w in enumerate(workers)}
+            for conn in wait(list(by_conn), timeout=timeout):
+                idx = by_conn[conn]
+                try:
+                    while conn.poll():
+                        self._receive(workers[idx], conn.recv())
+                except (EOFError, OSError):
+                    self._on_death(idx)
+            now = time.monotonic()
+            for idx, w in enumerate(workers):
+                if w.chunk and now > w.deadline:
+                    self._on_hard_timeout(idx)
+                elif not w.ready and now > w.start_deadline:
+                    raise RuntimeError(
+                        f"a math verifier worker did not start within {self.v.start_timeout_s:.0f} s"
+                    )
