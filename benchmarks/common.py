@@ -186,8 +186,7 @@ def header(title: str, result: dict) -> list[str]:
         "",
         f"Command (from the repository root): `{result['command']}`",
         "",
-        f"Machine: {m['processor']}, `nproc` = {m['nproc']}, torch threads {m['torch_threads']}, "
-        f"{m['platform']}; load average {result.get('loadavg_before')} before, {m['loadavg']} after "
+        f"Machine: {m['processor']}, `nproc` = {m['nproc']}, {m['platform']}; load average {result.get('loadavg_before')} before, {m['loadavg']} after "
         "(the 2 cores are shared with other jobs, so runs are interleaved and medians reported).",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
         "",
@@ -201,6 +200,8 @@ def table(columns: list[str], rows: list[list]) -> list[str]:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, float) and v != v:  # NaN: not applicable
+        return "-"
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
     return str(v)

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         args.framework = args.worker
         return worker(args)
 
+    common.set_threads(args.threads)  # the workers set it too; this keeps the recorded machine facts the same
     load_before = [round(x, 2) for x in os.getloadavg()]
     runs: dict[tuple[str, str], list[dict]] = {}
     ratios: dict[tuple[str, str], list[float]] = {}

@@ -101,7 +101,8 @@ def paired_table(runs: dict[str, dict[int, list[dict]]], baseline: str, metrics:
         cells, readings = [], []
         for m in metrics:
             result = paired_test([final_eval(by_seed[s])[m] for s in seeds], [final_eval(base[s])[m] for s in seeds])
-            p = "-" if result.p_value != result.p_value else f"{result.p_value:.3f}"
+            p = ("-" if result.p_value != result.p_value else "<0.001" if result.p_value < 0.001
+                 else f"{result.p_value:.3f}")
             dz = "-" if result.d_z != result.d_z else f"{result.d_z:+.2f}"
             cells.append(f"{_signed(result.ci)} | {p} | {dz}")
             if len(seeds) < 2:
@@ -252,6 +253,11 @@ negative means the update pushed the failures down). Moving averages over steps,
 ![diagnostics](diagnostics.png)
 
 ## Compute
+
+Per run, mean over seeds. Rollouts sampled are the budget (equal by construction); trained rows and
+tokens are what went through the backward pass. Seconds are wall-clock on a machine shared with other
+jobs whose load changed during the study, so they compare methods only roughly; rows and tokens do not
+depend on the load.
 
 {chr(10).join(compute_rows(runs, done))}
 

@@ -192,9 +192,9 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
             share = float(sub.completion_mask.sum()) / max(1, share_tokens)
             if "adv_mean" in step_metrics:  # a mean over rows: this micro-batch's share of the batch sum
                 step_metrics["adv_mean"] = float(credit[rows].sum()) / max(1, totals.sequences)
-            # token-mean entropy of the trained rows: this micro-batch's share of the batch total
+            # token-mean entropy of the forwarded rows: this micro-batch's share of their total
             step_metrics["entropy"] = float(torch.where(sub.completion_mask, out.entropy.detach(), 0.0).sum()
-                                            / max(1, totals.tokens))
+                                            / max(1, share_tokens))
             _accumulate(metrics, step_metrics, share)
         if not plans:  # every row was inert: the zero gradient a full forward would have given
             for p in params:
@@ -223,7 +223,8 @@ def drop_inert_rows(algorithm: Algorithm, cfg, batch: Rollouts, credit: torch.Te
 
     The loss normalisers were already counted over all rows, so the update equals the one over the
     whole batch. Returns the kept (batch, credit, positive, row_seeds) and the kept token count over all
-    ranks (the weight of the averaged, non-additive metrics such as entropy)."""
+    ranks, the denominator of the logged per-token means (entropy, clip fraction), which are therefore
+    over the forwarded rows."""
     if not algorithm.zero_credit_inert(cfg):
         return batch, credit, positive, row_seeds, tokens
     keep = credit != 0  # [n]

@@ -82,21 +82,23 @@ class HFEngine:
                                    device=device)
         was_training = self.model.training
         self.model.eval()
-        prefix = self._prefix_cache(prompt_ids, prompt_mask, n) if self.share_prompt_prefill else None
-        prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # [N, P]
-        prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # [N, P]
-        seed_tensor = seeds.to(device)  # [N]
-        if self.drop_finished_rows:
-            completion_ids, logprobs = self._decode(prompt_ids, prompt_mask, prefix, seed_tensor, sampling)
-        else:
-            sampler = SeededSampler(seed_tensor, sampling.temperature, sampling.top_p, prompt_width=width)
-            out = self.model.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=sampling.max_new_tokens,
-                pad_token_id=pad_id, eos_token_id=eos_id, return_dict_in_generate=True, use_cache=True,
-                do_sample=False, logits_processor=LogitsProcessorList([sampler]), **_cache_kwarg(prefix))
-            completion_ids = out.sequences[:, width:]  # [N, C]
-            logprobs = torch.stack(sampler.logprobs, dim=1)[:, : completion_ids.shape[1]]  # [N, C]
-        self.model.train(was_training)
+        try:
+            prefix = self._prefix_cache(prompt_ids, prompt_mask, n) if self.share_prompt_prefill else None
+            prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # [N, P]
+            prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # [N, P]
+            seed_tensor = seeds.to(device)  # [N]
+            if self.drop_finished_rows:
+                completion_ids, logprobs = self._decode(prompt_ids, prompt_mask, prefix, seed_tensor, sampling)
+            else:
+                sampler = SeededSampler(seed_tensor, sampling.temperature, sampling.top_p, prompt_width=width)
+                out = self.model.generate(
+                    input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=sampling.max_new_tokens,
+                    pad_token_id=pad_id, eos_token_id=eos_id, return_dict_in_generate=True, use_cache=True,
+                    do_sample=False, logits_processor=LogitsProcessorList([sampler]), **_cache_kwarg(prefix))
+                completion_ids = out.sequences[:, width:]  # [N, C]
+                logprobs = torch.stack(sampler.logprobs, dim=1)[:, : completion_ids.shape[1]]  # [N, C]
+        finally:  # an error (e.g. out of memory, which the trainer may retry) must not leave eval mode on
+            self.model.train(was_training)
         is_eos = completion_ids == eos_id
         eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # eos tokens strictly before t
         completion_mask = eos_before == 0  # [N, C] up to and including the first eos
