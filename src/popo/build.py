@@ -181,7 +181,8 @@ class PromptStream:
         out = []
         for pos in positions:
             epoch = pos // self.size
-            orders.setdefault(epoch, self._order(epoch))
+            if epoch not in orders:  # shuffle each epoch once, not once per prompt
+                orders[epoch] = self._order(epoch)
             out.append(orders[epoch][pos % self.size])
         return out
 

@@ -30,12 +30,24 @@ def fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
+def _fmix32_int(h: int) -> int:
+    """`fmix32` on a Python integer (the same values, without a tensor round trip)."""
+    h &= _MASK32
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK32
+    return h ^ (h >> 16)
+
+
 def row_seed(seed: int, *keys: int) -> int:
     """A 32-bit seed derived from `seed` and integer keys (e.g. prompt index, sample index)."""
-    h = torch.tensor(seed & _MASK32, dtype=torch.int64)
+    h = seed & _MASK32
     for key in keys:
-        h = fmix32(h ^ fmix32(torch.tensor((key * 0x9E3779B1 + 0x7F4A7C15) & _MASK32, dtype=torch.int64)))
-    return int(h)
+        if not isinstance(key, int):
+            raise TypeError(f"row_seed keys must be integers, got {key!r}")
+        h = _fmix32_int(h ^ _fmix32_int((key * 0x9E3779B1 + 0x7F4A7C15) & _MASK32))
+    return h
 
 
 def counter_uniform(seeds: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
