@@ -73,7 +73,7 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def time_one(verifier_kwargs: dict, completions, answers) -> tuple[float, float, list[float], dict]:
     """(wall seconds, CPU seconds of parent + workers, rewards, stats) of one timed score() call."""
-    math_rewards._GOLD_CACHE.clear()  # the in-process mode would otherwise keep golds parsed
+    math_rewards.clear_gold_cache()  # the in-process mode would otherwise keep golds parsed
     with MathVerifier(**verifier_kwargs) as verifier:
         verifier.wait_ready()
         verifier.score(["warm-up: $\\boxed{1}$"], ["1"])

@@ -467,8 +467,4 @@ def __getattr__(name: str):
         from popo.rewards import pool
 
         return getattr(pool, name)
-    if name == "_GOLD_CACHE":  # older callers cleared the cache dict directly
-        import types
-
-        return types.SimpleNamespace(clear=clear_gold_cache)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
