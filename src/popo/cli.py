@@ -143,9 +143,14 @@ def _launch(argv: list[str], num_processes: int) -> None:
         if item.startswith("--num-processes"):
             del argv[i: i + (1 if "=" in item else 2)]
             break
+    import socket
+
+    with socket.socket() as probe:  # a free port for the process group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                f"--num_processes={num_processes}", "--num_machines=1", "--mixed_precision=no",
-               "--dynamo_backend=no", "-m", "popo", *argv]
+               "--dynamo_backend=no", f"--main_process_port={port}", "-m", "popo", *argv]
     code = subprocess.call(command)
     if code:
         raise SystemExit(code)
