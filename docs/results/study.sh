@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The testbed study behind docs/results.md: about 2 hours of two runs at a time on 2 shared CPU cores.
+# The testbed study behind docs/results.md: about 1.5 to 3 hours (depending on the load) of two runs at a time on 2 shared CPU cores.
 # Re-running skips finished runs and resumes interrupted ones. Usage: bash docs/results/study.sh [OUT]
 # Steps are ordered by priority so that a study cut short still has complete, paired seeds.
 set -euo pipefail
@@ -26,4 +26,6 @@ popo sweep --methods popo,grpo,raft --grid optim.lr=2e-4 --seeds 2 --out "$OUT" 
 popo sweep --methods popo,grpo,raft --grid optim.lr=2e-5 --seeds 2 --out "$OUT" "${PAR[@]}"
 # 9. the ablations to 5 seeds
 popo compare --methods "$ABLATIONS" --seeds 5 --out "$OUT" "${PAR[@]}"
+# 10. where the learning rate breaks: 2x the default, seeds 0 and 1
+popo sweep --methods popo,grpo,raft --grid optim.lr=1e-4 --seeds 2 --out "$OUT" "${PAR[@]}"
 popo report "$OUT" --baseline popo,grpo

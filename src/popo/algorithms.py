@@ -68,6 +68,8 @@ class Algorithm:
     """Whether the token entropy enters the loss (else it is only logged, without gradient)."""
     needs_old_logprobs: Callable[["AlgoConfig"], bool]
     """Whether log-probs before the update must be computed in a separate pass."""
+    credit_is_weight: bool = False
+    """Whether the credit is a distribution over each prompt's positives (its entropy is logged)."""
     zero_credit_inert: Callable[["AlgoConfig"], bool] = lambda cfg: False
     """Whether a row with zero credit has an exactly zero loss gradient, so it need not be forwarded
     (the loss normalisers still count it)."""
@@ -113,6 +115,7 @@ def _grpo_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
 
 LOSSES: dict[str, Algorithm] = {
     "popo": Algorithm(
+        credit_is_weight=True,
         credit=_popo_credit,
         loss=_popo_loss,
         needs_negatives=lambda cfg: cfg.entropy_scope == "all" and cfg.beta > 0,

@@ -52,6 +52,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, extra: l
         rows.append({"method": method, **final, "wall_s": wall,
                      "reward_mean": sum(h["reward_mean"] for h in steps) / max(1, len(steps)),
                      "trained_rollouts": sum(h.get("trained_rollouts", 0) for h in steps),
+                     "forwarded_rollouts": sum(h.get("forwarded_rollouts", 0) for h in steps),
                      "trained_tokens": sum(h.get("trained_tokens", 0) for h in steps),
                      "train_s": sum(h.get("time/train", 0.0) for h in steps)})
     k = config.train.eval_samples
@@ -74,7 +75,9 @@ def write_report(out: Path, table: str, config: Config, overrides: list[str], ro
         ratio = (f"POPO's training phase took {by['popo']['train_s']:.1f}s against GRPO's "
                  f"{by['grpo']['train_s']:.1f}s ({by['popo']['train_s'] / by['grpo']['train_s']:.2f}x): "
                  f"POPO forwards and back-propagates only its positive rollouts "
-                 f"({by['popo']['trained_rollouts']:.0f} rows against {by['grpo']['trained_rollouts']:.0f}).\n")
+                 f"({by['popo']['forwarded_rollouts']:.0f} rows against GRPO's "
+                 f"{by['grpo']['forwarded_rollouts']:.0f} of {by['grpo']['trained_rollouts']:.0f}: GRPO skips the "
+                 f"rows whose advantage is exactly zero, those of prompts whose rollouts all got the same reward).\n")
     text = f"""# popo demo{' (quick)' if quick else ''}
 
 Task: {config.testbed.digits}-digit addition with a column-sum scratchpad (reward 1 only for an exactly

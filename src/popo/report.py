@@ -79,7 +79,7 @@ def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -95,7 +95,7 @@ def plot_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], 
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -117,5 +117,5 @@ def plot_forest(rows: list[tuple[str, list[tuple[float, float]]]], labels: list[
     axes[0][0].set_yticks(ys)
     axes[0][0].set_yticklabels([r[0] for r in rows], fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)

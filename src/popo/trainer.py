@@ -163,7 +163,8 @@ class Trainer:
             "rollouts": int(rewards.numel()), "positive_rollouts": int(positive.sum()),
             "generated_tokens": int(lengths.sum()), "truncated_frac": float(truncated.float().mean()),
             "lr": self.scheduler.get_last_lr()[0], **metrics,
-            "weight_entropy": weight_entropy(credit, positive, G),  # per prompt, over the whole batch
+            **({"weight_entropy": weight_entropy(credit, positive, G)}  # per prompt, over the whole batch
+               if self.algorithm.credit_is_weight else {}),
             **timer.seconds,
         }
 

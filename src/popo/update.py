@@ -212,7 +212,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
             optimizer.zero_grad(set_to_none=True)
     metrics["trained_rollouts"] = float(totals.sequences)
     metrics["trained_tokens"] = float(totals.tokens)
-    metrics["micro_batches"] = dist.sum_values([len(plans)])[0]
+    metrics["micro_batches"], metrics["forwarded_rollouts"] = dist.sum_values([len(plans), batch.num_rollouts])
     return metrics
 
 
