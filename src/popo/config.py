@@ -120,7 +120,7 @@ class RolloutConfig:
 @dataclass
 class AlgoConfig:
     name: str = "popo"
-    """Algorithm or preset: popo, grpo, raft, popo-frozen, popo-nosim, popo-noent, popo-uniform, dr-grpo."""
+    """Algorithm or preset: popo, grpo, raft, popo-frozen, popo-nosim, popo-noent, popo-uniform, dr-grpo, grpo-kl."""
     reward_threshold: float = 0.0
     """A rollout is positive when its reward is above this."""
     zero_if_truncated: bool = True
