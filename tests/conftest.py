@@ -71,3 +71,15 @@ def warm_testbed_cache(tmp_path_factory) -> str:
     subprocess.run([sys.executable, "-m", "popo", "sft", f"testbed.cache_dir={cache}", *WARM_TESTBED], check=True,
                    capture_output=True, env={**os.environ, **ONE_THREAD_ENV}, timeout=900)
     return str(cache)
+
+
+def warm_testbed_config(cache_dir: str, out_dir, *extra: str):
+    """A short run on the warm testbed (8 prompts x 4 rollouts, 3 steps, no periodic eval or saves);
+    `extra` overrides come last and win."""
+    from popo.config import load_config
+
+    return load_config(None, [
+        f"testbed.cache_dir={cache_dir}", *WARM_TESTBED, "data.eval_size=20", "rollout.prompts_per_step=8",
+        "rollout.group_size=4", "rollout.max_new_tokens=12", "train.steps=3", "train.eval_every=0",
+        "train.diag_every=1", "train.save_every=0", "train.progress=false", "train.tensorboard=false",
+        f"train.out_dir={out_dir}", *extra])

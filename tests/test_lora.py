@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("peft", reason="LoRA needs the peft package (pip install 'popo[lora]')")
 
+from conftest import warm_testbed_config  # noqa: E402
 from popo.build import load_policy  # noqa: E402
 from popo.checkpoint import latest_checkpoint  # noqa: E402
 from popo.config import ConfigError, load_config  # noqa: E402
@@ -22,13 +23,8 @@ def cache_dir(warm_testbed_cache):
 
 
 def make_config(cache_dir, out_dir, *extra):
-    return load_config(None, [
-        f"testbed.cache_dir={cache_dir}", "testbed.warmup_steps=200", "testbed.warmup_batch=32",
-        "testbed.digits=1", "testbed.test_size=20", "data.eval_source=", "rollout.prompts_per_step=8",
-        "rollout.group_size=4", "rollout.max_new_tokens=12", "train.steps=3", "train.eval_every=0",
-        "train.diag_every=0", "train.save_every=0", "train.progress=false", "train.tensorboard=false",
-        "model.device=cpu", "model.lora.r=4", "model.lora.alpha=8", "optim.lr=1e-2",
-        f"train.out_dir={out_dir}", *extra])
+    return warm_testbed_config(cache_dir, out_dir, "data.eval_source=", "train.diag_every=0", "model.device=cpu",
+                               "model.lora.r=4", "model.lora.alpha=8", "optim.lr=1e-2", *extra)
 
 
 def split_params(model):

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from conftest import warm_testbed_config
 from popo.checkpoint import latest_checkpoint
 from popo.cli import main
-from popo.config import load_config
 from popo.logprobs import completion_outputs
 from popo.trainer import Trainer
 
@@ -23,12 +23,7 @@ def cache_dir(warm_testbed_cache):
 
 def make_config(cache_dir, out_dir, *extra):
     # 1-digit problems: 200 short warm-up steps give a model that solves some problems, so steps have positives
-    return load_config(None, [
-        f"testbed.cache_dir={cache_dir}", "testbed.warmup_steps=200", "testbed.warmup_batch=32",
-        "testbed.digits=1", "testbed.test_size=20", "data.eval_size=20", "rollout.prompts_per_step=8",
-        "rollout.group_size=4", "rollout.max_new_tokens=12", "train.steps=3", "train.eval_every=0",
-        "train.diag_every=1", "train.save_every=0", "train.progress=false", "train.tensorboard=false",
-        f"train.out_dir={out_dir}", *extra])
+    return warm_testbed_config(cache_dir, out_dir, *extra)
 
 
 def params(model):
