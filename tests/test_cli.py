@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from popo.cli import main
-from popo.config import reference_markdown
+from popo.config_reference import reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "data" / "benchmarks"

@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from popo.build import SetupError
-from popo.config import ConfigError, load_config, reference_markdown
+from popo.config import ConfigError, load_config
+from popo.config_reference import reference_markdown
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import inspect
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -218,13 +216,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a config dataclass."""
-    source = inspect.getsource(cls)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(
-        r'^\s+(\w+): [^\n]*\n\s+"""(.*?)"""', source, flags=re.M | re.S)}
-
-
 def _suggest(key: str, options: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     if close:
@@ -393,23 +384,3 @@ def to_dict(config: Config) -> dict[str, Any]:
     def plain(v: Any) -> Any:
         return list(v) if isinstance(v, tuple) else v
     return {k: {kk: plain(vv) for kk, vv in v.items()} for k, v in dataclasses.asdict(config).items()}
-
-
-def _reference_rows(cls: type, prefix: str) -> list[str]:
-    docs, hints, rows = field_docs(cls), get_type_hints(cls), []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows.extend(_reference_rows(hints[f.name], f"{prefix}{f.name}."))
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"| `{prefix}{f.name}` | `{default}` | {docs.get(f.name, '')} |")
-    return rows
-
-
-def reference_markdown() -> str:
-    """The configuration reference table, generated from the dataclasses (the README embeds it)."""
-    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for section in dataclasses.fields(Config):
-        cls = section.type if isinstance(section.type, type) else get_type_hints(Config)[section.name]
-        lines.extend(_reference_rows(cls, f"{section.name}."))
-    return "\n".join(lines)
