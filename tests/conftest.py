@@ -83,3 +83,25 @@ def warm_testbed_config(cache_dir: str, out_dir, *extra: str):
         "rollout.group_size=4", "rollout.max_new_tokens=12", "train.steps=3", "train.eval_every=0",
         "train.diag_every=1", "train.save_every=0", "train.progress=false", "train.tensorboard=false",
         f"train.out_dir={out_dir}", *extra])
+
+
+def run_with_deadline(fn, seconds: float):
+    """Run fn in a thread; fail (instead of hanging the suite) if it does not return within `seconds`.
+    A hang guard, not a timing test."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # re-raised below, in the test's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"call did not return within {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

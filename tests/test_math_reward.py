@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_with_deadline
 from popo.rewards import FunctionVerifier, MathVerifier, Verifier, last_boxed_content, math_reward
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -31,25 +32,6 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _run_with_deadline(fn, seconds: float):
-    """Run fn in a thread; fail (instead of hanging the suite) if it does not return in time."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as err:  # pragma: no cover - reported below
-            box["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"call did not return within {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +127,7 @@ def test_math_reward_rejects_empty_gold():
 
 def test_math_reward_off_the_main_thread():
     # math-verify's own timeout uses SIGALRM, which raises outside the main thread; we must not
-    result = _run_with_deadline(lambda: math_reward(completion_for(r"\frac{3}{4}"), "0.75"), 60)
+    result = run_with_deadline(lambda: math_reward(completion_for(r"\frac{3}{4}"), "0.75"), 60)
     assert result == 1.0
 
 
@@ -261,7 +243,7 @@ def test_pathological_inputs_get_zero(strict_verifier):
         "unbalanced garbage": r"\boxed{)]}{\left(\right.\frac{}{}}",
     }
     completions = list(cases.values()) + [completion_for("5")]
-    rewards = _run_with_deadline(lambda: v.score(completions, ["5"] * len(completions)), 120)
+    rewards = run_with_deadline(lambda: v.score(completions, ["5"] * len(completions)), 120)
     assert dict(zip(cases, rewards)) == {name: 0.0 for name in cases}
     assert rewards[-1] == 1.0  # a normal item in the same batch is unaffected
     s = v.stats
@@ -305,7 +287,7 @@ def test_pool_recovers_after_a_worker_is_killed():
         old = v.worker_pids
         os.kill(old[0], signal.SIGKILL)
         items = [completion_for(str(k)) for k in range(20)]
-        rewards = _run_with_deadline(lambda: v.score(items, [str(k) for k in range(20)]), 120)
+        rewards = run_with_deadline(lambda: v.score(items, [str(k) for k in range(20)]), 120)
         assert rewards == [1.0] * 20
         assert v.stats.restarts == 1 and v.stats.hard_timeouts == 0 and v.stats.crashes == 0
         assert old[0] not in v.worker_pids and not _alive(old[0])
@@ -318,7 +300,7 @@ def test_stuck_worker_is_killed_and_only_its_item_is_lost():
         os.kill(stuck, signal.SIGSTOP)  # a worker that never answers, like one stuck inside C code
         try:
             items = [completion_for(str(k)) for k in range(16)]
-            rewards = _run_with_deadline(lambda: v.score(items, [str(k) for k in range(16)]), 120)
+            rewards = run_with_deadline(lambda: v.score(items, [str(k) for k in range(16)]), 120)
         finally:
             if _alive(stuck):
                 os.kill(stuck, signal.SIGKILL)
@@ -359,7 +341,7 @@ def test_an_item_that_crashes_its_worker_gets_zero(monkeypatch):
     with MathVerifier(num_workers=2, timeout_s=2.0, chunk_size=4) as v:
         items = [completion_for(str(k)) for k in range(12)]
         items[5] = completion_for("CRASH")
-        rewards = _run_with_deadline(lambda: v.score(items, [str(k) for k in range(12)]), 120)
+        rewards = run_with_deadline(lambda: v.score(items, [str(k) for k in range(12)]), 120)
         assert rewards == [1.0] * 5 + [0.0] + [1.0] * 6
         assert v.stats.crashes == 1 and v.stats.restarts == 2  # retried once on a fresh worker
 

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import run_with_deadline
 from popo.rewards import MathVerifier, last_boxed_content
 
 HERE = Path(__file__).resolve().parent
@@ -67,25 +68,6 @@ def verifier():
     with MathVerifier(num_workers=2, timeout_s=SOFT_S, hard_timeout_s=HARD_S) as v:
         v.wait_ready()
         yield v
-
-
-def run_with_deadline(fn, seconds: float):
-    """Run fn in a thread; fail instead of hanging if it does not return (a hang guard, not a timing test)."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as err:  # reported below
-            box["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"call did not return within {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def kill(pid: int) -> None:
