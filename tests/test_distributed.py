@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,13 @@ def overrides(cache: Path, out: Path, *extra: str) -> list[str]:
             "optim.lr=1e-3", "algo.tau=0.5", "model.device=cpu", f"train.out_dir={out}", *extra]
 
 
-def run(args: list[str], processes: int = 1) -> None:
+def run(args: list[str], processes: int = 1, launch: Sequence[str] = ("--multi_gpu",)) -> None:
+    """`popo ARGS` in one process, or in `processes` under `accelerate launch LAUNCH...` (DDP by default)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if processes == 1:
         cmd = [sys.executable, "-m", "popo", *args]
     else:
-        cmd = [str(ACCELERATE), "launch", "--multi_gpu", f"--num_processes={processes}", "--num_machines=1",
+        cmd = [str(ACCELERATE), "launch", *launch, f"--num_processes={processes}", "--num_machines=1",
                "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={_free_port()}",
                "-m", "popo", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

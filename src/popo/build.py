@@ -213,7 +213,10 @@ def build_models(policy: torch.nn.Module, config: Config, algorithm, device: tor
 def companions_on(models, device: torch.device, enabled: bool):
     """With `model.offload_companions`, move the EMA target and the reference to `device` for the
     block and back to CPU memory after it."""
-    moved = [m for m in (models.target, models.reference) if m is not None] if enabled else []
+    from popo.fsdp import is_sharded
+
+    moved = ([m for m in (models.target, models.reference) if m is not None and not is_sharded(m)]
+             if enabled else [])  # a sharded companion is offloaded by FSDP itself
     for m in moved:
         m.to(device)
     try:
@@ -221,6 +224,21 @@ def companions_on(models, device: torch.device, enabled: bool):
     finally:
         for m in moved:
             m.to("cpu")
+
+
+def shard_models(models, config: Config, plan) -> None:
+    """Shard the policy and its full-copy companions with FSDP (`popo.fsdp`); the companions' shards
+    stay in CPU memory with `model.offload_companions`. LoRA is not combined with FSDP."""
+    from popo.fsdp import shard_
+    from popo.lora import is_peft
+
+    if is_peft(models.policy):
+        raise SetupError("model.lora with FSDP is not supported: LoRA adapters are small, launch with a DDP "
+                         "config (configs/accelerate/ddp-*.yaml) instead")
+    shard_(models.policy, plan)
+    for other in (models.target, models.reference):
+        if other is not None:
+            shard_(other, plan, offload=config.model.offload_companions or plan.offload_params)
 
 
 def make_engine(config: Config, policy: torch.nn.Module, tokenizer, model_path: str):

@@ -68,6 +68,14 @@ class Dist:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
         return self.sum_(t).tolist()
 
+    def max_int(self, value: int) -> int:
+        """The largest of the ranks' values."""
+        if self.world == 1:
+            return int(value)
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
     def any(self, flag: bool) -> bool:
         return self.sum_values([1.0 if flag else 0.0])[0] > 0
 

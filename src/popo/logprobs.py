@@ -47,6 +47,7 @@ logit post-processing done inside a model's own ``forward`` is not reproduced.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -224,10 +225,26 @@ def completion_outputs(
     seq_len = input_ids.shape[1]
     if not 1 <= prompt_length < seq_len:
         raise ValueError(f"need 1 <= prompt_length < L={seq_len}, got {prompt_length}")
-    out = CompletionOutputs()
     if not (need_logprobs or need_entropy or need_features):
-        return out
+        return CompletionOutputs()
+    args = (input_ids, attention_mask, prompt_length, need_logprobs, need_entropy, need_features, chunk_size,
+            entropy_grad)
+    entry = getattr(model, "popo_completion", None)  # a sharded model: through its root FSDP unit
+    if entry is None:
+        logprobs, entropy, features = completion_forward(model, *args)
+    else:
+        with warnings.catch_warnings():  # the features are a view of the hidden states, never changed in place
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+            logprobs, entropy, features = entry(*args)
+    return CompletionOutputs(logprobs, entropy, features)
 
+
+def completion_forward(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
+                       need_logprobs: bool, need_entropy: bool, need_features: bool, chunk_size: int,
+                       entropy_grad: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The body of `completion_outputs` as a method-like function of `model` returning a tuple (a sharded
+    model registers it as a forward method of its root unit, see `popo.fsdp`)."""
+    seq_len = input_ids.shape[1]
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # [N, L]
     dec_out = _decoder(model)(
         input_ids=input_ids,
@@ -236,17 +253,15 @@ def completion_outputs(
         use_cache=False,
     )
     hidden = dec_out.last_hidden_state  # [N, L, H], after the final norm
-
+    logprobs = entropy = None
     if need_logprobs or need_entropy:
         head = model.get_output_embeddings()
         softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
         h_pred = hidden[:, prompt_length - 1 : seq_len - 1]  # [N, C, H]
         targets = input_ids[:, prompt_length:]  # [N, C]
-        out.logprobs, out.entropy = _chunked_token_stats(
+        logprobs, entropy = _chunked_token_stats(
             h_pred, targets, head=head, softcap=softcap,
             need_logprobs=need_logprobs, need_entropy=need_entropy, chunk_size=chunk_size,
             entropy_grad=entropy_grad,
         )
-    if need_features:
-        out.features = hidden[:, prompt_length:]  # [N, C, H]
-    return out
+    return logprobs, entropy, (hidden[:, prompt_length:] if need_features else None)  # features [N, C, H]

@@ -142,6 +142,10 @@ def companion(model):
 
 
 def ema_tensors(target, policy: nn.Module):
-    """The (target, online) arguments for `ema_update_`: adapter tensors for `AdapterEMA`, else the
-    two models."""
-    return (target.shadow, target.online()) if isinstance(target, AdapterEMA) else (target, policy)
+    """The (target, online) arguments for `ema_update_`: adapter tensors for `AdapterEMA`, the local
+    shards of two FSDP-sharded models (updated shard by shard, never gathered), else the two models."""
+    from popo.fsdp import ema_pairs, is_sharded
+
+    if isinstance(target, AdapterEMA):
+        return target.shadow, target.online()
+    return ema_pairs(target, policy) if is_sharded(policy) else (target, policy)

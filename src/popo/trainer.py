@@ -20,12 +20,13 @@ import yaml
 
 from popo.algorithms import get_algorithm
 from popo.build import (PromptStream, SetupError, build_models, companions_on, fit_prompts, load_examples_for,
-                        load_policy, make_engine, make_verifier, resolve_device, resolve_model_path)
+                        load_policy, make_engine, make_verifier, resolve_device, resolve_model_path, shard_models)
 from popo.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from popo.config import Config, to_dict
 from popo.distributed import Dist
 from popo.ema import ema_tau, ema_update_
 from popo.evaluate import evaluate_policy, score_rollouts
+from popo import fsdp
 from popo.lora import ema_tensors, load_policy_weights
 from popo.rollout import Rollouts, SamplingParams
 from popo.rollout.sampling import row_seed
@@ -72,6 +73,10 @@ class Trainer:
         if self.dist.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        try:  # FSDP when `accelerate launch` was given an FSDP config
+            self.sharding = fsdp.plan_from_environment()
+        except ValueError as err:
+            raise SetupError(str(err)) from None
         if c.rollout.prompts_per_step % self.dist.world:
             raise SetupError(f"rollout.prompts_per_step={c.rollout.prompts_per_step} must be divisible by the "
                              f"number of processes ({self.dist.world})")
@@ -82,17 +87,21 @@ class Trainer:
             self.eval_examples = self.eval_examples[: c.data.eval_size]
         with self.dist.main_first():  # rank 0 builds the testbed cache, the others then read it
             model_path = resolve_model_path(c, log)
-        policy, self.tokenizer = load_policy(model_path, c, self.device)
+        # sharding moves each unit's shard to the GPU: load the full weights in CPU memory first
+        policy, self.tokenizer = load_policy(model_path, c, torch.device("cpu") if self.sharding else self.device)
         context = getattr(policy.config, "max_position_embeddings", None)  # prompts over the cap: error or skip
         self.train_examples, self.train_prompts = fit_prompts(
             c, self.train_examples, self.tokenizer, context=context, source=c.data.source, split=c.data.split, log=log)
         self.eval_examples, self.eval_prompts = fit_prompts(
             c, self.eval_examples, self.tokenizer, context=context, source=c.data.eval_source, split="test", log=log)
         self.models = build_models(policy, c, self.algorithm, self.device)
+        if self.sharding:
+            shard_models(self.models, c, self.sharding)
         self.params = [p for m in (policy, self.models.predictor) if m is not None for p in m.parameters()
                        if p.requires_grad]  # with LoRA: the adapters only
-        self.dist.broadcast_([p for m in (policy, self.models.predictor, self.models.target) if m is not None
-                              for p in m.parameters()])  # identical start on every rank
+        replicated = (self.models.predictor,) if self.sharding else (policy, self.models.predictor, self.models.target)
+        self.dist.broadcast_([p for m in replicated if m is not None for p in m.parameters()])  # identical start
+        # (sharded models: every rank loaded the same files and keeps its own slice)
         o = c.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -120,8 +129,9 @@ class Trainer:
         local = [indices[p] for p in positions]
         with timer("generate"):  # sample G rollouts per prompt, each prompt from its own seed
             step_seed = _mix(c.train.seed, step, 1)
-            rollouts = self.engine.generate([self.train_prompts[i] for i in local], G, self.sampling,
-                                            prompt_seeds=[row_seed(step_seed, p) for p in positions])
+            with fsdp.gathered(self.models.policy, self.sharding):  # no collective per decoded token
+                rollouts = self.engine.generate([self.train_prompts[i] for i in local], G, self.sampling,
+                                                prompt_seeds=[row_seed(step_seed, p) for p in positions])
         with timer("verify"):  # verify
             answers = [self.train_examples[i].answer for i in local for _ in range(G)]
             rewards = score_rollouts(self.verifier, rollouts.texts, answers, rollouts.truncated,
@@ -148,7 +158,7 @@ class Trainer:
             if diagnose:
                 metrics.update(self._diagnostics(rollouts.select(positive), negatives, before))
         if updated and hasattr(self.engine, "push_weights"):  # an engine with its own copy of the weights
-            with timer("sync"):
+            with timer("sync"), fsdp.gathered(self.models.policy, self.sharding):
                 self.engine.push_weights(self.models.policy)
         # step statistics over the whole batch (all ranks), as one process would compute them
         rewards, positive, credit = (self.dist.gather(t) for t in (rewards, positive, credit))
@@ -195,7 +205,7 @@ class Trainer:
         out = {"implicit_neg_logprob_delta": self._mean_logprob(negatives) - before}
         if self.models.target is not None:
             kl = mean_token_kl(self.models.policy, self.models.target, positives,
-                               self.config.optim.micro_batch_tokens)
+                               self.config.optim.micro_batch_tokens, self.dist)
             n = float(positives.completion_mask.sum())
             kl_sum, count = self.dist.sum_values([kl * n, n])
             out["kl_online_target"] = kl_sum / max(count, 1.0)
@@ -204,8 +214,8 @@ class Trainer:
     def _mean_logprob(self, batch: Rollouts) -> float:
         """Mean per-token log-prob of `batch` under the policy, over all ranks' rows."""
         total, count = 0.0, 0.0
-        if batch.num_rollouts:
-            lp = sequence_logprobs(self.models.policy, batch, self.config.optim.micro_batch_tokens)
+        if batch.num_rollouts or self.sharding:  # a sharded policy's forwards are collectives
+            lp = sequence_logprobs(self.models.policy, batch, self.config.optim.micro_batch_tokens, self.dist)
             total, count = float(torch.where(batch.completion_mask, lp, 0.0).sum()), float(batch.completion_mask.sum())
         total, count = self.dist.sum_values([total, count])
         return total / count if count else 0.0
@@ -214,12 +224,15 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out evaluation (rank 0 only: the other ranks wait at the next step's first collective)."""
         c = self.config
-        if not self.eval_examples or not self.dist.is_main:
+        if not self.eval_examples:
             return {}
-        result = evaluate_policy(self.engine, self.eval_prompts, self.eval_examples, self.verifier,
-                                 k=c.train.eval_samples, max_new_tokens=c.rollout.max_new_tokens,
-                                 temperature=c.rollout.temperature or 1.0, top_p=c.rollout.top_p,
-                                 seed=_mix(c.train.seed, 0, 3), zero_if_truncated=c.algo.zero_if_truncated)
+        with fsdp.gathered(self.models.policy, self.sharding):  # every rank gathers its shards for rank 0
+            if not self.dist.is_main:
+                return {}
+            result = evaluate_policy(self.engine, self.eval_prompts, self.eval_examples, self.verifier,
+                                     k=c.train.eval_samples, max_new_tokens=c.rollout.max_new_tokens,
+                                     temperature=c.rollout.temperature or 1.0, top_p=c.rollout.top_p,
+                                     seed=_mix(c.train.seed, 0, 3), zero_if_truncated=c.algo.zero_if_truncated)
         return {f"eval/{k}": v for k, v in result.items()}
 
     def run(self) -> list[dict]:
@@ -269,18 +282,25 @@ class Trainer:
             self.writer.write(record)
 
     def save(self) -> Path | None:
-        """Rank 0 writes the checkpoint (every rank holds the same state); the others wait for it."""
-        path = self._save() if self.dist.is_main else None
+        """Rank 0 writes the checkpoint (every rank holds the same state, or with FSDP its shards, which
+        are gathered in full first); the others wait for it."""
+        full = {}
+        if self.sharding:  # collectives: every rank gathers, rank 0 keeps
+            keep, m = self.dist.is_main, self.models
+            full = {"policy_state": fsdp.full_state_dict(m.policy, keep=keep),
+                    "target_state": fsdp.full_state_dict(m.target, keep=keep) if m.target is not None else None,
+                    "optimizer_state": fsdp.gathered_optimizer_state(self.optimizer, keep=keep)}
+        path = self._save(full) if self.dist.is_main else None
         self.dist.barrier()
         return path
 
-    def _save(self) -> Path:
+    def _save(self, full: dict) -> Path:
         return save_checkpoint(
             self.out_dir, self.step, policy=self.models.policy, tokenizer=self.tokenizer,
             optimizer=self.optimizer, scheduler=self.scheduler, target=self.models.target,
             predictor=self.models.predictor, keep_last=self.config.train.keep_last,
             state={"bad_steps": self.bad_steps, "data_position": self.step * self.config.rollout.prompts_per_step,
-                   "config": to_dict(self.config)})
+                   "config": to_dict(self.config)}, **full)
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.out_dir, self.log)
@@ -290,11 +310,13 @@ class Trainer:
 
         _load_weights(self.models.policy, path / "policy", load_file)
         if hasattr(self.engine, "push_weights"):
-            self.engine.push_weights(self.models.policy)
+            with fsdp.gathered(self.models.policy, self.sharding):
+                self.engine.push_weights(self.models.policy)
         if self.models.target is not None:
             _load_weights(self.models.target, path / "target", load_file)
-        state = load_training_state(path, optimizer=self.optimizer, scheduler=self.scheduler,
-                                    predictor=self.models.predictor)
+        state = load_training_state(
+            path, optimizer=self.optimizer, scheduler=self.scheduler, predictor=self.models.predictor,
+            adapt_optimizer=(lambda s: fsdp.scatter_optimizer_state(self.optimizer, s)) if self.sharding else None)
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         self.log(f"resumed from {path} at step {self.step}")
 
@@ -303,7 +325,8 @@ def _load_weights(model, folder: Path, load_file) -> None:
     state = {}
     for file in sorted(folder.glob("*.safetensors")):
         state.update(load_file(file))
-    missing, unexpected = load_policy_weights(model, state)
+    missing, unexpected = (fsdp.load_full_state_dict_(model, state) if fsdp.is_sharded(model)
+                           else load_policy_weights(model, state))
     tied = {k for k in missing if "lm_head" in k}
     if set(missing) - tied or unexpected:
         raise SetupError(f"checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}")

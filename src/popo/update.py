@@ -16,6 +16,7 @@ from torch import nn
 
 from popo.algorithms import Algorithm, BatchTotals, LossInputs
 from popo.distributed import Dist, reduce_update_metrics
+from popo.fsdp import clip_gradients_, idle_pass, is_sharded, reshard_all
 from popo.lora import companion
 from popo.logprobs import completion_outputs, masked_mean
 from popo.losses import kl_penalty
@@ -68,16 +69,29 @@ def batch_totals(batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, 
     )
 
 
+def lockstep(plans: list[torch.Tensor], model: nn.Module, dist: Dist | None) -> list[torch.Tensor | None]:
+    """The micro-batches padded with `None` (an idle pass) to the largest count over ranks when `model` is
+    sharded: every forward of a sharded model is a collective, so all ranks must run as many."""
+    if dist is None or dist.world == 1 or not is_sharded(model):
+        return list(plans)
+    return [*plans, *[None] * (dist.max_int(len(plans)) - len(plans))]
+
+
 @torch.no_grad()
-def sequence_logprobs(model: nn.Module, batch: Rollouts, token_budget: int) -> torch.Tensor:
-    """Per-token log-probs [n, C] of the batch's completions under `model`, no gradient."""
-    out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32,
-                      device=batch.completion_ids.device)
-    for rows in plan_micro_batches(batch, token_budget):
+def sequence_logprobs(model: nn.Module, batch: Rollouts, token_budget: int, dist: Dist | None = None) -> torch.Tensor:
+    """Per-token log-probs [n, C] of the batch's completions under `model`, no gradient (with `dist` and a
+    sharded model, in lockstep with the other ranks)."""
+    device = batch.completion_ids.device
+    out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=device)
+    for rows in lockstep(plan_micro_batches(batch, token_budget), model, dist):
+        if rows is None:
+            idle_pass(model, device, backward=False)
+            continue
         sub = batch.select(rows)
         ids, attention, prompt_len = sub.sequences()
         lp = completion_outputs(model, ids, attention, prompt_len).logprobs  # [m, c]
         out[rows, : lp.shape[1]] = lp.float()
+    reshard_all(model)  # no backward follows: free the root's gathered weights (no-op when not sharded)
     return out
 
 
@@ -151,18 +165,26 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     batch, credit, positive, row_seeds, share_tokens = drop_inert_rows(
         algorithm, cfg, batch, credit, positive, row_seeds, totals.tokens, dist)
     plans = plan_micro_batches(batch, token_budget)
-    old = sequence_logprobs(models.policy, batch, token_budget) if algorithm.needs_old_logprobs(cfg) else None
+    old = (sequence_logprobs(models.policy, batch, token_budget, dist) if algorithm.needs_old_logprobs(cfg)
+           else None)
     ref = None
     if models.reference is not None:
         with companion(models.reference) as reference:
-            ref = sequence_logprobs(reference, batch, token_budget)
+            ref = sequence_logprobs(reference, batch, token_budget, dist)
+    sharded = is_sharded(models.policy)
     entropy_in_loss = algorithm.needs_entropy(cfg)
     metrics: dict[str, float] = {}
     updates = cfg.updates_per_batch if old is not None else 1
     for _ in range(updates):
         optimizer.zero_grad(set_to_none=True)
         metrics = {}
-        for rows in plans:
+        for rows in lockstep(plans, models.policy, dist):
+            if rows is None:  # this rank is out of rows: join the other ranks' collectives, add nothing
+                if models.target is not None:
+                    with companion(models.target) as target:
+                        idle_pass(target, batch.completion_ids.device, backward=False)
+                idle_pass(models.policy, batch.completion_ids.device, backward=True)
+                continue
             sub = batch.select(rows)
             ids, attention, prompt_len = sub.sequences()
             width = sub.completion_ids.shape[1]
@@ -181,7 +203,8 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
                 old_logprobs=None if old is None else old[rows, :width],
                 ref_logprobs=None if ref is None else ref[rows, :width], generator=generator)
             if models.target is not None:
-                inputs.predicted = models.predictor(masked_mean(out.features, sub.completion_mask))
+                pooled = masked_mean(out.features, sub.completion_mask)
+                inputs.predicted = models.predictor(pooled.to(next(models.predictor.parameters()).dtype))
                 if row_seeds is not None:
                     inputs.target_noise = normal_noise(row_seeds[rows], out.features.shape[-1])
                 inputs.target = target_features
@@ -196,12 +219,17 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
             step_metrics["entropy"] = float(torch.where(sub.completion_mask, out.entropy.detach(), 0.0).sum()
                                             / max(1, share_tokens))
             _accumulate(metrics, step_metrics, share)
+        if models.target is not None:
+            reshard_all(models.target)
         if not plans:  # every row was inert: the zero gradient a full forward would have given
             for p in params:
                 p.grad = torch.zeros_like(p) if p.grad is None else p.grad
-        dist.sum_grads(params)  # every rank now holds the one-process gradient
+        # every rank now holds (its shard of) the one-process gradient; FSDP summed the sharded ones
+        dist.sum_grads([p for p in params if not sharded or not _is_dtensor(p)])
         metrics = reduce_update_metrics(metrics, dist)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        max_norm = grad_clip if grad_clip > 0 else float("inf")
+        grad_norm = (clip_gradients_(params, max_norm, dist.sum_) if sharded
+                     else torch.nn.utils.clip_grad_norm_(params, max_norm))
         finite = bool(torch.isfinite(grad_norm)) and all(
             torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k in ADDITIVE_METRICS)
         metrics["grad_norm"] = float(grad_norm)
@@ -244,13 +272,20 @@ def global_totals(totals: BatchTotals, dist: Dist, device: torch.device) -> Batc
                        weight_sum=weight_sum, max_length=totals.max_length)
 
 
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
 @torch.no_grad()
-def mean_token_kl(policy: nn.Module, target: nn.Module, batch: Rollouts, token_budget: int) -> float:
+def mean_token_kl(policy: nn.Module, target: nn.Module, batch: Rollouts, token_budget: int,
+                  dist: Dist | None = None) -> float:
     """Monitoring only: k3 estimate of KL(policy || target) per completion token of `batch`."""
-    if batch.num_rollouts == 0:
+    if batch.num_rollouts == 0 and not is_sharded(policy):
         return 0.0
-    online = sequence_logprobs(policy, batch, token_budget)
+    online = sequence_logprobs(policy, batch, token_budget, dist)
     with companion(target) as model:
-        frozen = sequence_logprobs(model, batch, token_budget)
+        frozen = sequence_logprobs(model, batch, token_budget, dist)
     kl = kl_penalty(online, frozen, "k3")
     return float(torch.where(batch.completion_mask, kl, 0.0).sum() / batch.completion_mask.sum().clamp(min=1))
