@@ -64,7 +64,9 @@ class VLLMEngine:
             if lora:  # vLLM holds plain weights: send base + adapter merged, then unmerge
                 policy.merge_adapter()
             try:
-                named = [(_plain_name(name), p.detach()) for name, p in policy.state_dict().items()
+                # parameters, not state_dict(): an FSDP-sharded policy is gathered here (the trainer's
+                # `fsdp.gathered`) and its modules hold full tensors, which state_dict() would re-shard
+                named = [(_plain_name(name), p.detach()) for name, p in policy.named_parameters()
                          if "lora_" not in name]
                 self.llm.collective_rpc(_load_weights, args=(named,))
             finally:
