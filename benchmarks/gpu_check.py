@@ -78,9 +78,7 @@ class CoinVerifier:
 def summarize_steps(history: list[dict], params: int, peak_flops: float | None) -> dict:
     """Throughput over the steps after the first (warm-up), or over the only step."""
     timed = history[1:] if len(history) > 1 else history
-    for r in history:  # GRPO does not forward groups whose rewards all tie; the random model's completions
-        r["forwarded_tokens"] = (r.get("trained_tokens", 0) * r.get("forwarded_rollouts", 0)  # are ~all full length
-                                 / max(r.get("trained_rollouts", 0), 1))
+    # forwarded_tokens, not trained_tokens: GRPO does not forward the groups whose rewards all tie
     total = lambda key: sum(float(r.get(key, 0.0)) for r in timed)  # noqa: E731
     step_s = sum(v for r in timed for k, v in r.items() if k.startswith("time/"))
     train_flops = 6.0 * params * total("forwarded_tokens")

@@ -64,6 +64,8 @@ def test_leaving_out_zero_advantage_rows_gives_the_same_update(aggregation):
     assert torch.allclose(fast, reference, atol=1e-6, rtol=0)
     assert fast_metrics["loss"] == pytest.approx(ref_metrics["loss"], abs=1e-6)
     assert fast_metrics["trained_tokens"] == ref_metrics["trained_tokens"]  # normalisers count every row
+    kept = int(batch.completion_mask[credit != 0].sum())
+    assert fast_metrics["forwarded_tokens"] == kept < ref_metrics["forwarded_tokens"] == ref_metrics["trained_tokens"]
 
 
 def test_all_rows_inert_still_takes_the_zero_gradient_step():

@@ -241,6 +241,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     metrics["trained_rollouts"] = float(totals.sequences)
     metrics["trained_tokens"] = float(totals.tokens)
     metrics["micro_batches"], metrics["forwarded_rollouts"] = dist.sum_values([len(plans), batch.num_rollouts])
+    metrics["forwarded_tokens"] = float(share_tokens)  # completion tokens that went through forward/backward
     return metrics
 
 
