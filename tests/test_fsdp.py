@@ -32,7 +32,9 @@ def test_sharded_popo_equals_one_process_and_checkpoints_move_both_ways(cache, t
     run(["train", *overrides(cache, two, *args)], processes=2, launch=(*FSDP, "--fsdp_reshard_after_forward=true"))
     a, b = records(one), records(two)
     assert_same_records(a, b)
-    assert any(r.get("positive_rollouts_min_rank") == 0 < r["positive_rollouts"] for r in b), b  # idle passes ran
+    # a step where one rank had no positive: it ran idle passes while the other trained
+    assert any(r.get("positive_rollouts_min_rank") == 0 < r["positive_rollouts"] and r["idle_passes"] > 0
+               for r in b), b
     assert sum(r.get("trained_rollouts", 0) for r in a) > 0 and "eval/greedy_acc" in a[-1], a[-1]
     for step in (1, 3):
         assert_same_weights(weights(one, step), weights(two, step))  # full (gathered) tensors, tied once
@@ -59,13 +61,15 @@ def test_sharded_grpo_with_reference_old_logprobs_and_offload(cache, tmp_path):
     log-probs in lockstep, the reference's shards offloaded to CPU memory."""
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["algo.name=grpo-kl", "algo.updates_per_batch=2", "rollout.prompts_per_step=4", "optim.lr=5e-5",
-            "train.steps=3", "model.offload_companions=true"]
+            "train.steps=3", "model.offload_companions=true", "optim.micro_batch_tokens=64"]  # several per rank
     run(["train", *overrides(cache, one, *args)])
     run(["train", *overrides(cache, two, *args)], processes=2, launch=(*FSDP, "--fsdp_reshard_after_forward=false"))
     a, b = records(one), records(two)
     assert_same_records(a, b)
     assert sum(r.get("trained_rollouts", 0) for r in a) > 0
     assert_same_weights(weights(one, 3), weights(two, 3))
+    assert max(r.get("micro_batches", 0) for r in b) >= 4  # ranks ran several micro-batches, in lockstep
+    assert any(r.get("idle_passes", 0) > 0 for r in b), b  # with unequal counts
 
 
 def _launch_env(config: Path) -> dict[str, str]:

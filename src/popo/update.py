@@ -175,10 +175,11 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     entropy_in_loss = algorithm.needs_entropy(cfg)
     metrics: dict[str, float] = {}
     updates = cfg.updates_per_batch if old is not None else 1
+    rounds = lockstep(plans, models.policy, dist)
     for _ in range(updates):
         optimizer.zero_grad(set_to_none=True)
         metrics = {}
-        for rows in lockstep(plans, models.policy, dist):
+        for rows in rounds:
             if rows is None:  # this rank is out of rows: join the other ranks' collectives, add nothing
                 if models.target is not None:
                     with companion(models.target) as target:
@@ -242,6 +243,8 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     metrics["trained_tokens"] = float(totals.tokens)
     metrics["micro_batches"], metrics["forwarded_rollouts"] = dist.sum_values([len(plans), batch.num_rollouts])
     metrics["forwarded_tokens"] = float(share_tokens)  # completion tokens that went through forward/backward
+    if len(rounds) > len(plans) or is_sharded(models.policy):  # FSDP: lockstep padding over all ranks
+        metrics["idle_passes"] = dist.sum_values([len(rounds) - len(plans)])[0]
     return metrics
 
 
