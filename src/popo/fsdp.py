@@ -169,6 +169,17 @@ def idle_pass(model: nn.Module, device: torch.device, *, backward: bool) -> None
             (out.logprobs.sum() * 0.0 + out.features.float().sum() * 0.0).backward()
 
 
+def shard_fraction(modules: Sequence[nn.Module | None]) -> tuple[int, int]:
+    """(elements this rank holds, elements of the full tensors) over the parameters of `modules`."""
+    DTensor = _dtensor()
+    local = full = 0
+    for module in modules:
+        for p in (module.parameters() if module is not None else ()):
+            local += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+            full += p.numel()
+    return local, full
+
+
 # ---------------------------------------------------------------------- tensors of sharded modules
 def _dtensor():
     from torch.distributed.tensor import DTensor

@@ -97,6 +97,9 @@ class Trainer:
         self.models = build_models(policy, c, self.algorithm, self.device)
         if self.sharding:
             shard_models(self.models, c, self.sharding)
+            local, full = fsdp.shard_fraction([self.models.policy, self.models.target, self.models.reference])
+            log(f"fsdp: rank {self.dist.rank} holds {local / 1e6:.2f} M of {full / 1e6:.2f} M model parameters "
+                f"({local / full:.1%}; policy, EMA target and reference)")
         self.params = [p for m in (policy, self.models.predictor) if m is not None for p in m.parameters()
                        if p.requires_grad]  # with LoRA: the adapters only
         replicated = (self.models.predictor,) if self.sharding else (policy, self.models.predictor, self.models.target)
