@@ -225,18 +225,24 @@ class Trainer:
 
     # ---------------------------------------------------------------- the run
     def evaluate(self) -> dict[str, float]:
-        """Held-out evaluation (rank 0 only: the other ranks wait at the next step's first collective)."""
+        """Held-out evaluation, the examples split over the ranks (each a contiguous slice, sampled with
+        the seeds the one-process run would use) and the per-example means combined."""
         c = self.config
         if not self.eval_examples:
             return {}
-        with fsdp.gathered(self.models.policy, self.sharding):  # every rank gathers its shards for rank 0
-            if not self.dist.is_main:
-                return {}
-            result = evaluate_policy(self.engine, self.eval_prompts, self.eval_examples, self.verifier,
-                                     k=c.train.eval_samples, max_new_tokens=c.rollout.max_new_tokens,
-                                     temperature=c.rollout.temperature or 1.0, top_p=c.rollout.top_p,
-                                     seed=_mix(c.train.seed, 0, 3), zero_if_truncated=c.algo.zero_if_truncated)
-        return {f"eval/{k}": v for k, v in result.items()}
+        n, rank, world = len(self.eval_examples), self.dist.rank, self.dist.world
+        lo, hi = rank * n // world, (rank + 1) * n // world
+        part: dict[str, float] = {}
+        with fsdp.gathered(self.models.policy, self.sharding):  # weights gathered once for the generation
+            if hi > lo:
+                part = evaluate_policy(self.engine, self.eval_prompts[lo:hi], self.eval_examples[lo:hi],
+                                       self.verifier, k=c.train.eval_samples, max_new_tokens=c.rollout.max_new_tokens,
+                                       temperature=c.rollout.temperature or 1.0, top_p=c.rollout.top_p,
+                                       seed=_mix(c.train.seed, 0, 3), zero_if_truncated=c.algo.zero_if_truncated,
+                                       first_index=lo)
+        keys = self.dist.union_keys(list(part))
+        sums = self.dist.sum_values([part.get(k, 0.0) * (hi - lo) for k in keys])
+        return {f"eval/{k}": total / n for k, total in zip(keys, sums)}
 
     def run(self) -> list[dict]:
         c, history = self.config, []
