@@ -49,7 +49,10 @@ def test_sharded_popo_equals_one_process_and_checkpoints_move_both_ways(cache, t
         (resumed / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")  # the step-0 eval and step 1
         config = (resumed / "config.yaml").read_text().replace(str(source), str(resumed))
         (resumed / "config.yaml").write_text(config)
-        run(["train", "--resume", str(resumed)], processes=processes, launch=FSDP)
+        if processes == 1:
+            run(["train", "--resume", str(resumed)])
+        else:  # the CLI shortcut launches the sharded processes itself
+            run(["train", "--resume", str(resumed), "--num-processes", "2", "--fsdp"])
         assert_same_records(a, records(resumed))
         assert_same_weights(weights(one, 3), weights(resumed, 3))
         assert_same_weights(weights(one, 3, "target"), weights(resumed, 3, "target"))
@@ -106,3 +109,13 @@ def test_ddp_configs_do_not_shard():
 def test_unsupported_launches_are_refused_with_the_fix(env, message):
     with pytest.raises(ValueError, match=message):
         plan_from_environment(env)
+
+
+def test_cli_shortcut_builds_the_sharded_launch():
+    from popo.cli import launch_command
+
+    cmd = launch_command(["train", "cfg.yaml", "--num-processes", "4", "--fsdp", "algo.name=grpo"], 4, fsdp=True)
+    assert cmd[cmd.index("-m", 3):] == ["-m", "popo", "train", "cfg.yaml", "algo.name=grpo"]
+    assert {"--use_fsdp", "--fsdp_version=2", "--num_processes=4"} <= set(cmd) and "--multi_gpu" not in cmd
+    plain = launch_command(["train", "--num-processes=2"], 2)
+    assert "--multi_gpu" in plain and "--use_fsdp" not in plain and plain[-2:] == ["popo", "train"]

@@ -7,6 +7,7 @@ Errors a user can cause (bad config key or value, missing model, empty or malfor
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     train.add_argument("--num-processes", type=int, default=1, metavar="N",
                        help="data-parallel processes on this machine (runs `accelerate launch` for you)")
+    train.add_argument("--fsdp", action="store_true",
+                       help="with --num-processes: shard the models with FSDP2 (the ZeRO-3 equivalent, one unit per "
+                            "decoder layer) instead of replicating them")
 
     ev = sub.add_parser("eval", help="evaluate a model on math benchmarks or the testbed's held-out split")
     ev.add_argument("--model", required=True, help="model folder or hub id, or `testbed`")
@@ -115,8 +119,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    if args.num_processes > 1:  # re-launch this command under accelerate, one process per rank
-        _launch(args.argv, args.num_processes)
+    if args.num_processes > 1 or args.fsdp:  # re-launch this command under accelerate, one process per rank
+        code = subprocess.call(launch_command(args.argv, args.num_processes, fsdp=args.fsdp))
+        if code:
+            raise SystemExit(code)
         return
     from popo.trainer import Trainer
 
@@ -134,24 +140,22 @@ def _train(args: argparse.Namespace) -> None:
     Trainer(load_config(args.config, overrides)).run()
 
 
-def _launch(argv: list[str], num_processes: int) -> None:
-    """Run the same `popo train` command line in `num_processes` processes with `accelerate launch`
-    (one node; for several nodes call `accelerate launch` yourself, see README "Scaling up")."""
-    import subprocess
+def launch_command(argv: list[str], num_processes: int, *, fsdp: bool = False) -> list[str]:
+    """The `accelerate launch` command that runs the same `popo train` command line in `num_processes`
+    processes (one node; for several nodes call `accelerate launch` yourself, see README "Scaling up"),
+    with FSDP2 full sharding when `fsdp`."""
+    import socket
 
-    argv = list(argv)
+    argv = [a for a in argv if a != "--fsdp"]
     for i, item in enumerate(argv):  # drop --num-processes N / --num-processes=N
         if item.startswith("--num-processes"):
             del argv[i: i + (1 if "=" in item else 2)]
             break
-    import socket
-
     with socket.socket() as probe:  # a free port for the process group's rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-               f"--num_processes={num_processes}", "--num_machines=1", "--mixed_precision=no",
-               "--dynamo_backend=no", f"--main_process_port={port}", "-m", "popo", *argv]
-    code = subprocess.call(command)
-    if code:
-        raise SystemExit(code)
+    mode = (["--use_fsdp", "--fsdp_version=2", "--fsdp_auto_wrap_policy=TRANSFORMER_BASED_WRAP",
+             "--fsdp_reshard_after_forward=true"] if fsdp else ["--multi_gpu"])
+    return [sys.executable, "-m", "accelerate.commands.launch", *mode, f"--num_processes={num_processes}",
+            "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={port}",
+            "-m", "popo", *argv]
