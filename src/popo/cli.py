@@ -135,9 +135,21 @@ def _train(args: argparse.Namespace) -> None:
         if not saved.is_file():
             raise SetupError(f"cannot resume: {saved} not found")
         config = load_config(saved, overrides + [f"train.out_dir={args.resume}"])
-        Trainer(config, resume=True).run()
-        return
-    Trainer(load_config(args.config, overrides)).run()
+    else:
+        config = load_config(args.config, overrides)
+    Trainer(config, resume=bool(args.resume)).run()
+    _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Close the process group `accelerate launch` started (if any) before the interpreter exits: left to
+    the exit-time destructors, a gloo group can abort the process ("terminate called without an active
+    exception") after a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every rank is done with its last collective
+        dist.destroy_process_group()
 
 
 def launch_command(argv: list[str], num_processes: int, *, fsdp: bool = False) -> list[str]:
