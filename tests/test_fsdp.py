@@ -119,3 +119,22 @@ def test_cli_shortcut_builds_the_sharded_launch():
     assert {"--use_fsdp", "--fsdp_version=2", "--num_processes=4"} <= set(cmd) and "--multi_gpu" not in cmd
     plain = launch_command(["train", "--num-processes=2"], 2)
     assert "--multi_gpu" in plain and "--use_fsdp" not in plain and plain[-2:] == ["popo", "train"]
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e9, float("inf")])
+def test_clipping_over_replicated_gradients_matches_torch(max_norm):
+    from popo.fsdp import clip_gradients_
+
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 3, generator=gen)) for _ in range(3)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours, theirs):
+        a.grad = torch.randn(a.shape, generator=gen)
+        b.grad = a.grad.clone()
+    calls = []
+    norm = clip_gradients_(ours, max_norm, lambda t: calls.append(float(t)) or t)  # no shard: adds 0
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert calls == [0.0]
+    assert float(norm) == pytest.approx(float(expected), abs=1e-6)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=0)
