@@ -35,9 +35,9 @@ Each item also has a soft budget (``timeout_s``) enforced inside the worker thro
 in-process mode (``num_workers=0``) use it only when called from the main thread and otherwise run
 without a soft limit.
 
-The worker processes are started with ``python -P -c <bootstrap>`` and load *this file* by path, so they
-import neither ``popo`` (and its torch-heavy trainers) nor the parent's ``__main__``; the module therefore
-imports only the standard library at the top, ``math_verify`` lazily, and the pool only on request.
+The worker processes (:mod:`popo.rewards.worker_main`) load *this file* by path, so they import neither
+``popo`` (and its torch-heavy trainers) nor the parent's ``__main__``; the module therefore imports only
+the standard library at the top, ``math_verify`` lazily, and the pool only on request.
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ from __future__ import annotations
 import functools
 import logging
 import math as _math
-import os
-import sys
 import threading
 import time
 import warnings
@@ -369,91 +367,6 @@ def math_reward(
         return 0.0
     reward, _ = _verify_content(content, golds, timeout_s if _signals_usable() else None)
     return reward
-
-
-# ----------------------------------------------------------------------------------------------------
-# Worker process
-# ----------------------------------------------------------------------------------------------------
-
-# The worker is started as `python -P -c _BOOTSTRAP <this file> <args...>`: it loads this file by path
-# under a private module name, so the popo package (and torch) is never imported in the worker.
-_BOOTSTRAP = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.spec_from_file_location('_popo_math_worker', sys.argv[1])\n"
-    "mod = importlib.util.module_from_spec(spec)\n"
-    "sys.modules[spec.name] = mod\n"
-    "spec.loader.exec_module(mod)\n"
-    "mod._worker_main(sys.argv[2:])\n"
-)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this worker when its parent goes away (a stuck worker never reads EOF)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(0)
-
-
-def _limit_memory(max_memory_mb: int) -> None:
-    if max_memory_mb <= 0:
-        return
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = max_memory_mb * 1024 * 1024
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    except Exception:
-        pass
-
-
-def _worker_main(argv: list[str]) -> None:
-    """Worker loop: receive chunks of (job, content, golds), send back one result message per item."""
-    from multiprocessing.connection import Connection
-
-    cmd_fd, res_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
-    timeout_s, max_memory_mb = float(argv[3]), int(argv[4])
-    _die_with_parent(parent_pid)
-    cmd = Connection(cmd_fd, writable=False)
-    res = Connection(res_fd, readable=False)
-    try:
-        warnings.simplefilter("ignore")
-        _quiet_math_verify()
-        # import math-verify and load the LaTeX parser; a worker that cannot verify 2/4 = 0.5 is broken
-        if _verify_content("\\frac{2}{4}", ("0.5",), max(timeout_s, 30.0))[0] != 1.0:
-            raise RuntimeError("self-check failed: math-verify does not accept \\frac{2}{4} = 0.5")
-        _limit_memory(max_memory_mb)
-    except BaseException:
-        import traceback
-
-        res.send(("error", traceback.format_exc()))
-        return
-    res.send(("ready", os.getpid()))
-    soft = timeout_s if timeout_s > 0 else None
-    # test hook: a worker dies abruptly on a box with exactly this content (simulates a crash in C code)
-    crash_on = os.environ.get("POPO_VERIFIER_TEST_CRASH_ON")
-    while True:
-        try:
-            msg = cmd.recv()
-        except (EOFError, OSError):
-            break  # the parent closed the pipe or died
-        if msg[0] != "score":
-            break
-        for job, content, golds in msg[1]:
-            if crash_on is not None and content == crash_on:
-                os._exit(70)
-            reward, timed_out = _verify_content(content, golds, soft)
-            res.send(("result", job, reward, timed_out))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The parent side of :class:`MathVerifier`: worker processes, chunked dispatch and per-item hard time limits.
 
-The reward rule, its safety notes and the worker loop live in :mod:`popo.rewards.math`. Each worker loads
-that file by path (it imports only the standard library), never this one, which imports ``popo``.
+The reward rule and its safety notes live in :mod:`popo.rewards.math`, the worker loop in
+:mod:`popo.rewards.worker_main`. Each worker loads those two files by path (they import only the standard
+library), never this one, which imports ``popo``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from popo.rewards import math as _reward_math
+from popo.rewards import worker_main as _worker_main
 from popo.rewards.math import (
-    _BOOTSTRAP, DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, _extract, _gold_tuple,
+    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, _extract, _gold_tuple,
     _signals_usable, _verify_content,
 )
 
@@ -25,8 +26,8 @@ from popo.rewards.workers import _PoolRun, _shutdown_workers, _stop_worker, _Wor
 
 __all__ = ["MathVerifier", "VerifierStats"]
 
-# the file each worker loads by path: the reward module, not this one (it must not import popo)
-_WORKER_FILE = os.path.abspath(_reward_math.__file__)
+# the file each worker loads by path (it must not import popo, so not this one)
+_WORKER_FILE = os.path.abspath(_worker_main.__file__)
 
 
 @dataclass
@@ -163,7 +164,7 @@ class MathVerifier:
         try:
             proc = subprocess.Popen(
                 [
-                    sys.executable, "-P", "-c", _BOOTSTRAP, _WORKER_FILE,
+                    sys.executable, "-P", "-c", _worker_main.BOOTSTRAP, _WORKER_FILE,
                     str(cmd_r), str(res_w), str(os.getpid()), repr(self.timeout_s), str(self.max_memory_mb),
                 ],
                 pass_fds=(cmd_r, res_w),
