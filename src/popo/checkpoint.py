@@ -91,8 +91,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, tokenizer, optimi
         target.save_pretrained(tmp / "target", **({"state_dict": target_state} if target_state is not None else {}))
     if predictor is not None:
         save_file({k: v.contiguous() for k, v in predictor.state_dict().items()}, tmp / "predictor.safetensors")
-    torch.save({"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "optimizer.pt")
+    torch.save({"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}

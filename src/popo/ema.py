@@ -53,7 +53,9 @@ def _named_state(module: nn.Module) -> dict[str, Tensor]:
     return state
 
 
-def _pairs(target, online) -> tuple[list[Tensor], list[Tensor]]:
+def matched_tensors(target, online) -> tuple[list[Tensor], list[Tensor]]:
+    """The (target, online) tensor pairs `ema_update_` works on, matched by name (modules) or position;
+    ValueError on a name, count or shape mismatch."""
     if isinstance(target, nn.Module) != isinstance(online, nn.Module):
         raise ValueError("target and online must both be nn.Modules or both iterables of tensors")
     if isinstance(target, nn.Module):
@@ -88,7 +90,7 @@ def ema_update_(
     tau = float(tau)
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
-    targets, onlines = _pairs(target, online)
+    targets, onlines = matched_tensors(target, online)
     if tau == 1.0 or not targets:
         return
     if tau == 0.0:

@@ -36,9 +36,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-ENTRY = "popo_completion"  # the root's extra forward method `completion_outputs` calls
-
-
 @dataclass(frozen=True)
 class ShardingPlan:
     """How to shard: read from the environment `accelerate launch` sets up from its config file."""
@@ -114,10 +111,10 @@ def shard_(model: nn.Module, plan: ShardingPlan, *, offload: bool | None = None)
     for unit in [*layers, model]:  # sum over ranks (each rank's loss is its share of the total), with a
         unit.set_gradient_divide_factor(1.0)  # plain SUM reduce-scatter (gloo has no pre-scaled sum)
         unit.set_force_sum_reduction_for_comms(True)
-    from popo.logprobs import completion_forward
+    from popo.logprobs import SHARDED_ENTRY, completion_forward
 
-    setattr(model, ENTRY, types.MethodType(completion_forward, model))
-    register_fsdp_forward_method(model, ENTRY)
+    setattr(model, SHARDED_ENTRY, types.MethodType(completion_forward, model))
+    register_fsdp_forward_method(model, SHARDED_ENTRY)
     return model
 
 
@@ -171,13 +168,8 @@ def idle_pass(model: nn.Module, device: torch.device, *, backward: bool) -> None
 
 def shard_fraction(modules: Sequence[nn.Module | None]) -> tuple[int, int]:
     """(elements this rank holds, elements of the full tensors) over the parameters of `modules`."""
-    DTensor = _dtensor()
-    local = full = 0
-    for module in modules:
-        for p in (module.parameters() if module is not None else ()):
-            local += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
-            full += p.numel()
-    return local, full
+    params = [p for module in modules if module is not None for p in module.parameters()]
+    return sum(local(p).numel() for p in params), sum(p.numel() for p in params)
 
 
 # ---------------------------------------------------------------------- tensors of sharded modules
@@ -187,31 +179,33 @@ def _dtensor():
     return DTensor
 
 
+def is_dtensor(t) -> bool:
+    return isinstance(t, _dtensor())
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of `t` (`t` itself when it is not sharded); in-place updates of the result
+    update `t`."""
+    return t.to_local() if is_dtensor(t) else t
+
+
 def local_tensors(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """This rank's shard of each tensor (the tensor itself when it is not sharded); in-place updates of
-    the result update the parameter."""
-    DTensor = _dtensor()
-    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    return [local(t) for t in tensors]
 
 
 def ema_pairs(target: nn.Module, online: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Matching local shards of two identically sharded modules, for `ema_update_`."""
-    def state(module: nn.Module) -> dict[str, torch.Tensor]:
-        return {**dict(module.named_parameters()),
-                **{n: b for n, b in module.named_buffers() if b.is_floating_point()}}
+    from popo.ema import matched_tensors
 
     reshard_all(target)
     reshard_all(online)
-    t_state, o_state = state(target), state(online)
-    if t_state.keys() != o_state.keys():
-        raise ValueError(f"EMA name mismatch: {sorted(t_state.keys() ^ o_state.keys())[:5]}")
-    return local_tensors([t_state[k] for k in t_state]), local_tensors([o_state[k] for k in t_state])
+    targets, onlines = matched_tensors(target, online)  # by name; DTensor shapes are the full ones
+    return local_tensors(targets), local_tensors(onlines)
 
 
 def full_state_dict(module: nn.Module, *, keep: bool) -> dict[str, torch.Tensor]:
     """The module's state dict with every sharded tensor gathered to a full CPU tensor, one at a time.
     A collective: every rank calls it in the same order; only ranks with `keep` hold the result."""
-    DTensor = _dtensor()
     out = {}
     reshard_all(module)
     first: dict[int, str] = {}  # tied weights (embeddings = LM head) are one parameter: gather it once
@@ -223,7 +217,7 @@ def full_state_dict(module: nn.Module, *, keep: bool) -> dict[str, torch.Tensor]
             if keep:
                 out[name] = out[alias[name]]
             continue
-        full = t.full_tensor() if isinstance(t, DTensor) else t
+        full = t.full_tensor() if is_dtensor(t) else t
         if keep:
             out[name] = full.detach().to("cpu", copy=True)
         del full
@@ -234,7 +228,6 @@ def load_full_state_dict_(module: nn.Module, state: dict[str, torch.Tensor], *, 
                           ) -> tuple[list[str], list[str]]:
     """Copy full tensors into a sharded module: each rank keeps its own slice (no collective, every rank
     reads the file). Returns (missing, unexpected) names like `load_state_dict`."""
-    DTensor = _dtensor()
     reshard_all(module)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
@@ -244,15 +237,14 @@ def load_full_state_dict_(module: nn.Module, state: dict[str, torch.Tensor], *, 
     with torch.no_grad():
         for name, t in own.items():
             if name in state:
-                local = t.to_local() if isinstance(t, DTensor) else t
-                local.copy_(shard_of(state[name], t).to(local.dtype))
+                mine = local(t)
+                mine.copy_(shard_of(state[name], t).to(mine.dtype))
     return missing, unexpected
 
 
 def shard_of(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The slice of `full` that this rank holds of the (possibly sharded) tensor `like`."""
-    DTensor = _dtensor()
-    if not isinstance(like, DTensor):
+    if not is_dtensor(like):
         return full.to(like.device)
     from torch.distributed.tensor import distribute_tensor
 
@@ -261,9 +253,8 @@ def shard_of(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def gathered_optimizer_state(optimizer: torch.optim.Optimizer, *, keep: bool) -> dict:
     """`optimizer.state_dict()` with sharded state tensors gathered in full (a collective)."""
-    DTensor = _dtensor()
     state = optimizer.state_dict()  # its per-parameter dicts are the live ones: build new ones
-    state["state"] = {index: {key: _gather(value, keep) if isinstance(value, DTensor) else value
+    state["state"] = {index: {key: _gather(value, keep) if is_dtensor(value) else value
                               for key, value in slot.items()}
                       for index, slot in state["state"].items()}
     return state
@@ -296,20 +287,18 @@ def clip_gradients_(params: Sequence[nn.Parameter], max_norm: float, sum_over_ra
     """`clip_grad_norm_` for a mix of sharded and replicated parameters: the squared norms of the local
     shards are summed over ranks (`sum_over_ranks`, in place), the replicated ones counted once. Returns
     the total norm (before clipping) and scales every gradient by min(1, max_norm / (norm + 1e-6))."""
-    DTensor = _dtensor()
     grads = [p.grad for p in params if p.grad is not None]
     device = grads[0].device if grads else torch.device("cpu")
     shard_sq = torch.zeros((), dtype=torch.float64, device=device)
     plain_sq = torch.zeros((), dtype=torch.float64, device=device)
     for g in grads:
-        if isinstance(g, DTensor):
-            shard_sq += g.to_local().double().pow(2).sum().to(device)
+        if is_dtensor(g):
+            shard_sq += local(g).double().pow(2).sum().to(device)
         else:
             plain_sq += g.double().pow(2).sum().to(device)
     total = (sum_over_ranks(shard_sq) + plain_sq).sqrt().float()
     if torch.isfinite(total) and max_norm < float("inf"):
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            local = g.to_local() if isinstance(g, DTensor) else g
-            local.mul_(coef.to(local.device, local.dtype))
+        for g in map(local, grads):
+            g.mul_(coef.to(g.device, g.dtype))
     return total

@@ -54,6 +54,10 @@ import torch
 from torch import Tensor, nn
 
 
+# a sharded model's forward method for `completion_forward`, run through its root FSDP unit (popo.fsdp)
+SHARDED_ENTRY = "popo_completion"
+
+
 def _check_chunk(chunk_size: int) -> None:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -229,7 +233,7 @@ def completion_outputs(
         return CompletionOutputs()
     args = (input_ids, attention_mask, prompt_length, need_logprobs, need_entropy, need_features, chunk_size,
             entropy_grad)
-    entry = getattr(model, "popo_completion", None)  # a sharded model: through its root FSDP unit
+    entry = getattr(model, SHARDED_ENTRY, None)  # a sharded model: through its root FSDP unit
     if entry is None:
         logprobs, entropy, features = completion_forward(model, *args)
     else:

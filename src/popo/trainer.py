@@ -216,10 +216,9 @@ class Trainer:
 
     def _mean_logprob(self, batch: Rollouts) -> float:
         """Mean per-token log-prob of `batch` under the policy, over all ranks' rows."""
-        total, count = 0.0, 0.0
-        if batch.num_rollouts or self.sharding:  # a sharded policy's forwards are collectives
-            lp = sequence_logprobs(self.models.policy, batch, self.config.optim.micro_batch_tokens, self.dist)
-            total, count = float(torch.where(batch.completion_mask, lp, 0.0).sum()), float(batch.completion_mask.sum())
+        # also with no rows: a sharded policy's forwards are collectives the other ranks wait on
+        lp = sequence_logprobs(self.models.policy, batch, self.config.optim.micro_batch_tokens, self.dist)
+        total, count = float(torch.where(batch.completion_mask, lp, 0.0).sum()), float(batch.completion_mask.sum())
         total, count = self.dist.sum_values([total, count])
         return total / count if count else 0.0
 

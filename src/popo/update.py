@@ -16,7 +16,7 @@ from torch import nn
 
 from popo.algorithms import Algorithm, BatchTotals, LossInputs
 from popo.distributed import Dist, reduce_update_metrics
-from popo.fsdp import clip_gradients_, idle_pass, is_sharded, reshard_all
+from popo.fsdp import clip_gradients_, idle_pass, is_dtensor, is_sharded, reshard_all
 from popo.lora import companion
 from popo.logprobs import completion_outputs, masked_mean
 from popo.losses import kl_penalty
@@ -226,7 +226,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
             for p in params:
                 p.grad = torch.zeros_like(p) if p.grad is None else p.grad
         # every rank now holds (its shard of) the one-process gradient; FSDP summed the sharded ones
-        dist.sum_grads([p for p in params if not sharded or not _is_dtensor(p)])
+        dist.sum_grads([p for p in params if not is_dtensor(p)])
         metrics = reduce_update_metrics(metrics, dist)
         max_norm = grad_clip if grad_clip > 0 else float("inf")
         grad_norm = (clip_gradients_(params, max_norm, dist.sum_) if sharded
@@ -243,7 +243,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     metrics["trained_tokens"] = float(totals.tokens)
     metrics["micro_batches"], metrics["forwarded_rollouts"] = dist.sum_values([len(plans), batch.num_rollouts])
     metrics["forwarded_tokens"] = float(share_tokens)  # completion tokens that went through forward/backward
-    if len(rounds) > len(plans) or is_sharded(models.policy):  # FSDP: lockstep padding over all ranks
+    if sharded:  # FSDP: lockstep padding over all ranks
         metrics["idle_passes"] = dist.sum_values([len(rounds) - len(plans)])[0]
     return metrics
 
@@ -276,18 +276,10 @@ def global_totals(totals: BatchTotals, dist: Dist, device: torch.device) -> Batc
                        weight_sum=weight_sum, max_length=totals.max_length)
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
-
-
 @torch.no_grad()
 def mean_token_kl(policy: nn.Module, target: nn.Module, batch: Rollouts, token_budget: int,
                   dist: Dist | None = None) -> float:
-    """Monitoring only: k3 estimate of KL(policy || target) per completion token of `batch`."""
-    if batch.num_rollouts == 0 and not is_sharded(policy):
-        return 0.0
+    """Monitoring only: k3 estimate of KL(policy || target) per completion token of `batch` (0 when empty)."""
     online = sequence_logprobs(policy, batch, token_budget, dist)
     with companion(target) as model:
         frozen = sequence_logprobs(model, batch, token_budget, dist)
