@@ -16,7 +16,7 @@ fails, FSDP did not engage, or a loss or gradient norm is not finite. Nothing is
 is the testbed's, padded with filler characters to the model's vocabulary (random completions decode to
 varied text); rewards are a hash of the text (`CoinVerifier`), so GRPO's advantages are mostly non-zero;
 `algo.reward_threshold=-1` makes every rollout a positive, so POPO trains on the whole batch. The script
-launches itself (`--inner ALGO`), which runs `popo.trainer.Trainer` in process to read the CUDA peak.
+launches itself (`--inner ALGO`), which runs popo's trainer (`popo.build.build_trainer`) in process to read the CUDA peak.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def inner(args) -> int:
 
     from popo import fsdp
     from popo.config import load_config
-    from popo.trainer import Trainer
+    from popo.build import build_trainer
 
     cuda = args.device.startswith("cuda")
     overrides = [
@@ -114,7 +114,7 @@ def inner(args) -> int:
         "train.tensorboard=false", "train.progress=false", f"train.out_dir={args.run_dir}",
     ]
     start = time.perf_counter()
-    trainer = Trainer(load_config(None, overrides))
+    trainer = build_trainer(load_config(None, overrides))
     trainer.verifier = CoinVerifier()
     setup_s = time.perf_counter() - start
     saves, save = [], trainer.save
@@ -125,7 +125,7 @@ def inner(args) -> int:
         return path
     trainer.save = timed_save
     policy = trainer.models.policy
-    sharded = fsdp.is_sharded(policy) and trainer.sharding is not None
+    sharded = fsdp.is_sharded(policy) and trainer.models.sharding is not None
     params = sum(p.numel() for p in policy.parameters())  # global sizes (DTensor.numel); tied head once
     memory = {}
     if cuda:
@@ -145,7 +145,7 @@ def inner(args) -> int:
     local = fsdp.local_tensors([next(policy.parameters())])[0]
     result = {
         "algo": args.inner, "device": device, "params": params, "fsdp": sharded,
-        "master_dtype": str(local.dtype), "compute_dtype": str(trainer.sharding.param_dtype if sharded else None),
+        "master_dtype": str(local.dtype), "compute_dtype": str(trainer.models.sharding.param_dtype if sharded else None),
         "setup_s": setup_s, "run_s": run_s, "checkpoint_s": saves[-1] if saves else None,
         "peak_rss_mib": common.peak_rss_mb(), "peak_flops_assumed": peak, **memory,
         **summarize_steps(history, params, peak), "history": history,

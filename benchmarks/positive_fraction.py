@@ -52,27 +52,23 @@ def build(name: str, path: Path, lr: float) -> Setup:
     from transformers import AutoModelForCausalLM
 
     from popo.algorithms import LOSSES
-    from popo.build import frozen_copy
     from popo.config import AlgoConfig
-    from popo.ema import Predictor
-    from popo.update import Models
+    from popo.models import Models
 
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
     if name.startswith("popo"):
         cfg = AlgoConfig(name="popo", entropy_scope="all" if name == "popo-ent-all" else "positives",
                          alpha=0.0 if name == "popo-nosim" else 0.1)
         algorithm = LOSSES["popo"]
-        hidden = policy.config.hidden_size
-        models = Models(policy=policy)
-        if algorithm.needs_target(cfg):
-            models.target, models.predictor = frozen_copy(policy), Predictor(hidden, hidden, 2)
+        models = Models.build(policy, with_target=algorithm.needs_target(cfg), with_reference=False,
+                              predictor_width=0, predictor_layers=2, device=torch.device("cpu"))
     else:
         cfg = AlgoConfig(name="grpo", kl_coef=0.0, aggregation="token-mean")
         algorithm = LOSSES["grpo"]
         if name == "grpo-full":
             algorithm = replace(algorithm, zero_credit_inert=lambda c: False)
         models = Models(policy=policy)
-    params = [p for m in (models.policy, models.predictor) if m is not None for p in m.parameters()]
+    params = models.trainable_parameters()
     return Setup(name, algorithm, cfg, models, torch.optim.AdamW(params, lr=lr), params)
 
 
@@ -89,7 +85,6 @@ def training_phase(setup: Setup, rollouts, rewards, group: int, max_length: int,
     """Wall / CPU seconds of one training phase as the trainer runs it, and the rows it forwarded."""
     import torch
 
-    from popo.ema import ema_update_
     from popo.update import update_policy
 
     with common.Clock() as clock:
@@ -102,9 +97,9 @@ def training_phase(setup: Setup, rollouts, rewards, group: int, max_length: int,
         if bool(rows.any()):
             update_policy(setup.models, setup.optimizer, setup.algorithm, setup.cfg, rollouts.select(rows),
                           credit[rows], positive[rows], max_length=max_length, token_budget=token_budget,
-                          grad_clip=1.0, generator=torch.Generator().manual_seed(0), params=setup.params)
+                          grad_clip=1.0, generator=torch.Generator().manual_seed(0))
             if setup.models.target is not None:
-                ema_update_(setup.models.target, setup.models.policy, setup.cfg.tau)
+                setup.models.ema_step(setup.cfg.tau)
     return {"wall": clock.wall, "cpu": clock.cpu, "forwarded_rows": forwarded}
 
 

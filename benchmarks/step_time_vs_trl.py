@@ -54,7 +54,7 @@ def make_trainer(args):
     from dataclasses import replace
 
     from popo.config import load_config
-    from popo.trainer import Trainer
+    from popo.build import build_trainer
 
     path = common.model_path(args.model)
     algo = args.framework.removesuffix("-base")
@@ -69,7 +69,7 @@ def make_trainer(args):
         "train.diag_every=0", "train.save_every=0", "train.tensorboard=false", "train.progress=false",
         f"train.out_dir={out_dir}",
     ]
-    trainer = Trainer(load_config(None, overrides), log=lambda s: None)
+    trainer = build_trainer(load_config(None, overrides), log=lambda s: None)
     if args.model != "testbed":
         trainer.verifier = common.HashVerifier()
     if args.framework.endswith("-base"):  # popo before the optimisations of docs/performance.md

@@ -26,8 +26,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from popo.rewards import math as math_rewards
-from popo.rewards.math import MathVerifier, last_boxed_content
+from popo.rewards import MathVerifier, last_boxed_content
+from popo.rewards.equivalence import clear_gold_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "benchmarks" / "math500.jsonl"
@@ -73,7 +73,7 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def time_one(verifier_kwargs: dict, completions, answers) -> tuple[float, float, list[float], dict]:
     """(wall seconds, CPU seconds of parent + workers, rewards, stats) of one timed score() call."""
-    math_rewards.clear_gold_cache()  # the in-process mode would otherwise keep golds parsed
+    clear_gold_cache()  # the in-process mode would otherwise keep golds parsed
     with MathVerifier(**verifier_kwargs) as verifier:
         verifier.wait_ready()
         verifier.score(["warm-up: $\\boxed{1}$"], ["1"])

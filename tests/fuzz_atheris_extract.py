@@ -4,8 +4,8 @@ Run by tests/test_verifier_fuzz.py for a bounded number of runs, or by hand for 
 
     .venv/bin/python tests/fuzz_atheris_extract.py -runs=1000000    # or -max_total_time=600
 
-The module is loaded by file path (as the verifier's workers do), so neither torch nor math-verify is
-imported and each run takes microseconds. A run fails if any call raises or breaks its contract.
+`popo/rewards/answers.py` (standard library only) is loaded by file path, so neither torch nor math-verify
+is imported and each run takes microseconds. A run fails if any call raises or breaks its contract.
 """
 
 import importlib.util
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import atheris
 
-MATH = Path(__file__).resolve().parents[1] / "src" / "popo" / "rewards" / "math.py"
+ANSWERS = Path(__file__).resolve().parents[1] / "src" / "popo" / "rewards" / "answers.py"
 
-spec = importlib.util.spec_from_file_location("_popo_math_fuzzed", MATH)
-math_module = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = math_module
-spec.loader.exec_module(math_module)
-for name in ("_last_box_start", "_find_last_box", "last_boxed_content", "_max_nesting", "_extract"):
-    atheris.instrument_func(getattr(math_module, name))  # coverage feedback for the code under test
+spec = importlib.util.spec_from_file_location("_popo_answers_fuzzed", ANSWERS)
+answers = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = answers
+spec.loader.exec_module(answers)
+for name in ("_last_box_start", "_find_last_box", "last_boxed_content", "_max_nesting", "extract_answer"):
+    atheris.instrument_func(getattr(answers, name))  # coverage feedback for the code under test
 
 
 # pieces the fuzzer would take long to discover byte by byte (the macros are found with str.rfind)
@@ -48,16 +48,16 @@ def one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     max_len = fdp.ConsumeIntInRange(0, 64)
     text = fuzzed_text(fdp)
-    content = math_module.last_boxed_content(text)
+    content = answers.last_boxed_content(text)
     if content is not None and (not content or content not in text):
         raise AssertionError(f"box content {content!r} is empty or not part of the text")
-    capped = math_module.last_boxed_content(text, max_len=max_len)
+    capped = answers.last_boxed_content(text, max_len=max_len)
     if capped is not None and len(capped) > max_len:
         raise AssertionError(f"box content longer than max_len={max_len}: {capped!r}")
-    extracted, status = math_module._extract(text, 4096, max_len, 8)
+    extracted, status = answers.extract_answer(text, 4096, max_len, 8)
     if (extracted is None) == (status == "ok"):
         raise AssertionError(f"inconsistent extraction result {extracted!r} / {status!r}")
-    if extracted is not None and math_module._max_nesting(extracted) > 8:
+    if extracted is not None and answers._max_nesting(extracted) > 8:
         raise AssertionError("content deeper than max_depth passed the depth check")
 
 

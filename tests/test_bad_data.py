@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import popo.trainer
+import popo.build
 from popo.build import fit_prompts
 from popo.cli import main
 from popo.config import ConfigError, load_config
 from popo.data import DataError, Example
 from popo.testbed.tokenizer import build_tokenizer
-from popo.trainer import Trainer
+from popo.build import build_trainer
 
 GOOD = {"problem": "1+1=", "answer": "2"}
 
@@ -30,8 +30,8 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise ModelLoaded
 
-    monkeypatch.setattr(popo.trainer, "resolve_model_path", refuse)
-    monkeypatch.setattr(popo.trainer, "load_policy", refuse)
+    monkeypatch.setattr(popo.build, "resolve_model_path", refuse)
+    monkeypatch.setattr(popo.build, "load_policy", refuse)
 
 
 def write_lines(path: Path, lines: list) -> Path:
@@ -143,7 +143,7 @@ def test_trainer_checks_prompt_length_against_the_testbed_context(tmp_path, tiny
     config = load_config(None, [*tiny_testbed, f"data.source={path}", "data.eval_source=",
                                 "data.max_prompt_tokens=20", f"train.out_dir={tmp_path / 'run'}"])
     with pytest.raises(DataError, match=rf"^{path}:2: field 'problem': the prompt is 62 tokens"):
-        Trainer(config, log=lambda message: None)
+        build_trainer(config, log=lambda message: None)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from popo.cli import main
-from popo.compare import (check_budgets, config_differences, grid_variants, method_variants, parse_grid, prepare_study,
-                          rollout_budget, run_state)
 from popo.config import ConfigError, load_config
-from popo.sft_more import reference_completion
-from popo.study_report import SECTIONS, summary
+from popo.study.controls import reference_completion
+from popo.study.report import SECTIONS, summary
+from popo.study.runs import (check_budgets, config_differences, grid_variants, method_variants, parse_grid,
+                             prepare_study, rollout_budget, run_state)
 from popo.tracking import read_metrics
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import warm_testbed_config
-from popo.trainer import Trainer
+from popo.build import build_trainer
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.json"
 
@@ -41,7 +41,7 @@ def platform() -> dict[str, str]:
 def run_metrics(cache_dir: str, out_dir: Path, overrides: list[str]) -> list[dict]:
     """The run's metrics records without wall-clock timings."""
     torch.set_num_threads(1)
-    history = Trainer(warm_testbed_config(cache_dir, out_dir, *overrides)).run()
+    history = build_trainer(warm_testbed_config(cache_dir, out_dir, *overrides)).run()
     return [{k: v for k, v in record.items() if not k.startswith("time/")} for record in history]
 
 

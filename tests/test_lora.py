@@ -14,7 +14,7 @@ from popo.checkpoint import latest_checkpoint  # noqa: E402
 from popo.config import ConfigError, load_config  # noqa: E402
 from popo.logprobs import completion_outputs  # noqa: E402
 from popo.lora import AdapterEMA, AdapterOff, companion  # noqa: E402
-from popo.trainer import Trainer  # noqa: E402
+from popo.build import build_trainer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,10 @@ def test_nested_lora_keys_are_checked():
 
 
 def test_only_adapters_train_and_the_target_tracks_them(cache_dir, tmp_path):
-    trainer = Trainer(make_config(cache_dir, tmp_path / "run", "algo.tau=0.5"), log=lambda s: None)
+    trainer = build_trainer(make_config(cache_dir, tmp_path / "run", "algo.tau=0.5"), log=lambda s: None)
     policy, target = trainer.models.policy, trainer.models.target
     assert isinstance(target, AdapterEMA)
-    assert {id(p) for p in trainer.params} == {id(p) for n, p in policy.named_parameters() if "lora_" in n} | {
+    assert {id(p) for p in trainer.models.trainable_parameters()} == {id(p) for n, p in policy.named_parameters() if "lora_" in n} | {
         id(p) for p in trainer.models.predictor.parameters()}
     full = sum(p.numel() * p.element_size() for p in policy.parameters())
     assert target.num_bytes() < 0.2 * full  # the target holds the adapters only
@@ -67,7 +67,7 @@ def test_only_adapters_train_and_the_target_tracks_them(cache_dir, tmp_path):
 
 
 def test_swapped_target_runs_the_ema_adapters_and_restores_the_policy(cache_dir, tmp_path):
-    trainer = Trainer(make_config(cache_dir, tmp_path / "swap"), log=lambda s: None)
+    trainer = build_trainer(make_config(cache_dir, tmp_path / "swap"), log=lambda s: None)
     policy, target = trainer.models.policy, trainer.models.target
     for t in target.shadow:
         t.add_(0.05)  # make the target differ from the policy
@@ -87,12 +87,12 @@ def test_swapped_target_runs_the_ema_adapters_and_restores_the_policy(cache_dir,
 
 def test_checkpoint_holds_the_adapter_resumes_and_merges_for_evaluation(cache_dir, tmp_path):
     config = make_config(cache_dir, tmp_path / "ckpt", "train.steps=2")
-    trainer = Trainer(config, log=lambda s: None)
+    trainer = build_trainer(config, log=lambda s: None)
     trainer.run()
     path = latest_checkpoint(tmp_path / "ckpt", print)
     assert (path / "policy" / "adapter_model.safetensors").is_file()
     assert not (path / "policy" / "model.safetensors").exists()  # no full copy of the base weights
-    resumed = Trainer(config, resume=True, log=lambda s: None)
+    resumed = build_trainer(config, resume=True, log=lambda s: None)
     for (n, a), b in zip(trainer.models.policy.named_parameters(), resumed.models.policy.parameters()):
         assert torch.equal(a, b), n
     for a, b in zip(trainer.models.target.shadow, resumed.models.target.shadow):

@@ -281,6 +281,39 @@ def test_code_in_completions_is_never_executed(strict_verifier, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 
 
+def test_the_worker_file_imports_only_the_standard_library_and_math_verify():
+    import ast
+    import sys
+
+    from popo.rewards import equivalence
+
+    tree = ast.parse(Path(equivalence.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name.partition(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "a relative import would need the popo package"
+            imported.add(node.module.partition(".")[0])
+    assert imported - set(sys.stdlib_module_names) == {"math_verify"}
+    # the worker is started on this very file, which it loads by path
+    assert equivalence.worker_command(0, 1, 1.0, 0)[4] == os.path.abspath(equivalence.__file__)
+
+
+def test_a_worker_imports_neither_popo_nor_torch(monkeypatch, capfd):
+    # -X importtime (through the environment) makes the worker list every module it imports on stderr,
+    # which POPO_VERIFIER_DEBUG leaves attached to this process's stderr
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    monkeypatch.setenv("POPO_VERIFIER_DEBUG", "1")
+    with MathVerifier(num_workers=1, timeout_s=5.0) as v:
+        assert v.score([completion_for("\\frac{1}{2}")], ["0.5"]) == [1.0]
+    modules = {line.rpartition("|")[2].strip() for line in capfd.readouterr().err.splitlines()
+               if line.startswith("import time:")}
+    assert "math_verify" in modules  # the trace is there
+    roots = {m.partition(".")[0] for m in modules}
+    assert not roots & {"popo", "torch"}
+
+
 def test_pool_recovers_after_a_worker_is_killed():
     with MathVerifier(num_workers=2, timeout_s=2.0) as v:
         v.wait_ready()

@@ -14,7 +14,7 @@ import popo.trainer
 from popo.algorithms import PRESETS
 from popo.checkpoint import latest_checkpoint, verify_checkpoint
 from popo.config import load_config
-from popo.trainer import Trainer
+from popo.build import build_trainer
 
 
 class InfGrad(torch.autograd.Function):
@@ -43,7 +43,7 @@ def params(model) -> torch.Tensor:
 def make_trainer(overrides, out_dir, *extra, log=None) -> Trainer:
     config = load_config(None, [*overrides, "train.steps=4", "train.save_every=0", f"train.out_dir={out_dir}",
                                 *extra])
-    return Trainer(config, log=log or (lambda message: None))
+    return build_trainer(config, log=log or (lambda message: None))
 
 
 def snapshot(trainer: Trainer) -> dict[str, torch.Tensor]:

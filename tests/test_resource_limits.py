@@ -10,13 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import popo.update
+import popo.models
 from popo.algorithms import get_algorithm
 from popo.config import load_config
 from popo.rollout import HFEngine, Rollouts, SamplingParams
 from popo.testbed.model import build_tiny_qwen2
 from popo.testbed.tokenizer import build_tokenizer
-from popo.update import Models, plan_micro_batches, update_policy
+from popo.models import Models
+from popo.rollout.base import plan_micro_batches
+from popo.update import update_policy
 
 PROMPTS = ["1+1=", "12+34=", "5+5=", "123+456="]
 G = 2
@@ -88,7 +90,7 @@ def update_inputs(setup, *overrides, rewards: list[float] | None = None):
     algorithm = get_algorithm(config.algo.name)
     credit = algorithm.credit(reward, rollouts.mean_logprobs, rollouts.lengths.float(), G, config.algo)
     args = (Models(policy=policy), optimizer, algorithm, config.algo, rollouts, credit, positive)
-    kwargs = dict(max_length=6, grad_clip=1.0, generator=None, params=list(policy.parameters()))
+    kwargs = dict(max_length=6, grad_clip=1.0, generator=None)
     return policy, optimizer, args, kwargs
 
 
@@ -102,13 +104,13 @@ def flat_grad(model) -> torch.Tensor:
 
 def test_micro_batches_feed_the_model_within_budget_and_add_up(setup, monkeypatch):
     seen: list[tuple[int, int]] = []
-    forward = popo.update.completion_outputs
+    forward = popo.models.completion_outputs
 
     def recording(model, ids, *args, **kwargs):
         seen.append(tuple(ids.shape))
         return forward(model, ids, *args, **kwargs)
 
-    monkeypatch.setattr(popo.update, "completion_outputs", recording)
+    monkeypatch.setattr(popo.models, "completion_outputs", recording)
     whole, _, args, kwargs = update_inputs(setup)
     metrics = update_policy(*args, token_budget=10_000, **kwargs)
     assert metrics["micro_batches"] == 1.0
@@ -127,7 +129,7 @@ class OOMOnCall:
 
     def __init__(self, fail: set[int] | None = None, when=None):
         self.calls, self.fail, self.when = 0, fail or set(), when
-        self.forward = popo.update.completion_outputs
+        self.forward = popo.models.completion_outputs
 
     def __call__(self, model, ids, *args, **kwargs):
         self.calls += 1
@@ -139,7 +141,7 @@ class OOMOnCall:
 def test_oom_in_a_micro_batch_is_retried_once_with_half_the_budget(setup, monkeypatch):
     expected, _, args, kwargs = update_inputs(setup)
     update_policy(*args, token_budget=20, **kwargs)  # what the retry should compute
-    monkeypatch.setattr(popo.update, "completion_outputs", OOMOnCall(fail={2}))  # the second micro-batch
+    monkeypatch.setattr(popo.models, "completion_outputs", OOMOnCall(fail={2}))  # the second micro-batch
     policy, _, args, kwargs = update_inputs(setup)
     with pytest.warns(RuntimeWarning, match="retrying the update with optim.micro_batch_tokens=20 "
                                             r"\(half of 40\)"):
@@ -149,7 +151,7 @@ def test_oom_in_a_micro_batch_is_retried_once_with_half_the_budget(setup, monkey
 
 
 def test_oom_twice_fails_clearly_and_leaves_no_gradients(setup, monkeypatch):
-    monkeypatch.setattr(popo.update, "completion_outputs", OOMOnCall(when=lambda: True))
+    monkeypatch.setattr(popo.models, "completion_outputs", OOMOnCall(when=lambda: True))
     policy, optimizer, args, kwargs = update_inputs(setup)
     before = flat(policy).clone()
     with pytest.warns(RuntimeWarning), pytest.raises(torch.OutOfMemoryError) as err:
@@ -165,6 +167,6 @@ def test_oom_after_an_optimizer_step_is_not_retried(setup, monkeypatch):
     """GRPO with two updates per batch: redoing the call after the first step would step twice."""
     policy, optimizer, args, kwargs = update_inputs(setup, "algo.name=grpo", "algo.updates_per_batch=2",
                                                     rewards=[1.0, 0.0] * (len(PROMPTS) * G // 2))
-    monkeypatch.setattr(popo.update, "completion_outputs", OOMOnCall(when=lambda: bool(optimizer.state)))
+    monkeypatch.setattr(popo.models, "completion_outputs", OOMOnCall(when=lambda: bool(optimizer.state)))
     with pytest.raises(torch.OutOfMemoryError, match=r"micro_batch_tokens=64 \(not retried\)"):
         update_policy(*args, token_budget=64, **kwargs)

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from popo.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint, verify_checkpoint
+from popo.models import Snapshot
 
 STEPS = 6
 
@@ -52,9 +53,9 @@ if fault == "kill-after-metrics":  # SIGKILL right after the metrics line of ste
 
     tracking.MetricsWriter.write = patched_write
 elif fault == "kill-in-checkpoint":  # SIGKILL half-way through a file of checkpoint `at`
-    import popo.checkpoint as checkpoint
+    import popo.models as models
 
-    save_file = checkpoint.save_file
+    save_file = models.save_file
 
     def patched_save_file(tensors, filename, *args, **kwargs):
         save_file(tensors, filename, *args, **kwargs)
@@ -64,7 +65,7 @@ elif fault == "kill-in-checkpoint":  # SIGKILL half-way through a file of checkp
                 f.write(data[: len(data) // 2])
             die()
 
-    checkpoint.save_file = patched_save_file
+    models.save_file = patched_save_file
 elif fault == "slow":  # each step takes a little longer, so an outside signal lands mid-run
     import popo.trainer as trainer
 
@@ -244,8 +245,9 @@ def _save(run_dir: Path, step: int, keep_last: int = 2) -> Path:
     model = _TinyModel(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0)
-    return save_checkpoint(run_dir, step, policy=model, tokenizer=_TinyTokenizer(), optimizer=optimizer,
-                           scheduler=scheduler, state={"bad_steps": 0}, keep_last=keep_last)
+    snapshot = Snapshot(model, None, None, optimizer.state_dict())
+    return save_checkpoint(run_dir, step, snapshot=snapshot, tokenizer=_TinyTokenizer(), scheduler=scheduler,
+                           state={"bad_steps": 0}, keep_last=keep_last)
 
 
 def test_checkpoint_save_prunes_and_replaces_safely(tmp_path):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from popo.stats import (binomial_se, mean_ci, paired_test, regularized_beta, sample_std, t_cdf,
-                        t_quantile)
+from popo.study.stats import (binomial_se, mean_ci, paired_test, regularized_beta, sample_std, t_cdf,
+                              t_quantile)
 
 
 def test_regularized_beta_closed_forms():

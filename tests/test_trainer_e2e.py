@@ -11,7 +11,7 @@ from conftest import warm_testbed_config
 from popo.checkpoint import latest_checkpoint
 from popo.cli import main
 from popo.logprobs import completion_outputs
-from popo.trainer import Trainer
+from popo.build import build_trainer
 
 REQUIRED_KEYS = {"step", "reward_mean", "pass_rate", "rollouts", "positive_rollouts", "trained_rollouts"}
 
@@ -31,7 +31,7 @@ def params(model):
 
 
 def test_popo_trains_only_positives_and_moves_ema(cache_dir, tmp_path):
-    trainer = Trainer(make_config(cache_dir, tmp_path / "popo", "algo.tau=0.5", "optim.lr=1e-3"))
+    trainer = build_trainer(make_config(cache_dir, tmp_path / "popo", "algo.tau=0.5", "optim.lr=1e-3"))
     start = params(trainer.models.policy)
     history = trainer.run()
     records = [json.loads(line) for line in (tmp_path / "popo" / "metrics.jsonl").read_text().splitlines()]
@@ -45,7 +45,7 @@ def test_popo_trains_only_positives_and_moves_ema(cache_dir, tmp_path):
 
 
 def test_ema_moves_target_by_expected_factor(cache_dir, tmp_path):
-    trainer = Trainer(make_config(cache_dir, tmp_path / "ema", "algo.tau=0.25", "optim.lr=1e-3",
+    trainer = build_trainer(make_config(cache_dir, tmp_path / "ema", "algo.tau=0.25", "optim.lr=1e-3",
                                   "train.steps=1"))
     target_before = params(trainer.models.target)
     record = {}
@@ -63,7 +63,7 @@ def test_ema_moves_target_by_expected_factor(cache_dir, tmp_path):
 
 
 def test_no_positive_step_leaves_parameters_unchanged(cache_dir, tmp_path):
-    trainer = Trainer(make_config(cache_dir, tmp_path / "none", "algo.reward_threshold=2.0"))
+    trainer = build_trainer(make_config(cache_dir, tmp_path / "none", "algo.reward_threshold=2.0"))
     start, target = params(trainer.models.policy), params(trainer.models.target)
     record = trainer.train_step(0)
     assert record["positive_rollouts"] == 0 and record["trained_rollouts"] == 0
@@ -74,7 +74,7 @@ def test_no_positive_step_leaves_parameters_unchanged(cache_dir, tmp_path):
 
 @pytest.mark.parametrize("kl", ["0.0", "0.1"])
 def test_grpo_with_and_without_reference(cache_dir, tmp_path, kl):
-    trainer = Trainer(make_config(cache_dir, tmp_path / "grpo", "algo.name=grpo", f"algo.kl_coef={kl}"))
+    trainer = build_trainer(make_config(cache_dir, tmp_path / "grpo", "algo.name=grpo", f"algo.kl_coef={kl}"))
     assert (trainer.models.reference is not None) == (kl != "0.0")
     assert trainer.models.target is None
     history = trainer.run()
@@ -86,7 +86,7 @@ def test_grpo_with_and_without_reference(cache_dir, tmp_path, kl):
 def test_checkpoint_round_trip_and_resume(cache_dir, tmp_path):
     out = tmp_path / "resume"
     config = make_config(cache_dir, out, "train.save_every=2", "train.steps=2")
-    trainer = Trainer(config)
+    trainer = build_trainer(config)
     trainer.run()
     path = latest_checkpoint(out)
     assert path is not None and path.name == "step-000002"

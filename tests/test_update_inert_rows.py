@@ -18,7 +18,8 @@ from popo.config import AlgoConfig
 from popo.rollout.base import Rollouts
 from popo.testbed.model import TinyModelSpec, build_tiny_qwen2
 from popo.testbed.tokenizer import build_tokenizer
-from popo.update import Models, drop_inert_rows, update_policy
+from popo.models import Models
+from popo.update import drop_inert_rows, update_policy
 from popo.weights import grpo_advantages
 
 
@@ -43,7 +44,7 @@ def _step(algorithm, cfg, batch, credit, positive, seed=0, sgd=True):
     before = torch.cat([p.detach().flatten() for p in params])
     optimizer = torch.optim.SGD(params, lr=1.0) if sgd else torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
     metrics = update_policy(Models(policy=model), optimizer, algorithm, cfg, batch, credit, positive,
-                            max_length=7, token_budget=10_000, grad_clip=0.0, generator=None, params=params)
+                            max_length=7, token_budget=10_000, grad_clip=0.0, generator=None)
     return torch.cat([p.detach().flatten() for p in params]) - before, metrics
 
 

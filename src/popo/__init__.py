@@ -13,7 +13,7 @@ from popo.weights import grpo_advantages, popo_weights
 
 __version__ = "0.1.0"
 
-_LAZY = {"math_reward": "popo.rewards.math", "MathVerifier": "popo.rewards.math"}
+_LAZY = {"math_reward": "popo.rewards.math", "MathVerifier": "popo.rewards"}
 
 
 def __getattr__(name: str):

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from popo.losses import aggregate_tokens, grpo_loss, popo_loss
 from popo.weights import grpo_advantages, popo_weights
 
-if TYPE_CHECKING:
-    from popo.config import AlgoConfig
+AlgoSettings = Any
+"""The `algo.*` section of the configuration (`popo.config.AlgoConfig`); this floor does not import it."""
+
+# Loss metrics that are shares of a batch-global quantity (losses normalised by global counts, token-weighted
+# means whose weights are shares of the global count): summing them over micro-batches and ranks gives the
+# value of the whole batch. Every other metric is averaged over micro-batches by forwarded tokens.
+ADDITIVE_METRICS = frozenset({"loss", "nll", "sim", "cos_sim", "ent_loss", "pg_loss", "num_positive",
+                              "num_positive_tokens", "entropy", "num_tokens", "adv_mean"})
 
 
 @dataclass
@@ -55,24 +61,26 @@ class LossInputs:
 class Algorithm:
     """What the trainer needs to know about one loss."""
 
-    credit: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, "AlgoConfig"], torch.Tensor]
+    credit: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, AlgoSettings], torch.Tensor]
     """(rewards [N], sampling mean log-probs [N], lengths [N], group size, config) -> credit [N]."""
-    loss: Callable[[LossInputs, "AlgoConfig"], tuple[torch.Tensor, dict[str, float]]]
-    needs_negatives: Callable[["AlgoConfig"], bool]
+    loss: Callable[[LossInputs, AlgoSettings], tuple[torch.Tensor, dict[str, float]]]
+    needs_negatives: Callable[[AlgoSettings], bool]
     """Whether negative rollouts go through the forward/backward pass at all."""
-    needs_target: Callable[["AlgoConfig"], bool]
+    needs_target: Callable[[AlgoSettings], bool]
     """Whether an EMA target model and a predictor are built."""
-    needs_reference: Callable[["AlgoConfig"], bool]
+    needs_reference: Callable[[AlgoSettings], bool]
     """Whether a frozen reference model is loaded."""
-    needs_entropy: Callable[["AlgoConfig"], bool]
+    needs_entropy: Callable[[AlgoSettings], bool]
     """Whether the token entropy enters the loss (else it is only logged, without gradient)."""
-    needs_old_logprobs: Callable[["AlgoConfig"], bool]
+    needs_old_logprobs: Callable[[AlgoSettings], bool]
     """Whether log-probs before the update must be computed in a separate pass."""
     credit_is_weight: bool = False
     """Whether the credit is a distribution over each prompt's positives (its entropy is logged)."""
-    zero_credit_inert: Callable[["AlgoConfig"], bool] = lambda cfg: False
+    zero_credit_inert: Callable[[AlgoSettings], bool] = lambda cfg: False
     """Whether a row with zero credit has an exactly zero loss gradient, so it need not be forwarded
     (the loss normalisers still count it)."""
+    min_group_size: int = 1
+    """The smallest `rollout.group_size` the credit assignment is defined for."""
 
 
 def _popo_credit(rewards, mean_logprobs, lengths, group_size, cfg):
@@ -106,11 +114,14 @@ def _grpo_credit(rewards, mean_logprobs, lengths, group_size, cfg):
 
 def _grpo_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
     old = x.old_logprobs if x.old_logprobs is not None else x.logprobs.detach()
-    return grpo_loss(
+    loss, metrics = grpo_loss(
         x.logprobs, old, x.credit, x.mask, ref_logprobs=x.ref_logprobs, clip_low=cfg.clip_low,
         clip_high=cfg.clip_high, kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
         aggregation=cfg.aggregation, max_length=x.totals.max_length,
         num_sequences=x.totals.sequences, num_tokens=x.totals.tokens)
+    # the mean advantage as this micro-batch's share of the batch mean, so micro-batches add up to it
+    metrics["adv_mean"] = float(x.credit.sum()) / max(1, x.totals.sequences)
+    return loss, metrics
 
 
 LOSSES: dict[str, Algorithm] = {
@@ -133,6 +144,7 @@ LOSSES: dict[str, Algorithm] = {
         needs_entropy=lambda cfg: False,
         needs_old_logprobs=lambda cfg: cfg.updates_per_batch > 1,
         zero_credit_inert=lambda cfg: cfg.kl_coef == 0,  # -min(rho A, clip(rho) A) is 0 for A = 0
+        min_group_size=2,  # advantages compare the rollouts of one prompt
     ),
 }
 

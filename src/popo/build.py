@@ -1,25 +1,31 @@
-"""Turning a configuration into the parts a run needs: device, models, prompts and the verifier.
+"""Assembly: a configuration becomes the parts of a run (`build_run`), handed to the trainer.
 
-Every failure a user can cause (missing model path, empty dataset) raises `SetupError` with one line.
+Device and process group, prompts (rendered and length-checked), the policy and its companions
+(`popo.models`, sharded when `accelerate launch` asked for FSDP), optimizer and schedule, rollout
+engine, verifier, prompt stream, metrics writer, and on `--resume` the state of the latest intact
+checkpoint. Every failure a user can cause (missing model path, empty dataset) raises `SetupError` with
+one line.
 """
 
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
-import random
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from popo.config import Config
+from popo import fsdp
+from popo.algorithms import get_algorithm
+from popo.checkpoint import latest_checkpoint, load_training_state
+from popo.config import Config, to_dict
 from popo.data.example import Example
-
-
-class SetupError(RuntimeError):
-    """A problem with the run's inputs, reported as one line."""
+from popo.data.stream import PromptStream
+from popo.distributed import Dist
+from popo.errors import DataError, SetupError
+from popo.models import Models
+from popo.trainer import PromptSet, Run, Trainer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,12 +84,6 @@ def load_policy(path: str, config: Config, device: torch.device):
     return model, tokenizer
 
 
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    clone = copy.deepcopy(model)
-    clone.requires_grad_(False)
-    return clone.eval()
-
-
 def load_examples_for(config: Config, source: str, *, split: str, log: Callable[[str], None]) -> list[Example]:
     """Examples from the testbed generator, a local file or a hub dataset."""
     if source == "testbed":
@@ -120,7 +120,7 @@ def fit_prompts(config: Config, examples: list[Example], tokenizer, *, context: 
     `rollout.max_new_tokens` when that is smaller. A longer prompt is a `DataError` naming file, line
     and field, or with `data.on_bad_row=skip` is dropped and counted in the log.
     """
-    from popo.data.sources import DataError, locate_examples
+    from popo.data.sources import locate_examples
 
     d = config.data
     prompts = render_prompts(config, examples, tokenizer)
@@ -156,89 +156,9 @@ def make_verifier(config: Config):
         from popo.testbed.task import AdditionVerifier
 
         return AdditionVerifier()
-    from popo.rewards.math import MathVerifier
+    from popo.rewards import MathVerifier
 
     return MathVerifier()
-
-
-class PromptStream:
-    """Prompts in a seeded order, reshuffled each epoch; batch `step` is a pure function of the step,
-    so a resumed run sees exactly the prompts an uninterrupted one would."""
-
-    def __init__(self, size: int, batch_size: int, seed: int):
-        if size == 0:
-            raise SetupError("no training prompts")
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-
-    def _order(self, epoch: int) -> list[int]:
-        order = list(range(self.size))
-        random.Random(f"{self.seed}-{epoch}").shuffle(order)
-        return order
-
-    def batch(self, step: int) -> list[int]:
-        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
-        orders: dict[int, list[int]] = {}
-        out = []
-        for pos in positions:
-            epoch = pos // self.size
-            if epoch not in orders:  # shuffle each epoch once, not once per prompt
-                orders[epoch] = self._order(epoch)
-            out.append(orders[epoch][pos % self.size])
-        return out
-
-
-def build_models(policy: torch.nn.Module, config: Config, algorithm, device: torch.device):
-    """The policy and the companions the algorithm asks for. With LoRA the EMA target is an EMA of
-    the adapter tensors and the reference is the policy with adapters disabled: no model copies."""
-    from popo.ema import Predictor
-    from popo.lora import AdapterEMA, AdapterOff, is_peft
-    from popo.update import Models
-
-    models, lora = Models(policy=policy.train()), is_peft(policy)
-    if algorithm.needs_target(config.algo):
-        hidden = policy.config.hidden_size
-        models.target = AdapterEMA(policy) if lora else frozen_copy(policy)
-        models.predictor = Predictor(hidden, config.algo.predictor_width or hidden,
-                                     config.algo.predictor_layers).to(device, policy.dtype)
-    if algorithm.needs_reference(config.algo):
-        models.reference = AdapterOff(policy) if lora else frozen_copy(policy)
-    if config.model.offload_companions:
-        for companion in (models.target, models.reference):
-            if companion is not None:
-                companion.to("cpu")
-    return models
-
-
-@contextmanager
-def companions_on(models, device: torch.device, enabled: bool):
-    """With `model.offload_companions`, move the EMA target and the reference to `device` for the
-    block and back to CPU memory after it."""
-    from popo.fsdp import is_sharded
-
-    moved = ([m for m in (models.target, models.reference) if m is not None and not is_sharded(m)]
-             if enabled else [])  # a sharded companion is offloaded by FSDP itself
-    for m in moved:
-        m.to(device)
-    try:
-        yield
-    finally:
-        for m in moved:
-            m.to("cpu")
-
-
-def shard_models(models, config: Config, plan) -> None:
-    """Shard the policy and its full-copy companions with FSDP (`popo.fsdp`); the companions' shards
-    stay in CPU memory with `model.offload_companions`. LoRA is not combined with FSDP."""
-    from popo.fsdp import shard_
-    from popo.lora import is_peft
-
-    if is_peft(models.policy):
-        raise SetupError("model.lora with FSDP is not supported: LoRA adapters are small, launch with a DDP "
-                         "config (configs/accelerate/ddp-*.yaml) instead")
-    shard_(models.policy, plan)
-    for other in (models.target, models.reference):
-        if other is not None:
-            shard_(other, plan, offload=config.model.offload_companions or plan.offload_params)
 
 
 def make_engine(config: Config, policy: torch.nn.Module, tokenizer, model_path: str):
@@ -255,3 +175,97 @@ def make_engine(config: Config, policy: torch.nn.Module, tokenizer, model_path: 
 
     return HFEngine(policy, tokenizer, max_prompt_tokens=config.data.max_prompt_tokens,
                     max_batch_rollouts=r.max_batch_rollouts)
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
+    """The learning-rate factor of each step: linear warmup, then constant or cosine decay to 0."""
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * progress)).item())
+        return 1.0
+    return factor
+
+
+def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> Run:
+    """Every part of the run `config` describes; with `resume`, restored from the latest intact checkpoint
+    in `train.out_dir`. Rank 0 writes config.yaml and opens the metrics stream."""
+    c = config
+    algorithm = get_algorithm(c.algo.name)
+    torch.manual_seed(c.train.seed)
+    device = resolve_device(c.model.device)
+    dist = Dist.from_environment(device.type)  # one process unless launched by accelerate
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    try:  # FSDP when `accelerate launch` was given an FSDP config
+        sharding = fsdp.plan_from_environment()
+    except ValueError as err:
+        raise SetupError(str(err)) from None
+    if c.rollout.prompts_per_step % dist.world:
+        raise SetupError(f"rollout.prompts_per_step={c.rollout.prompts_per_step} must be divisible by the "
+                         f"number of processes ({dist.world})")
+    train_examples = load_examples_for(c, c.data.source, split=c.data.split, log=log)
+    eval_examples = load_examples_for(c, c.data.eval_source, split="test", log=log) if c.data.eval_source else []
+    if c.data.eval_size:
+        eval_examples = eval_examples[: c.data.eval_size]
+    with dist.main_first():  # rank 0 builds the testbed cache, the others then read it
+        model_path = resolve_model_path(c, log)
+    # sharding moves each unit's shard to the GPU: load the full weights in CPU memory first
+    policy, tokenizer = load_policy(model_path, c, torch.device("cpu") if sharding else device)
+    context = getattr(policy.config, "max_position_embeddings", None)  # prompts over the cap: error or skip
+    train_set = PromptSet(*fit_prompts(c, train_examples, tokenizer, context=context, source=c.data.source,
+                                       split=c.data.split, log=log))
+    eval_set = PromptSet(*fit_prompts(c, eval_examples, tokenizer, context=context, source=c.data.eval_source,
+                                      split="test", log=log))
+    models = Models.build(policy, with_target=algorithm.needs_target(c.algo),
+                          with_reference=algorithm.needs_reference(c.algo), predictor_width=c.algo.predictor_width,
+                          predictor_layers=c.algo.predictor_layers, device=device, sharding=sharding,
+                          offload_companions=c.model.offload_companions)
+    if (line := models.describe_sharding(dist)) is not None:
+        log(line)
+    models.make_identical_(dist)  # every rank starts from rank 0's replicated tensors
+    o = c.optim
+    optimizer = torch.optim.AdamW(models.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.train.steps, o.warmup_ratio, o.schedule))
+    engine = make_engine(c, models.policy, tokenizer, model_path)
+    verifier = make_verifier(c)
+    stream = PromptStream(len(train_set), c.rollout.prompts_per_step, c.train.seed)
+    step = bad_steps = 0
+    if resume:
+        step, bad_steps = restore(Path(c.train.out_dir), models, optimizer, scheduler, engine, log)
+    writer = None  # only rank 0 writes logs and checkpoints
+    if dist.is_main:
+        from popo.tracking import MetricsWriter
+
+        out_dir = Path(c.train.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
+        writer = MetricsWriter(out_dir, resume_step=step if resume else None, tensorboard=c.train.tensorboard)
+    return Run(config=c, algorithm=algorithm, models=models, optimizer=optimizer, scheduler=scheduler, engine=engine,
+               verifier=verifier, train_set=train_set, eval_set=eval_set, stream=stream, tokenizer=tokenizer,
+               dist=dist, writer=writer, start_step=step, bad_steps=bad_steps, log=log)
+
+
+def build_trainer(config: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> Trainer:
+    """`Trainer(build_run(config, ...))`: the one-line way to train from a configuration."""
+    return Trainer(build_run(config, resume=resume, log=log))
+
+
+def restore(run_dir: Path, models: Models, optimizer, scheduler, engine, log: Callable[[str], None]) -> tuple[int, int]:
+    """Load the latest intact checkpoint of `run_dir` into the parts; returns (step, consecutive bad steps)."""
+    path = latest_checkpoint(run_dir, log)
+    if path is None:
+        raise SetupError(f"no intact checkpoint to resume from in {run_dir / 'checkpoints'}")
+    models.load(path)
+    if engine.owns_weights:
+        with models.gathered():
+            engine.push_weights(models.policy)
+    state = load_training_state(path, optimizer=optimizer, scheduler=scheduler,
+                                adapt_optimizer=lambda saved: models.optimizer_state_for_run(optimizer, saved))
+    log(f"resumed from {path} at step {state['step']}")
+    return state["step"], state["bad_steps"]

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 
 CHECKPOINT_NAME = re.compile(r"step-\d+")
@@ -69,12 +68,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: str | Path, step: int, *, policy, tokenizer, optimizer, scheduler,
-                    state: dict[str, Any], target=None, predictor=None, keep_last: int = 2,
-                    policy_state: dict | None = None, target_state: dict | None = None,
-                    optimizer_state: dict | None = None) -> Path:
-    """Write checkpoint `step` atomically and prune all but the newest `keep_last`. The `*_state`
-    arguments replace the modules' own state dicts (the full tensors of FSDP-sharded modules).
+def save_checkpoint(run_dir: str | Path, step: int, *, snapshot, tokenizer, scheduler, state: dict[str, Any],
+                    keep_last: int = 2) -> Path:
+    """Write checkpoint `step` atomically and prune all but the newest `keep_last`. `snapshot` is the
+    models' part (`popo.models.Snapshot`: it writes policy/, target/ and the predictor, and holds the
+    full optimizer state).
 
     Checkpoints of later steps can only exist when a resume skipped them as damaged: they are removed, so
     pruning never leaves a damaged checkpoint in place of the intact one just written."""
@@ -85,14 +83,9 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, tokenizer, optimi
     for stale in root.glob("*.tmp"):  # torn writes of earlier runs of this folder
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
-    policy.save_pretrained(tmp / "policy", **({"state_dict": policy_state} if policy_state is not None else {}))
-    tokenizer.save_pretrained(tmp / "policy")
-    if target is not None:
-        target.save_pretrained(tmp / "target", **({"state_dict": target_state} if target_state is not None else {}))
-    if predictor is not None:
-        save_file({k: v.contiguous() for k, v in predictor.state_dict().items()}, tmp / "predictor.safetensors")
-    torch.save({"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
-                "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
+    snapshot.write(tmp, tokenizer)
+    torch.save({"optimizer": snapshot.optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
+               tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
@@ -157,14 +150,12 @@ def latest_checkpoint(run_dir: str | Path, log: Callable[[str], None] = print) -
     return None
 
 
-def load_training_state(path: Path, *, optimizer, scheduler, predictor=None,
+def load_training_state(path: Path, *, optimizer, scheduler,
                         adapt_optimizer: Callable[[dict], dict] | None = None) -> dict[str, Any]:
-    """Restore optimizer, scheduler, predictor and RNG state; returns state.json's content.
-    `adapt_optimizer` maps the saved (full) optimizer state to this run's (e.g. cut to FSDP shards)."""
+    """Restore optimizer, scheduler and RNG state; returns state.json's content. `adapt_optimizer` maps
+    the saved (full) optimizer state to this run's (e.g. cut to FSDP shards)."""
     blob = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"] if adapt_optimizer is None else adapt_optimizer(blob["optimizer"]))
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
-    if predictor is not None:
-        predictor.load_state_dict(load_file(path / "predictor.safetensors"))
     return json.loads((path / "state.json").read_text())

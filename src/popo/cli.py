@@ -1,7 +1,8 @@
 """Command line: `popo demo | sft | train | eval | compare | sweep | report | config`.
 
-Errors a user can cause (bad config key or value, missing model, empty or malformed dataset) print one
-`error:` line and exit with status 2, without a traceback.
+Errors a user can cause (`popo.errors`: bad config key or value, missing model, empty or malformed
+dataset, a run that halted itself) print one `error:` line and exit with the class's status (2, or 3 for
+a halted run), without a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from popo.build import SetupError
-from popo.config import ConfigError, load_config
+from popo.config import load_config
+from popo.errors import PopoError, SetupError
 from popo.config_reference import reference_markdown
 
 
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=1024, help="completion token limit")
     ev.add_argument("--template", default="qwen-math", help="prompt template name or string with {problem}")
     ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0 = all)")
+    ev.add_argument("--seed", type=int, default=0,
+                    help="sampling seed: the same numbers as the evaluation inside a run with train.seed=SEED")
+    ev.add_argument("--zero-if-truncated", action="store_true",
+                    help="count completions cut off by the token limit as wrong (as training does by default)")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="config overrides for the model and the testbed split (e.g. testbed.digits=2, model.dtype=bfloat16)")
     ev.add_argument("--out", default="runs/eval/results.json", help="JSON output (a .md table is written beside)")
 
     _add_study_parsers(sub)
@@ -59,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_study_parsers(sub) -> None:
-    from popo.compare_cli import add_study_parsers  # compare, sweep, report
+    from popo.study.cli import add_study_parsers  # compare, sweep, report
 
     add_study_parsers(sub)
 
@@ -69,24 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _dispatch(args)
-    except (ConfigError, SetupError) as err:
+    except PopoError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        if type(err).__name__ != "TrainingHalted":  # the trainer's own stop, e.g. K non-finite steps in a row
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    except ValueError as err:  # data errors name file, line and field
-        if type(err).__name__ in ("DataError",):
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
+        return err.exit_code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from popo.demo import run_demo
+        from popo.study.demo import run_demo
 
         load_config(None, args.overrides)  # reject bad overrides before any work
         run_demo(args.out, quick=args.quick, extra=args.overrides)
@@ -101,7 +98,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_eval(args)
     elif args.command in ("compare", "sweep", "report"):
-        from popo.compare_cli import run_study_command
+        from popo.study.cli import run_study_command
 
         run_study_command(args)
     elif args.command == "config":
@@ -124,7 +121,7 @@ def _train(args: argparse.Namespace) -> None:
         if code:
             raise SystemExit(code)
         return
-    from popo.trainer import Trainer
+    from popo.build import build_trainer
 
     overrides = list(args.overrides)
     if args.config and "=" in args.config:  # `popo train key=value ...` without a file
@@ -137,7 +134,7 @@ def _train(args: argparse.Namespace) -> None:
         config = load_config(saved, overrides + [f"train.out_dir={args.resume}"])
     else:
         config = load_config(args.config, overrides)
-    Trainer(config, resume=bool(args.resume)).run()
+    build_trainer(config, resume=bool(args.resume)).run()
     _leave_process_group()
 
 

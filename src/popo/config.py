@@ -16,9 +16,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message fit for one line on the console."""
+from popo.errors import ConfigError
 
 
 @dataclass
@@ -330,7 +328,7 @@ def _choice(value: str, options: tuple[str, ...], where: str) -> None:
 
 def validate(config: Config) -> None:
     """Reject bad values before any model is loaded."""
-    from popo.algorithms import PRESETS
+    from popo.algorithms import PRESETS, get_algorithm
 
     a, o, r, t = config.algo, config.optim, config.rollout, config.train
     _choice(a.name, tuple(PRESETS), "algo.name")
@@ -359,8 +357,9 @@ def validate(config: Config) -> None:
     _check(r.engine != "vllm" or r.vllm_mode != "server" or lora.r > 0,
            "rollout.vllm_mode=server syncs LoRA adapters only: set model.lora.r > 0 or use vllm_mode=colocate")
     _check(r.group_size >= 1 and r.prompts_per_step >= 1, "rollout.group_size and prompts_per_step must be >= 1")
-    _check(r.group_size >= 2 or not PRESETS[a.name][0] == "grpo",
-           f"algo.name={a.name} needs rollout.group_size >= 2 (advantages compare rollouts of one prompt)")
+    need = get_algorithm(a.name).min_group_size
+    _check(r.group_size >= need, f"algo.name={a.name} needs rollout.group_size >= {need} (its credit compares "
+           "the rollouts of one prompt)")
     _check(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     _check(0 < r.top_p <= 1 and r.temperature >= 0, "rollout.top_p must be in (0, 1] and temperature >= 0")
     _check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")

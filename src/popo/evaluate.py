@@ -1,15 +1,65 @@
-"""Evaluation of a policy on held-out prompts: greedy accuracy, sampled avg@k and pass@k."""
+"""The one evaluation path: greedy accuracy, sampled avg@k and pass@k of a policy on held-out prompts.
+
+`popo eval`, the trainer's periodic evaluation and studies all call `evaluate` with an `EvalProtocol`, so
+the same model, prompts and protocol give the same numbers whichever way they are asked for. Example i
+is sampled from the seed `row_seed(protocol.seed, i)`: a slice of an evaluation (a rank's share in a
+multi-process run) draws exactly what the whole evaluation would for those examples.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from popo.data.example import Example
+from popo.distributed import Dist
 from popo.metrics import pass_at_k
 from popo.rollout.base import RolloutEngine, SamplingParams
-from popo.rollout.sampling import row_seed
+from popo.rollout.sampling import row_seed, stream_seed
+
+EVAL_STREAM = 3  # the random stream of a run's evaluation samples (see `stream_seed`)
+
+
+def eval_seed(run_seed: int) -> int:
+    """The base sampling seed of the evaluation of a run seeded `run_seed` (the same at every step)."""
+    return stream_seed(run_seed, 0, EVAL_STREAM)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How an evaluation samples and scores; reported beside its numbers."""
+
+    k: int  # sampled completions per problem (0: greedy only)
+    max_new_tokens: int
+    temperature: float = 1.0  # for the k samples; the greedy pass uses temperature 0
+    top_p: float = 1.0
+    seed: int = 0  # base seed of the samples; `eval_seed(run_seed)` reproduces a training run's evaluation
+    zero_if_truncated: bool = True  # completions cut off by the token limit count as wrong
+
+
+@dataclass
+class EvalResult:
+    """Per-problem outcomes of one evaluation (n problems, k samples each)."""
+
+    greedy_texts: list[str]
+    greedy_correct: torch.Tensor  # [n] float
+    greedy_lengths: torch.Tensor  # [n] completion tokens
+    sample_texts: list[str]  # n * k, problem by problem
+    correct: torch.Tensor  # [n, k] float
+
+    def summary(self) -> dict[str, float]:
+        """Greedy accuracy, mean greedy length and, with samples, avg@k and unbiased pass@k (means over
+        problems)."""
+        result = {"greedy_acc": float(self.greedy_correct.mean()),
+                  "mean_length": float(self.greedy_lengths.float().mean())}
+        n, k = self.correct.shape
+        if k > 0:
+            result[f"avg@{k}"] = float(self.correct.mean())
+            counts = self.correct.sum(dim=1).long().tolist()
+            result[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in counts) / len(counts)
+        return result
 
 
 def score_rollouts(verifier, texts: Sequence[str], answers: Sequence, truncated: torch.Tensor,
@@ -21,24 +71,34 @@ def score_rollouts(verifier, texts: Sequence[str], answers: Sequence, truncated:
     return rewards
 
 
-def evaluate_policy(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
-                    *, k: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                    seed: int = 0, zero_if_truncated: bool = True, first_index: int = 0) -> dict[str, float]:
-    """Greedy accuracy, avg@k and pass@k (sampled at `temperature`) on `examples`, each a mean over the
-    examples. Example i is sampled with the seed `row_seed(seed, first_index + i)`, so a slice of a
-    larger evaluation (`first_index` = its start) draws what the whole evaluation would."""
+def evaluate(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
+             protocol: EvalProtocol, *, first_index: int = 0) -> EvalResult:
+    """Greedy and sampled completions of `prompts`, scored against `examples`' answers. Example i is
+    sampled from `row_seed(protocol.seed, first_index + i)` (`first_index`: where this slice starts)."""
+    p = protocol
     answers = [ex.answer for ex in examples]
-    greedy = engine.generate(prompts, 1, SamplingParams(max_new_tokens, temperature=0.0))
+    greedy = engine.generate(prompts, 1, SamplingParams(p.max_new_tokens, temperature=0.0))
     greedy_correct = score_rollouts(verifier, greedy.texts, answers, greedy.truncated,
-                                    zero_if_truncated=zero_if_truncated)
-    result = {"greedy_acc": float(greedy_correct.mean()), "mean_length": float(greedy.lengths.float().mean())}
-    if k > 0:
-        sampled = engine.generate(prompts, k, SamplingParams(max_new_tokens, temperature, top_p),
-                                  prompt_seeds=[row_seed(seed, first_index + i) for i in range(len(prompts))])
-        repeated = [a for a in answers for _ in range(k)]
-        correct = score_rollouts(verifier, sampled.texts, repeated, sampled.truncated,
-                                 zero_if_truncated=zero_if_truncated).view(len(examples), k)
-        result[f"avg@{k}"] = float(correct.mean())
-        counts = correct.sum(dim=1).long().tolist()
-        result[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in counts) / len(counts)
-    return result
+                                    zero_if_truncated=p.zero_if_truncated)
+    texts, correct = [], torch.zeros(len(examples), 0)
+    if p.k > 0:
+        sampled = engine.generate(prompts, p.k, SamplingParams(p.max_new_tokens, p.temperature, p.top_p),
+                                  prompt_seeds=[row_seed(p.seed, first_index + i) for i in range(len(prompts))])
+        texts = sampled.texts
+        correct = score_rollouts(verifier, texts, [a for a in answers for _ in range(p.k)], sampled.truncated,
+                                 zero_if_truncated=p.zero_if_truncated).view(len(examples), p.k)
+    return EvalResult(greedy.texts, greedy_correct, greedy.lengths, texts, correct)
+
+
+def evaluate_split(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
+                   protocol: EvalProtocol, dist: Dist) -> dict[str, float]:
+    """`evaluate(...).summary()` with the examples split over the ranks (each a contiguous slice, sampled
+    with the seeds the one-process evaluation would use) and the per-example means combined; every rank
+    returns the whole evaluation's numbers."""
+    n, rank, world = len(examples), dist.rank, dist.world
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    part = (evaluate(engine, prompts[lo:hi], examples[lo:hi], verifier, protocol, first_index=lo).summary()
+            if hi > lo else {})
+    keys = dist.union_keys(list(part))
+    sums = dist.sum_values([part.get(k, 0.0) * (hi - lo) for k in keys])
+    return {k: total / n for k, total in zip(keys, sums)}

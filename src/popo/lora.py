@@ -139,13 +139,3 @@ def companion(model):
     """Context manager yielding the module to run a companion's (target's, reference's) forward with:
     the model itself, or the policy with EMA adapters swapped in / adapters disabled."""
     return model.swapped() if isinstance(model, (AdapterEMA, AdapterOff)) else nullcontext(model)
-
-
-def ema_tensors(target, policy: nn.Module):
-    """The (target, online) arguments for `ema_update_`: adapter tensors for `AdapterEMA`, the local
-    shards of two FSDP-sharded models (updated shard by shard, never gathered), else the two models."""
-    from popo.fsdp import ema_pairs, is_sharded
-
-    if isinstance(target, AdapterEMA):
-        return target.shadow, target.online()
-    return ema_pairs(target, policy) if is_sharded(policy) else (target, policy)

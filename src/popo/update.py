@@ -1,61 +1,23 @@
-"""The update phase of a step: micro-batches under a token budget, the forward passes an algorithm
-declares it needs, its loss, gradient accumulation, clipping and the optimizer step.
+"""The update phase of a step: micro-batches under a token budget, the forward passes the loss table asks
+for, the loss, gradient accumulation, clipping and the optimizer step.
 
 Only the rows handed in are ever forwarded: for POPO the trainer hands in the positive rollouts alone,
-so negatives cost no forward or backward pass here.
+so negatives cost no forward or backward pass here. Where the models live (FSDP shards, LoRA adapter
+swaps, CPU offload) is `popo.models`' business; this module only asks them for outputs.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from popo.algorithms import Algorithm, BatchTotals, LossInputs
+from popo.algorithms import ADDITIVE_METRICS, Algorithm, BatchTotals, LossInputs
 from popo.distributed import Dist, reduce_update_metrics
-from popo.fsdp import clip_gradients_, idle_pass, is_dtensor, is_sharded, reshard_all
-from popo.lora import companion
-from popo.logprobs import completion_outputs, masked_mean
-from popo.losses import kl_penalty
-from popo.rollout.base import Rollouts
+from popo.models import Models
+from popo.rollout.base import Rollouts, plan_micro_batches
 from popo.rollout.sampling import normal_noise
-
-# Loss metrics normalised by batch-global counts: they add up over micro-batches.
-ADDITIVE_METRICS = frozenset({"loss", "nll", "sim", "cos_sim", "ent_loss", "pg_loss", "num_positive",
-                              "num_positive_tokens", "entropy", "num_tokens", "adv_mean"})
-
-
-@dataclass
-class Models:
-    """The policy and the optional companions an algorithm asks for."""
-
-    policy: nn.Module
-    target: nn.Module | None = None  # EMA copy of the policy (POPO's similarity term)
-    predictor: nn.Module | None = None  # q_phi, trained with the policy
-    reference: nn.Module | None = None  # frozen reference (GRPO's KL penalty)
-
-
-def plan_micro_batches(batch: Rollouts, token_budget: int) -> list[torch.Tensor]:
-    """Row indices of micro-batches: rows sorted by length, each micro-batch's padded size kept within
-    `token_budget` (a single longer row still gets its own). The padded size is what the forward pass
-    sees: rows x (longest prompt + longest completion) of the micro-batch."""
-    prompt_lengths, completion_lengths = batch.prompt_mask.sum(1), batch.lengths  # [n], [n]
-    order = torch.argsort(prompt_lengths + completion_lengths, descending=True, stable=True).tolist()
-    prompt_lengths, completion_lengths = prompt_lengths.tolist(), completion_lengths.tolist()
-    groups: list[list[int]] = []
-    width_p = width_c = 0
-    for row in order:
-        p, c = max(width_p, prompt_lengths[row]), max(width_c, completion_lengths[row])
-        if groups and (len(groups[-1]) + 1) * (p + c) <= token_budget:
-            groups[-1].append(row)
-            width_p, width_c = p, c
-        else:
-            groups.append([row])
-            width_p, width_c = prompt_lengths[row], completion_lengths[row]
-    return [torch.tensor(sorted(g)) for g in groups]
 
 
 def batch_totals(batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, max_length: int) -> BatchTotals:
@@ -67,32 +29,6 @@ def batch_totals(batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, 
         weight_sum=float(credit[positive].sum()),
         max_length=max_length,
     )
-
-
-def lockstep(plans: list[torch.Tensor], model: nn.Module, dist: Dist | None) -> list[torch.Tensor | None]:
-    """The micro-batches padded with `None` (an idle pass) to the largest count over ranks when `model` is
-    sharded: every forward of a sharded model is a collective, so all ranks must run as many."""
-    if dist is None or dist.world == 1 or not is_sharded(model):
-        return list(plans)
-    return [*plans, *[None] * (dist.max_int(len(plans)) - len(plans))]
-
-
-@torch.no_grad()
-def sequence_logprobs(model: nn.Module, batch: Rollouts, token_budget: int, dist: Dist | None = None) -> torch.Tensor:
-    """Per-token log-probs [n, C] of the batch's completions under `model`, no gradient (with `dist` and a
-    sharded model, in lockstep with the other ranks)."""
-    device = batch.completion_ids.device
-    out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=device)
-    for rows in lockstep(plan_micro_batches(batch, token_budget), model, dist):
-        if rows is None:
-            idle_pass(model, device, backward=False)
-            continue
-        sub = batch.select(rows)
-        ids, attention, prompt_len = sub.sequences()
-        lp = completion_outputs(model, ids, attention, prompt_len).logprobs  # [m, c]
-        out[rows, : lp.shape[1]] = lp.float()
-    reshard_all(model)  # no backward follows: free the root's gathered weights (no-op when not sharded)
-    return out
 
 
 def _accumulate(total: dict[str, float], metrics: dict[str, float], share: float) -> None:
@@ -148,8 +84,7 @@ def _oom_message(budget: int, retried_with: int | None) -> str:
 def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: Algorithm, cfg,
                   batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, *, max_length: int,
                   token_budget: int, grad_clip: float, generator: torch.Generator | None,
-                  params: list[nn.Parameter], dist: Dist | None = None,
-                  row_seeds: torch.Tensor | None = None) -> dict[str, float]:
+                  dist: Dist | None = None, row_seeds: torch.Tensor | None = None) -> dict[str, float]:
     """One or more optimizer updates on `batch` ([n] rows, `credit` [n], `positive` [n] bool).
 
     With `dist` (several processes) the batch is this rank's share: the loss normalisers are summed
@@ -165,86 +100,88 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     batch, credit, positive, row_seeds, share_tokens = drop_inert_rows(
         algorithm, cfg, batch, credit, positive, row_seeds, totals.tokens, dist)
     plans = plan_micro_batches(batch, token_budget)
-    old = (sequence_logprobs(models.policy, batch, token_budget, dist) if algorithm.needs_old_logprobs(cfg)
-           else None)
-    ref = None
-    if models.reference is not None:
-        with companion(models.reference) as reference:
-            ref = sequence_logprobs(reference, batch, token_budget, dist)
-    sharded = is_sharded(models.policy)
-    entropy_in_loss = algorithm.needs_entropy(cfg)
+    old = models.policy_logprobs(batch, token_budget, dist) if algorithm.needs_old_logprobs(cfg) else None
+    ref = models.reference_logprobs(batch, token_budget, dist) if models.reference is not None else None
+    params = models.trainable_parameters()
+    rounds = models.rounds(plans, dist)
     metrics: dict[str, float] = {}
-    updates = cfg.updates_per_batch if old is not None else 1
-    rounds = lockstep(plans, models.policy, dist)
-    for _ in range(updates):
+    for _ in range(cfg.updates_per_batch if old is not None else 1):
         optimizer.zero_grad(set_to_none=True)
         metrics = {}
         for rows in rounds:
             if rows is None:  # this rank is out of rows: join the other ranks' collectives, add nothing
-                if models.target is not None:
-                    with companion(models.target) as target:
-                        idle_pass(target, batch.completion_ids.device, backward=False)
-                idle_pass(models.policy, batch.completion_ids.device, backward=True)
+                models.idle_pass()
                 continue
-            sub = batch.select(rows)
-            ids, attention, prompt_len = sub.sequences()
-            width = sub.completion_ids.shape[1]
-            target_features = None
-            if models.target is not None:  # before the policy's forward: a LoRA target swaps adapter tensors
-                with torch.no_grad(), companion(models.target) as target:
-                    target_features = masked_mean(completion_outputs(
-                        target, ids, attention, prompt_len, need_logprobs=False, need_features=True).features,
-                        sub.completion_mask)
-            out = completion_outputs(models.policy, ids, attention, prompt_len, need_entropy=True,
-                                     need_features=models.target is not None, entropy_grad=entropy_in_loss)
-            inputs = LossInputs(
-                logprobs=out.logprobs, mask=sub.completion_mask, credit=credit[rows],
-                positive=positive[rows], totals=totals,
-                entropy=out.entropy if entropy_in_loss else None,
-                old_logprobs=None if old is None else old[rows, :width],
-                ref_logprobs=None if ref is None else ref[rows, :width], generator=generator)
-            if models.target is not None:
-                pooled = masked_mean(out.features, sub.completion_mask)
-                inputs.predicted = models.predictor(pooled.to(next(models.predictor.parameters()).dtype))
-                if row_seeds is not None:
-                    inputs.target_noise = normal_noise(row_seeds[rows], out.features.shape[-1])
-                inputs.target = target_features
-            loss, step_metrics = algorithm.loss(inputs, cfg)
-            if not bool(torch.isfinite(loss.detach())):  # skip the update even if the gradient is finite
-                step_metrics["loss"] = float(loss.detach())
-            loss.backward()
-            share = float(sub.completion_mask.sum()) / max(1, share_tokens)
-            if "adv_mean" in step_metrics:  # a mean over rows: this micro-batch's share of the batch sum
-                step_metrics["adv_mean"] = float(credit[rows].sum()) / max(1, totals.sequences)
-            # token-mean entropy of the forwarded rows: this micro-batch's share of their total
-            step_metrics["entropy"] = float(torch.where(sub.completion_mask, out.entropy.detach(), 0.0).sum()
-                                            / max(1, share_tokens))
+            step_metrics, share = micro_batch_backward(
+                models, algorithm, cfg, batch.select(rows), credit[rows], positive[rows], totals,
+                old=None if old is None else old[rows], ref=None if ref is None else ref[rows],
+                generator=generator, row_seeds=None if row_seeds is None else row_seeds[rows],
+                share_tokens=share_tokens)
             _accumulate(metrics, step_metrics, share)
-        if models.target is not None:
-            reshard_all(models.target)
-        if not plans:  # every row was inert: the zero gradient a full forward would have given
-            for p in params:
-                p.grad = torch.zeros_like(p) if p.grad is None else p.grad
-        # every rank now holds (its shard of) the one-process gradient; FSDP summed the sharded ones
-        dist.sum_grads([p for p in params if not is_dtensor(p)])
-        metrics = reduce_update_metrics(metrics, dist)
-        max_norm = grad_clip if grad_clip > 0 else float("inf")
-        grad_norm = (clip_gradients_(params, max_norm, dist.sum_) if sharded
-                     else torch.nn.utils.clip_grad_norm_(params, max_norm))
-        finite = bool(torch.isfinite(grad_norm)) and all(
-            torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k in ADDITIVE_METRICS)
-        metrics["grad_norm"] = float(grad_norm)
-        metrics["skipped"] = 0.0 if finite else 1.0
-        if finite:
-            optimizer.step()
-        else:
-            optimizer.zero_grad(set_to_none=True)
+        models.forwards_done()
+        metrics = optimizer_step(models, optimizer, params, metrics, grad_clip=grad_clip, dist=dist,
+                                 empty=not plans)
     metrics["trained_rollouts"] = float(totals.sequences)
     metrics["trained_tokens"] = float(totals.tokens)
     metrics["micro_batches"], metrics["forwarded_rollouts"] = dist.sum_values([len(plans), batch.num_rollouts])
     metrics["forwarded_tokens"] = float(share_tokens)  # completion tokens that went through forward/backward
-    if sharded:  # FSDP: lockstep padding over all ranks
+    if models.sharded:  # FSDP: lockstep padding over all ranks
         metrics["idle_passes"] = dist.sum_values([len(rounds) - len(plans)])[0]
+    return metrics
+
+
+def micro_batch_backward(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit: torch.Tensor,
+                         positive: torch.Tensor, totals: BatchTotals, *, old: torch.Tensor | None,
+                         ref: torch.Tensor | None, generator: torch.Generator | None,
+                         row_seeds: torch.Tensor | None, share_tokens: int) -> tuple[dict[str, float], float]:
+    """Forward the passes the loss needs for one micro-batch, back-propagate its loss (its share of the
+    batch loss) and return its metrics and its share of the forwarded tokens."""
+    ids, attention, prompt_len = sub.sequences()
+    width = sub.completion_ids.shape[1]
+    entropy_in_loss = algorithm.needs_entropy(cfg)
+    target = None
+    if models.target is not None:  # before the policy's forward: a LoRA target swaps adapter tensors
+        target = models.target_features(ids, attention, prompt_len, sub.completion_mask)
+    out = models.online_outputs(ids, attention, prompt_len, entropy_grad=entropy_in_loss)
+    inputs = LossInputs(
+        logprobs=out.logprobs, mask=sub.completion_mask, credit=credit, positive=positive, totals=totals,
+        entropy=out.entropy if entropy_in_loss else None,
+        old_logprobs=None if old is None else old[:, :width],
+        ref_logprobs=None if ref is None else ref[:, :width], generator=generator)
+    if target is not None:
+        inputs.predicted = models.predict(out.features, sub.completion_mask)
+        if row_seeds is not None:
+            inputs.target_noise = normal_noise(row_seeds, out.features.shape[-1])
+        inputs.target = target
+    loss, metrics = algorithm.loss(inputs, cfg)
+    if not bool(torch.isfinite(loss.detach())):  # skip the update even if the gradient is finite
+        metrics["loss"] = float(loss.detach())
+    loss.backward()
+    share = float(sub.completion_mask.sum()) / max(1, share_tokens)
+    # token-mean entropy of the forwarded rows: this micro-batch's share of their total
+    metrics["entropy"] = float(torch.where(sub.completion_mask, out.entropy.detach(), 0.0).sum()
+                               / max(1, share_tokens))
+    return metrics, share
+
+
+def optimizer_step(models: Models, optimizer: torch.optim.Optimizer, params: list, metrics: dict[str, float], *,
+                   grad_clip: float, dist: Dist, empty: bool) -> dict[str, float]:
+    """Reduce the accumulated gradients and metrics over ranks, clip, and step when everything is finite;
+    adds `grad_norm` and `skipped` to the metrics."""
+    if empty:  # every row was inert: the zero gradient a full forward would have given
+        for p in params:
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+    models.reduce_gradients_(params, dist)  # every rank now holds (its shard of) the one-process gradient
+    metrics = reduce_update_metrics(metrics, dist)
+    grad_norm = models.clip_gradients_(params, grad_clip if grad_clip > 0 else float("inf"), dist)
+    finite = bool(torch.isfinite(grad_norm)) and all(
+        torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k in ADDITIVE_METRICS)
+    metrics["grad_norm"] = float(grad_norm)
+    metrics["skipped"] = 0.0 if finite else 1.0
+    if finite:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
     return metrics
 
 
@@ -276,12 +213,3 @@ def global_totals(totals: BatchTotals, dist: Dist, device: torch.device) -> Batc
                        weight_sum=weight_sum, max_length=totals.max_length)
 
 
-@torch.no_grad()
-def mean_token_kl(policy: nn.Module, target: nn.Module, batch: Rollouts, token_budget: int,
-                  dist: Dist | None = None) -> float:
-    """Monitoring only: k3 estimate of KL(policy || target) per completion token of `batch` (0 when empty)."""
-    online = sequence_logprobs(policy, batch, token_budget, dist)
-    with companion(target) as model:
-        frozen = sequence_logprobs(model, batch, token_budget, dist)
-    kl = kl_penalty(online, frozen, "k3")
-    return float(torch.where(batch.completion_mask, kl, 0.0).sum() / batch.completion_mask.sum().clamp(min=1))

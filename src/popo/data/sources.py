@@ -34,16 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from popo.data.example import Example
+from popo.errors import DataError
 
 __all__ = ["DataError", "LoadReport", "load_examples", "examples_from_rows", "locate_examples"]
 
 PROBLEM_KEYS = ("problem", "question", "prompt")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 MAX_REPORTED_MESSAGES = 5
-
-
-class DataError(ValueError):
-    """A dataset problem, with the file, line (or row) and field in the message."""
 
 
 class _RowError(Exception):
@@ -137,7 +134,7 @@ def _answers(row: dict, answer_key: str | None) -> list[str]:
     elif row.get("answer") is not None:
         answers = _answer_list(row, "answer")
     elif row.get("solution") is not None:
-        from popo.rewards.math import last_boxed_content
+        from popo.rewards import last_boxed_content
 
         solution = _text_field(row, "solution")
         boxed = last_boxed_content(solution)

@@ -28,7 +28,7 @@ class FunctionVerifier:
 
     Items are scored in the calling process, one after another. Rewards are clamped to [0, 1]. This is
     meant for cheap, trusted reward functions (the synthetic testbed task, unit tests); use
-    :class:`popo.rewards.math.MathVerifier` for model-written maths.
+    :class:`popo.rewards.MathVerifier` for model-written maths.
     """
 
     def __init__(self, fn: Callable[[str, Answer], float]):

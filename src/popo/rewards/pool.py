@@ -1,33 +1,25 @@
-"""The parent side of :class:`MathVerifier`: worker processes, chunked dispatch and per-item hard time limits.
+"""The batch math verifier: :class:`MathVerifier`, the reward rule of :mod:`popo.rewards.math` run in a pool
+of worker processes with chunked dispatch and a hard time limit per item, and its :class:`VerifierStats`.
 
-The reward rule and its safety notes live in :mod:`popo.rewards.math`, the worker loop in
-:mod:`popo.rewards.worker_main`. Each worker loads those two files by path (they import only the standard
-library), never this one, which imports ``popo``.
+Answers are read in the parent (:mod:`popo.rewards.answers`); each distinct (answer, gold) pair is
+checked in a worker (:mod:`popo.rewards.workers` starts and drives them, :mod:`popo.rewards.equivalence`
+is what they run), or in this process when ``num_workers=0``.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from popo.rewards import worker_main as _worker_main
-from popo.rewards.math import (
-    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, _extract, _gold_tuple,
-    _signals_usable, _verify_content,
+from popo.rewards.answers import (
+    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, extract_answer, gold_answers, gold_content,
 )
-
-from popo.rewards.workers import _PoolRun, _shutdown_workers, _stop_worker, _Worker
+from popo.rewards.equivalence import soft_timeout_usable, verify_answer
+from popo.rewards.workers import PoolRun, WorkerProcess, start_worker, stop_workers
 
 __all__ = ["MathVerifier", "VerifierStats"]
-
-# the file each worker loads by path (it must not import popo, so not this one)
-_WORKER_FILE = os.path.abspath(_worker_main.__file__)
 
 
 @dataclass
@@ -119,8 +111,8 @@ class MathVerifier:
         self.stats = VerifierStats()
         self._lock = threading.Lock()
         self._closed = False
-        self._workers: list[_Worker] = []
-        self._finalizer = weakref.finalize(self, _shutdown_workers, self._workers)
+        self._workers: list[WorkerProcess] = []
+        self._finalizer = weakref.finalize(self, stop_workers, self._workers)
         for _ in range(self.num_workers):
             self._workers.append(self._spawn())
 
@@ -155,41 +147,8 @@ class MathVerifier:
         with self._lock:
             self._run_pool([], wait_for_start=True)
 
-    def _spawn(self) -> _Worker:
-        from multiprocessing.connection import Connection
-
-        cmd_r, cmd_w = os.pipe()
-        res_r, res_w = os.pipe()
-        debug = bool(os.environ.get("POPO_VERIFIER_DEBUG"))
-        try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable, "-P", "-c", _worker_main.BOOTSTRAP, _WORKER_FILE,
-                    str(cmd_r), str(res_w), str(os.getpid()), repr(self.timeout_s), str(self.max_memory_mb),
-                ],
-                pass_fds=(cmd_r, res_w),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=None if debug else subprocess.DEVNULL,
-                close_fds=True,
-            )
-        except BaseException:
-            for fd in (cmd_r, cmd_w, res_r, res_w):
-                os.close(fd)
-            raise
-        os.close(cmd_r)
-        os.close(res_w)
-        return _Worker(
-            proc,
-            Connection(cmd_w, readable=False),
-            Connection(res_r, writable=False),
-            time.monotonic() + self.start_timeout_s,
-        )
-
-    def _replace(self, index: int) -> None:
-        _stop_worker(self._workers[index], 0.0)
-        self._workers[index] = self._spawn()
-        self.stats.restarts += 1
+    def _spawn(self) -> WorkerProcess:
+        return start_worker(self.timeout_s, self.max_memory_mb, self.start_timeout_s)
 
     # -- scoring -----------------------------------------------------------------------------------
 
@@ -209,8 +168,8 @@ class MathVerifier:
         rewards = [0.0] * len(completions)
         jobs: dict[tuple, list[int]] = {}
         for i, (completion, answer) in enumerate(zip(completions, answers)):
-            golds = _gold_tuple(answer)
-            content, status = _extract(completion, self.max_chars, self.max_answer_chars, self.max_depth)
+            golds = gold_answers(answer)
+            content, status = extract_answer(completion, self.max_chars, self.max_answer_chars, self.max_depth)
             stats.items += 1
             if content is None:
                 setattr(stats, status, getattr(stats, status) + 1)
@@ -219,15 +178,16 @@ class MathVerifier:
             jobs.setdefault(key, []).append(i)
         keys = list(jobs)
         stats.verified += len(keys)
+        items = [(job, key[0], tuple(gold_content(g) for g in key[1])) for job, key in enumerate(keys)]
         if self.num_workers == 0:
-            soft = self.timeout_s if _signals_usable() else None
+            soft = self.timeout_s if soft_timeout_usable() else None
             results = {}
-            for job, (content, golds, *_) in enumerate(keys):
-                reward, timed_out = _verify_content(content, golds, soft)
+            for job, content, golds in items:
+                reward, timed_out = verify_answer(content, golds, soft)
                 results[job] = reward
                 stats.soft_timeouts += timed_out
         else:
-            results = self._run_pool([(job, key[0], key[1]) for job, key in enumerate(keys)])
+            results = self._run_pool(items)
         for job, key in enumerate(keys):
             reward = results.get(job, 0.0)
             for i in jobs[key]:
@@ -239,21 +199,19 @@ class MathVerifier:
     def _run_pool(
         self, items: list[tuple[int, str, tuple[str, ...]]], wait_for_start: bool = False
     ) -> dict[int, float]:
-        """Score (job, content, golds) items on the workers; returns {job: reward}."""
+        """Score (job, content, gold contents) items on the workers; returns {job: reward}."""
         if not self._workers or (not items and not wait_for_start):
             return {}
-        run = _PoolRun(self, items, wait_for_start)
+        run = PoolRun(
+            self._workers, items, spawn=self._spawn, chunk_size=self.chunk_size,
+            hard_timeout_s=self.hard_timeout_s, start_timeout_s=self.start_timeout_s,
+            wait_for_start=wait_for_start,
+        )
         try:
-            run.loop()
-        except BaseException:
-            # Leave no worker busy on this call's items (their late results would leak into the next
-            # call): replace every worker that still holds a chunk, then re-raise.
-            for idx, w in enumerate(self._workers):
-                if w.chunk:
-                    w.chunk = None
-                    try:
-                        self._replace(idx)
-                    except Exception:
-                        pass
-            raise
-        return run.results
+            return run.run()
+        finally:
+            stats = self.stats
+            stats.soft_timeouts += run.soft_timeouts
+            stats.hard_timeouts += run.hard_timeouts
+            stats.crashes += run.crashes
+            stats.restarts += run.restarts

@@ -1,22 +1,32 @@
-"""The verifier pool's moving parts: one worker process (`_Worker`), stopping workers, and one scoring
-pass over a batch of items (`_PoolRun`: dispatch in chunks, collect results, replace a worker that hangs
-or dies). `popo.rewards.pool.MathVerifier` owns the workers and drives these."""
+"""The verifier pool's worker processes as the parent sees them: starting and stopping them
+(:class:`WorkerProcess`) and one scoring pass over a batch of items (:class:`PoolRun`: dispatch in chunks,
+collect results, replace a worker that hangs or dies). :class:`popo.rewards.MathVerifier` owns the
+workers and drives these; what runs inside a worker is :mod:`popo.rewards.equivalence`."""
 
 from __future__ import annotations
 
 import collections
-import math as _math
+import math
+import os
 import subprocess
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    from popo.rewards.pool import MathVerifier
+from popo.rewards.equivalence import worker_command
+
+__all__ = ["PoolRun", "WorkerProcess", "start_worker", "stop_worker", "stop_workers"]
 
 _CHUNK_CHARS = 32_000  # keeps one chunk message well inside a pipe buffer
 
 
-class _Worker:
+class WorkerProcess:
+    """One worker process: the process, its command and result pipes, and what it is doing.
+
+    ``ready`` turns true when the worker reports that math-verify works; ``chunk`` is the list of items it
+    is scoring (None when idle), ``pos`` the index of the item it is on, ``deadline`` when that item runs
+    out of time and ``start_deadline`` when a worker that is not ready yet counts as failed.
+    """
+
     __slots__ = ("proc", "cmd", "res", "ready", "chunk", "pos", "deadline", "start_deadline")
 
     def __init__(self, proc, cmd, res, start_deadline: float):
@@ -34,8 +44,44 @@ class _Worker:
         return self.proc.pid
 
 
-def _stop_worker(w: _Worker, grace_s: float) -> None:
-    """Close the pipes (an idle worker exits on EOF), then kill whatever is still running, and reap."""
+def start_worker(timeout_s: float, max_memory_mb: int, start_timeout_s: float) -> WorkerProcess:
+    """Start a worker process (without waiting for it to be ready) and return its handle.
+
+    ``timeout_s`` is the soft budget per item, ``max_memory_mb`` the worker's address-space limit (0:
+    none), ``start_timeout_s`` how long it may take to report ready. The worker's stderr is discarded
+    unless the environment variable ``POPO_VERIFIER_DEBUG`` is set.
+    """
+    from multiprocessing.connection import Connection
+
+    cmd_r, cmd_w = os.pipe()
+    res_r, res_w = os.pipe()
+    debug = bool(os.environ.get("POPO_VERIFIER_DEBUG"))
+    try:
+        proc = subprocess.Popen(
+            worker_command(cmd_r, res_w, timeout_s, max_memory_mb),
+            pass_fds=(cmd_r, res_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=None if debug else subprocess.DEVNULL,
+            close_fds=True,
+        )
+    except BaseException:
+        for fd in (cmd_r, cmd_w, res_r, res_w):
+            os.close(fd)
+        raise
+    os.close(cmd_r)
+    os.close(res_w)
+    return WorkerProcess(
+        proc,
+        Connection(cmd_w, readable=False),
+        Connection(res_r, writable=False),
+        time.monotonic() + start_timeout_s,
+    )
+
+
+def stop_worker(w: WorkerProcess, grace_s: float) -> None:
+    """Close the pipes (an idle worker exits on EOF), wait up to ``grace_s`` seconds, then kill whatever
+    is still running, and reap it."""
     for conn in (w.cmd, w.res):
         try:
             conn.close()
@@ -56,7 +102,8 @@ def _stop_worker(w: _Worker, grace_s: float) -> None:
             pass
 
 
-def _shutdown_workers(workers: list[_Worker]) -> None:
+def stop_workers(workers: list[WorkerProcess]) -> None:
+    """Stop all ``workers`` within about two seconds together (then kill the rest) and empty the list."""
     for w in workers:
         try:
             w.cmd.close()  # idle workers see EOF and exit while we attend to the others
@@ -64,30 +111,51 @@ def _shutdown_workers(workers: list[_Worker]) -> None:
             pass
     deadline = time.monotonic() + 2.0
     for w in workers:
-        _stop_worker(w, max(0.0, deadline - time.monotonic()))
+        stop_worker(w, max(0.0, deadline - time.monotonic()))
     workers.clear()
 
 
-class _PoolRun:
-    """One ``score`` call on the pool: the chunk queue, the results, and the per-item kill rules.
+class PoolRun:
+    """One scoring pass over ``(job, content, golds)`` items on the pool: the chunk queue, the results,
+    and the per-item kill rules. Call :meth:`run` once.
 
     Workers stream back one result per item, so the parent always knows which item a worker is on.
     A worker silent for ``hard_timeout_s`` is killed and replaced: the item it was on gets 0 and the
     rest of its chunk goes back to the front of the queue. A worker that dies on its own gets its item
     retried once, alone, on a fresh worker; a second death gives that item 0. A worker killed by a signal
-    while starting is replaced (up to 3 times a call); one that exits on its own while starting is an error.
+    while starting is replaced (up to 3 times a pass); one that exits on its own while starting is an
+    error. With ``wait_for_start`` the pass also lasts until every worker is ready.
+
+    ``workers`` is the pool's list, in which replaced workers are swapped in place; ``spawn`` starts a new
+    worker. The counters ``soft_timeouts``, ``hard_timeouts``, ``crashes`` and ``restarts`` (workers
+    started to replace a killed or dead one) count this pass only.
     """
 
-    def __init__(self, verifier: MathVerifier, items: list, wait_for_start: bool):
-        self.v = verifier
-        self.workers = verifier._workers  # replaced in place by MathVerifier._replace
-        self.results: dict[int, float] = {}
-        self.crashed: set[int] = set()
-        self.start_deaths = 0  # workers killed by a signal during start-up in this call
+    def __init__(
+        self,
+        workers: list[WorkerProcess],
+        items: list[tuple[int, str, tuple[str, ...]]],
+        *,
+        spawn: Callable[[], WorkerProcess],
+        chunk_size: int,
+        hard_timeout_s: float,
+        start_timeout_s: float,
+        wait_for_start: bool = False,
+    ):
+        if not workers:
+            raise ValueError("a pool run needs at least one worker")
+        self.workers = workers
+        self.spawn = spawn
+        self.hard_timeout_s = hard_timeout_s
+        self.start_timeout_s = start_timeout_s
         self.wait_for_start = wait_for_start
+        self.results: dict[int, float] = {}
+        self.soft_timeouts = self.hard_timeouts = self.crashes = self.restarts = 0
+        self.crashed: set[int] = set()
+        self.start_deaths = 0  # workers killed by a signal during start-up in this pass
         # a few chunks per worker keep the load balanced; each holds at most chunk_size items and about
         # _CHUNK_CHARS characters
-        size = max(1, min(verifier.chunk_size, _math.ceil(len(items) / (4 * len(self.workers)))))
+        size = max(1, min(chunk_size, math.ceil(len(items) / (4 * len(workers)))))
         self.queue: collections.deque[list] = collections.deque()
         chunk: list = []
         chars = 0
@@ -101,12 +169,37 @@ class _PoolRun:
         if chunk:
             self.queue.append(chunk)
 
-    def pending(self) -> bool:
+    def run(self) -> dict[int, float]:
+        """Score every item and return ``{job: reward}``.
+
+        On an exception (including KeyboardInterrupt) every worker still holding a chunk is replaced
+        before it propagates, so no late result of this pass can leak into the next one.
+        """
+        try:
+            self._loop()
+        except BaseException:
+            for idx, w in enumerate(self.workers):
+                if w.chunk:
+                    w.chunk = None
+                    try:
+                        self.replace(idx)
+                    except Exception:
+                        pass
+            raise
+        return self.results
+
+    def replace(self, idx: int) -> None:
+        """Stop worker ``idx`` at once and put a freshly started one in its place."""
+        stop_worker(self.workers[idx], 0.0)
+        self.workers[idx] = self.spawn()
+        self.restarts += 1
+
+    def _pending(self) -> bool:
         if self.queue or any(w.chunk for w in self.workers):
             return True
         return self.wait_for_start and not all(w.ready for w in self.workers)
 
-    def _requeue_rest(self, w: _Worker) -> None:
+    def _requeue_rest(self, w: WorkerProcess) -> None:
         """Put the items after the current one back at the front of the queue; the worker is free."""
         rest = w.chunk[w.pos + 1 :] if w.chunk else []
         if rest:
@@ -115,11 +208,11 @@ class _PoolRun:
 
     def _on_hard_timeout(self, idx: int) -> None:
         w = self.workers[idx]
-        self.v.stats.hard_timeouts += 1
+        self.hard_timeouts += 1
         if w.chunk and w.pos < len(w.chunk):
             self.results[w.chunk[w.pos][0]] = 0.0
         self._requeue_rest(w)
-        self.v._replace(idx)
+        self.replace(idx)
 
     def _on_death(self, idx: int) -> None:
         w = self.workers[idx]
@@ -130,7 +223,7 @@ class _PoolRun:
                 code = None
             self.start_deaths += 1
             if code is not None and code < 0 and self.start_deaths <= 3:
-                self.v._replace(idx)  # killed from outside while starting (e.g. the OOM killer): retry
+                self.replace(idx)  # killed from outside while starting (e.g. the OOM killer): retry
                 return
             raise RuntimeError(
                 f"a math verifier worker exited during start-up (exit code {code}); "
@@ -140,13 +233,13 @@ class _PoolRun:
             item = w.chunk[w.pos]
             self._requeue_rest(w)
             if item[0] in self.crashed:  # it killed a fresh worker too
-                self.v.stats.crashes += 1
+                self.crashes += 1
                 self.results[item[0]] = 0.0
             else:  # maybe not its fault (e.g. killed from outside): one more try, alone
                 self.crashed.add(item[0])
                 self.queue.appendleft([item])
         w.chunk = None
-        self.v._replace(idx)
+        self.replace(idx)
 
     def _dispatch(self) -> None:
         now = time.monotonic()
@@ -157,31 +250,31 @@ class _PoolRun:
                     w.cmd.send(("score", chunk))
                 except OSError:  # it died while idle: start another and retry the chunk
                     self.queue.appendleft(chunk)
-                    self.v._replace(idx)
+                    self.replace(idx)
                     continue
-                w.chunk, w.pos, w.deadline = chunk, 0, now + self.v.hard_timeout_s
+                w.chunk, w.pos, w.deadline = chunk, 0, now + self.hard_timeout_s
 
-    def _receive(self, w: _Worker, msg: tuple) -> None:
+    def _receive(self, w: WorkerProcess, msg: tuple) -> None:
         kind = msg[0]
         if kind == "result":
             _, job, reward, timed_out = msg
             self.results[job] = float(reward)
-            self.v.stats.soft_timeouts += bool(timed_out)
+            self.soft_timeouts += bool(timed_out)
             w.pos += 1
             if w.chunk is None or w.pos >= len(w.chunk):
                 w.chunk = None
             else:
-                w.deadline = time.monotonic() + self.v.hard_timeout_s
+                w.deadline = time.monotonic() + self.hard_timeout_s
         elif kind == "ready":
             w.ready = True
         elif kind == "error":
             raise RuntimeError(f"a math verifier worker failed to start:\n{msg[1]}")
 
-    def loop(self) -> None:
+    def _loop(self) -> None:
         from multiprocessing.connection import wait
 
         workers = self.workers
-        while self.pending():
+        while self._pending():
             self._dispatch()
             waits = [w.deadline if w.chunk else w.start_deadline for w in workers if w.chunk or not w.ready]
             timeout = max(0.0, min(waits) - time.monotonic()) if waits else None
@@ -199,5 +292,5 @@ class _PoolRun:
                     self._on_hard_timeout(idx)
                 elif not w.ready and now > w.start_deadline:
                     raise RuntimeError(
-                        f"a math verifier worker did not start within {self.v.start_timeout_s:.0f} s"
+                        f"a math verifier worker did not start within {self.start_timeout_s:.0f} s"
                     )

@@ -91,8 +91,41 @@ class Rollouts:
         return input_ids, attention_mask, self.prompt_ids.shape[1]
 
 
+def plan_micro_batches(batch: Rollouts, token_budget: int) -> list[torch.Tensor]:
+    """Row indices of micro-batches: rows sorted by length, each micro-batch's padded size kept within
+    `token_budget` (a single longer row still gets its own). The padded size is what the forward pass
+    sees: rows x (longest prompt + longest completion) of the micro-batch."""
+    prompt_lengths, completion_lengths = batch.prompt_mask.sum(1), batch.lengths  # [n], [n]
+    order = torch.argsort(prompt_lengths + completion_lengths, descending=True, stable=True).tolist()
+    prompt_lengths, completion_lengths = prompt_lengths.tolist(), completion_lengths.tolist()
+    groups: list[list[int]] = []
+    width_p = width_c = 0
+    for row in order:
+        p, c = max(width_p, prompt_lengths[row]), max(width_c, completion_lengths[row])
+        if groups and (len(groups[-1]) + 1) * (p + c) <= token_budget:
+            groups[-1].append(row)
+            width_p, width_c = p, c
+        else:
+            groups.append([row])
+            width_p, width_c = prompt_lengths[row], completion_lengths[row]
+    return [torch.tensor(sorted(g)) for g in groups]
+
+
 class RolloutEngine(Protocol):
-    """Anything that can sample `n` completions for each prompt string."""
+    """What the trainer and the evaluation need from a sampler: every method they call is listed here.
+
+    `owns_weights` says whether the engine samples from its own copy of the weights (vLLM), which
+    `push_weights` refreshes after each update, or from the policy module itself (the HF engine, whose
+    `push_weights` does nothing)."""
+
+    owns_weights: bool
 
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, *,
-                 seed: int | None = None) -> Rollouts: ...
+                 seed: int | None = None, prompt_seeds: Sequence[int] | None = None) -> Rollouts:
+        """`n` rollouts per prompt, rows grouped by prompt. Sample j of prompt i is drawn from the seed
+        `row_seed(s_i, j)`, with s_i = `prompt_seeds[i]`, else `row_seed(seed, i)`, else a random seed."""
+        ...
+
+    def push_weights(self, policy: torch.nn.Module) -> None:
+        """Make later samples come from `policy`'s current weights."""
+        ...

@@ -34,6 +34,8 @@ class HFEngine:
     only temperature and top-p, not other processors of the model's `generation_config`.
     """
 
+    owns_weights = False  # samples with the policy module itself: nothing to push after an update
+
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
                  max_prompt_tokens: int = 1024, max_batch_rollouts: int = 256, share_prompt_prefill: bool = True,
                  drop_finished_rows: bool = True):
@@ -52,6 +54,9 @@ class HFEngine:
             if len(self._prompt_cache) < 100_000:
                 self._prompt_cache[prompt] = ids
         return ids
+
+    def push_weights(self, policy: torch.nn.Module) -> None:
+        """Nothing to do: the engine decodes with the policy module, whose weights are always current."""
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, *,

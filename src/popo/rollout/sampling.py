@@ -50,6 +50,12 @@ def row_seed(seed: int, *keys: int) -> int:
     return h
 
 
+def stream_seed(seed: int, step: int, stream: int) -> int:
+    """A seed for one random stream (sampling, dropout-free noise, evaluation, ...) of one training step,
+    independent of everything drawn before it: a resumed run draws what an uninterrupted one would."""
+    return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
 def counter_uniform(seeds: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
     """Uniform(0, 1) draws [R, V] (float32, never 0 or 1), a pure function of (seeds[r], position, v)."""
     base = fmix32(seeds.to(torch.int64) ^ fmix32(torch.tensor(position * 0x27D4EB2F + 0x165667B1)))  # [R]

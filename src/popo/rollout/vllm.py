@@ -36,6 +36,8 @@ def _load_weights(worker, weights) -> None:  # runs inside vLLM's worker (collec
 class VLLMEngine:
     """`generate` returns `Rollouts` with the same fields and conventions as `HFEngine`."""
 
+    owns_weights = True  # vLLM holds its own copy of the weights: `push_weights` after every update
+
     def __init__(self, model_path: str, tokenizer, *, mode: str = "colocate", server_url: str = "",
                  gpu_memory_utilization: float = 0.3, dtype: str = "bfloat16", sleep: bool = True,
                  max_model_len: int | None = None, sync_dir: str = "", max_prompt_tokens: int = 1024):

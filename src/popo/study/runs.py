@@ -1,4 +1,4 @@
-"""`popo compare` and `popo sweep`: budget-matched, multi-seed runs from one initial checkpoint.
+"""Study runs (`popo compare`, `popo sweep`): budget-matched, multi-seed runs from one initial checkpoint.
 
 A study folder holds one run per (variant, seed) in ``OUT/<variant>/seed-<s>/`` and a ``study.json``
 that records the shared settings, the variants and the rollout budget. Every variant starts from the
@@ -9,6 +9,9 @@ prompt order, the sampling and the loss noise; the initial weights and the held-
 
 A finished run has a ``done.json``; it is skipped when the study is run again (after checking that its
 settings are the ones asked for). An interrupted run resumes from its latest checkpoint.
+
+This module only trains; `popo.study.report` reads a study folder and writes its report (it imports
+this module, never the other way round).
 """
 
 from __future__ import annotations
@@ -173,9 +176,8 @@ def execute_run(study_dir: str, variant: Variant, seed: int, threads: int) -> di
 def _execute(study_dir: str, variant: Variant, seed: int) -> dict:
     import torch
 
-    from popo.build import resolve_model_path
-    from popo.sft_more import SftMoreTrainer
-    from popo.trainer import Trainer
+    from popo.build import build_trainer, resolve_model_path
+    from popo.study.controls import SftMoreTrainer
 
     study = load_study(Path(study_dir))
     run_dir = Path(study_dir) / variant.dirname / f"seed-{seed}"
@@ -191,8 +193,8 @@ def _execute(study_dir: str, variant: Variant, seed: int) -> dict:
         log_file.flush()
 
     start = time.perf_counter()
-    cls = SftMoreTrainer if variant.sft else Trainer
-    trainer = cls(config, resume=state == "partial", log=log)
+    make = SftMoreTrainer.from_config if variant.sft else build_trainer
+    trainer = make(config, resume=state == "partial", log=log)
     trainer.run()
     log_file.close()
     if trainer.step < config.train.steps:
@@ -243,8 +245,9 @@ def prepare_study(out: Path, config_path: str | None, base_overrides: list[str],
 
 def run_study(out: str | Path, variants: list[Variant], seeds: list[int], *, config_path: str | None = None,
               overrides: list[str] | None = None, workers: int = 1, threads: int = 0,
-              command: str | None = None, report: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Run every (variant, seed) not yet done, `workers` at a time, then write the report."""
+              command: str | None = None, log: Callable[[str], None] = print) -> Path:
+    """Run every (variant, seed) not yet done, `workers` at a time (the report is written separately:
+    `popo.study.report.write_study_report`)."""
     out = Path(out)
     base = ([] if config_path else study_overrides()) + list(overrides or [])
     command = command or "popo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -275,8 +278,4 @@ def run_study(out: str | Path, variants: list[Variant], seeds: list[int], *, con
                        for v, seed in jobs]
             for i, future in enumerate(as_completed(futures), 1):
                 finished(i, future.result())
-    if report:
-        from popo.study_report import write_study_report
-
-        write_study_report(out, log=log)
     return out

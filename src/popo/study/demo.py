@@ -1,5 +1,6 @@
-"""`popo demo`: warm up the embedded testbed, train POPO and GRPO from the same start with the same
-rollout budget, evaluate all three on the held-out split and write a report."""
+"""`popo demo`, a preset study: warm up the embedded testbed, train POPO and GRPO from the same start with
+the same rollout budget (one seed each), evaluate all three on the held-out split and write a report
+(through `popo.study.report`). `popo compare` runs the same kind of study over several seeds."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from popo.config import Config, load_config
-from popo.report import environment_line, plot_learning_curves, results_table
-from popo.trainer import Trainer
+from popo.config import load_config
+from popo.study.plots import plot_learning_curves
+from popo.study.report import results_table, write_demo_report
+from popo.build import build_trainer
 
 METHODS = ("popo", "grpo")
 
@@ -40,7 +42,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, extra: l
         log(f"\n== {method}: {config.train.steps} steps x {config.rollout.prompts_per_step} prompts x "
             f"{config.rollout.group_size} rollouts ==")
         torch.manual_seed(config.train.seed)
-        trainer = Trainer(config, log=log)
+        trainer = build_trainer(config, log=log)
         if not start_eval:
             start_eval = {k.removeprefix("eval/"): v for k, v in trainer.evaluate().items()}
         t0 = time.perf_counter()
@@ -60,43 +62,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, extra: l
     table = results_table(rows, k)
     plot_learning_curves(histories, out / "learning_curve.png", start_eval.get("greedy_acc"))
     total = time.perf_counter() - started
-    write_report(out, table, config, overrides, rows, total, quick)
+    write_demo_report(out, table, config, overrides, rows, total, quick)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     log("\n" + table)
     log(f"\nreport: {out / 'report.md'}   total wall time {total:.0f}s")
     return rows
-
-
-def write_report(out: Path, table: str, config: Config, overrides: list[str], rows: list[dict],
-                 total_s: float, quick: bool) -> None:
-    by = {r["method"]: r for r in rows}
-    ratio = ""
-    if "popo" in by and "grpo" in by and by["grpo"].get("train_s"):
-        ratio = (f"POPO's training phase took {by['popo']['train_s']:.1f}s against GRPO's "
-                 f"{by['grpo']['train_s']:.1f}s ({by['popo']['train_s'] / by['grpo']['train_s']:.2f}x): "
-                 f"POPO forwards and back-propagates only its positive rollouts "
-                 f"({by['popo']['forwarded_rollouts']:.0f} rows against GRPO's "
-                 f"{by['grpo']['forwarded_rollouts']:.0f} of {by['grpo']['trained_rollouts']:.0f}: GRPO skips the "
-                 f"rows whose advantage is exactly zero, those of prompts whose rollouts all got the same reward).\n")
-    text = f"""# popo demo{' (quick)' if quick else ''}
-
-Task: {config.testbed.digits}-digit addition with a column-sum scratchpad (reward 1 only for an exactly
-right, well-formed answer). Model: the embedded tiny Qwen2, warmed up on easier problems. Both methods
-start from the same warmed-up checkpoint and sample the same number of rollouts
-({config.train.steps} steps x {config.rollout.prompts_per_step} prompts x {config.rollout.group_size}).
-Evaluation: {config.data.eval_size} held-out problems never used in training; greedy accuracy and
-avg@{config.train.eval_samples} / pass@{config.train.eval_samples} sampled at temperature {config.rollout.temperature}.
-
-{table}
-
-{ratio}
-One run per method and one seed: differences of a few points are within noise (the standard error of a
-greedy accuracy near 0.3 on {config.data.eval_size} problems is about
-{(0.3 * 0.7 / max(1, config.data.eval_size)) ** 0.5:.3f}). `popo compare` is the tool for claims.
-
-![learning curve](learning_curve.png)
-
-Command: `popo demo{' --quick' if quick else ''}` (settings: `{' '.join(overrides)}`).
-Total wall time {total_s:.0f}s on {environment_line()}.
-"""
-    (out / "report.md").write_text(text)

@@ -1,4 +1,4 @@
-"""Argument parsing and dispatch for `popo compare`, `popo sweep` and `popo report`."""
+"""Argument parsing and dispatch for `popo compare`, `popo sweep` and `popo report` (study commands)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def add_study_parsers(sub) -> None:
 
 
 def run_study_command(args: argparse.Namespace) -> None:
-    from popo.compare import grid_variants, method_variants, run_study
-    from popo.study_report import write_study_report
+    from popo.study.report import write_study_report
+    from popo.study.runs import grid_variants, method_variants, parse_grid, run_study
 
     baselines = [b for b in args.baseline.split(",") if b] or None
     if args.command == "report":
@@ -55,8 +55,6 @@ def run_study_command(args: argparse.Namespace) -> None:
     if args.seeds < 1:
         raise ConfigError("--seeds must be at least 1")
     if args.command == "sweep":
-        from popo.compare import parse_grid
-
         if not args.grid:
             raise ConfigError("popo sweep needs at least one --grid KEY=V1,V2,...")
         variants = grid_variants(methods, parse_grid(args.grid))
@@ -65,7 +63,7 @@ def run_study_command(args: argparse.Namespace) -> None:
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     command = _command_line(args)
     run_study(args.out, variants, seeds, config_path=args.config, overrides=overrides, workers=args.workers,
-              threads=args.threads, command=command, report=False)
+              threads=args.threads, command=command)
     if not args.no_report:
         write_study_report(args.out, baselines=baselines)
 

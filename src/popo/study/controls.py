@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from popo.build import SetupError
+from popo.build import build_run
+from popo.errors import SetupError
 from popo.testbed.sft import encode_pairs
 from popo.testbed.task import scratchpad
 from popo.trainer import Trainer
@@ -32,24 +33,29 @@ class SftMoreTrainer(Trainer):
     """A `Trainer` whose step is a supervised step on reference solutions (everything else — data,
     optimizer, schedule, evaluation, checkpoints, metrics — is the RL trainer's)."""
 
-    def __init__(self, config, **kwargs):
+    @classmethod
+    def from_config(cls, config, **kwargs) -> "SftMoreTrainer":
+        """The control's trainer for `config` (`kwargs` as for `popo.build.build_run`)."""
         if config.data.source != "testbed":
             raise SetupError("sft-more needs data.source=testbed (it trains on the testbed's exact solutions)")
-        super().__init__(config, **kwargs)
+        return cls(build_run(config, **kwargs))
 
     def train_step(self, step: int) -> dict[str, float]:
         c = self.config
         start = time.perf_counter()
         indices = self.stream.batch(step)
-        pairs = [(self.train_prompts[i], reference_completion(self.train_examples[i].problem)) for i in indices]
+        pairs = [(self.train_set.prompts[i], reference_completion(self.train_set.examples[i].problem))
+                 for i in indices]
         input_ids, attention_mask, labels = encode_pairs(self.tokenizer, pairs)  # [B, L] each
         policy = self.models.policy
         policy.train()
-        loss = policy(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                      labels=labels.to(self.device)).loss  # mean NLL over completion tokens
+        device = self.models.device
+        loss = policy(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                      labels=labels.to(device)).loss  # mean NLL over completion tokens
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, c.optim.grad_clip) if c.optim.grad_clip else None
+        params = self.models.trainable_parameters()
+        norm = torch.nn.utils.clip_grad_norm_(params, c.optim.grad_clip) if c.optim.grad_clip else None
         self.optimizer.step()
         self.scheduler.step()
         tokens = int((labels != -100).sum())
