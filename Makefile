@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-quick test setup
+.PHONY: demo demo-quick test setup gpu-bundle gpu-dry-run
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "popo needs Python 3.11+"'
@@ -25,3 +25,11 @@ demo-quick: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# The GPU check (README "GPU check"): the wheel folder gpu-bundle/ for the GPU machine's Python 3.12, and its
+# dry run here (fresh venv with only torch, no network, `benchmarks/gpu/run.py --cpu`; tests/test_gpu_bundle.py).
+gpu-bundle: $(STAMP)
+	$(PY) benchmarks/gpu/bundle.py
+
+gpu-dry-run: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/gpu/dry_run.py --out runs/gpu-dry-run

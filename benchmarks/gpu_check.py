@@ -11,6 +11,10 @@ On CPU, as a check of the script itself (tiny model, gloo, no mixed precision; a
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gpu_check.py --tiny --out /tmp/gpucheck
 
+It is part 1 of `benchmarks/gpu/run.py` (the whole GPU check, installed from the wheel folder), which builds
+the model once (`--model-dir DIR --build-only`) and hands the folder to every part (`--model-dir DIR`).
+An installed popo is imported before the one in `src/`.
+
 Writes gpu_check.json, gpu_check.md and one launch log per algorithm under --out; exits 1 when a launch
 fails, FSDP did not engage, or a loss or gradient norm is not finite. Nothing is downloaded: the tokenizer
 is the testbed's, padded with filler characters to the model's vocabulary (random completions decode to
@@ -26,6 +30,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "src")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))  # after site-packages: an installed popo wins
 import common  # noqa: E402
 
 PEAK_BF16_DENSE = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s,
@@ -172,10 +178,12 @@ def launch(algo: str, args, model: Path, work: Path, out: Path) -> dict:
         handle.write(" ".join(cmd) + "\n")
         handle.flush()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}  # never wait on a network
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, timeout=args.timeout,
-                                  env=env).returncode
-        except subprocess.TimeoutExpired:
+            code = proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:  # the launcher and the process it started: nothing keeps the GPU
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             code = 124
     wall = time.perf_counter() - begin
     if not args.keep:  # the final checkpoint of the 0.5 B run is about 8 GB
@@ -194,8 +202,9 @@ def markdown(report: dict) -> str:
              f"Device: {report['device']}. Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
              "",
              f"Settings: {s['steps']} steps of {s['prompts']} prompts x {s['group']} rollouts x {s['max_new_tokens']} "
-             f"new tokens; mixed precision {s['mixed_precision']}; model build {report['build_s']:.1f} s. "
-             "Throughput over the steps after the first (warm-up).", ""]
+             f"new tokens; mixed precision {s['mixed_precision']}; model build "
+             + ("done beforehand (--model-dir). " if report["build_s"] is None else f"{report['build_s']:.1f} s. ")
+             + "Throughput over the steps after the first (warm-up).", ""]
     columns = ["algo", "params (M)", "FSDP", "finite", "gen tok/s", "train tok/s", "end-to-end tok/s",
                "step s", "MFU train", "peak alloc GiB", "peak reserved GiB", "peak RSS GiB", "checkpoint s",
                "launch s"]
@@ -236,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("bf16", "no"), help="mixed precision (default bf16; tiny: no)")
     parser.add_argument("--timeout", type=int, default=150, help="seconds per launch")
     parser.add_argument("--keep", action="store_true", help="keep the temporary model and run folders")
+    parser.add_argument("--model-dir", type=Path, help="use this model folder, building it there if it is empty")
+    parser.add_argument("--build-only", action="store_true", help="with --model-dir: build the model and stop")
     parser.add_argument("--inner", help=argparse.SUPPRESS)  # the launched mode: algorithm name
     for name in ("--model", "--result", "--run-dir", "--device"):
         parser.add_argument(name, help=argparse.SUPPRESS)
@@ -246,8 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     args.bf16 = os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16" if args.inner else args.precision == "bf16"
     if args.inner:
         return inner(args)
-    if args.out is None:
+    if args.out is None and not args.build_only:
         parser.error("--out is required")
+    if args.build_only and args.model_dir is None:
+        parser.error("--build-only needs --model-dir")
+    shape = "tiny" if args.tiny else "0.5b"
+    if args.model_dir is not None and not (args.model_dir / "config.json").is_file():
+        begin = time.perf_counter()
+        build_model(args.model_dir, SHAPES[shape], "float32" if args.tiny else "bfloat16")
+        print(f"built the {shape} model in {args.model_dir} ({time.perf_counter() - begin:.1f} s)")
+    if args.build_only:
+        return 0
     args.device = "cpu" if args.tiny else "cuda"
     import torch
     if not args.tiny and not torch.cuda.is_available():
@@ -255,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="popo-gpu-check-"))
     try:
-        shape = "tiny" if args.tiny else "0.5b"
-        begin = time.perf_counter()
-        build_model(work / "model", SHAPES[shape], "float32" if args.tiny else "bfloat16")
-        build_s = time.perf_counter() - begin
-        runs = [launch(algo, args, work / "model", work, args.out) for algo in args.algos.split(",")]
+        begin, model = time.perf_counter(), args.model_dir or work / "model"
+        if args.model_dir is None:
+            build_model(model, SHAPES[shape], "float32" if args.tiny else "bfloat16")
+        build_s = None if args.model_dir else time.perf_counter() - begin
+        runs = [launch(algo, args, model, work, args.out) for algo in args.algos.split(",")]
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

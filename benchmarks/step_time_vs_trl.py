@@ -17,10 +17,9 @@ the runs are interleaved (round r runs every framework once, in a rotated order)
 `--repeats` times. Per run: median step time over the steps after the first. Per pair: the ratio of
 TRL's median to ours within each round, then the median of those ratios.
 
-TRL is not a project dependency; install the pinned version from benchmarks/requirements.txt:
+TRL comes with the `popo[trl]` extra (part of the dev install that `make test` sets up):
 
-    .venv/bin/pip install --target .cache/bench/trl --no-deps -r benchmarks/requirements.txt
-    PYTHONPATH=.cache/bench/trl .venv/bin/python benchmarks/step_time_vs_trl.py
+    .venv/bin/python benchmarks/step_time_vs_trl.py
     .venv/bin/python benchmarks/step_time_vs_trl.py --frameworks grpo popo   # without TRL
 """
 
@@ -179,10 +178,12 @@ def worker(args) -> int:
 
 
 # ---------------------------------------------------------------- orchestrator
-def launch(args, framework: str, model: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--model", model,
+def launch(args, framework: str, model: str, script: Path | None = None, extra: tuple[str, ...] = ()) -> dict:
+    """Run one worker (`script`'s, default this file's) in a fresh process; its RESULT line as a dict."""
+    cmd = [sys.executable, str(script or Path(__file__).resolve()), "--worker", framework, "--model", model,
            "--steps", str(args.steps), "--prompts", str(args.prompts), "--group", str(args.group),
-           "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr), "--threads", str(args.threads)]
+           "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr), "--threads", str(args.threads),
+           *extra]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=common.ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -211,22 +212,27 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["0.3m", "2.4m", "testbed"], choices=list(common.MODELS))
-    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS,
-                        help="trl, popo's grpo and popo, and the -base variants (popo before optimisation)")
-    parser.add_argument("--steps", type=int, default=30, help="steps per run (the first is excluded)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per model")
+def add_run_options(parser: argparse.ArgumentParser, frameworks, *, steps: int, repeats: int, out: Path) -> None:
+    """The options of a step-time benchmark's runs (shared with benchmarks/trl_step_time.py)."""
+    parser.add_argument("--steps", type=int, default=steps, help="steps per run (the first is excluded)")
+    parser.add_argument("--repeats", type=int, default=repeats, help="interleaved rounds per model")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
     parser.add_argument("--group", type=int, default=8, help="G, completions per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process (0 = default)")
-    parser.add_argument("--out", type=Path, default=common.RESULTS / "step_time_vs_trl")
+    parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=frameworks, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["0.3m", "2.4m", "testbed"], choices=list(common.MODELS))
+    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS,
+                        help="trl, popo's grpo and popo, and the -base variants (popo before optimisation)")
+    add_run_options(parser, FRAMEWORKS, steps=30, repeats=3, out=common.RESULTS / "step_time_vs_trl")
     args = parser.parse_args(argv)
     if args.worker:
         args.framework = args.worker

@@ -115,7 +115,7 @@ def test_over_long_prompt_names_file_line_and_field(long_prompt_data, overrides,
         fit_prompts(config, examples, build_tokenizer(), context=64, source=str(path), split="train",
                     log=print)
     assert str(err.value) == (f"{path}:2: field 'problem': the prompt is 62 tokens with the template, over the "
-                              f"limit of {limit} ({why})")
+                              f"limit of {limit} ({why}); data.on_bad_row=skip drops such prompts and counts them")
 
 
 def test_over_long_prompt_is_skipped_and_counted(long_prompt_data):

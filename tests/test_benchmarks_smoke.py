@@ -1,8 +1,8 @@
 """Every benchmark entry point runs end to end with the smallest settings, for one repetition, and
 writes its JSON + markdown: benchmarks are not tests (no timing is asserted), but they must not rot.
 
-The TRL comparison needs `trl`, which is not a project dependency (benchmarks/requirements.txt pins
-it); without it that part is skipped visibly.
+The TRL comparison needs `trl` (the `popo[trl]` extra, part of the dev install); without it that part is
+skipped visibly.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_step_time_ours(bench, tmp_path):
 
 def test_step_time_trl(bench, tmp_path):
     if importlib.util.find_spec("trl") is None:
-        pytest.skip("trl is not installed (pip install -r benchmarks/requirements.txt to run this part)")
+        pytest.skip("trl is not installed (pip install 'popo[trl]' to run this part)")
     out = tmp_path / "step_trl"
     assert bench("step_time_vs_trl").main(["--models", "0.3m", "--frameworks", "trl", "grpo", "--steps", "2",
                                            "--repeats", "1", *TINY, "--out", str(out)]) == 0

@@ -1,4 +1,4 @@
-"""CLI surface: help lists every command, the README's config reference matches the dataclasses,
+"""CLI surface: help lists every command, docs/configuration.md matches the dataclasses,
 and `popo eval` runs end to end on a local model and two local benchmark files."""
 
 import json
@@ -22,7 +22,8 @@ def test_help_lists_commands(capsys):
 
 
 def test_readme_reference_matches_dataclasses():
-    assert reference_markdown() in (ROOT / "README.md").read_text()
+    assert reference_markdown() in (ROOT / "docs" / "configuration.md").read_text()
+    assert "(docs/configuration.md)" in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.skipif(not BENCH.is_dir(), reason="shared benchmark folder not present")

@@ -24,7 +24,8 @@ def cache_dir(tmp_path_factory):
 def tiny(cache_dir) -> list[str]:
     # 1-digit problems and a very short warm-up (the test checks the plumbing, not learning)
     return [f"testbed.cache_dir={cache_dir}", "testbed.warmup_steps=60", "testbed.warmup_batch=16",
-            "testbed.digits=1", "testbed.test_size=16", "testbed.train_size=64", "data.eval_size=16", "rollout.prompts_per_step=4",
+            "testbed.digits=1", "testbed.test_size=16", "testbed.validation_size=16", "testbed.train_size=64",
+            "data.eval_size=16", "rollout.prompts_per_step=4",
             "rollout.group_size=4", "rollout.max_new_tokens=12", "train.steps=3", "train.eval_every=2",
             "train.diag_every=1", "train.save_every=2", "train.eval_samples=2", "optim.lr=1e-3"]
 

@@ -28,7 +28,7 @@ def _free_port() -> int:
 def overrides(cache: Path, out: Path, *extra: str) -> list[str]:
     # 2 prompts per step: one per rank, so a rank often samples no positive at all
     return [f"testbed.cache_dir={cache}", "testbed.warmup_steps=200", "testbed.warmup_batch=32",
-            "testbed.digits=1", "testbed.test_size=20", "data.eval_source=", "rollout.prompts_per_step=2",
+            "testbed.digits=1", "testbed.test_size=20", "testbed.validation_size=0", "data.eval_source=", "rollout.prompts_per_step=2",
             "rollout.group_size=4", "rollout.max_new_tokens=12", "train.eval_every=0", "train.diag_every=2",
             "train.save_every=2", "train.keep_last=5", "train.progress=false", "train.tensorboard=false",
             "optim.lr=1e-3", "algo.tau=0.5", "model.device=cpu", f"train.out_dir={out}", *extra]
@@ -56,14 +56,27 @@ def weights(run_dir: Path, step: int, part: str = "policy") -> dict[str, torch.T
     return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / part / "model.safetensors")
 
 
-def assert_same_records(a: list[dict], b: list[dict]) -> None:
+# popo.diagnostics' gradient probes: cosines and norm shares of each loss term's gradient
+GRADIENT_DIAGNOSTICS = ("grad_share", "grad_cos")
+
+
+def assert_same_records(a: list[dict], b: list[dict], *, sharded: bool = False) -> None:
+    """`b` (several processes) logs what `a` (one process) logged. With `sharded`, the gradient probes are left
+    out of the comparison: popo.diagnostics skips them under FSDP (the callers check that they are absent)."""
     assert len(a) == len(b)
     for ra, rb in zip(a, b):
         layout = {"positive_rollouts_min_rank", "idle_passes"}  # describe the process split, not the result
         ra, rb = ({k: v for k, v in r.items() if k not in layout} for r in (ra, rb))
+        if sharded:
+            ra, rb = ({k: v for k, v in r.items() if not k.startswith(GRADIENT_DIAGNOSTICS)} for r in (ra, rb))
         assert ra.keys() == rb.keys(), ra.keys() ^ rb.keys()
         for key in ra.keys() - {"micro_batches"}:  # each rank plans its own micro-batches
-            assert ra[key] == pytest.approx(rb[key], abs=1e-6, rel=1e-5), (ra["step"], key)  # summation order only
+            if key.startswith(GRADIENT_DIAGNOSTICS):
+                # the direction of a small term's gradient amplifies the summation-order rounding of the
+                # gradients (seen: 1.5e-5 relative); a wrong probe would be off by far more than 1e-3
+                assert ra[key] == pytest.approx(rb[key], abs=1e-4, rel=1e-3), (ra["step"], key)
+            else:
+                assert ra[key] == pytest.approx(rb[key], abs=1e-6, rel=1e-5), (ra["step"], key)  # summation order
 
 
 def assert_same_weights(a: dict, b: dict) -> None:

@@ -120,6 +120,60 @@ def test_math_reward(completion, gold, expected):
     assert math_reward(completion, gold) == expected
 
 
+@pytest.mark.parametrize(
+    "completion, gold, expected",
+    [
+        # a gold with several boxes is the set of their contents
+        (r"so $\boxed{1, 2}$", r"$\boxed{1}\boxed{2}$", 1.0),
+        (r"first \boxed{2}, then \boxed{1}", r"\boxed{1}\boxed{2}", 1.0),
+        (r"\boxed{2}", r"\boxed{1}\boxed{2}", 0.0),  # before: the gold's last box alone, and this earned 1
+        # a comma-list gold is the set of its items; the prediction's boxes together may hold it
+        (r"\boxed{(2, 2)} and \boxed{(6, 2)}", "(2,2),(6,2)", 1.0),
+        (r"The integers are \boxed{-2} and \boxed{1}.", r"n = \boxed{1,-2}", 1.0),
+        (r"\boxed{3}, \boxed{2}, \boxed{3}", "2, 3", 1.0),  # repeating a part is harmless
+        # listing extra candidates never pays: three parts for a gold of two, and the last box is 3
+        (r"\boxed{1}, \boxed{2}, \boxed{3}", r"\boxed{2}\boxed{3}", 0.0),
+        (r"\boxed{1, 2, 3}", "2, 3", 0.0),
+        (r"\boxed{2}", "2, 3", 0.0),
+        # the last box still decides a single-valued answer
+        (r"\boxed{3} ... no, correcting myself: \boxed{4}", "4", 1.0),
+        (r"\boxed{3} ... no, correcting myself: \boxed{4}", "3", 0.0),
+        # a thousands separator is not a list, a tuple is one part
+        (r"\boxed{1 000}", "1000", 1.0),
+        (r"\boxed{1\,000}", "1 000", 1.0),
+        (r"\boxed{12,000,023}", "12000023", 1.0),
+        (r"\boxed{(2, 3)}", "(2, 3)", 1.0),
+        (r"\boxed{2} and \boxed{3}", "(2, 3)", 0.0),
+        (r"\boxed{32, 349}", "32349", 0.0),
+        # an unfinished last box is still no answer, whatever came before
+        (r"\boxed{2} \boxed{3} \boxed{4", "2, 3", 0.0),
+    ],
+)
+def test_answers_with_several_parts(completion, gold, expected):
+    assert math_reward(completion, gold) == expected
+
+
+def test_several_parts_in_the_worker_pool(verifier):
+    completions = [r"\boxed{2}, \boxed{3}", r"\boxed{1}, \boxed{2}, \boxed{3}", r"\boxed{3}"]
+    assert verifier.score(completions, [r"\boxed{2}\boxed{3}"] * 3) == [1.0, 0.0, 0.0]
+
+
+def test_agreement_with_math_verify_cases(verifier):
+    # Math-Verify's own test cases restated as boxed completions (tests/math_verify_cases.py); popo
+    # disagrees only where its rules are deliberate, listed here
+    from math_verify_cases import CASES
+
+    known = {
+        (r"1000.99", r"The answer is $\boxed{1000,99}$."): "a decimal comma: popo reads a comma as a list",
+        (r"1,22", r"The answer is $\boxed{1.22}$."): "a decimal comma: popo reads the gold 1,22 as the list 1, 22",
+        (r"the final answer is $28 \%$", r"a total loss of $\boxed{28\%}$."): "a gold written as a sentence",
+    }
+    rewards = verifier.score([c for _, _, c, _ in CASES], [g for _, g, _, _ in CASES])
+    disagree = {(g, c) for (_, g, c, expected), r in zip(CASES, rewards) if r != expected}
+    assert disagree == set(known)
+    assert len(CASES) - len(disagree) == 170 and len(CASES) == 173
+
+
 def test_math_reward_rejects_empty_gold():
     with pytest.raises(ValueError, match="empty gold"):
         math_reward(completion_for("1"), "  ")
@@ -281,13 +335,15 @@ def test_code_in_completions_is_never_executed(strict_verifier, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_the_worker_file_imports_only_the_standard_library_and_math_verify():
+@pytest.mark.parametrize("name, allowed", [("sandbox", set()), ("equivalence", {"math_verify"}),
+                                           ("function_worker", set())])
+def test_worker_files_import_only_the_standard_library(name, allowed):
     import ast
+    import importlib
     import sys
 
-    from popo.rewards import equivalence
-
-    tree = ast.parse(Path(equivalence.__file__).read_text(encoding="utf-8"))
+    module = importlib.import_module(f"popo.rewards.{name}")
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -295,9 +351,14 @@ def test_the_worker_file_imports_only_the_standard_library_and_math_verify():
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "a relative import would need the popo package"
             imported.add(node.module.partition(".")[0])
-    assert imported - set(sys.stdlib_module_names) == {"math_verify"}
-    # the worker is started on this very file, which it loads by path
-    assert equivalence.worker_command(0, 1, 1.0, 0)[4] == os.path.abspath(equivalence.__file__)
+    assert imported - set(sys.stdlib_module_names) - {"__future__"} == allowed
+
+
+def test_a_worker_loads_the_sandbox_and_its_job_file_by_path():
+    from popo.rewards import equivalence, sandbox
+
+    command = sandbox.worker_command(equivalence.__file__, 0, 1, 0, "1.0")
+    assert command[4:6] == [os.path.abspath(sandbox.__file__), os.path.abspath(equivalence.__file__)]
 
 
 def test_a_worker_imports_neither_popo_nor_torch(monkeypatch, capfd):

@@ -15,6 +15,7 @@ from popo.algorithms import PRESETS
 from popo.checkpoint import latest_checkpoint, verify_checkpoint
 from popo.config import load_config
 from popo.build import build_trainer
+from popo.trainer import Trainer
 
 
 class InfGrad(torch.autograd.Function):
@@ -131,7 +132,7 @@ PATTERNS = {
 def test_no_all_and_single_positive_steps_are_safe(tiny_testbed, one_thread, tmp_path, monkeypatch, preset):
     pattern = {"rewards": None}
 
-    def fixed_rewards(verifier, texts, answers, truncated, *, zero_if_truncated):
+    def fixed_rewards(verifier, texts, answers, truncated, *, zero_if_truncated, **rows):
         return torch.tensor(pattern["rewards"], dtype=torch.float32)
 
     monkeypatch.setattr(popo.trainer, "score_rollouts", fixed_rewards)

@@ -1,4 +1,5 @@
-"""The comparison statistics against values computed by hand (closed forms for 1 and 2 degrees of freedom)."""
+"""The comparison statistics (scipy / statsmodels underneath) against values computed by hand: closed forms for 1
+and 2 degrees of freedom, Holm by hand, TOST by hand, the bootstrap against the binomial standard error."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import math
 
 import pytest
 
-from popo.study.stats import (binomial_se, mean_ci, paired_test, regularized_beta, sample_std, t_cdf,
-                              t_quantile)
+from popo.study.stats import (binomial_se, bootstrap_difference, equivalence_test, holm, mean_ci, paired_test,
+                              regularized_beta, sample_std, t_cdf, t_quantile)
 
 
 def test_regularized_beta_closed_forms():
@@ -91,3 +92,76 @@ def test_binomial_se():
         binomial_se(0.5, 0)
     with pytest.raises(ValueError):
         binomial_se(1.2, 10)
+
+
+def test_no_effect_size_below_three_seeds():
+    assert math.isnan(paired_test([0.3, 0.5], [0.2, 0.3]).d_z)
+    assert not math.isnan(paired_test([0.3, 0.5, 0.4], [0.2, 0.3, 0.35]).d_z)
+
+
+def test_tost_equivalence_by_hand():
+    # differences 0.01, 0.02, 0.03: mean 0.02, s = 0.01, se = 0.01 / sqrt(3); margin 0.05, df = 2
+    se = 0.01 / math.sqrt(3)
+    t_low, t_high = (0.02 + 0.05) / se, (0.02 - 0.05) / se  # 12.124, -5.196
+    cdf2 = lambda t: 0.5 + t / (2 * math.sqrt(2 + t * t))  # noqa: E731  (closed form for df = 2)
+    p = max(1 - cdf2(t_low), cdf2(t_high))  # 0.0176: the upper bound is the binding one
+    result = equivalence_test([0.31, 0.42, 0.53], [0.30, 0.40, 0.50], margin=0.05)
+    assert result.p_value == pytest.approx(p, abs=1e-6) and result.equivalent
+    narrow = equivalence_test([0.31, 0.42, 0.53], [0.30, 0.40, 0.50], margin=0.03)  # the mean is 2/3 of it
+    assert not narrow.equivalent and narrow.p_value > 0.05
+    assert math.isnan(equivalence_test([0.3, 0.4], [0.3, 0.4], margin=0.1).p_value)  # two seeds: no claim
+    assert equivalence_test([0.3, 0.4, 0.5], [0.3, 0.4, 0.5], margin=0.1).equivalent  # no spread, inside
+    with pytest.raises(ValueError, match="margin"):
+        equivalence_test([0.3, 0.4], [0.3, 0.4], margin=0.0)
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
+    adjusted, rejected = holm([0.01, 0.04, 0.03])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06], abs=1e-12)
+    assert rejected == [True, False, False]
+    adjusted, rejected = holm([0.02, math.nan])
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and rejected == [True, False]
+
+
+def test_problem_level_bootstrap():
+    constant = bootstrap_difference([[0.5] * 10] * 3, [[0.25] * 10] * 3, resamples=200)
+    assert (constant.estimate, constant.low, constant.high) == (0.25, 0.25, 0.25)
+    # one seed, 2000 problems, difference 1 on 30% of them: the interval is about +-1.96 sqrt(0.21 / 2000)
+    row = [1.0] * 600 + [0.0] * 1400
+    result = bootstrap_difference([row], [[0.0] * 2000], resamples=2000, seed=1)
+    half = 1.959964 * math.sqrt(0.21 / 2000)  # 0.0201
+    assert result.estimate == pytest.approx(0.3, abs=1e-12)
+    assert (result.high - result.low) / 2 == pytest.approx(half, rel=0.1)
+    assert result.low < 0.3 < result.high
+    # seeds are resampled too: two seeds whose differences disagree widen the interval
+    wide = bootstrap_difference([row, [0.0] * 2000], [[0.0] * 2000] * 2, resamples=500, seed=1)
+    assert wide.high - wide.low > 5 * (result.high - result.low)
+    with pytest.raises(ValueError, match="seeds, problems"):
+        bootstrap_difference([0.1, 0.2], [0.1, 0.2])
+
+
+def test_report_readings_use_holm_tost_and_the_primary_comparison():
+    from popo.study.report import paired_table
+
+    def runs_of(values):
+        return {s: [{"step": 1, "eval/greedy_acc": v}] for s, v in enumerate(values)}
+
+    runs = {"grpo": runs_of([0.20, 0.22, 0.21, 0.25, 0.23]),
+            "popo": runs_of([0.30, 0.31, 0.33, 0.34, 0.33]),  # clearly higher
+            "raft": runs_of([0.27, 0.33, 0.25, 0.36, 0.29]),  # higher, noisier
+            "grpo-kl": runs_of([0.201, 0.221, 0.211, 0.249, 0.231]),  # within 0.002 of grpo on every seed
+            "dr-grpo": runs_of([0.10, 0.35, 0.15, 0.30, 0.20])}  # noisy: neither higher nor equivalent
+    rows = {line.split(" | ")[0].strip("| "): line for line in paired_table(runs, "grpo", ["greedy_acc"])[2:]}
+    def acc(name):
+        return [runs[name][s][0]["eval/greedy_acc"] for s in range(5)]
+
+    raw = {n: paired_test(acc(n), acc("grpo")).p_value for n in runs if n != "grpo"}
+    primary = "<0.001" if raw["popo"] < 0.001 else f"{raw['popo']:.3f}"
+    assert f"| {primary} (primary) |" in rows["popo"]  # the declared primary comparison keeps its raw p
+    family = ["raft", "grpo-kl", "dr-grpo"]
+    adjusted = dict(zip(family, holm([raw[n] for n in family])[0]))
+    assert f"| {adjusted['raft']:.3f} |" in rows["raft"] and adjusted["raft"] > raw["raft"]
+    assert rows["popo"].endswith("greedy_acc: higher |")
+    assert "greedy_acc: equivalent within ±0.02" in rows["grpo-kl"]
+    assert rows["dr-grpo"].endswith("greedy_acc: inconclusive |")

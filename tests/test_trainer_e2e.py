@@ -108,7 +108,7 @@ def test_checkpoint_round_trip_and_resume(cache_dir, tmp_path):
 def test_clear_one_line_errors(cache_dir, tmp_path, capsys):
     assert main(["train", "optim.lrr=1"]) == 2
     assert "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)" in capsys.readouterr().err
-    assert main(["train", f"model.name={tmp_path / 'missing'}"]) == 2
+    assert main(["train", f"model.name={tmp_path / 'missing'}", f"train.out_dir={tmp_path / 'm'}"]) == 2
     assert "model path not found" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

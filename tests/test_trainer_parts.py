@@ -3,6 +3,8 @@ cache, no warm-up, well under a second), checking what the step must do and must
 
 from __future__ import annotations
 
+import tempfile
+
 import torch
 
 from popo.algorithms import get_algorithm
@@ -54,7 +56,9 @@ class FakeVerifier:
 
 
 def make_trainer(*overrides: str, answer: str = "42") -> Trainer:
-    config = load_config(None, ["rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=4",
+    scratch = tempfile.mkdtemp(prefix="popo-parts-")  # a run that saves writes here, never into ./runs
+    config = load_config(None, [f"train.out_dir={scratch}", "rollout.prompts_per_step=2", "rollout.group_size=4",
+                                "rollout.max_new_tokens=4",
                                 "train.steps=2", "train.progress=false", "optim.lr=1e-2", "train.diag_every=1",
                                 *overrides])
     tokenizer = build_tokenizer()

@@ -81,6 +81,13 @@ class Algorithm:
     (the loss normalisers still count it)."""
     min_group_size: int = 1
     """The smallest `rollout.group_size` the credit assignment is defined for."""
+    group_has_signal: Callable[[torch.Tensor, AlgoSettings], torch.Tensor] = (
+        lambda rewards, cfg: torch.ones(rewards.shape[0], dtype=torch.bool, device=rewards.device))
+    """(rewards [B, G], config) -> [B] bool: whether a prompt's rollouts can move the policy at all
+    (`rollout.dynamic_sampling` keeps only such prompts)."""
+    terms: tuple[tuple[str, str | None], ...] = ()
+    """The loss's additive terms as (name, the `algo.*` coefficient that scales it): the first has none; zeroing
+    a coefficient removes exactly its term (`popo.diagnostics` splits the gradient by term this way)."""
 
 
 def _popo_credit(rewards, mean_logprobs, lengths, group_size, cfg):
@@ -134,6 +141,8 @@ LOSSES: dict[str, Algorithm] = {
         needs_reference=lambda cfg: False,
         needs_entropy=lambda cfg: cfg.beta > 0,
         needs_old_logprobs=lambda cfg: False,
+        group_has_signal=lambda rewards, cfg: (rewards > cfg.reward_threshold).any(1),  # a positive to learn from
+        terms=(("nll", None), ("sim", "alpha"), ("ent", "beta")),
     ),
     "grpo": Algorithm(
         credit=_grpo_credit,
@@ -145,6 +154,8 @@ LOSSES: dict[str, Algorithm] = {
         needs_old_logprobs=lambda cfg: cfg.updates_per_batch > 1,
         zero_credit_inert=lambda cfg: cfg.kl_coef == 0,  # -min(rho A, clip(rho) A) is 0 for A = 0
         min_group_size=2,  # advantages compare the rollouts of one prompt
+        group_has_signal=lambda rewards, cfg: (rewards != rewards[:, :1]).any(1),  # equal rewards: zero advantages
+        terms=(("pg", None), ("kl", "kl_coef")),
     ),
 }
 

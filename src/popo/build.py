@@ -9,8 +9,10 @@ one line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -18,13 +20,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from popo import fsdp
 from popo.algorithms import get_algorithm
-from popo.checkpoint import latest_checkpoint, load_training_state
+from popo.checkpoint import clear_partial_writes, latest_checkpoint, load_training_state
 from popo.config import Config, to_dict
-from popo.data.example import Example
+from popo.data.example import Example, column_names
 from popo.data.stream import PromptStream
 from popo.distributed import Dist
-from popo.errors import DataError, SetupError
+from popo.errors import ConfigError, DataError, SetupError
 from popo.models import Models
+from popo.run_dir import check as check_run_dir, claim
 from popo.trainer import PromptSet, Run, Trainer
 
 
@@ -35,9 +38,54 @@ def resolve_device(name: str) -> torch.device:
 
 
 def testbed_task(config: Config):
+    """The task `testbed.task` names, sized by the other `testbed.*` keys: it picks the generator and its
+    splits, the verifier, the tokenizer's alphabet and the warm-up cache key."""
+    tb = config.testbed
+    if tb.task == "countdown":
+        from popo.testbed.countdown_task import CountdownTask
+
+        return CountdownTask(numbers=tb.numbers, max_number=tb.max_number, test_size=tb.test_size,
+                             validation_size=tb.validation_size)
     from popo.testbed.task import AdditionTask
 
-    return AdditionTask(digits=config.testbed.digits, test_size=config.testbed.test_size)
+    return AdditionTask(digits=tb.digits, test_size=tb.test_size, validation_size=tb.validation_size)
+
+
+def resolve_eval_source(config: Config) -> str:
+    """The held-out source a run evaluates on: `data.eval_source`, where `auto` means the testbed's
+    validation split when training on the testbed and no evaluation otherwise (evaluating a run on
+    another task's problems would read 0.0 from the start and say nothing)."""
+    source = config.data.eval_source
+    if source != "auto":
+        return source
+    return "testbed" if is_testbed(config.data.source) else ""
+
+
+def is_testbed(source: str) -> bool:
+    """Whether a data source names the testbed: `testbed`, or `testbed:SPLIT` (train, validation, test)."""
+    return source == "testbed" or source.startswith("testbed:")
+
+
+def testbed_split(config: Config, source: str, split: str) -> str:
+    """The testbed split `source` reads: the one it names (`testbed:test`, `testbed:validation`) or, for a
+    bare `testbed`, `split`; with `testbed.validation_size=0` (no validation split, the layout before there
+    was one) a bare `testbed` asked for validation reads the test split."""
+    name = source.partition(":")[2] or split
+    if name not in ("train", "validation", "test"):
+        raise ConfigError(f"unknown testbed split in {source!r}: use testbed, testbed:validation or testbed:test")
+    if name == "validation" and config.testbed.validation_size == 0:
+        if source != "testbed":
+            raise SetupError(f"{source}: the testbed has no validation split (testbed.validation_size=0)")
+        return "test"
+    return name
+
+
+def testbed_examples(config: Config, source: str, *, split: str) -> list[Example]:
+    """The examples of the testbed split `testbed_split(config, source, split)`."""
+    name, task = testbed_split(config, source, split), testbed_task(config)
+    if name == "train":
+        return task.train_examples(config.testbed.train_size, seed=0)
+    return task.validation_examples() if name == "validation" else task.test_examples()
 
 
 def resolve_model_path(config: Config, log: Callable[[str], None] = print) -> str:
@@ -46,13 +94,17 @@ def resolve_model_path(config: Config, log: Callable[[str], None] = print) -> st
         from popo.testbed.sft import prepare_testbed
 
         tb = config.testbed
-        return str(prepare_testbed(tb.cache_dir, testbed_task(config), steps=tb.warmup_steps,
-                                   batch_size=tb.warmup_batch, lr=tb.warmup_lr, log=log))
+        path = prepare_testbed(tb.cache_dir, testbed_task(config), steps=tb.warmup_steps,
+                               batch_size=tb.warmup_batch, lr=tb.warmup_lr, log=log)
+        return str(Path(path).resolve())  # absolute: a LoRA checkpoint records it as its base model
     name = config.model.name
-    looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
-    if looks_local and not (Path(name).expanduser() / "config.json").is_file():
-        raise SetupError(f"model path not found (no config.json in it): {name}")
-    return name
+    folder = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or folder.exists() or name.count("/") > 1
+    if not looks_local:
+        return name  # a hub id
+    if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
+        raise SetupError(f"model path not found (no config.json or adapter_config.json in it): {name}")
+    return str(folder.resolve())
 
 
 def load_policy(path: str, config: Config, device: torch.device):
@@ -60,6 +112,8 @@ def load_policy(path: str, config: Config, device: torch.device):
     kwargs = {"dtype": dtype}
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation
+    if not Path(path).exists():
+        check_hub_reachable(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if (Path(path) / "adapter_config.json").is_file():  # a LoRA checkpoint: merge it into its base
@@ -84,13 +138,33 @@ def load_policy(path: str, config: Config, device: torch.device):
     return model, tokenizer
 
 
+def check_hub_reachable(repo_id: str, timeout_s: float = 3.0) -> None:
+    """Fail at once, with the fix in the message, when `repo_id` is not in the local Hugging Face cache and
+    the hub cannot be reached (otherwise `from_pretrained` retries for about a minute before failing)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or isinstance(
+            try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # offline mode fails fast by itself; a cached model needs no network
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # a direct probe says nothing about a proxied connection
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+    except OSError:
+        raise SetupError(f"model {repo_id!r} is not a local folder, not in the Hugging Face cache, and the hub "
+                         f"({endpoint.hostname}) cannot be reached: pass a local folder as model.name, or download "
+                         "it where there is network (set HF_HUB_OFFLINE=1 to skip this check)") from None
+
+
 def load_examples_for(config: Config, source: str, *, split: str, log: Callable[[str], None]) -> list[Example]:
-    """Examples from the testbed generator, a local file or a hub dataset."""
-    if source == "testbed":
-        task = testbed_task(config)
-        if split == "test":
-            return task.test_examples()
-        return task.train_examples(config.testbed.train_size, seed=0)
+    """Examples from the testbed generator (`testbed_examples`), a local file or a hub dataset."""
+    if is_testbed(source):
+        return testbed_examples(config, source, split=split)
     from popo.data.sources import load_examples
 
     d = config.data
@@ -105,11 +179,10 @@ def load_examples_for(config: Config, source: str, *, split: str, log: Callable[
 
 
 def render_prompts(config: Config, examples: list[Example], tokenizer) -> list[str]:
-    if config.data.template == "plain":
-        return [ex.problem for ex in examples]
-    from popo.data.templates import render_prompt
+    """Each example's prompt: chat rows with the tokenizer's chat template, text problems under `data.template`."""
+    from popo.data.templates import render_example
 
-    return [render_prompt(ex.problem, config.data.template, tokenizer) for ex in examples]
+    return [render_example(ex, config.data.template, tokenizer) for ex in examples]
 
 
 def fit_prompts(config: Config, examples: list[Example], tokenizer, *, context: int | None, source: str,
@@ -138,11 +211,11 @@ def fit_prompts(config: Config, examples: list[Example], tokenizer, *, context: 
         return examples, prompts
     first = examples[too_long[0]]
     where = (locate_examples(source, [first.id], split=split, problem_key=d.problem_key,
-                             answer_key=d.answer_key) if source != "testbed" else {})
+                             answer_key=d.answer_key) if not is_testbed(source) else {})
     message = (f"{where.get(first.id, f'{source}: example {first.id!r}')}: field '{d.problem_key or 'problem'}': "
                f"the prompt is {lengths[too_long[0]]} tokens with the template, over the limit of {limit} ({why})")
     if d.on_bad_row == "error":
-        raise DataError(message)
+        raise DataError(message + "; data.on_bad_row=skip drops such prompts and counts them")
     log(f"data: skipped {len(too_long)} prompts longer than {limit} tokens in {source} (first: {message})")
     dropped = set(too_long)
     kept = [i for i in range(len(examples)) if i not in dropped]
@@ -151,14 +224,57 @@ def fit_prompts(config: Config, examples: list[Example], tokenizer, *, context: 
     return [examples[i] for i in kept], [prompts[i] for i in kept]
 
 
-def make_verifier(config: Config):
-    if config.data.source == "testbed":
-        from popo.testbed.task import AdditionVerifier
+def _testbed_verifier(config: Config):
+    """The verifier of the testbed task that `testbed.task` selects."""
+    return testbed_task(config).verifier()
 
-        return AdditionVerifier()
+
+def _math_verifier(config: Config):
     from popo.rewards import MathVerifier
 
     return MathVerifier()
+
+
+# built-in names for `reward.functions` -> the verifier each stands for
+BUILTIN_REWARDS: dict[str, Callable[[Config], Any]] = {"math": _math_verifier, "testbed": _testbed_verifier}
+
+
+def make_verifier(config: Config, *, source: str | None = None, columns: Sequence[str] = (),
+                  log: Callable[[str], None] = print):
+    """The reward `reward.*` describes: one built-in verifier, or a `popo.rewards.composite.CompositeReward`
+    adding up weighted built-ins and user functions. User functions are imported and their signatures
+    checked here, in their worker processes, against the dataset's `columns`: a problem is a ConfigError
+    naming `reward.functions`. Without `reward.functions`: `testbed` for testbed data (`source`, by
+    default `data.source`), else `math`."""
+    r = config.reward
+    source = config.data.source if source is None else source
+    names = r.functions or (("testbed",) if is_testbed(source) else ("math",))
+    weights = r.weights or (1.0,) * len(names)
+    for name in names:
+        if ":" not in name and name not in BUILTIN_REWARDS:
+            close = difflib.get_close_matches(name, list(BUILTIN_REWARDS), n=1)
+            hint = (f"did you mean {close[0]!r}?" if close
+                    else f"built-ins: {', '.join(BUILTIN_REWARDS)}; or package.module:function")
+            raise ConfigError(f"reward.functions: unknown built-in {name!r} ({hint})")
+    if len(names) == 1 and ":" not in names[0] and weights[0] == 1.0:
+        return BUILTIN_REWARDS[names[0]](config)
+    from popo.rewards.composite import CompositeReward, RewardPart
+    from popo.rewards.functions import FunctionPool
+
+    specs, pool = [n for n in names if ":" in n], None
+    if specs:
+        pool = FunctionPool(specs, columns=columns, num_workers=r.num_workers, timeout_s=r.timeout_s,
+                            max_memory_mb=r.max_memory_mb)
+        try:
+            pool.wait_ready()
+        except BaseException:
+            pool.close()
+            raise
+    short = [n.rpartition(":")[2] for n in names]
+    parts = [RewardPart(name=s if short.count(s) == 1 else n, weight=w,
+                        verifier=None if ":" in n else BUILTIN_REWARDS[n](config),
+                        function=specs.index(n) if ":" in n else None) for n, s, w in zip(names, short, weights)]
+    return CompositeReward(parts, pool=pool, items_per_call=r.items_per_call, log=log)
 
 
 def make_engine(config: Config, policy: torch.nn.Module, tokenizer, model_path: str):
@@ -209,10 +325,19 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     if c.rollout.prompts_per_step % dist.world:
         raise SetupError(f"rollout.prompts_per_step={c.rollout.prompts_per_step} must be divisible by the "
                          f"number of processes ({dist.world})")
+    check_run_dir(Path(c.train.out_dir), resume=resume, overwrite=c.train.overwrite)  # before any work
     train_examples = load_examples_for(c, c.data.source, split=c.data.split, log=log)
-    eval_examples = load_examples_for(c, c.data.eval_source, split="test", log=log) if c.data.eval_source else []
+    # held out: the bare testbed means its validation split (choices), `testbed:test` its test split; hub: test
+    eval_source = resolve_eval_source(c)
+    eval_split = testbed_split(c, eval_source, "validation") if is_testbed(eval_source) else "test"
+    eval_examples = load_examples_for(c, eval_source, split=eval_split, log=log) if eval_source else []
     if c.data.eval_size:
         eval_examples = eval_examples[: c.data.eval_size]
+    log(f"evaluation: {len(eval_examples)} held-out prompts from {eval_source} ({eval_split})" if eval_source else
+        f"evaluation: off (data.source={c.data.source} has no held-out split popo knows; set data.eval_source to "
+        "a file or hub dataset of the same task, e.g. a benchmark .jsonl)")
+    # the reward before any model: user functions are imported and checked against the dataset's columns
+    verifier = make_verifier(c, columns=column_names(train_examples), log=log)
     with dist.main_first():  # rank 0 builds the testbed cache, the others then read it
         model_path = resolve_model_path(c, log)
     # sharding moves each unit's shard to the GPU: load the full weights in CPU memory first
@@ -220,8 +345,8 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     context = getattr(policy.config, "max_position_embeddings", None)  # prompts over the cap: error or skip
     train_set = PromptSet(*fit_prompts(c, train_examples, tokenizer, context=context, source=c.data.source,
                                        split=c.data.split, log=log))
-    eval_set = PromptSet(*fit_prompts(c, eval_examples, tokenizer, context=context, source=c.data.eval_source,
-                                      split="test", log=log))
+    eval_set = PromptSet(*fit_prompts(c, eval_examples, tokenizer, context=context, source=eval_source,
+                                      split=eval_split, log=log))
     models = Models.build(policy, with_target=algorithm.needs_target(c.algo),
                           with_reference=algorithm.needs_reference(c.algo), predictor_width=c.algo.predictor_width,
                           predictor_layers=c.algo.predictor_layers, device=device, sharding=sharding,
@@ -233,9 +358,10 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     optimizer = torch.optim.AdamW(models.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.train.steps, o.warmup_ratio, o.schedule))
     engine = make_engine(c, models.policy, tokenizer, model_path)
-    verifier = make_verifier(c)
     stream = PromptStream(len(train_set), c.rollout.prompts_per_step, c.train.seed)
     step = bad_steps = 0
+    # rank 0 owns the run folder from here: a second process is kept out, a replaced run's files go
+    lock = claim(Path(c.train.out_dir), resume=resume, overwrite=c.train.overwrite) if dist.is_main else None
     if resume:
         step, bad_steps = restore(Path(c.train.out_dir), models, optimizer, scheduler, engine, log)
     writer = None  # only rank 0 writes logs and checkpoints
@@ -245,10 +371,11 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
         out_dir = Path(c.train.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
-        writer = MetricsWriter(out_dir, resume_step=step if resume else None, tensorboard=c.train.tensorboard)
+        writer = MetricsWriter(out_dir, resume_step=step if resume else None, tensorboard=c.train.tensorboard,
+                               report_to=c.train.report_to, config=to_dict(c))
     return Run(config=c, algorithm=algorithm, models=models, optimizer=optimizer, scheduler=scheduler, engine=engine,
                verifier=verifier, train_set=train_set, eval_set=eval_set, stream=stream, tokenizer=tokenizer,
-               dist=dist, writer=writer, start_step=step, bad_steps=bad_steps, log=log)
+               dist=dist, writer=writer, start_step=step, bad_steps=bad_steps, log=log, lock=lock)
 
 
 def build_trainer(config: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> Trainer:
@@ -258,14 +385,20 @@ def build_trainer(config: Config, *, resume: bool = False, log: Callable[[str], 
 
 def restore(run_dir: Path, models: Models, optimizer, scheduler, engine, log: Callable[[str], None]) -> tuple[int, int]:
     """Load the latest intact checkpoint of `run_dir` into the parts; returns (step, consecutive bad steps)."""
+    clear_partial_writes(run_dir)  # writes a crash or a full disk left unfinished
     path = latest_checkpoint(run_dir, log)
     if path is None:
         raise SetupError(f"no intact checkpoint to resume from in {run_dir / 'checkpoints'}")
-    models.load(path)
+    try:
+        models.load(path)
+        state = load_training_state(path, optimizer=optimizer, scheduler=scheduler,
+                                    adapt_optimizer=lambda saved: models.optimizer_state_for_run(optimizer, saved))
+    except (ValueError, KeyError, FileNotFoundError) as err:  # settings that change the trained parameters
+        raise SetupError(f"checkpoint {path} does not fit this run's settings ({str(err).splitlines()[0]}): "
+                         f"resume with the settings in {run_dir / 'config.yaml'}, or start a new run from its "
+                         f"weights with model.name={path / 'policy'}") from None
     if engine.owns_weights:
         with models.gathered():
             engine.push_weights(models.policy)
-    state = load_training_state(path, optimizer=optimizer, scheduler=scheduler,
-                                adapt_optimizer=lambda saved: models.optimizer_state_for_run(optimizer, saved))
     log(f"resumed from {path} at step {state['step']}")
     return state["step"], state["bad_steps"]

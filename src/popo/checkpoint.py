@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from popo.errors import CheckpointError
+
 
 CHECKPOINT_NAME = re.compile(r"step-\d+")
 REQUIRED_FILES = ("optimizer.pt", "state.json")  # and at least one policy/*.safetensors
@@ -80,18 +82,19 @@ def save_checkpoint(run_dir: str | Path, step: int, *, snapshot, tokenizer, sche
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob("*.tmp"):  # torn writes of earlier runs of this folder
-        shutil.rmtree(stale, ignore_errors=True)
+    clear_partial_writes(run_dir)  # torn writes of earlier runs of this folder
     tmp.mkdir()
-    snapshot.write(tmp, tokenizer)
-    torch.save({"optimizer": snapshot.optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-    (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
-    for path in [*files, tmp / "MANIFEST.json", *{p.parent for p in files}]:
-        _fsync(path)
+    try:
+        _write(tmp, step, snapshot=snapshot, tokenizer=tokenizer, scheduler=scheduler, state=state)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # the torn write goes; the intact checkpoints stay
+        if not isinstance(err, OSError) and not _no_space(err):
+            raise
+        last = latest_checkpoint(run_dir, log=lambda message: None)
+        cause = "no space left on device" if _no_space(err) else f"{type(err).__name__}: {err}"
+        intact = f"step {int(last.name.split('-')[1])}" if last else "none"
+        raise CheckpointError(f"{cause} while writing checkpoint step {step} in {root}; the last intact checkpoint "
+                              f"is {intact}; free space and continue with `popo train --resume {run_dir}`") from None
     if final.exists():  # the same step saved twice (e.g. a stop request on a save step): swap, then drop
         old = root / f"step-{step:06d}.replaced.tmp"
         final.rename(old)
@@ -106,6 +109,35 @@ def save_checkpoint(run_dir: str | Path, step: int, *, snapshot, tokenizer, sche
     for stale in newer + older[:-keep_last]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _write(tmp: Path, step: int, *, snapshot, tokenizer, scheduler, state: dict[str, Any]) -> None:
+    """Every file of a checkpoint into `tmp`, then its manifest, all flushed to disk."""
+    snapshot.write(tmp, tokenizer)
+    torch.save({"optimizer": snapshot.optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
+               tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+    for path in [*files, tmp / "MANIFEST.json", *{p.parent for p in files}]:
+        _fsync(path)
+
+
+def _no_space(err: BaseException) -> bool:
+    """Whether `err` says the disk is full (an OSError, or a library's wrapped I/O error)."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    text = str(err)
+    return "No space left on device" in text or "os error 28" in text or "StorageFull" in text
+
+
+def clear_partial_writes(run_dir: str | Path) -> None:
+    """Remove the `.tmp` folders of checkpoint writes that never finished (a crash or a full disk)."""
+    for stale in (Path(run_dir) / "checkpoints").glob("*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -8,6 +8,7 @@ a halted run), without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -40,22 +41,31 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --num-processes: shard the models with FSDP2 (the ZeRO-3 equivalent, one unit per "
                             "decoder layer) instead of replicating them")
 
-    ev = sub.add_parser("eval", help="evaluate a model on math benchmarks or the testbed's held-out split")
-    ev.add_argument("--model", required=True, help="model folder or hub id, or `testbed`")
-    ev.add_argument("--benchmarks", default="testbed", help="comma-separated names (aime24,math500,...) or testbed")
+    ev = sub.add_parser("eval", help="evaluate a model on math benchmarks or the testbed's held-out split",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--model", required=True, help="model folder (a checkpoint's policy/, LoRA or not) or hub id")
+    ev.add_argument("--benchmarks", default="testbed",
+                    help="comma-separated benchmark names (aime24,math500,...), testbed, or .jsonl/.json/.parquet files")
     ev.add_argument("--data-dir", help="folder holding the benchmark .jsonl files (else the hub)")
-    ev.add_argument("--samples", type=int, default=4, help="k sampled completions per problem")
-    ev.add_argument("--temperature", type=float, default=0.6, help="sampling temperature")
-    ev.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
-    ev.add_argument("--max-new-tokens", type=int, default=1024, help="completion token limit")
-    ev.add_argument("--template", default="qwen-math", help="prompt template name or string with {problem}")
+    ev.add_argument("--protocol", choices=["default", "qwen-math", "r1"], default="default",
+                    help="named settings, recorded in the output: default (k=4, temperature 0.6, top-p 0.95, qwen-math "
+                         "template, 1024 tokens), qwen-math (greedy only, Qwen2.5-Math's prompt, 3000 tokens) or r1 "
+                         "(k=16, temperature 0.6, top-p 0.95, qwen-boxed prompt, 32768 tokens); flags override it")
+    ev.add_argument("--samples", type=int, default=None, help="k sampled completions per problem (default: the protocol's)")
+    ev.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the protocol's)")
+    ev.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default: the protocol's)")
+    ev.add_argument("--max-new-tokens", type=int, default=None,
+                    help="completion token limit (default: the protocol's for math, rollout.max_new_tokens for the testbed)")
+    ev.add_argument("--template", default=None,
+                    help="prompt template name or string with {problem} (default: the protocol's for math, plain "
+                         "for the testbed)")
     ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0 = all)")
     ev.add_argument("--seed", type=int, default=0,
                     help="sampling seed: the same numbers as the evaluation inside a run with train.seed=SEED")
     ev.add_argument("--zero-if-truncated", action="store_true",
                     help="count completions cut off by the token limit as wrong (as training does by default)")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="config overrides for the model and the testbed split (e.g. testbed.digits=2, model.dtype=bfloat16)")
+                    help="config overrides for the model and the testbed split (e.g. testbed.digits=2)")
     ev.add_argument("--out", default="runs/eval/results.json", help="JSON output (a .md table is written beside)")
 
     _add_study_parsers(sub)
@@ -75,13 +85,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
     except PopoError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # the reader went away (`popo config | head`): stop quietly, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush goes nowhere
+        return 0
+
+
+def _quiet_libraries() -> None:
+    """No progress bars from transformers / huggingface_hub (weight loading, shard writing): they turn a log
+    file into one long line of carriage returns; popo reports its own progress."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("demo", "sft", "train", "eval", "compare", "sweep"):
+        _quiet_libraries()
     if args.command == "demo":
         from popo.study.demo import run_demo
 
@@ -132,10 +159,33 @@ def _train(args: argparse.Namespace) -> None:
         if not saved.is_file():
             raise SetupError(f"cannot resume: {saved} not found")
         config = load_config(saved, overrides + [f"train.out_dir={args.resume}"])
+        _check_same_run(load_config(saved), config, args.resume)
     else:
         config = load_config(args.config, overrides)
     build_trainer(config, resume=bool(args.resume)).run()
     _leave_process_group()
+
+
+def _check_same_run(saved, config, run_dir: str) -> None:
+    """A resume continues the same run: the algorithm and the trained parameters (LoRA or not) must not
+    change, or the optimizer state would not fit. A new run can start from the checkpoint's weights."""
+    changed = [key for key, a, b in (("algo.name", saved.algo.name, config.algo.name),
+                                     ("model.lora.r", saved.model.lora.r, config.model.lora.r))
+               if a != b]
+    if changed:
+        key = changed[0]
+        raise SetupError(f"cannot resume {run_dir} with a different {key} (the run used "
+                         f"{key}={_get(saved, key)}); to train with {key}={_get(config, key)} from this run's "
+                         f"weights, start a new run: popo train {key}={_get(config, key)} "
+                         f"model.name={run_dir}/checkpoints/step-N/policy train.out_dir=NEW_DIR")
+
+
+def _get(config, key: str):
+    section, _, rest = key.partition(".")
+    value = getattr(config, section)
+    for part in rest.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _leave_process_group() -> None:
@@ -151,7 +201,7 @@ def _leave_process_group() -> None:
 
 def launch_command(argv: list[str], num_processes: int, *, fsdp: bool = False) -> list[str]:
     """The `accelerate launch` command that runs the same `popo train` command line in `num_processes`
-    processes (one node; for several nodes call `accelerate launch` yourself, see README "Scaling up"),
+    processes (one node; for several nodes call `accelerate launch` yourself, see docs/scaling.md),
     with FSDP2 full sharding when `fsdp`."""
     import socket
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from popo.config_checks import suggest as _suggest, validate
 from popo.errors import ConfigError
 
 
@@ -63,8 +63,8 @@ class DataConfig:
     """Column holding the answer (default: answer, or the last \\boxed{} of solution)."""
     on_bad_row: str = "error"
     """What to do with a malformed row: error (stop, naming file and line) or skip (count it)."""
-    eval_source: str = "testbed"
-    """Held-out prompts for periodic evaluation: `testbed`, a local file, or a hub id; empty disables."""
+    eval_source: str = "auto"
+    """Held-out prompts for periodic evaluation: auto (the testbed's validation split when training on the testbed, else none), `testbed` (its validation split), `testbed:test` (its test split), a local file, or a hub id; empty disables."""
     eval_size: int = 500
     """Number of held-out prompts used by periodic evaluation (0 = all)."""
     max_prompt_tokens: int = 512
@@ -73,12 +73,20 @@ class DataConfig:
 
 @dataclass
 class TestbedConfig:
+    task: str = "addition"
+    """Testbed task: addition (column-sum scratchpad, one solution) or countdown (reach a target with + - * /, many solutions)."""
     digits: int = 3
-    """Difficulty: digits of each operand in RL and test problems (the warm-up uses 1..digits)."""
+    """Addition: digits of each operand in RL and test problems (the warm-up uses 1..digits)."""
+    numbers: int = 4
+    """Countdown: how many numbers each problem gives (each used exactly once)."""
+    max_number: int = 9
+    """Countdown: the given numbers lie in 1..max_number (targets in 1..99)."""
     test_size: int = 1000
-    """Size of the fixed held-out test split."""
+    """Size of the fixed held-out test split (read only for final tables: data.eval_source=testbed:test)."""
+    validation_size: int = 500
+    """Size of the validation split (data.eval_source=testbed: training-time evaluation, sweeps, tuning)."""
     train_size: int = 20000
-    """Number of generated RL prompts."""
+    """Number of RL prompts (countdown: at most the size of its RL-train split)."""
     warmup_steps: int = 700
     """Supervised warm-up steps (`popo sft`)."""
     warmup_batch: int = 128
@@ -111,6 +119,10 @@ class RolloutConfig:
     """vLLM server mode: base URL of the `vllm serve` process."""
     vllm_gpu_memory_utilization: float = 0.3
     """vLLM colocate mode: share of GPU memory vLLM may use."""
+    dynamic_sampling: bool = False
+    """Keep only prompts whose G rollouts carry a learning signal (the loss table decides) and refill the dropped ones."""
+    max_sampling_rounds: int = 3
+    """Dynamic sampling: sampling rounds per step at most (the first included); prompts still without signal then stay."""
 
 
 @dataclass
@@ -160,9 +172,25 @@ class AlgoConfig:
 
 
 @dataclass
+class RewardConfig:
+    functions: tuple[str, ...] = ()
+    """Reward functions: built-in names (math, testbed) or package.module:function (TRL signature); empty = testbed on testbed data, else math."""
+    weights: tuple[float, ...] = ()
+    """Weight of each reward function in the total reward (empty = 1 each)."""
+    timeout_s: float = 10.0
+    """Time limit of one call of a user reward function; a call over it gives its items reward 0."""
+    max_memory_mb: int = 4096
+    """Address-space limit of each user-reward-function worker process (0 = none)."""
+    num_workers: int = 2
+    """Worker processes that run the user reward functions."""
+    items_per_call: int = 64
+    """Completions per call of a user reward function (a failed call costs at most these)."""
+
+
+@dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    """Peak learning rate (AdamW)."""
+    lr: float = 3e-5
+    """Peak learning rate (AdamW); 3e-5 was chosen for the testbed on its validation split (docs/results/defaults.md)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -190,15 +218,19 @@ class TrainConfig:
     eval_samples: int = 4
     """k for sampled avg@k / pass@k in periodic evaluation."""
     diag_every: int = 10
-    """Every N steps log KL(online||target) and the implicit-negative diagnostic (0 disables)."""
+    """Every N steps log diagnostics: diversity of the positives, gradient share of each loss term, KL(online||target), implicit negatives (0 disables)."""
     save_every: int = 50
     """Checkpoint every N steps (0 = only at the end)."""
     keep_last: int = 2
     """Checkpoints to keep."""
     max_bad_steps: int = 5
     """Stop after this many consecutive steps with a non-finite loss or gradient."""
+    overwrite: bool = False
+    """Replace a run already in train.out_dir (its checkpoints and metrics); otherwise such a folder is refused."""
     tensorboard: bool = True
-    """Write TensorBoard event files beside metrics.jsonl."""
+    """Write TensorBoard event files beside metrics.jsonl (false drops tensorboard from train.report_to)."""
+    report_to: tuple[str, ...] = ("tensorboard",)
+    """Experiment trackers beside metrics.jsonl: tensorboard, wandb, mlflow (pip install 'popo[wandb]' / 'popo[mlflow]'), or none."""
     progress: bool = True
     """Show a live progress bar."""
 
@@ -210,15 +242,9 @@ class Config:
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-def _suggest(key: str, options: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    if close:
-        return f" (did you mean '{prefix}{close[0]}'?)"
-    return f" (valid: {', '.join(prefix + o for o in sorted(options))})"
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -233,6 +259,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(f"{where}: a value is required")
     if target is str:
         return str(value)
+    if get_origin(target) is tuple and get_args(target)[0] is str:  # a list of names: YAML list, "a,b" or "[a, b]"
+        items = value.strip().strip("[]").split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{where}: expected a list of names, got {value!r}")
+        return tuple(v.strip().strip("'\"") for v in items if v.strip().strip("'\""))
+    if isinstance(value, str) and not value.strip() and get_origin(target) is tuple:
+        return ()
     if isinstance(value, str):
         if target is bool and value.lower() in ("true", "false", "yes", "no"):
             return value.lower() in ("true", "yes")
@@ -241,6 +274,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         except (ValueError, SyntaxError):
             raise ConfigError(f"{where}: cannot read {value!r} as {getattr(target, '__name__', target)}") from None
     if get_origin(target) is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
             raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
         return tuple(float(v) for v in value)
@@ -274,7 +309,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+            raise ConfigError(f"override {item!r} has no value: write {item}=VALUE (section.key=value)")
         path, value = item.split("=", 1)
         node = nested
         parts = path.strip().split(".")
@@ -300,11 +335,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
+            if path.suffix not in (".yaml", ".yml") and "." in path.name and len(path.parts) == 1:
+                raise ConfigError(f"{path} is neither a config file nor an override: write {path}=VALUE")
             raise ConfigError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}".splitlines()[0]) from None
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            what = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{where}: invalid YAML: {what}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         raw = _merge(raw, loaded)
@@ -315,68 +355,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = _build(Config, raw, "")
     validate(config)
     return config
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _choice(value: str, options: tuple[str, ...], where: str) -> None:
-    _check(value in options, f"{where}={value!r} is not valid" + _suggest(value, list(options)))
-
-
-def validate(config: Config) -> None:
-    """Reject bad values before any model is loaded."""
-    from popo.algorithms import PRESETS, get_algorithm
-
-    a, o, r, t = config.algo, config.optim, config.rollout, config.train
-    _choice(a.name, tuple(PRESETS), "algo.name")
-    _check(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
-    _check(0.0 <= a.tau <= 1.0, f"algo.tau must lie in [0, 1], got {a.tau}")
-    _check(a.alpha >= 0 and a.beta >= 0, "algo.alpha and algo.beta must be >= 0")
-    _check(a.noise_std >= 0, f"algo.noise_std must be >= 0, got {a.noise_std}")
-    _check(a.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {a.kl_coef}")
-    _check(a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0")
-    _check(a.weight_temperature > 0, "algo.weight_temperature must be positive")
-    _check(a.updates_per_batch >= 1, "algo.updates_per_batch must be >= 1")
-    _choice(a.tau_schedule, ("constant", "cosine"), "algo.tau_schedule")
-    _choice(a.weight_mode, ("softmax", "uniform"), "algo.weight_mode")
-    _choice(a.entropy_scope, ("positives", "all"), "algo.entropy_scope")
-    _choice(a.kl_estimator, ("k1", "k2", "k3"), "algo.kl_estimator")
-    _choice(a.aggregation, ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"), "algo.aggregation")
-    _choice(o.schedule, ("constant", "cosine"), "optim.schedule")
-    _choice(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
-    _choice(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
-    _choice(r.engine, ("hf", "vllm"), "rollout.engine")
-    _choice(r.vllm_mode, ("colocate", "server"), "rollout.vllm_mode")
-    _check(0 < r.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
-    lora = config.model.lora
-    _check(lora.r >= 0 and lora.alpha > 0 and 0 <= lora.dropout < 1,
-           "model.lora.r must be >= 0, model.lora.alpha > 0 and model.lora.dropout in [0, 1)")
-    _check(r.engine != "vllm" or r.vllm_mode != "server" or lora.r > 0,
-           "rollout.vllm_mode=server syncs LoRA adapters only: set model.lora.r > 0 or use vllm_mode=colocate")
-    _check(r.group_size >= 1 and r.prompts_per_step >= 1, "rollout.group_size and prompts_per_step must be >= 1")
-    need = get_algorithm(a.name).min_group_size
-    _check(r.group_size >= need, f"algo.name={a.name} needs rollout.group_size >= {need} (its credit compares "
-           "the rollouts of one prompt)")
-    _check(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
-    _check(0 < r.top_p <= 1 and r.temperature >= 0, "rollout.top_p must be in (0, 1] and temperature >= 0")
-    _check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
-    _check(o.grad_clip >= 0 and o.micro_batch_tokens > 0, "optim.grad_clip >= 0 and micro_batch_tokens > 0")
-    _check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
-    _check(t.keep_last >= 1 and t.max_bad_steps >= 1, "train.keep_last and max_bad_steps must be >= 1")
-    for where, value in (("train.save_every", t.save_every), ("train.eval_every", t.eval_every),
-                         ("train.diag_every", t.diag_every), ("train.eval_samples", t.eval_samples),
-                         ("data.eval_size", config.data.eval_size), ("optim.weight_decay", o.weight_decay),
-                         ("algo.predictor_width", a.predictor_width)):
-        _check(value >= 0, f"{where} must be >= 0, got {value}")
-    for where, value in (("data.max_prompt_tokens", config.data.max_prompt_tokens),
-                         ("rollout.max_batch_rollouts", r.max_batch_rollouts),
-                         ("algo.predictor_layers", a.predictor_layers), ("testbed.digits", config.testbed.digits)):
-        _check(value >= 1, f"{where} must be >= 1, got {value}")
-    _check(all(0 <= b < 1 for b in o.betas) and len(o.betas) == 2,
-           f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

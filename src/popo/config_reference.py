@@ -1,4 +1,4 @@
-"""The configuration reference (`popo config`, and the README's table): every key with its default and
+"""The configuration reference (`popo config`, and docs/configuration.md): every key with its default and
 the docstring written under its dataclass field."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _reference_rows(cls: type, prefix: str) -> list[str]:
 
 
 def reference_markdown() -> str:
-    """The configuration reference table, generated from the dataclasses (the README embeds it)."""
+    """The configuration reference table, generated from the dataclasses (docs/configuration.md embeds it)."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     for section in dataclasses.fields(Config):
         cls = section.type if isinstance(section.type, type) else get_type_hints(Config)[section.name]

@@ -25,6 +25,12 @@ class SetupError(PopoError, RuntimeError):
     """A problem with the run's inputs found while assembling it (model path, empty dataset, ...)."""
 
 
+class CheckpointError(PopoError, OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the message names the last intact one."""
+
+    exit_code = 3
+
+
 class TrainingHalted(PopoError, RuntimeError):
     """The run stopped itself (e.g. too many consecutive non-finite updates); its message says why."""
 

@@ -63,9 +63,16 @@ class EvalResult:
 
 
 def score_rollouts(verifier, texts: Sequence[str], answers: Sequence, truncated: torch.Tensor,
-                   *, zero_if_truncated: bool) -> torch.Tensor:
-    """Rewards [N] for decoded completions; rollouts cut off by the token limit get 0 if asked."""
-    rewards = torch.tensor(verifier.score(list(texts), list(answers)), dtype=torch.float32)
+                   *, zero_if_truncated: bool, prompts: Sequence[str] | None = None,
+                   examples: Sequence[Example] | None = None) -> torch.Tensor:
+    """Rewards [N] for decoded completions; rollouts cut off by the token limit get 0 if asked. A verifier
+    that reads more than the answers (`score_rows`: `popo.rewards.composite.CompositeReward`) also gets
+    the prompts and examples, one per completion."""
+    if examples is not None and hasattr(verifier, "score_rows"):
+        scores = verifier.score_rows(list(prompts), list(texts), list(examples))
+    else:
+        scores = verifier.score(list(texts), list(answers))
+    rewards = torch.tensor(scores, dtype=torch.float32)
     if zero_if_truncated:
         rewards = torch.where(truncated.cpu(), 0.0, rewards)
     return rewards
@@ -79,14 +86,15 @@ def evaluate(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[E
     answers = [ex.answer for ex in examples]
     greedy = engine.generate(prompts, 1, SamplingParams(p.max_new_tokens, temperature=0.0))
     greedy_correct = score_rollouts(verifier, greedy.texts, answers, greedy.truncated,
-                                    zero_if_truncated=p.zero_if_truncated)
+                                    zero_if_truncated=p.zero_if_truncated, prompts=prompts, examples=examples)
     texts, correct = [], torch.zeros(len(examples), 0)
     if p.k > 0:
         sampled = engine.generate(prompts, p.k, SamplingParams(p.max_new_tokens, p.temperature, p.top_p),
                                   prompt_seeds=[row_seed(p.seed, first_index + i) for i in range(len(prompts))])
         texts = sampled.texts
         correct = score_rollouts(verifier, texts, [a for a in answers for _ in range(p.k)], sampled.truncated,
-                                 zero_if_truncated=p.zero_if_truncated).view(len(examples), p.k)
+                                 zero_if_truncated=p.zero_if_truncated, prompts=[q for q in prompts for _ in range(p.k)],
+                                 examples=[ex for ex in examples for _ in range(p.k)]).view(len(examples), p.k)
     return EvalResult(greedy.texts, greedy_correct, greedy.lengths, texts, correct)
 
 

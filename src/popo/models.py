@@ -136,6 +136,12 @@ class Models:
         policy is sharded: every forward of a sharded model is a collective, so all ranks run as many."""
         return _lockstep(plans, self.policy, dist)
 
+    def lockstep_metrics(self, rounds: list, plans: list, dist: Dist) -> dict[str, float]:
+        """`idle_passes`: the lockstep padding over all ranks (sharded runs only; a collective there)."""
+        if not self.sharded:
+            return {}
+        return {"idle_passes": dist.sum_values([len(rounds) - len(plans)])[0]}
+
     def idle_pass(self) -> None:
         """Join the other ranks' collectives of one micro-batch, adding exactly zero to every gradient."""
         if self.target is not None:

@@ -10,6 +10,7 @@ update entirely.
 from __future__ import annotations
 
 import signal
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,22 +20,25 @@ from typing import Any
 import torch
 
 from popo.algorithms import Algorithm
-from popo.checkpoint import save_checkpoint
+from popo.checkpoint import latest_checkpoint, save_checkpoint
 from popo.config import Config, to_dict
 from popo.data.example import Example
 from popo.data.stream import PromptStream
+from popo.diagnostics import step_diagnostics
 from popo.distributed import Dist
 from popo.ema import ema_tau
 from popo.errors import TrainingHalted
 from popo.evaluate import EvalProtocol, eval_seed, evaluate_split, score_rollouts
 from popo.models import Models
-from popo.records import StepTimer, step_record
+from popo.records import Progress, StepTimer, run_summary, step_record
+from popo.rewards.composite import reward_metrics
 from popo.rollout.base import RolloutEngine, Rollouts, SamplingParams
+from popo.rollout.hf import concat_rollouts
 from popo.rollout.sampling import row_seed, stream_seed
 from popo.update import update_policy
 
 # random streams of one step (`stream_seed`); the evaluation's is popo.evaluate.EVAL_STREAM
-SAMPLING_STREAM, UPDATE_STREAM, NOISE_STREAM = 1, 2, 4
+SAMPLING_STREAM, UPDATE_STREAM, NOISE_STREAM, REFILL_STREAM = 1, 2, 4, 5
 
 
 @dataclass
@@ -46,6 +50,16 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+
+@dataclass
+class SampledBatch:
+    """One step's rollouts ([N = B_rank * G] rows, prompt by prompt), their rewards [N] and the sampling and
+    reward metrics (dynamic sampling's rounds and dropped groups, a composite reward's counts)."""
+
+    rollouts: Rollouts
+    rewards: torch.Tensor
+    metrics: dict[str, float]
 
 
 @dataclass
@@ -68,6 +82,7 @@ class Run:
     start_step: int = 0
     bad_steps: int = 0
     log: Callable[[str], None] = print
+    lock: Any = None  # popo.run_dir.RunLock on the rank that writes the run folder
 
 
 class Trainer:
@@ -84,16 +99,15 @@ class Trainer:
         self.out_dir = Path(self.config.train.out_dir)
         r = self.config.rollout
         self.sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p)
+        self.sampled_rollouts = self._rollouts_before(self.step)  # dynamic sampling samples more than B x G a step
 
     # ---------------------------------------------------------------- one step of the algorithm
     def train_step(self, step: int) -> dict[str, float]:
         c, G, timer = self.config, self.config.rollout.group_size, StepTimer()
         positions = self.dist.shard(c.rollout.prompts_per_step)  # this rank's prompts, each with its G rollouts
         indices = [batch[p] for batch in [self.stream.batch(step)] for p in positions]
-        with timer("generate"):  # sample G rollouts per prompt, each prompt from its own seed
-            rollouts = self.sample(indices, positions, step)
-        with timer("verify"):
-            rewards = self.verify(rollouts, indices)
+        batch = self.sample(indices, positions, step, timer)  # G verified rollouts per prompt, each from its own seed
+        rollouts, rewards = batch.rollouts, batch.rewards
         positive = rewards > c.algo.reward_threshold  # [N]
         credit = self.algorithm.credit(rewards, rollouts.mean_logprobs, rollouts.lengths.float(), G,
                                        c.algo)  # weights (POPO) or advantages (GRPO), [N]
@@ -104,6 +118,7 @@ class Trainer:
         noise_seeds = torch.tensor([row_seed(stream_seed(c.train.seed, step, NOISE_STREAM), p * G + j)
                                     for p in positions for j in range(G)], device=self.models.device)
         with self.models.placed_for_update():
+            probe = self._probe(rollouts, credit, positive, rows, noise_seeds) if diagnose else {}  # before the update
             with timer("train"):  # update on the training rows only
                 metrics = self.update(rollouts.select(rows), credit[rows], positive[rows], step, noise_seeds[rows])
             updated = metrics["skipped"] == 0.0
@@ -111,25 +126,102 @@ class Trainer:
                 if updated and self.models.target is not None:
                     metrics["tau"] = self.ema_step(step)
             if diagnose:
-                metrics.update(self._diagnostics(rollouts.select(positive), negatives, before))
+                metrics.update(probe | self._diagnostics(rollouts.select(positive), negatives, before))
         if updated and self.engine.owns_weights:  # an engine with its own copy of the weights
             with timer("sync"), self.models.gathered():
                 self.engine.push_weights(self.models.policy)
-        return step_record(step, rewards, positive, credit, rollouts, metrics, group_size=G, dist=self.dist,
+        return step_record(step, rewards, positive, credit, rollouts, metrics | batch.metrics, group_size=G,
+                           dist=self.dist,
                            lr=self.scheduler.get_last_lr()[0], credit_is_weight=self.algorithm.credit_is_weight,
                            seconds=timer.seconds)
 
-    def sample(self, indices: list[int], positions: range, step: int) -> Rollouts:
-        step_seed = stream_seed(self.config.train.seed, step, SAMPLING_STREAM)
-        with self.models.gathered():  # sharded: weights gathered once, no collective per decoded token
-            return self.engine.generate([self.train_set.prompts[i] for i in indices], self.config.rollout.group_size,
-                                        self.sampling, prompt_seeds=[row_seed(step_seed, p) for p in positions])
+    def sample(self, indices: list[int], positions: range, step: int, timer: StepTimer) -> SampledBatch:
+        """G verified rollouts for each of this rank's prompts (`positions` in the global batch).
+
+        With `rollout.dynamic_sampling`, a prompt whose group carries no learning signal (the loss table's
+        `group_has_signal`) is replaced by a fresh prompt, for up to `rollout.max_sampling_rounds` rounds;
+        a position still without signal keeps its last group. The fresh prompt and its seed depend only on
+        (seed, step, round, position), so any number of processes draws what one process draws, and every
+        rank runs the same rounds (ranks without a missing group wait in the collectives).
+        """
+        c, G = self.config, self.config.rollout.group_size
+        if hasattr(self.verifier, "take_metrics"):
+            self.verifier.take_metrics()  # forget the counts of evaluations
+        step_seed = stream_seed(c.train.seed, step, SAMPLING_STREAM)
+        parts = [self._sample_round(indices, [row_seed(step_seed, p) for p in positions], timer)]
+        if not c.rollout.dynamic_sampling:
+            return SampledBatch(*parts[0], self._take_reward_metrics())
+        source = list(range(len(indices)))  # position -> its group among all groups sampled this step
+        missing = [k for k, ok in enumerate(self._has_signal(parts[0][1]).tolist()) if not ok]
+        refill = PromptStream(len(self.train_set), c.rollout.prompts_per_step,
+                              stream_seed(c.train.seed, 0, REFILL_STREAM))
+        rounds, refill_seed = 1, stream_seed(c.train.seed, step, REFILL_STREAM)
+        while rounds < c.rollout.max_sampling_rounds and self.dist.any(bool(missing)):
+            fresh = refill.batch(step * (c.rollout.max_sampling_rounds - 1) + rounds - 1)
+            picks = [fresh[positions[k]] for k in missing]
+            part = self._sample_round(picks, [row_seed(refill_seed, positions[k], rounds) for k in missing], timer)
+            first = sum(len(r) // G for _, r in parts)
+            parts.append(part)
+            ok = self._has_signal(part[1]).tolist() if picks else []
+            for j, k in enumerate(missing):
+                source[k] = first + j
+            missing = [k for j, k in enumerate(missing) if not ok[j]]
+            rounds += 1
+        rows = torch.tensor([g * G + j for g in source for j in range(G)])
+        rewards = torch.cat([r for _, r in parts])[rows.to(parts[0][1].device)]
+        rollouts = concat_rollouts([x for x, _ in parts if x is not None],
+                                   pad_id=self.tokenizer.pad_token_id).select(rows)
+        sampled, kept, unfilled = self.dist.sum_values([sum(len(r) // G for _, r in parts), len(indices) - len(missing),
+                                                        len(missing)])
+        dropped = int(sampled) - c.rollout.prompts_per_step
+        return SampledBatch(rollouts, rewards, {
+            **self._take_reward_metrics(), "sampling/rounds": rounds, "sampling/kept_groups": int(kept),
+            "sampling/unfilled_groups": int(unfilled), "sampling/dropped_groups": dropped,
+            "sampling/extra_rollouts": dropped * G})
+
+    def _sample_round(self, indices: list[int], seeds: list[int],
+                      timer: StepTimer) -> tuple[Rollouts | None, torch.Tensor]:
+        """(rollouts, rewards) of G samples for each prompt in `indices`; (None, no rewards) for no prompt, after
+        joining the collective that gathers sharded weights."""
+        G = self.config.rollout.group_size
+        with timer("generate"), self.models.gathered():  # sharded: weights gathered once, not per decoded token
+            rollouts = (self.engine.generate([self.train_set.prompts[i] for i in indices], G, self.sampling,
+                                             prompt_seeds=seeds) if indices else None)
+        if rollouts is None:
+            return None, torch.zeros(0, device=self.models.device)
+        with timer("verify"):
+            return rollouts, self.verify(rollouts, indices)
 
     def verify(self, rollouts: Rollouts, indices: list[int]) -> torch.Tensor:
         G = self.config.rollout.group_size
-        answers = [self.train_set.examples[i].answer for i in indices for _ in range(G)]
-        return score_rollouts(self.verifier, rollouts.texts, answers, rollouts.truncated,
-                              zero_if_truncated=self.config.algo.zero_if_truncated).to(self.models.device)
+        examples = [self.train_set.examples[i] for i in indices for _ in range(G)]
+        prompts = [self.train_set.prompts[i] for i in indices for _ in range(G)]
+        return score_rollouts(self.verifier, rollouts.texts, [ex.answer for ex in examples], rollouts.truncated,
+                              zero_if_truncated=self.config.algo.zero_if_truncated, examples=examples,
+                              prompts=prompts).to(self.models.device)
+
+    def _rollouts_before(self, step: int) -> int:
+        """Rollouts sampled before `step`: B x G a step, or what a resumed run's log says it sampled."""
+        if step and self.writer is not None and self.writer.path.is_file():
+            from popo.tracking import read_metrics
+
+            totals = [r["rollouts_total"] for r in read_metrics(self.writer.path)
+                      if r.get("step") == step and "rollouts_total" in r]
+            if totals:
+                return int(totals[-1])
+        return step * self.config.rollout.prompts_per_step * self.config.rollout.group_size
+
+    def _has_signal(self, rewards: torch.Tensor) -> torch.Tensor:
+        return self.algorithm.group_has_signal(rewards.view(-1, self.config.rollout.group_size), self.config.algo)
+
+    def _take_reward_metrics(self) -> dict[str, float]:
+        """A composite reward's counts since the last call, summed over ranks (none for a plain verifier)."""
+        take = getattr(self.verifier, "take_metrics", None)
+        if take is None:
+            return {}
+        counts = take()
+        keys = sorted(counts)
+        return reward_metrics(dict(zip(keys, self.dist.sum_values([counts[k] for k in keys]))))
 
     def update(self, batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, step: int,
                noise_seeds: torch.Tensor) -> dict:
@@ -155,6 +247,15 @@ class Trainer:
         tau = ema_tau(step, c.train.steps, c.algo.tau, c.algo.tau_schedule)
         self.models.ema_step(tau)
         return tau
+
+    def _probe(self, rollouts: Rollouts, credit: torch.Tensor, positive: torch.Tensor, rows: torch.Tensor,
+               noise_seeds: torch.Tensor) -> dict[str, float]:
+        """Whether the method's components can act on this step (`popo.diagnostics`): diversity of the
+        positives, and each loss term's share of the gradient, measured without changing the run."""
+        c = self.config
+        return step_diagnostics(self.models, self.algorithm, c.algo, rollouts, credit, positive, rows,
+                                group_size=c.rollout.group_size, max_length=c.rollout.max_new_tokens,
+                                token_budget=c.optim.micro_batch_tokens, dist=self.dist, row_seeds=noise_seeds)
 
     def _diagnostics(self, positives: Rollouts, negatives: Rollouts, before: float) -> dict[str, float]:
         """How far the negatives' log-prob moved without being trained on (the implicit negative
@@ -192,9 +293,9 @@ class Trainer:
         return {f"eval/{k}": v for k, v in result.items()}
 
     def run(self) -> list[dict]:
-        c, history = self.config, []
+        c, history, started = self.config, [], time.perf_counter()
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        bar = _progress(c.train.steps, self.step, c.train.progress and self.dist.is_main)
+        progress = Progress(c.train.steps, self.step, enabled=c.train.progress and self.dist.is_main, log=self.log)
         try:
             if self.step == 0 and c.train.eval_every > 0:
                 record = {"step": 0, "rollouts": 0, **self.evaluate()}
@@ -206,12 +307,11 @@ class Trainer:
                 last = self.step == c.train.steps
                 if last or (c.train.eval_every and self.step % c.train.eval_every == 0):
                     record.update(self.evaluate())
-                record["rollouts_total"] = self.step * c.rollout.prompts_per_step * c.rollout.group_size
+                self.sampled_rollouts += record["rollouts"] + record.get("sampling/extra_rollouts", 0)
+                record["rollouts_total"] = self.sampled_rollouts
                 self._write(record)
                 history.append(record)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{record['reward_mean']:.3f}", pass_rate=f"{record['pass_rate']:.3f}")
+                progress.update(record)
                 if self.bad_steps >= c.train.max_bad_steps:
                     raise TrainingHalted(f"stopping: {self.bad_steps} consecutive steps with a non-finite loss "
                                          f"or gradient (last good checkpoint kept in {self.out_dir})")
@@ -223,12 +323,24 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            if bar is not None:
-                bar.close()
+            progress.close()
             if self.writer is not None:
                 self.writer.close()
             self.verifier.close()
+            if self.run_parts.lock is not None:
+                self.run_parts.lock.release()
+        if self.dist.is_main:
+            self.log(self.summary(history, time.perf_counter() - started))
         return history
+
+    def summary(self, history: list[dict], wall_s: float) -> str:
+        """The end-of-run summary, over every record of the run (also those before a resume)."""
+        from popo.tracking import read_metrics
+
+        path = self.out_dir / "metrics.jsonl"
+        records = read_metrics(path) if self.writer is not None and path.is_file() else history
+        return run_summary(records, wall_s=wall_s, run_dir=self.out_dir, checkpoint=latest_checkpoint(
+            self.out_dir, log=lambda message: None))
 
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True
@@ -250,11 +362,3 @@ class Trainer:
                        "config": to_dict(self.config)})
         self.dist.barrier()
         return path
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)

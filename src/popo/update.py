@@ -125,8 +125,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     metrics["trained_tokens"] = float(totals.tokens)
     metrics["micro_batches"], metrics["forwarded_rollouts"] = dist.sum_values([len(plans), batch.num_rollouts])
     metrics["forwarded_tokens"] = float(share_tokens)  # completion tokens that went through forward/backward
-    if models.sharded:  # FSDP: lockstep padding over all ranks
-        metrics["idle_passes"] = dist.sum_values([len(rounds) - len(plans)])[0]
+    metrics.update(models.lockstep_metrics(rounds, plans, dist))
     return metrics
 
 

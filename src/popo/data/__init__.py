@@ -1,7 +1,7 @@
 """Data: examples, prompt templates, dataset loading, the benchmark registry and the prompt stream.
 
 `sources.py` reads JSONL, JSON, parquet and hub datasets into `Example`s (bad rows are errors naming file,
-line and field, or are skipped and counted); `templates.py` renders prompts; `benchmarks.py` names the
+line and field, or are skipped and counted; `fields.py` checks one row: text or chat problem, answers, id); `templates.py` renders prompts; `benchmarks.py` names the
 evaluation sets; `stream.py` is the seeded, resumable order in which a run visits its prompts."""
 
 from popo.data.benchmarks import BENCHMARKS, BenchmarkSpec, load_benchmark

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from popo.data.example import Example
+from popo.errors import ConfigError
 from popo.data.sources import DataError, _read_hub, examples_from_rows, load_examples
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "load_benchmark"]
@@ -143,7 +144,8 @@ def _spec(name: str) -> BenchmarkSpec:
         return BENCHMARKS[name]
     close = difflib.get_close_matches(name, list(BENCHMARKS), n=1, cutoff=0.4)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown benchmark {name!r}.{hint} Known: {', '.join(sorted(BENCHMARKS))}")
+    raise ConfigError(f"unknown benchmark {name!r}.{hint} Known: {', '.join(sorted(BENCHMARKS))}, testbed, "
+                      "or a .jsonl/.json/.parquet file")
 
 
 def _hub_rows(spec: BenchmarkSpec):

@@ -8,11 +8,23 @@ Sources
     * otherwise a hub dataset id, loaded with ``datasets.load_dataset(source, config, split=split)``.
 
 Columns
-    * problem: ``problem_key``, else the first of ``problem`` / ``question`` / ``prompt`` present;
-    * answer: ``answer_key``, else ``answer``, else the content of the last ``\\boxed{}`` in ``solution``;
-      an ``answer_alternatives`` list is merged in, giving ``Example.answer`` as a tuple when there are
-      several distinct forms. Integer and float answers are converted to strings (``27.0`` -> ``"27"``);
-    * id: the row's ``id`` (string or integer), else ``f"{stem}-{n}"`` (n = line or row number).
+    * problem: ``problem_key``, else the first of ``problem`` / ``question`` / ``prompt`` / ``messages``
+      present. A chat prompt (a list of ``{role, content}`` messages in ``prompt``, ``messages`` or the
+      column ``problem_key`` names, as in TRL's conversational format and verl's parquet files) becomes
+      ``Example.messages`` (rendered later with the tokenizer's chat template) and ``Example.problem`` is
+      its last user turn; roles are system, user, assistant and tool, and at
+      least one user turn is required;
+    * answer: ``answer_key``, else ``answer``, else ``reward_model.ground_truth`` (verl's schema), else the
+      content of the last ``\\boxed{}`` in ``solution``; an ``answer_alternatives`` list is merged in,
+      giving ``Example.answer`` as a tuple when there are several distinct forms. Integer and float answers
+      are converted to strings (``27.0`` -> ``"27"``);
+    * a key may name a nested field with dots: ``reward_model.ground_truth`` is ``row["reward_model"]
+      ["ground_truth"]`` (a column whose own name has a dot is found first);
+    * id: the row's ``id`` (string or integer), else ``f"{stem}-{n}"`` (n = line or row number);
+    * every other column is kept in ``Example.columns`` for user reward functions.
+
+    A parquet file is checked against its schema first: a key naming no column, or no problem / answer
+    column at all, is an error naming the file and the columns it has.
 
 Bad rows
     Every problem is reported as ``DataError`` (a ``ValueError``) whose message starts with
@@ -26,7 +38,6 @@ Bad rows
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,20 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from popo.data.example import Example
+from popo.data.fields import ANSWER_KEYS, PROBLEM_KEYS, RowError, answers_of, problem_of, row_id
 from popo.errors import DataError
 
 __all__ = ["DataError", "LoadReport", "load_examples", "examples_from_rows", "locate_examples"]
 
-PROBLEM_KEYS = ("problem", "question", "prompt")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 MAX_REPORTED_MESSAGES = 5
-
-
-class _RowError(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass
@@ -55,7 +59,7 @@ class LoadReport:
     """What happened while loading: rows seen, examples kept, rows skipped by reason, first messages.
 
     reasons: ``malformed_json``, ``not_utf8``, ``not_an_object``, ``missing_field``, ``empty_field``,
-    ``bad_type``, ``no_boxed_answer``, ``duplicate_id``.
+    ``bad_type``, ``bad_chat``, ``no_boxed_answer``, ``duplicate_id``.
     """
 
     source: str
@@ -80,102 +84,10 @@ class LoadReport:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Field conversion
+# Readers: each yields (location, row or RowError); location is "file:7" or "file:row 7"
 # ----------------------------------------------------------------------------------------------------
 
-
-def _number_to_str(value: int | float, name: str) -> str:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _RowError("bad_type", f"field '{name}' is not a finite number ({value!r})")
-        if value.is_integer():
-            return str(int(value))
-    return str(value)
-
-
-def _text_field(row: dict, name: str, numbers: bool = False) -> str:
-    """A required non-empty string field; with ``numbers`` an int or float is converted to a string."""
-    if name not in row or row[name] is None:
-        raise _RowError("missing_field", f"field '{name}' is missing")
-    value = row[name]
-    if isinstance(value, bool):
-        raise _RowError("bad_type", f"field '{name}' must be a string, got bool")
-    if numbers and isinstance(value, (int, float)):
-        value = _number_to_str(value, name)
-    if not isinstance(value, str):
-        raise _RowError("bad_type", f"field '{name}' must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise _RowError("empty_field", f"field '{name}' is empty")
-    return value
-
-
-def _answer_list(row: dict, name: str) -> list[str]:
-    """One answer field: a string/number, or a non-empty list of them."""
-    value = row.get(name)
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise _RowError("empty_field", f"field '{name}' is an empty list")
-        return [_text_field({name: v}, name, numbers=True).strip() for v in value]
-    return [_text_field(row, name, numbers=True).strip()]
-
-
-def _problem(row: dict, problem_key: str | None) -> str:
-    if problem_key is not None:
-        return _text_field(row, problem_key)
-    for key in PROBLEM_KEYS:
-        if key in row and row[key] is not None:
-            return _text_field(row, key)
-    raise _RowError("missing_field", "field 'problem' is missing (also looked for 'question', 'prompt')")
-
-
-def _answers(row: dict, answer_key: str | None) -> list[str]:
-    if answer_key is not None:
-        answers = _answer_list(row, answer_key)
-    elif row.get("answer") is not None:
-        answers = _answer_list(row, "answer")
-    elif row.get("solution") is not None:
-        from popo.rewards import last_boxed_content
-
-        solution = _text_field(row, "solution")
-        boxed = last_boxed_content(solution)
-        if boxed is None:
-            raise _RowError("no_boxed_answer", "field 'solution' has no complete \\boxed{} answer")
-        answers = [boxed]
-    else:
-        raise _RowError("missing_field", "field 'answer' is missing (and there is no 'solution')")
-    alternatives = row.get("answer_alternatives")
-    if alternatives is not None:
-        if not isinstance(alternatives, (list, tuple)):
-            raise _RowError(
-                "bad_type",
-                f"field 'answer_alternatives' must be a list, got {type(alternatives).__name__}",
-            )
-        if alternatives:
-            answers += _answer_list(row, "answer_alternatives")
-    unique: list[str] = []
-    for a in answers:
-        if a not in unique:
-            unique.append(a)
-    return unique
-
-
-def _row_id(row: dict, default: str) -> str:
-    value = row.get("id")
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (str, int)):  # ints are common hub ids
-        raise _RowError("bad_type", f"field 'id' must be a string or an integer, got {type(value).__name__}")
-    value = str(value).strip()
-    if not value:
-        raise _RowError("empty_field", "field 'id' is empty")
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------
-# Readers: each yields (location, row or _RowError); location is "file:7" or "file:row 7"
-# ----------------------------------------------------------------------------------------------------
-
-Located = tuple[str, int, Any]  # (prefix, number, row dict or _RowError)
+Located = tuple[str, int, Any]  # (prefix, number, row dict or RowError)
 
 
 def _read_jsonl(path: Path, label: str) -> Iterator[Located]:
@@ -187,12 +99,12 @@ def _read_jsonl(path: Path, label: str) -> Iterator[Located]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            yield prefix, number, _RowError("not_utf8", f"line is not valid UTF-8 (byte {err.start + 1}: {err.reason})")
+            yield prefix, number, RowError("not_utf8", f"line is not valid UTF-8 (byte {err.start + 1}: {err.reason})")
             continue
         try:
             row = json.loads(text)
         except json.JSONDecodeError as err:
-            yield prefix, number, _RowError("malformed_json", f"malformed JSON ({err.msg} at column {err.colno})")
+            yield prefix, number, RowError("malformed_json", f"malformed JSON ({err.msg} at column {err.colno})")
             continue
         yield prefix, number, row
 
@@ -223,14 +135,17 @@ def _read_json(path: Path, label: str) -> Iterator[Located]:
         yield f"{label}:row {number}", number, row
 
 
-def _read_parquet(path: Path, label: str) -> Iterator[Located]:
+def _read_parquet(path: Path, label: str, problem_key: str | None = None,
+                  answer_key: str | None = None) -> Iterator[Located]:
     _check_exists(path)
     try:
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except Exception as err:
         raise DataError(f"{label}: cannot read parquet file ({err})") from None
+    _check_columns(table.schema.names, label, problem_key, answer_key)
+    rows = table.to_pylist()
     for number, row in enumerate(rows, start=1):
         yield f"{label}:row {number}", number, row
 
@@ -247,6 +162,23 @@ def _read_hub(source: str, config: str | None, split: str) -> Iterator[Located]:
     label = f"{source}[{split}]"
     for number, row in enumerate(dataset, start=1):
         yield f"{label}:row {number}", number, row
+
+
+def _check_columns(names: list[str], label: str, problem_key: str | None, answer_key: str | None) -> None:
+    """A file-level error when a key names no column, or no problem / answer column exists at all."""
+    def present(key: str) -> bool:
+        return key in names or key.split(".")[0] in names
+
+    columns = f"(columns: {', '.join(names) or 'none'})"
+    for option, key in (("data.problem_key", problem_key), ("data.answer_key", answer_key)):
+        if key is not None and not present(key):
+            raise DataError(f"{label}: {option}={key!r} names no column {columns}")
+    if problem_key is None and not any(present(k) for k in PROBLEM_KEYS):
+        raise DataError(f"{label}: no problem column: expected one of {', '.join(PROBLEM_KEYS)} or set "
+                        f"data.problem_key {columns}")
+    if answer_key is None and not any(present(k) for k in ANSWER_KEYS):
+        raise DataError(f"{label}: no answer column: expected one of {', '.join(ANSWER_KEYS)} or set "
+                        f"data.answer_key {columns}")
 
 
 def _check_exists(path: Path) -> None:
@@ -298,23 +230,24 @@ def examples_from_rows(
     for prefix, number, row in rows:
         report.rows += 1
         try:
-            if isinstance(row, _RowError):
+            if isinstance(row, RowError):
                 raise row
             if not isinstance(row, dict):
-                raise _RowError("not_an_object", f"row is not a JSON object (got {type(row).__name__})")
-            problem = _problem(row, problem_key)
-            answers = _answers(row, answer_key)
+                raise RowError("not_an_object", f"row is not a JSON object (got {type(row).__name__})")
+            problem, messages, used_key = problem_of(row, problem_key)
+            answers = answers_of(row, answer_key)
             if answer_transform is not None:
                 try:
                     answers = [answer_transform(a) for a in answers]
                 except ValueError as err:
-                    raise _RowError("bad_type", f"field '{answer_key or 'answer'}': {err}") from None
+                    raise RowError("bad_type", f"field '{answer_key or 'answer'}': {err}") from None
                 if not all(a.strip() for a in answers):
-                    raise _RowError("empty_field", f"field '{answer_key or 'answer'}' is empty after conversion")
-            example_id = _row_id(row, f"{stem}-{number}")
+                    raise RowError("empty_field", f"field '{answer_key or 'answer'}' is empty after conversion")
+            example_id = row_id(row, f"{stem}-{number}")
             if example_id in seen_ids:
-                raise _RowError("duplicate_id", f"field 'id': duplicate id {example_id!r} (first at {seen_ids[example_id]})")
-        except _RowError as err:
+                raise RowError("duplicate_id",
+                               f"field 'id': duplicate id {example_id!r} (first at {seen_ids[example_id]})")
+        except RowError as err:
             message = f"{prefix}: {err.message}"
             if on_bad_row == "error":
                 raise DataError(message) from None
@@ -324,7 +257,8 @@ def examples_from_rows(
             continue
         seen_ids[example_id] = prefix
         answer: str | tuple[str, ...] = answers[0] if len(answers) == 1 else tuple(answers)
-        examples.append(Example(problem=problem, answer=answer, id=example_id))
+        columns = {k: v for k, v in row.items() if k != used_key}  # for user reward functions
+        examples.append(Example(problem=problem, answer=answer, id=example_id, messages=messages, columns=columns))
         if limit is not None and len(examples) >= limit:
             break
 
@@ -362,7 +296,9 @@ def load_examples(
         reader = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet}.get(suffix)
         if reader is None:
             raise DataError(f"{text}: unsupported file type (use {', '.join(LOCAL_SUFFIXES)})")
-        return examples_from_rows(reader(path, text), label=text, stem=path.stem, **common)
+        rows = (_read_parquet(path, text, problem_key, answer_key) if suffix == ".parquet"  # schema checked first
+                else reader(path, text))
+        return examples_from_rows(rows, label=text, stem=path.stem, **common)
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise DataError(f"{text}: file not found (and not a hub dataset id)")
     return examples_from_rows(

@@ -26,6 +26,10 @@ that has no chat template (a base model), they fall back to this documented rend
     system\\n<system message>\\n\\nuser\\n<user message>\\n\\nassistant\\n
 
 (the system block is left out when there is no system message).
+
+A dataset row whose prompt is already a chat (``Example.messages``) is rendered as it stands, with the
+tokenizer's chat template and ``add_generation_prompt=True`` (:func:`render_messages`); the template
+option applies to text problems only (:func:`render_example`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-__all__ = ["TEMPLATES", "Template", "render_prompt", "BOXED_INSTRUCTION"]
+__all__ = ["TEMPLATES", "Template", "render_example", "render_messages", "render_prompt", "BOXED_INSTRUCTION"]
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 PLACEHOLDER = "{problem}"
@@ -117,6 +121,22 @@ def render_prompt(problem: str, template: str = "qwen-math", tokenizer=None) -> 
     if spec.system is not None:
         messages.append({"role": "system", "content": spec.system})
     messages.append({"role": "user", "content": user})
+    return render_messages(messages, tokenizer)
+
+
+def render_messages(messages, tokenizer=None) -> str:
+    """Chat messages (``{role, content}`` dicts) as prompt text, ending where the assistant's reply starts:
+    the tokenizer's chat template with ``add_generation_prompt=True`` when it has one, else the documented
+    fallback rendering."""
+    messages = [dict(m) for m in messages]
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return _fallback_chat(messages)
+
+
+def render_example(example, template: str = "plain", tokenizer=None) -> str:
+    """The prompt of a dataset example: its chat ``messages`` rendered as they stand when it has them, else
+    its problem under ``template`` (``plain``: the problem text as is)."""
+    if getattr(example, "messages", None):
+        return render_messages(example.messages, tokenizer)
+    return example.problem if template == "plain" else render_prompt(example.problem, template, tokenizer)

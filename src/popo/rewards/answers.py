@@ -11,26 +11,42 @@ A gold answer may be a string, a number or a sequence of accepted alternatives (
 :func:`gold_content` reduces each alternative to a box content, so that both sides reach math-verify in
 the same ``\\boxed{...}`` form (see :mod:`popo.rewards.equivalence`).
 
+Answers with several parts: :func:`gold_forms` turns each alternative into the tuple of its parts, the
+contents of its boxes when it has several (``\\boxed{1}\\boxed{2}`` is the set {1, 2}), else its
+content split at top-level commas (``1, -2``; but ``1,000`` and ``(2, 3)`` stay whole), and
+:func:`read_prediction` reads a completion's last box plus the parts of all its complete boxes. The rule
+that uses them is :func:`popo.rewards.equivalence.verify_boxes`. Numbers written with spaces between
+digit groups (``1 000``, ``1\\,000``) are joined and a full stop or comma ending a box is dropped
+(:func:`normalise_answer`), on both sides.
+
 Standard library only: the fuzz harness ``tests/fuzz_atheris_extract.py`` loads this file by path.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 __all__ = [
     "DEFAULT_MAX_ANSWER_CHARS",
     "DEFAULT_MAX_CHARS",
     "DEFAULT_MAX_DEPTH",
+    "MAX_PARTS",
+    "all_boxed_contents",
     "extract_answer",
     "gold_answers",
     "gold_content",
+    "gold_forms",
     "last_boxed_content",
+    "normalise_answer",
+    "read_prediction",
+    "split_parts",
 ]
 
 DEFAULT_MAX_CHARS = 32_768  # only this many trailing characters of a completion are searched
 DEFAULT_MAX_ANSWER_CHARS = 1_000  # a longer box content is no answer
 DEFAULT_MAX_DEPTH = 40  # a box content nested deeper than this ((), [], {} combined) is no answer
+MAX_PARTS = 8  # an answer with more parts than this is compared as a whole only
 
 _BOX_MACROS = ("\\boxed", "\\fbox")
 _OPENERS = {"{": "}", "(": ")", "[": "]"}
@@ -190,3 +206,112 @@ def gold_content(gold: str) -> str:
     if len(s) >= 2 and s.startswith("$") and s.endswith("$") and "$" not in s[1:-1]:
         s = s[1:-1].strip()
     return s
+
+
+# ----------------------------------------------------------------------------------------------------
+# Answers with several parts
+# ----------------------------------------------------------------------------------------------------
+
+_SPACE_SEPARATORS = r"(?:\s|\\[,;: !]|~)+"  # " ", "\,", "\;", "\:", "\ ", "\!", "~" between digit groups
+_SPACED_NUMBER = re.compile(r"[-+]?\d{1,3}(?:" + _SPACE_SEPARATORS + r"\d{3})+(?:\.\d+)?")
+_COMMA_NUMBER = re.compile(r"[-+]?\d{1,3}(?:,(?:\\!)?\d{3})+(?:\.\d+)?")  # 1,000 / 12,000,023 / 10,\!000
+
+
+def normalise_answer(content: str) -> str:
+    """A box content without sentence punctuation at its end (``42.``, ``(1,2),``; an ellipsis stays) and
+    with ``1 000`` (spaces, thin spaces or ``~`` between groups of three digits) written ``1000``."""
+    content = content.strip()
+    if content[-1:] in (".", ",") and not content.endswith(("..", "\\.", "\\,")):
+        content = content[:-1].rstrip() or content
+    if _SPACED_NUMBER.fullmatch(content):
+        return re.sub(_SPACE_SEPARATORS, "", content)
+    return content
+
+
+def split_parts(content: str) -> tuple[str, ...]:
+    """``content`` split at commas outside (), [], {} and ``\\{ \\}`` (other escapes such as ``\\,`` skipped),
+    stripped, empty parts dropped. A number with thousands commas (``12,000,023``) is one part."""
+    if _COMMA_NUMBER.fullmatch(content.strip()):
+        return (content.strip(),)
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(content):
+        ch = content[i]
+        if ch == "\\":  # an escaped character: only \\{ and \\} (set braces) nest
+            depth += {"{": 1, "}": -1 if depth else 0}.get(content[i + 1: i + 2], 0)
+            i += 2
+            continue
+        if ch in _OPENERS:
+            depth += 1
+        elif ch in _CLOSERS and depth > 0:
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(content[start:i])
+            start = i + 1
+        i += 1
+    parts.append(content[start:])
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def all_boxed_contents(text: str, max_len: int | None = None) -> list[str] | None:
+    """The contents of every box in ``text``, left to right; None when one of them is unclosed, empty,
+    longer than ``max_len`` or holds another box."""
+    out, end = [], len(text)
+    while True:  # right to left: each box must close before the next one starts
+        start, _ = _last_box_start(text, end)
+        if start < 0:
+            return out[::-1]
+        content, _ = _find_last_box(text[:end], max_len)
+        if content is None:
+            return None
+        out.append(content)
+        end = start
+
+
+def _distinct_parts(contents: Sequence[str]) -> tuple[str, ...]:
+    parts: list[str] = []
+    for content in contents:
+        for part in split_parts(content):
+            part = normalise_answer(part)
+            if part not in parts:
+                parts.append(part)
+    return tuple(parts)
+
+
+def read_prediction(completion: str, max_chars: int, max_answer_chars: int, max_depth: int,
+                    *, with_parts: bool = True) -> tuple[str | None, tuple[str, ...], str]:
+    """(last box content, parts of all boxes, status) of a completion under the size limits.
+
+    The last box content and status are :func:`extract_answer`'s (the content through
+    :func:`normalise_answer`). With ``with_parts``, the parts are the distinct top-level comma parts of
+    every complete box (more than ``MAX_PARTS``, or a box over the limits: none); they can only ever match
+    a gold with several parts (:func:`popo.rewards.equivalence.verify_boxes`).
+    """
+    content, status = extract_answer(completion, max_chars, max_answer_chars, max_depth)
+    if content is None:
+        return None, (), status
+    parts: tuple[str, ...] = ()
+    if with_parts:
+        tail = completion[-max_chars:] if len(completion) > max_chars else completion
+        boxes = all_boxed_contents(tail, max_answer_chars)
+        if boxes is not None and all(_max_nesting(b) <= max_depth for b in boxes):
+            parts = _distinct_parts(boxes)
+            parts = parts if len(parts) <= MAX_PARTS else ()
+    return normalise_answer(content), parts, status
+
+
+def gold_forms(answer) -> tuple[tuple[str, ...], ...]:
+    """Each accepted alternative of a gold answer as the tuple of its parts (one part: single-valued).
+
+    An alternative with several boxes is the set of their contents; one box (or none) is split at
+    top-level commas. More than ``MAX_PARTS`` parts: the alternative is kept whole. Raises like
+    :func:`gold_answers`.
+    """
+    forms = []
+    for gold in gold_answers(answer):
+        boxes = all_boxed_contents(gold) if ("\\boxed" in gold or "\\fbox" in gold) else None
+        parts = _distinct_parts(boxes) if boxes and len(boxes) > 1 else _distinct_parts([gold_content(gold)])
+        if not parts or len(parts) > MAX_PARTS:
+            parts = (normalise_answer(gold_content(gold)),)
+        forms.append(parts)
+    return tuple(forms)
+

@@ -1,5 +1,5 @@
-"""Whether a box content is equivalent to a gold answer, decided by ``math-verify``, and the verifier
-worker process that decides it for :class:`popo.rewards.MathVerifier`.
+"""Whether a box content is equivalent to a gold answer, decided by ``math-verify``, and the handler of the
+verifier worker processes that decide it for :class:`popo.rewards.MathVerifier`.
 
 Both sides are wrapped as ``\\boxed{...}`` and handed to ``math_verify.parse``; the answer earns 1.0 when
 ``math_verify.verify`` accepts it against any parsed gold alternative. On the public benchmark golds
@@ -13,10 +13,9 @@ Each check has a soft budget (``timeout_s``) enforced through math-verify's own 
 build a number with billions of digits), hence the worker processes, which the parent kills when they
 overrun a hard limit (:mod:`popo.rewards.workers`).
 
-This is the only file a worker loads: it starts as ``python -P -c <bootstrap> <this file> ...`` (see
-:func:`worker_command`) and loads this file by path under a private module name, so a worker never
-imports ``popo`` (nor torch) or the parent's ``__main__``. Hence the standard library only at the top,
-and ``math_verify`` on first use.
+A verifier worker (:mod:`popo.rewards.sandbox`) loads this file by path under a private module name and
+calls :func:`worker_setup`, so it never imports ``popo`` (nor torch) or the parent's ``__main__``. Hence
+the standard library only at the top, and ``math_verify`` on first use.
 """
 
 from __future__ import annotations
@@ -25,12 +24,11 @@ import functools
 import logging
 import math
 import os
-import sys
 import threading
 import time
 import warnings
 
-__all__ = ["clear_gold_cache", "soft_timeout_usable", "verify_answer", "worker_command", "worker_main"]
+__all__ = ["clear_gold_cache", "soft_timeout_usable", "verify_answer", "verify_boxes", "worker_setup"]
 
 # ----------------------------------------------------------------------------------------------------
 # Checking one answer (in a worker, or in the calling process)
@@ -134,33 +132,69 @@ def clear_gold_cache() -> None:
     _parse_gold_once.cache_clear()
 
 
-def verify_answer(content: str, golds: tuple[str, ...], timeout_s: float | None) -> tuple[float, bool]:
-    """(reward, whether the soft budget ran out) for a box content against gold box contents.
+def verify_boxes(last: str, parts: tuple[str, ...], golds: tuple[tuple[str, ...], ...],
+                 timeout_s: float | None) -> tuple[float, bool]:
+    """(reward, whether the soft budget ran out) for a completion against gold alternatives.
 
-    ``content`` is what a completion's last box holds (:func:`popo.rewards.answers.extract_answer`) and
-    ``golds`` the accepted alternatives, each already passed through
-    :func:`popo.rewards.answers.gold_content`. The reward is 1.0 when math-verify finds the content
-    equivalent to any of them, else 0.0. ``timeout_s=None`` runs without a soft limit (no SIGALRM;
-    required off the main thread). Never raises for model input; raises ImportError when math-verify
-    cannot be imported.
+    ``last`` is what the completion's last box holds and ``parts`` the distinct parts of all its boxes
+    (:func:`popo.rewards.answers.read_prediction`); each gold alternative is the tuple of its parts
+    (:func:`popo.rewards.answers.gold_forms`). The reward is 1.0 when, for some alternative:
+
+    * the last box is equivalent to it (an alternative with several parts written as one comma list, which
+      math-verify compares as a set: ``\\boxed{1, 2}`` for the gold ``\\boxed{1}\\boxed{2}``), or
+    * it has several parts and the completion's parts are exactly as many and pair up one to one with
+      equivalent gold parts (``\\boxed{(2, 2)}`` and ``\\boxed{(6, 2)}`` for the gold ``(2, 2), (6, 2)``).
+
+    So the last box still decides a single-valued answer, and listing extra candidates never pays (boxes
+    1, 2 and 3 for the gold {2, 3} are three parts, and the last box, 3, is not {2, 3}). ``timeout_s=None``
+    runs without a soft limit (no SIGALRM; required off the main thread). Never raises for model input;
+    raises ImportError when math-verify cannot be imported.
     """
     _quiet_math_verify()
     _math_verify()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
-        pred = _mv_parse(content, deadline)
-        if not pred:
-            return 0.0, False
+        pred = _mv_parse(last, deadline)
         for gold in golds:
-            for g in _parsed_gold(gold, deadline):
-                for p in pred:
-                    if _mv_equal(g, p, deadline):
-                        return 1.0, False
+            if pred and _equivalent(gold[0] if len(gold) == 1 else ", ".join(gold), pred, deadline):
+                return 1.0, False
+            if 1 < len(gold) == len(parts) and _pair_up(parts, gold, deadline):
+                return 1.0, False
         return 0.0, False
     except _SoftTimeout:
         return 0.0, True
     except Exception:  # RecursionError, MemoryError, OverflowError, ...: model input never raises
         return 0.0, False
+
+
+def _equivalent(gold: str, pred: list, deadline: float | None) -> bool:
+    return any(_mv_equal(g, p, deadline) for g in _parsed_gold(gold, deadline) for p in pred)
+
+
+def _pair_up(parts: tuple[str, ...], gold: tuple[str, ...], deadline: float | None) -> bool:
+    """Whether the parts and the gold parts (as many) match one to one (augmenting paths; a few parts)."""
+    parsed = [_mv_parse(p, deadline) for p in parts]
+    if not all(parsed):
+        return False
+    ok = [[_equivalent(g, pred, deadline) for pred in parsed] for g in gold]  # [gold part][prediction part]
+    owner = [-1] * len(parts)  # prediction part -> the gold part it is matched to
+
+    def augment(i: int, seen: set[int]) -> bool:
+        for j in range(len(parts)):
+            if ok[i][j] and j not in seen:
+                seen.add(j)
+                if owner[j] < 0 or augment(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return all(augment(i, set()) for i in range(len(gold)))
+
+
+def verify_answer(content: str, golds: tuple[str, ...], timeout_s: float | None) -> tuple[float, bool]:
+    """:func:`verify_boxes` for one box content against single-valued gold contents (each already passed
+    through :func:`popo.rewards.answers.gold_content`): 1.0 when math-verify finds them equivalent."""
+    return verify_boxes(content, (), tuple((g,) for g in golds), timeout_s)
 
 
 def soft_timeout_usable() -> bool:
@@ -172,102 +206,30 @@ def soft_timeout_usable() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The worker process
+# The worker's handler (the process itself is popo.rewards.sandbox)
 # ----------------------------------------------------------------------------------------------------
 
-# run by `python -P -c`: loads the file named by argv[1] under a private name and enters its worker_main
-_BOOTSTRAP = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.spec_from_file_location('_popo_verifier_worker', sys.argv[1])\n"
-    "mod = importlib.util.module_from_spec(spec)\n"
-    "sys.modules[spec.name] = mod\n"
-    "spec.loader.exec_module(mod)\n"
-    "mod.worker_main(sys.argv[2:])\n"
-)
 
+def worker_setup(args: list[str]):
+    """Set up a verifier worker (called by :func:`popo.rewards.sandbox.main`) and return its handler.
 
-def worker_command(cmd_fd: int, res_fd: int, timeout_s: float, max_memory_mb: int) -> list[str]:
-    """The command line of a worker process started by this process.
-
-    The worker reads chunks of ``(job, content, golds)`` items from the pipe end ``cmd_fd`` and writes its
-    messages to ``res_fd`` (see :func:`worker_main`); both descriptors must be passed to the child.
-    ``timeout_s`` is the soft budget per item, ``max_memory_mb`` its address-space limit (0: none).
+    ``args`` is ``[timeout_s]``, the soft budget per item. Imports math-verify and checks that it accepts
+    2/4 = 0.5 (a worker that cannot is broken: the error reaches the parent at start-up). The handler
+    scores one ``(job, last box, parts, gold forms)`` item (:func:`verify_boxes`) as ``(reward, timed_out)``.
     """
-    return [
-        sys.executable, "-P", "-c", _BOOTSTRAP, os.path.abspath(__file__),
-        str(cmd_fd), str(res_fd), str(os.getpid()), repr(float(timeout_s)), str(int(max_memory_mb)),
-    ]
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this worker when its parent goes away (a stuck worker never reads EOF)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(0)
-
-
-def _limit_memory(max_memory_mb: int) -> None:
-    if max_memory_mb <= 0:
-        return
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = max_memory_mb * 1024 * 1024
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    except Exception:
-        pass
-
-
-def worker_main(argv: list[str]) -> None:
-    """Body of a worker process, with the arguments :func:`worker_command` put after the file name.
-
-    Sends ``("ready", pid)`` once math-verify works (or ``("error", traceback)`` and returns), then for
-    each ``("score", [(job, content, golds), ...])`` message sends one ``("result", job, reward,
-    timed_out)`` per item, in order. Returns when the command pipe closes or another message arrives.
-    """
-    from multiprocessing.connection import Connection
-
-    cmd_fd, res_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
-    timeout_s, max_memory_mb = float(argv[3]), int(argv[4])
-    _die_with_parent(parent_pid)
-    cmd = Connection(cmd_fd, writable=False)
-    res = Connection(res_fd, readable=False)
-    try:
-        warnings.simplefilter("ignore")
-        _quiet_math_verify()
-        # import math-verify and load the LaTeX parser; a worker that cannot verify 2/4 = 0.5 is broken
-        if verify_answer("\\frac{2}{4}", ("0.5",), max(timeout_s, 30.0))[0] != 1.0:
-            raise RuntimeError("self-check failed: math-verify does not accept \\frac{2}{4} = 0.5")
-        _limit_memory(max_memory_mb)
-    except BaseException:
-        import traceback
-
-        res.send(("error", traceback.format_exc()))
-        return
-    res.send(("ready", os.getpid()))
+    timeout_s = float(args[0])
+    warnings.simplefilter("ignore")
+    _quiet_math_verify()
+    if verify_answer("\\frac{2}{4}", ("0.5",), max(timeout_s, 30.0))[0] != 1.0:
+        raise RuntimeError("self-check failed: math-verify does not accept \\frac{2}{4} = 0.5")
     soft = timeout_s if timeout_s > 0 else None
     # test hook: a worker dies abruptly on a box with exactly this content (simulates a crash in C code)
     crash_on = os.environ.get("POPO_VERIFIER_TEST_CRASH_ON")
-    while True:
-        try:
-            msg = cmd.recv()
-        except (EOFError, OSError):
-            break  # the parent closed the pipe or died
-        if msg[0] != "score":
-            break
-        for job, content, golds in msg[1]:
-            if crash_on is not None and content == crash_on:
-                os._exit(70)
-            reward, timed_out = verify_answer(content, golds, soft)
-            res.send(("result", job, reward, timed_out))
+
+    def handle(item: tuple) -> tuple[float, bool]:
+        _, last, parts, golds = item
+        if crash_on is not None and last == crash_on:
+            os._exit(70)
+        return verify_boxes(last, parts, golds, soft)
+
+    return handle

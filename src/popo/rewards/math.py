@@ -13,6 +13,12 @@ Everything else earns 0.0:
   even if an earlier box was complete: the last box is the answer;
 * an empty box, a box longer than ``max_answer_chars`` or nested deeper than ``max_depth`` earns 0.
 
+Answers with several parts: a gold with several boxes is the set of their contents, and a gold written
+as a comma list (``1, -2``) is the set of its items. Against such a gold a completion also earns 1.0 when
+its boxes together hold exactly that set (``\\boxed{-2}`` ... ``\\boxed{1}``); anything else falls back to
+the last box, so listing extra candidates never pays (boxing 1, 2 and 3 for the gold {2, 3} earns 0).
+Numbers with spaces between digit groups (``1 000``) count as the number (1000).
+
 A gold may be a list of accepted alternatives (any match counts). Reading the box and normalising the
 golds is :mod:`popo.rewards.answers`; the equivalence check is :mod:`popo.rewards.equivalence`.
 
@@ -30,9 +36,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from popo.rewards.answers import (
-    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, extract_answer, gold_answers, gold_content,
+    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, gold_forms, read_prediction,
 )
-from popo.rewards.equivalence import soft_timeout_usable, verify_answer
+from popo.rewards.equivalence import soft_timeout_usable, verify_boxes
 
 __all__ = ["math_reward"]
 
@@ -56,10 +62,11 @@ def math_reward(
     sets the ``math_verify`` and ``latex2sympy2_extended`` loggers above CRITICAL, since some of their
     records echo whole inputs.
     """
-    golds = gold_answers(gold)
-    content, _ = extract_answer(completion, max_chars, max_answer_chars, max_depth)
+    forms = gold_forms(gold)
+    content, parts, _ = read_prediction(completion, max_chars, max_answer_chars, max_depth,
+                                        with_parts=any(len(f) > 1 for f in forms))
     if content is None:
         return 0.0
     soft = timeout_s if soft_timeout_usable() else None
-    reward, _ = verify_answer(content, tuple(gold_content(g) for g in golds), soft)
+    reward, _ = verify_boxes(content, parts, forms, soft)
     return reward

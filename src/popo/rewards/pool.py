@@ -13,10 +13,12 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from popo.rewards import equivalence
 from popo.rewards.answers import (
-    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, extract_answer, gold_answers, gold_content,
+    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, gold_forms, read_prediction,
 )
-from popo.rewards.equivalence import soft_timeout_usable, verify_answer
+from popo.rewards.equivalence import soft_timeout_usable, verify_boxes
+from popo.rewards.sandbox import worker_command
 from popo.rewards.workers import PoolRun, WorkerProcess, start_worker, stop_workers
 
 __all__ = ["MathVerifier", "VerifierStats"]
@@ -148,7 +150,8 @@ class MathVerifier:
             self._run_pool([], wait_for_start=True)
 
     def _spawn(self) -> WorkerProcess:
-        return start_worker(self.timeout_s, self.max_memory_mb, self.start_timeout_s)
+        return start_worker(lambda cmd_fd, res_fd: worker_command(
+            equivalence.__file__, cmd_fd, res_fd, self.max_memory_mb, repr(self.timeout_s)), self.start_timeout_s)
 
     # -- scoring -----------------------------------------------------------------------------------
 
@@ -168,23 +171,23 @@ class MathVerifier:
         rewards = [0.0] * len(completions)
         jobs: dict[tuple, list[int]] = {}
         for i, (completion, answer) in enumerate(zip(completions, answers)):
-            golds = gold_answers(answer)
-            content, status = extract_answer(completion, self.max_chars, self.max_answer_chars, self.max_depth)
+            forms = gold_forms(answer)
+            content, parts, status = read_prediction(completion, self.max_chars, self.max_answer_chars, self.max_depth,
+                                                     with_parts=any(len(f) > 1 for f in forms))
             stats.items += 1
             if content is None:
                 setattr(stats, status, getattr(stats, status) + 1)
                 continue
-            key = (content, golds) if self.dedup else (content, golds, i)
+            key = (content, parts, forms) if self.dedup else (content, parts, forms, i)
             jobs.setdefault(key, []).append(i)
         keys = list(jobs)
         stats.verified += len(keys)
-        items = [(job, key[0], tuple(gold_content(g) for g in key[1])) for job, key in enumerate(keys)]
+        items = [(job, *key[:3]) for job, key in enumerate(keys)]
         if self.num_workers == 0:
             soft = self.timeout_s if soft_timeout_usable() else None
             results = {}
-            for job, content, golds in items:
-                reward, timed_out = verify_answer(content, golds, soft)
-                results[job] = reward
+            for job, content, parts, forms in items:
+                results[job], timed_out = verify_boxes(content, parts, forms, soft)
                 stats.soft_timeouts += timed_out
         else:
             results = self._run_pool(items)
@@ -197,9 +200,9 @@ class MathVerifier:
         return rewards
 
     def _run_pool(
-        self, items: list[tuple[int, str, tuple[str, ...]]], wait_for_start: bool = False
+        self, items: list[tuple], wait_for_start: bool = False
     ) -> dict[int, float]:
-        """Score (job, content, gold contents) items on the workers; returns {job: reward}."""
+        """Score (job, last box, parts, gold forms) items on the workers; returns {job: reward}."""
         if not self._workers or (not items and not wait_for_start):
             return {}
         run = PoolRun(

@@ -1,7 +1,8 @@
-"""The verifier pool's worker processes as the parent sees them: starting and stopping them
-(:class:`WorkerProcess`) and one scoring pass over a batch of items (:class:`PoolRun`: dispatch in chunks,
-collect results, replace a worker that hangs or dies). :class:`popo.rewards.MathVerifier` owns the
-workers and drives these; what runs inside a worker is :mod:`popo.rewards.equivalence`."""
+"""Reward worker processes as the parent sees them: starting and stopping them (:class:`WorkerProcess`) and
+one scoring pass over a batch of items (:class:`PoolRun`: dispatch in chunks, collect results, replace a
+worker that hangs or dies). :class:`popo.rewards.MathVerifier` and :class:`popo.rewards.functions.FunctionPool`
+own workers and drive these; a worker is :mod:`popo.rewards.sandbox` running a job file's handler
+(:mod:`popo.rewards.equivalence` or :mod:`popo.rewards.function_worker`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-
-from popo.rewards.equivalence import worker_command
+from typing import Any
 
 __all__ = ["PoolRun", "WorkerProcess", "start_worker", "stop_worker", "stop_workers"]
 
@@ -44,12 +44,12 @@ class WorkerProcess:
         return self.proc.pid
 
 
-def start_worker(timeout_s: float, max_memory_mb: int, start_timeout_s: float) -> WorkerProcess:
+def start_worker(command: Callable[[int, int], list[str]], start_timeout_s: float) -> WorkerProcess:
     """Start a worker process (without waiting for it to be ready) and return its handle.
 
-    ``timeout_s`` is the soft budget per item, ``max_memory_mb`` the worker's address-space limit (0:
-    none), ``start_timeout_s`` how long it may take to report ready. The worker's stderr is discarded
-    unless the environment variable ``POPO_VERIFIER_DEBUG`` is set.
+    ``command(cmd_fd, res_fd)`` is its command line (:func:`popo.rewards.sandbox.worker_command`), given the
+    pipe ends the child reads and writes; ``start_timeout_s`` is how long it may take to report ready. The
+    worker's stderr is discarded unless the environment variable ``POPO_VERIFIER_DEBUG`` is set.
     """
     from multiprocessing.connection import Connection
 
@@ -58,7 +58,7 @@ def start_worker(timeout_s: float, max_memory_mb: int, start_timeout_s: float) -
     debug = bool(os.environ.get("POPO_VERIFIER_DEBUG"))
     try:
         proc = subprocess.Popen(
-            worker_command(cmd_r, res_w, timeout_s, max_memory_mb),
+            command(cmd_r, res_w),
             pass_fds=(cmd_r, res_w),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -115,32 +115,40 @@ def stop_workers(workers: list[WorkerProcess]) -> None:
     workers.clear()
 
 
+def _math_item_chars(item: tuple) -> int:  # (job, last box, parts, gold forms)
+    return len(item[1]) + sum(map(len, item[2])) + sum(len(g) for form in item[3] for g in form)
+
+
 class PoolRun:
-    """One scoring pass over ``(job, content, golds)`` items on the pool: the chunk queue, the results,
-    and the per-item kill rules. Call :meth:`run` once.
+    """One scoring pass over items ``(job, ...)`` on the pool (for the math verifier ``(job, last box, parts,
+    gold forms)``): the chunk queue, the results, and the per-item kill rules. Call :meth:`run` once.
 
     Workers stream back one result per item, so the parent always knows which item a worker is on.
-    A worker silent for ``hard_timeout_s`` is killed and replaced: the item it was on gets 0 and the
-    rest of its chunk goes back to the front of the queue. A worker that dies on its own gets its item
-    retried once, alone, on a fresh worker; a second death gives that item 0. A worker killed by a signal
+    A worker silent for ``hard_timeout_s`` is killed and replaced: the item it was on gets no result
+    (``failures[job] = "timeout"``) and the rest of its chunk goes back to the front of the queue. A
+    worker that dies on its own gets its item retried once, alone, on a fresh worker; a second death
+    leaves that item without a result (``failures[job] = "crash"``). A worker killed by a signal
     while starting is replaced (up to 3 times a pass); one that exits on its own while starting is an
     error. With ``wait_for_start`` the pass also lasts until every worker is ready.
 
     ``workers`` is the pool's list, in which replaced workers are swapped in place; ``spawn`` starts a new
-    worker. The counters ``soft_timeouts``, ``hard_timeouts``, ``crashes`` and ``restarts`` (workers
+    worker; ``item_chars`` sizes an item for chunking; ``label`` names the workers in errors. The counters
+    ``soft_timeouts``, ``hard_timeouts``, ``crashes`` and ``restarts`` (workers
     started to replace a killed or dead one) count this pass only.
     """
 
     def __init__(
         self,
         workers: list[WorkerProcess],
-        items: list[tuple[int, str, tuple[str, ...]]],
+        items: list[tuple],
         *,
         spawn: Callable[[], WorkerProcess],
         chunk_size: int,
         hard_timeout_s: float,
         start_timeout_s: float,
         wait_for_start: bool = False,
+        item_chars: Callable[[tuple], int] = _math_item_chars,
+        label: str = "math verifier",
     ):
         if not workers:
             raise ValueError("a pool run needs at least one worker")
@@ -149,7 +157,9 @@ class PoolRun:
         self.hard_timeout_s = hard_timeout_s
         self.start_timeout_s = start_timeout_s
         self.wait_for_start = wait_for_start
-        self.results: dict[int, float] = {}
+        self.label = label
+        self.results: dict[int, Any] = {}
+        self.failures: dict[int, str] = {}
         self.soft_timeouts = self.hard_timeouts = self.crashes = self.restarts = 0
         self.crashed: set[int] = set()
         self.start_deaths = 0  # workers killed by a signal during start-up in this pass
@@ -160,17 +170,17 @@ class PoolRun:
         chunk: list = []
         chars = 0
         for item in items:
-            item_chars = len(item[1]) + sum(len(g) for g in item[2])
-            if chunk and (len(chunk) >= size or chars + item_chars > _CHUNK_CHARS):
+            size_of = item_chars(item)
+            if chunk and (len(chunk) >= size or chars + size_of > _CHUNK_CHARS):
                 self.queue.append(chunk)
                 chunk, chars = [], 0
             chunk.append(item)
-            chars += item_chars
+            chars += size_of
         if chunk:
             self.queue.append(chunk)
 
-    def run(self) -> dict[int, float]:
-        """Score every item and return ``{job: reward}``.
+    def run(self) -> dict[int, Any]:
+        """Score every item and return ``{job: result}`` (jobs in ``failures`` have none).
 
         On an exception (including KeyboardInterrupt) every worker still holding a chunk is replaced
         before it propagates, so no late result of this pass can leak into the next one.
@@ -210,7 +220,7 @@ class PoolRun:
         w = self.workers[idx]
         self.hard_timeouts += 1
         if w.chunk and w.pos < len(w.chunk):
-            self.results[w.chunk[w.pos][0]] = 0.0
+            self.failures[w.chunk[w.pos][0]] = "timeout"
         self._requeue_rest(w)
         self.replace(idx)
 
@@ -226,7 +236,7 @@ class PoolRun:
                 self.replace(idx)  # killed from outside while starting (e.g. the OOM killer): retry
                 return
             raise RuntimeError(
-                f"a math verifier worker exited during start-up (exit code {code}); "
+                f"a {self.label} worker exited during start-up (exit code {code}); "
                 "set POPO_VERIFIER_DEBUG=1 to see its stderr"
             )
         if w.chunk and w.pos < len(w.chunk):
@@ -234,7 +244,7 @@ class PoolRun:
             self._requeue_rest(w)
             if item[0] in self.crashed:  # it killed a fresh worker too
                 self.crashes += 1
-                self.results[item[0]] = 0.0
+                self.failures[item[0]] = "crash"
             else:  # maybe not its fault (e.g. killed from outside): one more try, alone
                 self.crashed.add(item[0])
                 self.queue.appendleft([item])
@@ -257,8 +267,8 @@ class PoolRun:
     def _receive(self, w: WorkerProcess, msg: tuple) -> None:
         kind = msg[0]
         if kind == "result":
-            _, job, reward, timed_out = msg
-            self.results[job] = float(reward)
+            _, job, value, timed_out = msg
+            self.results[job] = value
             self.soft_timeouts += bool(timed_out)
             w.pos += 1
             if w.chunk is None or w.pos >= len(w.chunk):
@@ -268,7 +278,7 @@ class PoolRun:
         elif kind == "ready":
             w.ready = True
         elif kind == "error":
-            raise RuntimeError(f"a math verifier worker failed to start:\n{msg[1]}")
+            raise RuntimeError(f"a {self.label} worker failed to start:\n{msg[1]}")
 
     def _loop(self) -> None:
         from multiprocessing.connection import wait
@@ -292,5 +302,5 @@ class PoolRun:
                     self._on_hard_timeout(idx)
                 elif not w.ready and now > w.start_deadline:
                     raise RuntimeError(
-                        f"a math verifier worker did not start within {self.start_timeout_s:.0f} s"
+                        f"a {self.label} worker did not start within {self.start_timeout_s:.0f} s"
                     )

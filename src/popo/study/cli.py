@@ -26,6 +26,10 @@ def _study_arguments(p: argparse.ArgumentParser, default_methods: str, default_o
 def add_study_parsers(sub) -> None:
     compare = sub.add_parser("compare", help="budget-matched multi-seed comparison of methods from one checkpoint")
     _study_arguments(compare, "popo,grpo,raft", "runs/compare")
+    compare.add_argument("--tune", default="", metavar="KEY=V1,V2,V3",
+                         help="choose each method's value of KEY (e.g. optim.lr) on the validation split first, then "
+                              "compare at the chosen values on --seeds fresh seeds and the test split")
+    compare.add_argument("--tune-seeds", type=int, default=3, help="seeds per value when tuning (default: 3)")
     sweep = sub.add_parser("sweep", help="sensitivity sweep: methods x a grid of settings, several seeds")
     _study_arguments(sweep, "popo", "runs/sweep")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -48,7 +52,7 @@ def run_study_command(args: argparse.Namespace) -> None:
     overrides = list(args.overrides)
     if args.config and "=" in args.config:  # `popo compare key=value ...` without a file
         overrides.insert(0, args.config)
-        args.config = None
+        args.config, args.overrides = None, overrides  # the recorded command keeps this override
     if args.config and not Path(args.config).is_file():
         raise ConfigError(f"config file not found: {args.config}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -62,6 +66,15 @@ def run_study_command(args: argparse.Namespace) -> None:
         variants = method_variants(methods)
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     command = _command_line(args)
+    if getattr(args, "tune", ""):
+        from popo.study.tune import run_tuned_comparison
+
+        run_tuned_comparison(args.out, methods, args.tune, tune_seeds=args.tune_seeds, seeds=args.seeds,
+                             config_path=args.config, overrides=overrides, workers=args.workers,
+                             threads=args.threads, command=command)
+        if not args.no_report:
+            write_study_report(args.out, baselines=baselines)
+        return
     run_study(args.out, variants, seeds, config_path=args.config, overrides=overrides, workers=args.workers,
               threads=args.threads, command=command)
     if not args.no_report:
@@ -74,6 +87,7 @@ def _command_line(args: argparse.Namespace) -> str:
              "--methods", args.methods, "--seeds", str(args.seeds)]
     words += ["--seed-start", str(args.seed_start)] if args.seed_start else []
     words += [w for spec in getattr(args, "grid", []) for w in ("--grid", spec)]
+    words += ["--tune", args.tune, "--tune-seeds", str(args.tune_seeds)] if getattr(args, "tune", "") else []
     words += ["--out", args.out]
     words += ["--workers", str(args.workers)] if args.workers != 1 else []
     words += ["--threads", str(args.threads)] if args.threads else []

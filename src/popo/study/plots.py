@@ -35,24 +35,30 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: Path,
     plt.close(fig)
 
 
+def _clipped(value: float, limits: tuple[float, float] | None) -> float:
+    return value if limits is None else min(max(value, limits[0]), limits[1])
+
+
 def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path, *, xlabel: str, ylabel: str,
-                title: str, baseline: float | None = None) -> None:
-    """One line per name through (x, mean, CI half-width) points, with a shaded interval."""
+                title: str, baseline: float | None = None,
+                limits: tuple[float, float] | None = (0.0, 1.0)) -> None:
+    """One line per name through (x, mean, CI half-width) points, with a shaded interval clipped to
+    `limits` (an accuracy cannot leave [0, 1], whatever a t interval over few seeds says)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, points in series.items():
         xs, ys, hs = ([p[i] for p in points] for i in range(3))
         line, = ax.plot(xs, ys, marker="o", markersize=3, label=name)
-        lows = [y - h for y, h in zip(ys, hs) if h == h]
-        if len(lows) == len(ys):
-            ax.fill_between(xs, lows, [y + h for y, h in zip(ys, hs)], color=line.get_color(), alpha=0.12)
+        if all(h == h for h in hs):
+            ax.fill_between(xs, [_clipped(y - h, limits) for y, h in zip(ys, hs)],
+                            [_clipped(y + h, limits) for y, h in zip(ys, hs)], color=line.get_color(), alpha=0.12)
     if baseline is not None:
-        ax.axhline(baseline, color="grey", linestyle=":", linewidth=1, label="start")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+        ax.axhline(baseline, color="grey", linestyle=":", linewidth=1, label="warmed-up start (dotted)")
+    ax.set_xlabel(xlabel, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=10)
+    ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -75,22 +81,27 @@ def plot_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], 
 
 
 def plot_forest(rows: list[tuple[str, list[tuple[float, float]]]], labels: list[str], path: Path, *,
-                start: list[float | None]) -> None:
-    """Per variant, mean +- CI of each metric in its own panel (a "forest plot")."""
+                start: list[float | None], limits: tuple[float, float] | None = (0.0, 1.0)) -> None:
+    """Per variant, mean +- CI of each metric in its own panel (a "forest plot"), the bars clipped to
+    `limits`; a dotted line marks the warmed-up start."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 0.28 * len(rows) + 1.2),
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.8 * len(labels), 0.32 * len(rows) + 1.8),
                              squeeze=False, sharey=True)
     ys = list(range(len(rows)))[::-1]
     for j, (ax, label) in enumerate(zip(axes[0], labels)):
         means = [r[1][j][0] for r in rows]
         halves = [r[1][j][1] if r[1][j][1] == r[1][j][1] else 0.0 for r in rows]
-        ax.errorbar(means, ys, xerr=halves, fmt="o", markersize=3, capsize=2)
+        below = [m - _clipped(m - h, limits) for m, h in zip(means, halves)]
+        above = [_clipped(m + h, limits) - m for m, h in zip(means, halves)]
+        ax.errorbar(means, ys, xerr=[below, above], fmt="o", markersize=4, capsize=2)
         if start[j] is not None:
-            ax.axvline(start[j], color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel(label, fontsize=8)
+            ax.axvline(start[j], color="grey", linestyle=":", linewidth=1, label="warmed-up start")
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlabel(label, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].set_yticks(ys)
-    axes[0][0].set_yticklabels([r[0] for r in rows], fontsize=7)
+    axes[0][0].set_yticklabels([r[0] for r in rows], fontsize=9)
+    fig.suptitle("final held-out accuracy: mean over seeds with 95% CI (clipped to [0, 1])", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)

@@ -1,10 +1,12 @@
 """Study reports: `popo report RUN_DIR` (report.md and PNGs of a compare/sweep study, from its runs'
-metrics files only) and the `popo demo` report (its results table and report.md).
+metrics files only; the `popo demo` report is `popo.study.demo`'s, with the same helpers).
 
 Study report sections: setup, same-start check, results (mean +- 95% CI over seeds of the final held-out
 greedy accuracy, avg@k and pass@k), paired comparisons by seed against baseline methods (difference with
-CI, paired t-test p-value, Cohen's d_z, and "no significant difference" when p >= 0.05), learning curves
-against rollouts and training wall time, training diagnostics, compute per method, and how to reproduce.
+CI, Holm-corrected paired t-test p-value beside the declared primary comparison's raw one, Cohen's d_z from
+3 seeds, TOST equivalence for "matches", and the per-problem tables of `popo.study.outcomes`), learning
+curves against rollouts and training wall time, training diagnostics, compute per method, and how to
+reproduce.
 The figures are drawn by `popo.study.plots`.
 """
 
@@ -21,13 +23,21 @@ import torch
 import transformers
 
 from popo.config import Config, load_config
+from popo.study.outcomes import outcome_section
 from popo.study.plots import plot_curves, plot_forest, plot_panels
 from popo.study.runs import Study, load_study
-from popo.study.stats import Interval, binomial_se, mean_ci, paired_test
+from popo.study.stats import Interval, binomial_se, equivalence_test, holm, mean_ci, paired_test
 from popo.tracking import read_metrics
 
 SECTIONS = ("## Setup", "## Results", "## Paired comparisons", "## Learning curves", "## Training diagnostics",
             "## Compute", "## Reproduce")
+
+
+def task_line(config: Config) -> str:
+    """What the run's task is, in words (the testbed task's own description, else the data source)."""
+    from popo.build import is_testbed, testbed_task
+
+    return f"testbed: {testbed_task(config).describe()}" if is_testbed(config.data.source) else config.data.source
 
 
 def environment_line() -> str:
@@ -99,30 +109,52 @@ def results_rows(runs: dict[str, dict[int, list[dict]]], metrics: list[str]) -> 
     return rows
 
 
+EQUIVALENCE_MARGIN = 0.02
+"""TOST margin: "equivalent" claims |difference| < 0.02 (two points of accuracy) at the 5% level."""
+PRIMARY = ("popo", "grpo")
+"""The pre-declared primary comparison (treatment, baseline): reported without multiplicity correction."""
+
+
+def _p(value: float) -> str:
+    return "-" if value != value else "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
 def paired_table(runs: dict[str, dict[int, list[dict]]], baseline: str, metrics: list[str]) -> list[str]:
-    header = "| variant | seeds | " + " | ".join(f"Δ {m} [95% CI] | p | d_z" for m in metrics) + " | reading |"
+    """Every variant against `baseline`, paired by seed. For each metric the rows form one family whose
+    p-values are Holm-corrected (the primary comparison, `PRIMARY`, keeps its raw p); a difference is read
+    as higher or lower when the corrected p < 0.05, as equivalent when TOST rejects a difference of
+    `EQUIVALENCE_MARGIN` or more, else as inconclusive."""
+    header = "| variant | seeds | " + " | ".join(f"Δ {m} [95% CI] | p (Holm) | d_z" for m in metrics) + " | reading |"
     lines = [header, "|" + " --- |" * (3 + 3 * len(metrics))]
     base = runs[baseline]
-    for name, by_seed in runs.items():
-        if name == baseline:
-            continue
-        seeds = sorted(set(by_seed) & set(base))
-        if not seeds:
-            continue
-        cells, readings = [], []
-        for m in metrics:
-            result = paired_test([final_eval(by_seed[s])[m] for s in seeds], [final_eval(base[s])[m] for s in seeds])
-            p = ("-" if result.p_value != result.p_value else "<0.001" if result.p_value < 0.001
-                 else f"{result.p_value:.3f}")
+    rows = [(name, sorted(set(by_seed) & set(base))) for name, by_seed in runs.items() if name != baseline]
+    rows = [(name, seeds) for name, seeds in rows if seeds]
+    cells: dict[str, list[str]] = {name: [] for name, _ in rows}
+    readings: dict[str, list[str]] = {name: [] for name, _ in rows}
+    for m in metrics:
+        values = {name: ([final_eval(runs[name][s])[m] for s in seeds], [final_eval(base[s])[m] for s in seeds])
+                  for name, seeds in rows}
+        tests = {name: paired_test(*values[name]) for name, _ in rows}
+        family = [name for name, _ in rows if (name, baseline) != PRIMARY]
+        adjusted = dict(zip(family, holm([tests[n].p_value for n in family])[0]))
+        for name, seeds in rows:
+            result = tests[name]
+            p = result.p_value if (name, baseline) == PRIMARY else adjusted[name]
             dz = "-" if result.d_z != result.d_z else f"{result.d_z:+.2f}"
-            cells.append(f"{_signed(result.ci)} | {p} | {dz}")
+            cells[name].append(f"{_signed(result.ci)} | {_p(p)}{' (primary)' if (name, baseline) == PRIMARY else ''}"
+                               f" | {dz}")
             if len(seeds) < 2:
-                readings.append(f"{m}: one seed, no test")
-            elif result.significant:
-                readings.append(f"{m}: {'higher' if result.mean_diff > 0 else 'lower'} (p < 0.05)")
+                readings[name].append(f"{m}: one seed, no test")
+            elif p < 0.05:
+                readings[name].append(f"{m}: {'higher' if result.mean_diff > 0 else 'lower'}")
             else:
-                readings.append(f"{m}: no significant difference")
-        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + f" | {'; '.join(readings)} |")
+                tost = equivalence_test(*values[name], margin=EQUIVALENCE_MARGIN)
+                tost_p = _p(tost.p_value)
+                readings[name].append(f"{m}: equivalent within ±{EQUIVALENCE_MARGIN} "
+                                      f"(TOST p {tost_p if tost_p.startswith('<') else '= ' + tost_p})"
+                                      if tost.equivalent else f"{m}: inconclusive")
+    for name, seeds in rows:
+        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells[name]) + f" | {'; '.join(readings[name])} |")
     return lines
 
 
@@ -162,7 +194,8 @@ def compute_rows(runs: dict[str, dict[int, list[dict]]], done: dict[str, dict[in
         steps = [r for records in by_seed.values() for r in records if r.get("step", 0) > 0]
         sps = sum(step_seconds(r) for r in steps) / max(1, len(steps))
         wall = sum(d["wall_s"] for d in done[name].values()) / len(done[name])
-        lines.append(f"| {name} | {per_run('rollouts'):.0f} | {per_run('trained_rollouts'):.0f} | "
+        sampled = per_run("rollouts") + per_run("sampling/extra_rollouts")  # dynamic sampling's refills count too
+        lines.append(f"| {name} | {sampled:.0f} | {per_run('trained_rollouts'):.0f} | "
                      f"{per_run('trained_tokens'):.0f} | {sps:.2f} | {wall:.0f} |")
     return lines
 
@@ -200,7 +233,11 @@ def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
         plot_panels([("train pass rate", {n: _smoothed(s, "pass_rate") for n, s in rl.items()}),
                      ("token entropy of trained rows", {n: _smoothed(s, "entropy") for n, s in rl.items()}),
                      ("implicit-negative Δ log-prob", {n: _smoothed(s, "implicit_neg_logprob_delta", 3)
-                                                       for n, s in rl.items()})],
+                                                       for n, s in rl.items()}),
+                     ("distinct positives / positives", {n: _smoothed(s, "distinct_positive_frac", 3)
+                                                         for n, s in rl.items()}),
+                     ("gradient share of NLL (POPO family)", {n: _smoothed(s, "grad_share/nll", 3)
+                                                              for n, s in rl.items()})],
                     out / "diagnostics.png", "step")
 
     table = ["| variant | seeds | " + " | ".join(f"{m} (mean ± 95% CI)" for m in metrics) + " |",
@@ -210,6 +247,8 @@ def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
     paired = []
     for b in baselines:
         paired += [f"\nAgainst **{b}** (variant minus {b}, paired by seed):\n", *paired_table(runs, b, metrics)]
+    outcome_text = outcome_section(out, {v.name: {s: out / v.dirname / f"seed-{s}" for s in study.seeds}
+                                         for v in study.variants}, baselines)
     variants = "\n".join(f"- `{v.name}`: `{' '.join(v.overrides)}`" + (" (supervised control)" if v.sft else "")
                          for v in study.variants)
     same = ("yes: every run's step-0 greedy accuracy is " + f"{start_greedy[0]:.3f}" if len(start_greedy) == 1
@@ -225,7 +264,7 @@ def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
 - Budget: every run samples {config.train.steps} steps x {config.rollout.prompts_per_step} prompts x
   {config.rollout.group_size} rollouts = **{study.budget} rollouts** (sft-more samples none: it trains on one
   reference solution per prompt for the same {config.train.steps} steps and prompts).
-- Task: `{config.data.source}` (testbed: {config.testbed.digits}-digit addition; warm-up on easier problems).
+- Task: `{config.data.source}` ({task_line(config)}).
   Held-out evaluation: {n_eval} problems never trained on; greedy accuracy, avg@{k} and pass@{k} sampled at
   temperature {config.rollout.temperature}. A single greedy accuracy near 0.3 on {n_eval} problems has a
   binomial standard error of {binomial_se(0.3, n_eval):.3f}.
@@ -245,10 +284,15 @@ Final held-out metrics, mean ± 95% confidence interval over seeds (Student t, n
 
 ## Paired comparisons
 
-Same seeds, same prompts, same initial checkpoint: differences with a 95% CI, paired t-test p-value and
-Cohen's d_z (mean difference / SD of the differences). With few seeds the test has little power: "no
-significant difference" means the data cannot tell the methods apart, not that they are equal.
+Same seeds, same prompts, same initial checkpoint: differences with a 95% CI over seeds, paired t-test
+p-value and Cohen's d_z (mean difference / SD of the differences; not given below 3 seeds). The primary
+comparison, declared before any run, is popo − grpo (its raw p is shown); in every table the other
+comparisons of a metric form one family whose p-values are Holm-corrected. A difference is read as
+higher or lower at a corrected p < 0.05, as **equivalent** only when a TOST rejects a difference of
+±{EQUIVALENCE_MARGIN} or more at the 5% level, and otherwise as **inconclusive**: p ≥ 0.05 alone never
+reads as "matches".
 {chr(10).join(paired)}
+{outcome_text}
 
 ## Learning curves
 
@@ -257,9 +301,12 @@ significant difference" means the data cannot tell the methods apart, not that t
 ## Training diagnostics
 
 Pass rate of the sampled rollouts, token entropy of the rows each method trains on (all rollouts for
-GRPO, positives only for POPO-family methods, so levels differ by construction) and the implicit-negative
+GRPO, positives only for POPO-family methods, so levels differ by construction), the implicit-negative
 diagnostic (change of the mean log-probability of the step's negative rollouts caused by the update;
-negative means the update pushed the failures down). Moving averages over steps, mean over seeds.
+negative means the update pushed the failures down), the fraction of distinct strings among a prompt's
+positives (prompts with two or more), and the NLL term's share of the POPO gradient norm (1 minus it is
+what the similarity and entropy terms contribute; `popo.diagnostics`). Moving averages over steps, mean
+over seeds.
 
 ![diagnostics](diagnostics.png)
 
@@ -294,54 +341,3 @@ def summary(out: str | Path) -> dict[str, Any]:
     out = Path(out)
     runs, _, _ = load_runs(out, load_study(out))
     return {name: {seed: final_eval(records) for seed, records in by_seed.items()} for name, by_seed in runs.items()}
-
-
-# ---------------------------------------------------------------- the demo's report (`popo demo`)
-def results_table(rows: list[dict[str, Any]], k: int) -> str:
-    """The demo's results table (markdown, also printed to the console): one row per method."""
-    header = (f"| method | greedy acc | avg@{k} | pass@{k} | train reward | wall time (s) | "
-              "trained rollouts | trained tokens |")
-    lines = [header, "|" + " --- |" * 8]
-    for r in rows:
-        def num(key: str, fmt: str = "{:.3f}") -> str:
-            return fmt.format(r[key]) if r.get(key) is not None else "-"
-        lines.append(f"| {r['method']} | {num('greedy_acc')} | {num(f'avg@{k}')} | {num(f'pass@{k}')} | "
-                     f"{num('reward_mean')} | {num('wall_s', '{:.1f}')} | {num('trained_rollouts', '{:.0f}')} | "
-                     f"{num('trained_tokens', '{:.0f}')} |")
-    return "\n".join(lines)
-
-
-def write_demo_report(out: Path, table: str, config: Config, overrides: list[str], rows: list[dict],
-                      total_s: float, quick: bool) -> None:
-    """The demo's report.md: task, budget, the results table, the training-time comparison and the command."""
-    by = {r["method"]: r for r in rows}
-    ratio = ""
-    if "popo" in by and "grpo" in by and by["grpo"].get("train_s"):
-        ratio = (f"POPO's training phase took {by['popo']['train_s']:.1f}s against GRPO's "
-                 f"{by['grpo']['train_s']:.1f}s ({by['popo']['train_s'] / by['grpo']['train_s']:.2f}x): "
-                 f"POPO forwards and back-propagates only its positive rollouts "
-                 f"({by['popo']['forwarded_rollouts']:.0f} rows against GRPO's "
-                 f"{by['grpo']['forwarded_rollouts']:.0f} of {by['grpo']['trained_rollouts']:.0f}: GRPO skips the "
-                 f"rows whose advantage is exactly zero, those of prompts whose rollouts all got the same reward).\n")
-    text = f"""# popo demo{' (quick)' if quick else ''}
-
-Task: {config.testbed.digits}-digit addition with a column-sum scratchpad (reward 1 only for an exactly
-right, well-formed answer). Model: the embedded tiny Qwen2, warmed up on easier problems. Both methods
-start from the same warmed-up checkpoint and sample the same number of rollouts
-({config.train.steps} steps x {config.rollout.prompts_per_step} prompts x {config.rollout.group_size}).
-Evaluation: {config.data.eval_size} held-out problems never used in training; greedy accuracy and
-avg@{config.train.eval_samples} / pass@{config.train.eval_samples} sampled at temperature {config.rollout.temperature}.
-
-{table}
-
-{ratio}
-One run per method and one seed: differences of a few points are within noise (the standard error of a
-greedy accuracy near 0.3 on {config.data.eval_size} problems is about
-{(0.3 * 0.7 / max(1, config.data.eval_size)) ** 0.5:.3f}). `popo compare` is the tool for claims.
-
-![learning curve](learning_curve.png)
-
-Command: `popo demo{' --quick' if quick else ''}` (settings: `{' '.join(overrides)}`).
-Total wall time {total_s:.0f}s on {environment_line()}.
-"""
-    (out / "report.md").write_text(text)

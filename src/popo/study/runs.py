@@ -16,6 +16,7 @@ this module, never the other way round).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -32,6 +33,8 @@ from popo.algorithms import PRESETS
 from popo.config import Config, ConfigError, load_config, to_dict
 
 SFT_MORE = "sft-more"
+CONTROL_ARMS = (SFT_MORE, "sft-solved")
+"""The supervised control arms (`popo.study.controls`), accepted by `--methods` beside the presets."""
 
 
 def study_overrides() -> list[str]:
@@ -70,15 +73,16 @@ class Study:
 
 
 def method_variants(methods: list[str]) -> list[Variant]:
-    """Variants for `--methods`: any preset name (popo, grpo, grpo-kl, raft, popo-nosim, ...) or sft-more."""
+    """Variants for `--methods`: any preset name (popo, grpo, grpo-kl, raft, popo-nosim, ...) or a control arm
+    (sft-more, sft-solved)."""
     out = []
     for method in methods:
-        if method == SFT_MORE:
-            out.append(Variant(SFT_MORE, ("algo.name=raft",), sft=True))
+        if method in CONTROL_ARMS:
+            out.append(Variant(method, ("algo.name=raft",), sft=True))
         elif method in PRESETS:
             out.append(Variant(method, (f"algo.name={method}",)))
         else:
-            raise ConfigError(f"--methods: unknown method {method!r}; known: {', '.join([*PRESETS, SFT_MORE])}")
+            raise ConfigError(f"--methods: unknown method {method!r}; known: {', '.join([*PRESETS, *CONTROL_ARMS])}")
     return out
 
 
@@ -128,7 +132,8 @@ def check_budgets(configs: dict[str, Config]) -> int:
 def _comparable(config: Config) -> dict:
     """A run's settings without the fields that may legitimately change between invocations."""
     d = to_dict(config)
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("out_dir", "progress", "tensorboard")}
+    d["train"] = {k: v for k, v in d["train"].items()
+                  if k not in ("out_dir", "progress", "tensorboard", "overwrite")}
     return d
 
 
@@ -177,7 +182,8 @@ def _execute(study_dir: str, variant: Variant, seed: int) -> dict:
     import torch
 
     from popo.build import build_trainer, resolve_model_path
-    from popo.study.controls import SftMoreTrainer
+    from popo.study.controls import CONTROLS
+    from popo.study.outcomes import PROBLEMS, START_PROBLEMS, write_outcomes
 
     study = load_study(Path(study_dir))
     run_dir = Path(study_dir) / variant.dirname / f"seed-{seed}"
@@ -193,13 +199,21 @@ def _execute(study_dir: str, variant: Variant, seed: int) -> dict:
         log_file.flush()
 
     start = time.perf_counter()
-    make = SftMoreTrainer.from_config if variant.sft else build_trainer
+    if state == "new":  # the study owns this folder: an earlier attempt that saved nothing is replaced
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, overwrite=True))
+    make = CONTROLS[variant.name.split()[0]].from_config if variant.sft else build_trainer
     trainer = make(config, resume=state == "partial", log=log)
+    start_file = Path(study_dir) / START_PROBLEMS  # the initial checkpoint's per-problem outcomes, once a study
+    if trainer.step == 0 and len(trainer.eval_set) and not start_file.is_file():
+        write_outcomes(trainer, start_file)
     trainer.run()
     log_file.close()
     if trainer.step < config.train.steps:
         raise RuntimeError(f"{run_dir}: stopped at step {trainer.step} of {config.train.steps}")
-    record = {"variant": variant.name, "seed": seed, "sft": variant.sft, "wall_s": time.perf_counter() - start,
+    wall = time.perf_counter() - start
+    if len(trainer.eval_set):
+        write_outcomes(trainer, run_dir / PROBLEMS)  # per problem, for the bootstrap and the pass@k table
+    record = {"variant": variant.name, "seed": seed, "sft": variant.sft, "wall_s": wall,
               "resumed": state == "partial", "budget": rollout_budget(config),
               "initial_checkpoint": resolve_model_path(config, log=lambda _: None),
               "threads": torch.get_num_threads(), "config": _comparable(config)}

@@ -1,9 +1,15 @@
-"""Statistics for comparisons over seeds: Student-t intervals, paired t-tests, effect sizes, binomial SE.
+"""Statistics for comparisons over seeds, through scipy.stats and statsmodels.
 
-Pure functions of lists of floats; no dependency beyond the standard library. The Student-t
-distribution function is computed from the regularised incomplete beta function (continued-fraction
-expansion, evaluated with the modified Lentz method) and its quantile by bisection, which is accurate
-to well below 1e-9 for the degrees of freedom that seed counts produce.
+- `mean_ci`: mean and Student-t interval over seeds.
+- `paired_test`: paired t-test of treatment minus baseline (same seeds), with its interval and Cohen's
+  d_z, the effect size, reported only from `MIN_SEEDS_FOR_EFFECT` seeds up.
+- `equivalence_test`: TOST (two one-sided paired t-tests, statsmodels' `ttost_paired`) against a stated
+  margin: "matches" or "adds nothing" is claimed only when it rejects a difference of the margin or more.
+- `holm`: Holm's step-down correction of a declared family of p-values (statsmodels' `multipletests`).
+- `bootstrap_difference`: a paired problem-level bootstrap over seeds x problems (both resampled, the
+  same draw for both arms), for a confidence interval that counts the test set's finite size as well as
+  the seeds.
+- `binomial_se`: the standard error of one accuracy measured on n problems.
 """
 
 from __future__ import annotations
@@ -12,75 +18,32 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from scipy import special, stats
 
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of I_x(a, b) (valid for x < (a + 1) / (a + b + 2)), modified Lentz."""
-    tiny, eps = 1e-300, 1e-15
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        # even step: d_{2m} = m (b - m) x / ((a + 2m - 1)(a + 2m))
-        num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        d = 1.0 + num * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + num / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        # odd step: d_{2m+1} = -(a + m)(a + b + m) x / ((a + 2m)(a + 2m + 1))
-        num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        d = 1.0 + num * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + num / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
+MIN_SEEDS_FOR_EFFECT = 3
+"""No effect size (d_z) is reported from fewer seeds than this."""
 
 
 def regularized_beta(x: float, a: float, b: float) -> float:
     """I_x(a, b), the regularised incomplete beta function, for 0 <= x <= 1 and a, b > 0."""
     if not 0.0 <= x <= 1.0:
         raise ValueError(f"regularized_beta: x must be in [0, 1], got {x}")
-    if x in (0.0, 1.0):
-        return x
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
-                 + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+    return float(special.betainc(a, b, x))
 
 
 def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with `df` degrees of freedom."""
     if df <= 0:
         raise ValueError(f"t_cdf: degrees of freedom must be positive, got {df}")
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    tail = 0.5 * regularized_beta(df / (df + t * t), df / 2.0, 0.5)  # P(T > |t|)
-    return 1.0 - tail if t >= 0 else tail
+    return float(stats.t.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
     """The p-quantile of Student's t (e.g. p = 0.975 for a two-sided 95% interval)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"t_quantile: p must be in (0, 1), got {p}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    low, high = 0.0, 1.0
-    while t_cdf(high, df) < p:
-        high *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if t_cdf(mid, df) < p:
-            low = mid
-        else:
-            high = mid
-        if high - low < 1e-12 * max(1.0, high):
-            break
-    return 0.5 * (low + high)
+    return float(stats.t.ppf(p, df))
 
 
 def mean(values: Sequence[float]) -> float:
@@ -91,11 +54,7 @@ def mean(values: Sequence[float]) -> float:
 
 def sample_std(values: Sequence[float]) -> float:
     """Standard deviation with the n - 1 denominator (nan for fewer than two values)."""
-    n = len(values)
-    if n < 2:
-        return math.nan
-    m = mean(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
 
 
 @dataclass(frozen=True)
@@ -134,7 +93,7 @@ class PairedComparison:
     t: float
     p_value: float
     d_z: float
-    """Cohen's d_z: mean difference / standard deviation of the differences."""
+    """Cohen's d_z: mean difference / SD of the differences (nan below `MIN_SEEDS_FOR_EFFECT` seeds)."""
     n: int
 
     @property
@@ -152,13 +111,92 @@ def paired_test(treatment: Sequence[float], baseline: Sequence[float], level: fl
     sd = sample_std(diffs)
     if n < 2 or math.isnan(sd):
         return PairedComparison(ci.mean, ci, math.nan, math.nan, math.nan, n)
-    if sd == 0.0:
+    if sd == 0.0:  # scipy returns nan here; the data say "always the same difference"
         same = ci.mean == 0.0
-        return PairedComparison(ci.mean, ci, 0.0 if same else math.copysign(math.inf, ci.mean),
-                                1.0 if same else 0.0, 0.0 if same else math.copysign(math.inf, ci.mean), n)
-    t = ci.mean / (sd / math.sqrt(n))
-    p = 2.0 * (1.0 - t_cdf(abs(t), n - 1))
-    return PairedComparison(ci.mean, ci, t, min(1.0, p), ci.mean / sd, n)
+        sign = math.copysign(math.inf, ci.mean)
+        return PairedComparison(ci.mean, ci, 0.0 if same else sign, 1.0 if same else 0.0,
+                                math.nan if n < MIN_SEEDS_FOR_EFFECT else (0.0 if same else sign), n)
+    result = stats.ttest_rel(treatment, baseline)
+    d_z = ci.mean / sd if n >= MIN_SEEDS_FOR_EFFECT else math.nan
+    return PairedComparison(ci.mean, ci, float(result.statistic), float(result.pvalue), d_z, n)
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """TOST of treatment - baseline against +-margin: `p_value` is the larger of the two one-sided p."""
+
+    margin: float
+    p_value: float
+    n: int
+    alpha: float = 0.05
+
+    @property
+    def equivalent(self) -> bool:
+        """Whether a difference of `margin` or more (either way) is rejected at level `alpha`."""
+        return not math.isnan(self.p_value) and self.p_value < self.alpha
+
+
+def equivalence_test(treatment: Sequence[float], baseline: Sequence[float], margin: float,
+                     alpha: float = 0.05) -> Equivalence:
+    """Paired TOST: H0 |mean difference| >= margin against H1 |difference| < margin (p is nan below
+    `MIN_SEEDS_FOR_EFFECT` seeds: two seeds never make a claim of equivalence)."""
+    if len(treatment) != len(baseline):
+        raise ValueError(f"equivalence_test: {len(treatment)} treatment values against {len(baseline)} baseline values")
+    if margin <= 0:
+        raise ValueError(f"equivalence_test: the margin must be positive, got {margin}")
+    n = len(treatment)
+    diffs = np.asarray(treatment, dtype=float) - np.asarray(baseline, dtype=float)
+    if n < MIN_SEEDS_FOR_EFFECT:  # no claim of equivalence from one or two seeds
+        return Equivalence(margin, math.nan, n, alpha)
+    if float(np.std(diffs, ddof=1)) == 0.0:  # no spread: inside the margin or not, with certainty
+        return Equivalence(margin, 0.0 if abs(float(diffs.mean())) < margin else 1.0, n, alpha)
+    from statsmodels.stats.weightstats import ttost_paired
+
+    p_value, _, _ = ttost_paired(np.asarray(treatment, dtype=float), np.asarray(baseline, dtype=float),
+                                 -margin, margin)
+    return Equivalence(margin, float(p_value), n, alpha)
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> tuple[list[float], list[bool]]:
+    """Holm-adjusted p-values and rejections of a family (nan entries are left out and stay nan / False)."""
+    from statsmodels.stats.multitest import multipletests
+
+    present = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    adjusted, rejected = [math.nan] * len(p_values), [False] * len(p_values)
+    if present:
+        reject, corrected, _, _ = multipletests([p_values[i] for i in present], alpha=alpha, method="holm")
+        for i, r, c in zip(present, reject, corrected):
+            adjusted[i], rejected[i] = float(c), bool(r)
+    return adjusted, rejected
+
+
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """An observed difference with a percentile bootstrap interval."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float
+    resamples: int
+
+
+def bootstrap_difference(treatment, baseline, *, resamples: int = 2000, level: float = 0.95,
+                         seed: int = 0) -> BootstrapInterval:
+    """Percentile interval of mean(treatment) - mean(baseline) for per-problem scores [seeds, problems] of
+    two arms paired by seed and by problem: each resample draws seeds and problems with replacement, the
+    same draw for both arms, so the interval counts both the seed-to-seed spread and the test set's size."""
+    a, b = np.asarray(treatment, dtype=float), np.asarray(baseline, dtype=float)
+    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+        raise ValueError(f"bootstrap_difference: need two equal [seeds, problems] arrays, got {a.shape}, {b.shape}")
+    diff = a - b
+    seeds, problems = diff.shape
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, seeds, size=(resamples, seeds))
+    cols = rng.integers(0, problems, size=(resamples, problems))
+    means = np.array([diff[np.ix_(r, c)].mean() for r, c in zip(rows, cols)])
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return BootstrapInterval(float(diff.mean()), float(low), float(high), level, resamples)
 
 
 def binomial_se(accuracy: float, n: int) -> float:

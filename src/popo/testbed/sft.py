@@ -1,7 +1,9 @@
 """Supervised warm-up of the testbed model, and the cache that lets a second run skip it.
 
-The warm-up imitates scratchpad solutions on an easier distribution than the RL prompts (see
-`popo.testbed.task`), with the loss on completion tokens only, AdamW, linear warmup then cosine decay.
+The warm-up imitates the task's warm-up pairs (addition: scratchpads on an easier distribution than the
+RL prompts, `popo.testbed.task`; countdown: one solution drawn from all of each problem's solutions,
+`popo.testbed.countdown_task`), with the loss on completion tokens only, AdamW, linear warmup then cosine
+decay. The task also picks the tokenizer's alphabet, and its settings are part of the cache key.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from popo.testbed.model import TinyModelSpec, build_tiny_qwen2
-from popo.testbed.task import AdditionTask
-from popo.testbed.tokenizer import CHARACTERS, build_tokenizer
+from popo.testbed.tokenizer import build_tokenizer
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
+TestbedTask = Any
+"""A testbed task (`popo.testbed.task.AdditionTask` or `popo.testbed.countdown_task.CountdownTask`): `name`,
+`alphabet`, `describe()`, `cache_fields()`, `verifier()`, the splits and `warmup_pairs(count, seed=)`."""
 
 
 def encode_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]):
@@ -39,7 +44,7 @@ def encode_pairs(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]
     return input_ids, attention_mask, label_ids
 
 
-def supervised_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: AdditionTask, *,
+def supervised_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TestbedTask, *,
                       steps: int, batch_size: int, lr: float, seed: int = 0,
                       log: Callable[[str], None] | None = None) -> list[float]:
     """Train `model` in place on warm-up pairs; returns the loss of every step."""
@@ -67,14 +72,14 @@ def supervised_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     return losses
 
 
-def cache_key(task: AdditionTask, spec: TinyModelSpec, steps: int, batch_size: int, lr: float,
+def cache_key(task: TestbedTask, spec: TinyModelSpec, steps: int, batch_size: int, lr: float,
               seed: int) -> str:
-    blob = json.dumps([CACHE_VERSION, CHARACTERS, task.digits, task.seed, spec.__dict__, steps,
+    blob = json.dumps([CACHE_VERSION, task.alphabet, task.cache_fields(), spec.__dict__, steps,
                        batch_size, lr, seed, torch.__version__], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def prepare_testbed(cache_dir: str | Path, task: AdditionTask, *, steps: int, batch_size: int, lr: float,
+def prepare_testbed(cache_dir: str | Path, task: TestbedTask, *, steps: int, batch_size: int, lr: float,
                     seed: int = 0, spec: TinyModelSpec | None = None,
                     log: Callable[[str], None] = print) -> Path:
     """Path of the warmed-up testbed model, building and caching it on first use."""
@@ -85,7 +90,7 @@ def prepare_testbed(cache_dir: str | Path, task: AdditionTask, *, steps: int, ba
         return path
     log(f"testbed: building and warming up the tiny Qwen2 ({steps} steps x {batch_size}) -> {path}")
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(task.alphabet)
     model = build_tiny_qwen2(tokenizer, spec, seed=seed)
     start = time.perf_counter()
     losses = supervised_warmup(model, tokenizer, task, steps=steps, batch_size=batch_size, lr=lr,
@@ -95,7 +100,7 @@ def prepare_testbed(cache_dir: str | Path, task: AdditionTask, *, steps: int, ba
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "warmup.json").write_text(json.dumps(
-        {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "digits": task.digits,
+        {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "task": task.cache_fields(),
          "seconds": round(time.perf_counter() - start, 1), "final_loss": losses[-1]}, indent=1))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from popo.data.example import Example
+from popo.errors import ConfigError
+from popo.testbed.tokenizer import CHARACTERS
 
 _COMPLETION = re.compile(r"(\d{1,2},)*\d{1,2}=(\d+)")
 
@@ -48,31 +50,71 @@ def _operand(rng: random.Random, digits: int) -> int:
     return rng.randint(low, 10**digits - 1)
 
 
+def _operand_count(digits: int) -> int:
+    return 10 if digits == 1 else 9 * 10 ** (digits - 1)
+
+
 @dataclass(frozen=True)
 class AdditionTask:
     """Generator of addition problems. Splits are disjoint by construction: the held-out test problems
-    are drawn first from their own seed and excluded from every other split."""
+    are drawn first from their own seed, then the validation problems from theirs (excluding the test
+    ones), and both are excluded from the RL prompts and the warm-up. The test split does not depend on
+    `validation_size`."""
 
     digits: int = 3
     seed: int = 0
     test_size: int = 1000
+    validation_size: int = 0
+    name: str = "addition"
+    alphabet: str = CHARACTERS
 
-    def test_examples(self) -> list[Example]:
-        rng = random.Random(f"test-{self.seed}-{self.digits}")
-        seen: set[tuple[int, int]] = set()
-        out: list[Example] = []
-        while len(out) < self.test_size:
+    def __post_init__(self):
+        universe = _operand_count(self.digits) ** 2
+        if self.test_size + self.validation_size > universe // 2:
+            raise ConfigError(f"testbed.test_size + testbed.validation_size = {self.test_size + self.validation_size}"
+                              f" leaves too few of the {universe} {self.digits}-digit addition problems for training "
+                              "(at most half may be held out)")
+
+    def describe(self) -> str:
+        return f"{self.digits}-digit addition with a column-sum scratchpad; warm-up on easier problems"
+
+    def cache_fields(self) -> dict:
+        """What the warmed-up model depends on, beside the warm-up settings (part of the cache key)."""
+        return {"task": self.name, "digits": self.digits, "seed": self.seed, "test_size": self.test_size,
+                "validation_size": self.validation_size}  # the warm-up excludes the held-out problems
+
+    def verifier(self) -> "AdditionVerifier":
+        return AdditionVerifier()
+
+    def _draw(self, label: str, size: int, exclude: set[tuple[int, int]]) -> list[tuple[int, int]]:
+        rng = random.Random(f"{label}-{self.seed}-{self.digits}")
+        seen, out = set(exclude), []
+        while len(out) < size:
             pair = (_operand(rng, self.digits), _operand(rng, self.digits))
             if pair not in seen:
                 seen.add(pair)
-                out.append(make_example(*pair, "test", len(out)))
+                out.append(pair)
         return out
 
+    def _test_pairs_list(self) -> list[tuple[int, int]]:
+        return self._draw("test", self.test_size, set())
+
+    def test_examples(self) -> list[Example]:
+        """The held-out test split: read only for final tables."""
+        return [make_example(*pair, "test", i) for i, pair in enumerate(self._test_pairs_list())]
+
+    def validation_examples(self) -> list[Example]:
+        """The validation split: training-time evaluation and every choice (learning rates, sweeps)."""
+        pairs = self._draw("validation", self.validation_size, set(self._test_pairs_list()))
+        return [make_example(*pair, "validation", i) for i, pair in enumerate(pairs)]
+
     def _test_pairs(self) -> set[tuple[int, int]]:
-        return {tuple(int(x) for x in ex.problem[:-1].split("+")) for ex in self.test_examples()}
+        """Every held-out pair (test and validation): never an RL prompt or a warm-up example."""
+        test = self._test_pairs_list()
+        return set(test) | set(self._draw("validation", self.validation_size, set(test)))
 
     def train_examples(self, count: int, *, seed: int) -> list[Example]:
-        """RL prompts: full ``digits``-digit operands, never a test problem."""
+        """RL prompts: full ``digits``-digit operands, never a held-out problem."""
         rng, held_out = random.Random(f"train-{seed}"), self._test_pairs()
         out: list[Example] = []
         while len(out) < count:
@@ -93,6 +135,13 @@ class AdditionTask:
                 out.append((f"{a}+{b}=", scratchpad(a, b)))
         return out
 
+    def reference_completion(self, problem: str, *, seed: int = 0) -> str | None:
+        """The exact scratchpad of a prompt ``a+b=`` (`seed` is unused: the solution is unique), or None."""
+        left, _, right = problem.strip().removesuffix("=").partition("+")
+        if not (left.isascii() and left.isdigit() and right.isascii() and right.isdigit()):
+            return None
+        return scratchpad(int(left), int(right))
+
 
 def addition_reward(completion: str, answer: str | Sequence[str]) -> float:
     """1.0 when the completion is exactly ``<column sums>=<answer>`` with the right answer, else 0.0."""
@@ -103,17 +152,26 @@ def addition_reward(completion: str, answer: str | Sequence[str]) -> float:
     return 1.0 if match.group(2) in golds else 0.0
 
 
-class AdditionVerifier:
-    """The testbed's verifier (in-process: the check is a bounded regular expression)."""
+class TaskVerifier:
+    """An in-process verifier over a testbed reward function `reward(completion, answer)` (the checks are
+    bounded, so no worker process is needed); subclasses set `reward`."""
+
+    reward = staticmethod(lambda completion, answer: 0.0)
 
     def score(self, completions: Sequence[str], answers: Sequence[str | Sequence[str]]) -> list[float]:
-        return [addition_reward(c, a) for c, a in zip(completions, answers, strict=True)]
+        return [self.reward(c, a) for c, a in zip(completions, answers, strict=True)]
 
     def close(self) -> None:
         return None
 
-    def __enter__(self) -> "AdditionVerifier":
+    def __enter__(self) -> "TaskVerifier":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AdditionVerifier(TaskVerifier):
+    """The addition testbed's verifier (the check is a bounded regular expression)."""
+
+    reward = staticmethod(addition_reward)

@@ -1,0 +1,111 @@
+"""Validation of a loaded configuration: every value checked before any model is loaded, each problem one
+line naming the key (and, for a choice, the closest valid value). Kept beside `popo.config`, which calls
+`validate` after building the dataclasses; this module does not import it (the sections arrive as
+arguments)."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from typing import Any
+
+from popo.errors import ConfigError
+
+
+def suggest(key: str, options: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    return f" (valid: {', '.join(prefix + o for o in sorted(options))})"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _choice(value: str, options: tuple[str, ...], where: str) -> None:
+    _check(value in options, f"{where}={value!r} is not valid" + suggest(value, list(options)))
+
+
+def validate(config: Any) -> None:
+    """Reject bad values before any model is loaded."""
+    from popo.algorithms import PRESETS, get_algorithm
+
+    a, o, r, t = config.algo, config.optim, config.rollout, config.train
+    _choice(a.name, tuple(PRESETS), "algo.name")
+    _check(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
+    _check(0.0 <= a.tau <= 1.0, f"algo.tau must lie in [0, 1], got {a.tau}")
+    _check(a.alpha >= 0 and a.beta >= 0, "algo.alpha and algo.beta must be >= 0")
+    _check(a.noise_std >= 0, f"algo.noise_std must be >= 0, got {a.noise_std}")
+    _check(a.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {a.kl_coef}")
+    _check(a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0")
+    _check(a.weight_temperature > 0, "algo.weight_temperature must be positive")
+    _check(a.updates_per_batch >= 1, "algo.updates_per_batch must be >= 1")
+    _choice(a.tau_schedule, ("constant", "cosine"), "algo.tau_schedule")
+    _choice(a.weight_mode, ("softmax", "uniform"), "algo.weight_mode")
+    _choice(a.entropy_scope, ("positives", "all"), "algo.entropy_scope")
+    _choice(a.kl_estimator, ("k1", "k2", "k3"), "algo.kl_estimator")
+    _choice(a.aggregation, ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"), "algo.aggregation")
+    _choice(o.schedule, ("constant", "cosine"), "optim.schedule")
+    _choice(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
+    _choice(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
+    tb = config.testbed
+    _choice(tb.task, ("addition", "countdown"), "testbed.task")
+    _check(2 <= tb.numbers <= 4, f"testbed.numbers must be in 2..4, got {tb.numbers}")
+    _check(tb.validation_size >= 0 and tb.test_size >= 1, "testbed.validation_size must be >= 0 and test_size >= 1")
+    _check(r.max_sampling_rounds >= 1, f"rollout.max_sampling_rounds must be >= 1, got {r.max_sampling_rounds}")
+    _validate_reward(config.reward)
+    for name in t.report_to:
+        _choice(name, ("tensorboard", "wandb", "mlflow", "none"), "train.report_to")
+        _check(name not in ("wandb", "mlflow") or importlib.util.find_spec(name) is not None,
+               f"train.report_to={name} needs the {name} package: pip install 'popo[{name}]'")
+    _choice(r.engine, ("hf", "vllm"), "rollout.engine")
+    _choice(r.vllm_mode, ("colocate", "server"), "rollout.vllm_mode")
+    _check(0 < r.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
+    lora = config.model.lora
+    _check(lora.r >= 0 and lora.alpha > 0 and 0 <= lora.dropout < 1,
+           "model.lora.r must be >= 0, model.lora.alpha > 0 and model.lora.dropout in [0, 1)")
+    _check(r.engine != "vllm" or r.vllm_mode != "server" or lora.r > 0,
+           "rollout.vllm_mode=server syncs LoRA adapters only: set model.lora.r > 0 or use vllm_mode=colocate")
+    _check(r.group_size >= 1 and r.prompts_per_step >= 1, "rollout.group_size and prompts_per_step must be >= 1")
+    need = get_algorithm(a.name).min_group_size
+    _check(r.group_size >= need, f"algo.name={a.name} needs rollout.group_size >= {need} (its credit compares "
+           "the rollouts of one prompt)")
+    _check(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+    _check(0 < r.top_p <= 1 and r.temperature >= 0, "rollout.top_p must be in (0, 1] and temperature >= 0")
+    _check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
+    _check(o.grad_clip >= 0 and o.micro_batch_tokens > 0, "optim.grad_clip >= 0 and micro_batch_tokens > 0")
+    _check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
+    _check(t.keep_last >= 1 and t.max_bad_steps >= 1, "train.keep_last and max_bad_steps must be >= 1")
+    for where, value in (("train.save_every", t.save_every), ("train.eval_every", t.eval_every),
+                         ("train.diag_every", t.diag_every), ("train.eval_samples", t.eval_samples),
+                         ("data.eval_size", config.data.eval_size), ("optim.weight_decay", o.weight_decay),
+                         ("algo.predictor_width", a.predictor_width)):
+        _check(value >= 0, f"{where} must be >= 0, got {value}")
+    for where, value in (("data.max_prompt_tokens", config.data.max_prompt_tokens),
+                         ("rollout.max_batch_rollouts", r.max_batch_rollouts),
+                         ("algo.predictor_layers", a.predictor_layers), ("testbed.digits", config.testbed.digits),
+                         ("testbed.max_number", config.testbed.max_number)):
+        _check(value >= 1, f"{where} must be >= 1, got {value}")
+    _check(all(0 <= b < 1 for b in o.betas) and len(o.betas) == 2,
+           f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
+
+
+def _validate_reward(reward: Any) -> None:
+    """Names and weights of `reward.functions`; whether a built-in exists and a function imports is checked
+    when the run is assembled (`popo.build.make_verifier`)."""
+    import re
+
+    for name in reward.functions:
+        _check(re.fullmatch(r"[A-Za-z_][\w-]*|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", name) is not None,
+               f"reward.functions: {name!r} is neither a built-in name (math, testbed) nor package.module:function")
+    _check(len(set(reward.functions)) == len(reward.functions), f"reward.functions lists a function twice: "
+           f"{list(reward.functions)}")
+    count = len(reward.functions) or 1  # no functions: the default one
+    _check(not reward.weights or len(reward.weights) == count,
+           f"reward.weights has {len(reward.weights)} values for {count} reward.functions "
+           f"({list(reward.functions) or 'the default'}); give one weight per function, or none")
+    _check(reward.timeout_s > 0 and reward.num_workers >= 1 and reward.items_per_call >= 1
+           and reward.max_memory_mb >= 0, "reward.timeout_s must be > 0, reward.num_workers and "
+           "reward.items_per_call >= 1, reward.max_memory_mb >= 0")

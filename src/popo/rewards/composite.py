@@ -1,0 +1,179 @@
+"""The reward of a run as a weighted sum of reward functions: :class:`CompositeReward`.
+
+Each part is either a built-in verifier (``score(completions, answers)``, e.g. the math verifier) or a user
+function with TRL's signature run in a :class:`popo.rewards.functions.FunctionPool`. The total reward of a
+completion is ``sum_i w_i * r_i`` over the parts, with these rules:
+
+* ``None`` from a function means "no reward from me for this item": that term is left out of the sum and
+  counted (``reward/<name>/none``); an item no part scored gets 0;
+* a call that hangs, raises, crashes its worker, returns the wrong number of values or a value that is not
+  a number, or a non-finite value (for those items only) is a failure: the item's **total** reward is 0
+  (not merely that term: a policy must not gain by making a penalty function fail), it is counted
+  (``reward/<name>/failed``), and the first failure of each kind of each function is named in the log.
+
+User functions receive ``prompts``, ``completions`` and one list per dataset column (the example's
+``columns``, plus ``answer``, the gold as loaded, when the row has no ``answer`` column). A row whose prompt
+was a chat (``messages`` set) is passed in TRL's conversational form: the prompt as its list of
+``{role, content}`` messages and the completion as ``[{"role": "assistant", "content": text}]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CompositeReward", "RewardPart", "reward_metrics"]
+
+
+@dataclass
+class RewardPart:
+    """One term of the total: ``verifier`` (a built-in) or ``function`` (index into the pool's specs)."""
+
+    name: str
+    weight: float
+    verifier: Any = None
+    function: int | None = None
+
+
+class CompositeReward:
+    """The weighted sum of ``parts``; user functions run in ``pool`` (a FunctionPool, or None without them).
+
+    ``items_per_call`` rows go to one call of a user function (a failure costs at most those rows);
+    ``log`` receives the one-line failure notices.
+    """
+
+    def __init__(self, parts: Sequence[RewardPart], *, pool=None, items_per_call: int = 64,
+                 log: Callable[[str], None] = print):
+        if not parts:
+            raise ValueError("a composite reward needs at least one part")
+        if any(p.function is not None for p in parts) and pool is None:
+            raise ValueError("user reward functions need a FunctionPool")
+        self.parts, self.pool, self.items_per_call, self.log = list(parts), pool, max(1, items_per_call), log
+        self._logged: set[tuple[str, str]] = set()
+        self._counts = self._zero_counts()
+
+    # -- the Verifier interface ------------------------------------------------------------------------
+    def score(self, completions: Sequence[str], answers: Sequence) -> list[float]:
+        """Rewards without prompts or dataset columns (user functions see empty prompts and ``answer``)."""
+        return self.score_rows([""] * len(completions), completions, [_Gold(a) for a in answers])
+
+    def score_rows(self, prompts: Sequence[str], completions: Sequence[str], examples: Sequence) -> list[float]:
+        """Total rewards of completions of ``prompts`` (rendered text), for ``examples`` (each with ``answer``
+        and optionally ``messages`` and ``columns``), one per completion."""
+        n = len(completions)
+        if not (len(prompts) == len(examples) == n):
+            raise ValueError(f"got {n} completions, {len(prompts)} prompts and {len(examples)} examples")
+        answers = [ex.answer for ex in examples]
+        values = {id(p): p.verifier.score(list(completions), answers) for p in self.parts if p.verifier is not None}
+        users = [p for p in self.parts if p.function is not None]
+        if users:
+            values.update(self._call_functions(users, prompts, completions, examples))
+        total, failed = [0.0] * n, [False] * n
+        for part in self.parts:
+            stats = self._counts[part.name]
+            for i, v in enumerate(values[id(part)]):
+                if isinstance(v, _Failure):
+                    failed[i] = True
+                    stats["failed"] += 1
+                elif v is None:
+                    stats["none"] += 1
+                else:
+                    stats["scored"] += 1
+                    stats["sum"] += v
+                    total[i] += part.weight * v
+        return [0.0 if bad else t for t, bad in zip(total, failed)]
+
+    def close(self) -> None:
+        for part in self.parts:
+            if part.verifier is not None:
+                part.verifier.close()
+        if self.pool is not None:
+            self.pool.close()
+
+    def __enter__(self) -> CompositeReward:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- metrics ---------------------------------------------------------------------------------------
+    def take_metrics(self) -> dict[str, float]:
+        """Counts since the last call, as ``reward/<name>/{sum,scored,none,failed}`` (sums over ranks can be
+        added key by key; :func:`reward_metrics` turns them into the logged values)."""
+        counts, self._counts = self._counts, self._zero_counts()
+        return {f"reward/{name}/{k}": v for name, c in counts.items() for k, v in c.items()}
+
+    def _zero_counts(self) -> dict[str, dict[str, float]]:
+        return {p.name: dict.fromkeys(("sum", "scored", "none", "failed"), 0.0) for p in self.parts}
+
+    # -- user functions --------------------------------------------------------------------------------
+    def _call_functions(self, users: list[RewardPart], prompts, completions, examples) -> dict[int, list]:
+        n, size = len(completions), self.items_per_call
+        chat = [getattr(ex, "messages", None) for ex in examples]
+        shown_prompts = [list(m) if m else p for m, p in zip(chat, prompts)]
+        shown = [[{"role": "assistant", "content": c}] if m else c for m, c in zip(chat, completions)]
+        columns = _columns(examples)
+        calls, where = [], []
+        for part in users:
+            for start in range(0, n, size):
+                stop = min(n, start + size)
+                calls.append((part.function, shown_prompts[start:stop], shown[start:stop],
+                              {k: v[start:stop] for k, v in columns.items()}))
+                where.append((part, start, stop))
+        out: dict[int, list] = {id(p): [None] * n for p in users}
+        for (part, start, stop), (kind, payload) in zip(where, self.pool.run(calls)):
+            values = out[id(part)]
+            if kind != "ok":
+                self._notice(part, kind, f"{payload} (a call of {stop - start} items)")
+                values[start:stop] = [_Failure()] * (stop - start)
+                continue
+            for i, v in enumerate(payload, start):
+                if v is not None and not math.isfinite(v):
+                    self._notice(part, "non-finite", f"returned {v} for an item")
+                    v = _Failure()
+                values[i] = v
+        return out
+
+    def _notice(self, part: RewardPart, kind: str, detail: str) -> None:
+        if (part.name, kind) in self._logged:
+            return
+        self._logged.add((part.name, kind))
+        self.log(f"reward function {part.name}: {kind}: {detail}; those items get reward 0 (counted in "
+                 f"reward/{part.name}/failed; further {kind} failures of this function are not logged)")
+
+
+def reward_metrics(counts: dict[str, float]) -> dict[str, float]:
+    """The logged values of summed :meth:`CompositeReward.take_metrics` counts: per part, the mean over
+    scored items (``reward/<name>``) and the numbers of items with None (``/none``) and failures
+    (``/failed``)."""
+    out = {}
+    for key in sorted(counts):
+        if key.endswith("/sum"):
+            base = key[: -len("/sum")]
+            scored = counts.get(f"{base}/scored", 0.0)
+            out[base] = counts[key] / scored if scored else 0.0
+            out[f"{base}/none"] = int(counts.get(f"{base}/none", 0))
+            out[f"{base}/failed"] = int(counts.get(f"{base}/failed", 0))
+    return out
+
+
+class _Failure:
+    """Marks an item whose value could not be used."""
+
+
+class _Gold:
+    """An example holding only its gold answer (for :meth:`CompositeReward.score`)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+
+def _columns(examples: Sequence) -> dict[str, list]:
+    """One list per dataset column over ``examples`` (None where a row lacks it), plus ``answer``."""
+    rows = [dict(getattr(ex, "columns", None) or {}) for ex in examples]
+    for row, ex in zip(rows, examples):
+        row.setdefault("answer", ex.answer)
+    keys = sorted({k for row in rows for k in row})
+    return {k: [row.get(k) for row in rows] for k in keys}

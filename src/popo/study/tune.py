@@ -1,0 +1,84 @@
+"""`popo compare --tune KEY=V1,V2,...`: pick each method's value of one setting (the learning rate) on the
+validation split, then compare the methods at their chosen values on fresh seeds and the test split.
+
+1. Tuning: every method x value on seeds `0 .. tune_seeds - 1` in ``OUT/tune`` (a study folder of its own),
+   evaluated on the validation split (`data.eval_source=testbed`).
+2. Choice: for each method, the value with the highest mean final validation greedy accuracy over the
+   tuning seeds (ties go to the value listed first); written to ``OUT/tuning.json`` with every mean.
+3. Final comparison: each method at its chosen value on seeds `tune_seeds .. tune_seeds + seeds - 1`
+   (none of them used for the choice) in ``OUT``, evaluated on the test split (`data.eval_source=testbed:test`).
+   Nothing is chosen from the test split.
+
+Both phases skip finished runs and resume interrupted ones, so the command can be run again after an
+interruption and continues where it stopped (a finished tuning phase is only re-read).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from popo.config import ConfigError
+from popo.study.runs import Variant, grid_variants, method_variants, parse_grid, run_study
+
+MIN_TUNE_SEEDS, MIN_FINAL_SEEDS, MIN_VALUES = 3, 5, 3
+TUNE_METRIC = "greedy_acc"
+VALIDATION, TEST = "data.eval_source=testbed", "data.eval_source=testbed:test"
+
+
+def check_tuning(spec: str, tune_seeds: int, seeds: int, overrides: list[str]) -> tuple[str, list[str]]:
+    """(key, values) of a `--tune` spec, refused unless the design can choose honestly: at least
+    `MIN_VALUES` values x `MIN_TUNE_SEEDS` tuning seeds, `MIN_FINAL_SEEDS` fresh final seeds, and no
+    evaluation source set by hand (each phase sets its own split)."""
+    [(key, values)] = parse_grid([spec])
+    if len(values) < MIN_VALUES or tune_seeds < MIN_TUNE_SEEDS or seeds < MIN_FINAL_SEEDS:
+        raise ConfigError(f"--tune needs at least {MIN_VALUES} values x --tune-seeds {MIN_TUNE_SEEDS}, and --seeds "
+                          f"{MIN_FINAL_SEEDS} for the final comparison (got {len(values)} x {tune_seeds}, {seeds})")
+    if any(o.startswith("data.eval_source=") for o in overrides):
+        raise ConfigError("--tune sets data.eval_source itself (validation to choose, test to report): drop it")
+    return key, values
+
+
+def choose(summary: dict[str, dict[int, dict[str, float]]], variants: list[Variant], method: str,
+           key: str, values: list[str]) -> tuple[str, dict[str, float]]:
+    """The value of `key` with the best mean final validation `TUNE_METRIC` for `method`, and every mean
+    (a value whose runs are missing counts as not tried)."""
+    label = key.rsplit(".", 1)[-1]
+    means: dict[str, float] = {}
+    for value in values:
+        name = f"{method} {label}={value}"
+        finals = [r[TUNE_METRIC] for r in summary.get(name, {}).values() if TUNE_METRIC in r]
+        if finals:
+            means[value] = sum(finals) / len(finals)
+    if not means:
+        raise ConfigError(f"--tune: no finished tuning run of {method}")
+    best = max(values, key=lambda v: means.get(v, float("-inf")))  # max keeps the first of equal values
+    return best, means
+
+
+def run_tuned_comparison(out: str | Path, methods: list[str], spec: str, *, tune_seeds: int, seeds: int,
+                         config_path: str | None, overrides: list[str], workers: int, threads: int,
+                         command: str, log: Callable[[str], None] = print) -> dict[str, str]:
+    """The three phases of the module docstring; returns each method's chosen value."""
+    from popo.study.report import summary
+
+    out = Path(out)
+    key, values = check_tuning(spec, tune_seeds, seeds, overrides)
+    tuning = grid_variants(methods, [(key, values)])
+    run_study(out / "tune", tuning, list(range(tune_seeds)), config_path=config_path,
+              overrides=[*overrides, VALIDATION], workers=workers, threads=threads, command=command, log=log)
+    finals = summary(out / "tune")
+    record, chosen = {"key": key, "metric": f"validation {TUNE_METRIC}", "seeds": list(range(tune_seeds))}, {}
+    for base in method_variants(methods):
+        best, means = choose(finals, tuning, base.name, key, values)
+        chosen[base.name] = best
+        record[base.name] = {"means": means, "chosen": best}
+        log(f"tune: {base.name}: {key}={best} (validation {TUNE_METRIC} " +
+            ", ".join(f"{v}: {m:.3f}" for v, m in means.items()) + ")")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tuning.json").write_text(json.dumps(record, indent=1))
+    final = [Variant(v.name, (*v.overrides, f"{key}={chosen[v.name]}"), v.sft) for v in method_variants(methods)]
+    run_study(out, final, list(range(tune_seeds, tune_seeds + seeds)), config_path=config_path,
+              overrides=[*overrides, TEST], workers=workers, threads=threads, command=command, log=log)
+    return chosen
