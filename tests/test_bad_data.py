@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import popo.build
-from popo.build import fit_prompts
+from popo.data.prepare import fit_prompts
 from popo.cli import main
 from popo.config import ConfigError, load_config
 from popo.data import DataError, Example

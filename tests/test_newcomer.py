@@ -209,7 +209,7 @@ def test_an_over_long_prompt_error_suggests_skipping(tmp_path):
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"problem": "1+1=" * 200, "answer": "2"}) + "\n")
     config = load_config(None, [f"data.source={data}", "data.max_prompt_tokens=16"])
-    from popo.build import fit_prompts
+    from popo.data.prepare import fit_prompts
     from popo.data.sources import load_examples
     from popo.testbed.tokenizer import build_tokenizer
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from popo.build import build_trainer, testbed_examples, testbed_task
+from popo.build import build_trainer
+from popo.data.prepare import testbed_examples, testbed_task
 from popo.config import load_config
 from popo.diagnostics import finish_diversity, positive_diversity
 from popo.distributed import Dist

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from popo.build import (is_testbed, load_policy, make_verifier, resolve_device, resolve_model_path,
-                        testbed_examples)
+from popo.build import load_policy, make_verifier, resolve_device, resolve_model_path
+from popo.data.prepare import is_testbed, testbed_examples
 from popo.data.example import column_names
 from popo.config import load_config
 from popo.errors import SetupError

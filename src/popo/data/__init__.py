@@ -2,7 +2,7 @@
 
 `sources.py` reads JSONL, JSON, parquet and hub datasets into `Example`s (bad rows are errors naming file,
 line and field, or are skipped and counted; `fields.py` checks one row: text or chat problem, answers, id); `templates.py` renders prompts; `benchmarks.py` names the
-evaluation sets; `stream.py` is the seeded, resumable order in which a run visits its prompts."""
+evaluation sets; `prepare.py` builds a run's prompts (testbed splits, length cap); `stream.py` is the seeded, resumable order in which a run visits its prompts."""
 
 from popo.data.benchmarks import BENCHMARKS, BenchmarkSpec, load_benchmark
 from popo.data.example import Example

@@ -20,7 +20,8 @@ import warnings
 
 import torch
 
-from popo.build import build_run, is_testbed, testbed_task
+from popo.build import build_run
+from popo.data.prepare import is_testbed, testbed_task
 from popo.errors import SetupError
 from popo.records import StepTimer
 from popo.testbed.sft import encode_pairs

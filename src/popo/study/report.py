@@ -35,7 +35,7 @@ SECTIONS = ("## Setup", "## Results", "## Paired comparisons", "## Learning curv
 
 def task_line(config: Config) -> str:
     """What the run's task is, in words (the testbed task's own description, else the data source)."""
-    from popo.build import is_testbed, testbed_task
+    from popo.data.prepare import is_testbed, testbed_task
 
     return f"testbed: {testbed_task(config).describe()}" if is_testbed(config.data.source) else config.data.source
 

@@ -22,6 +22,7 @@ from popo.config import AlgoConfig, Config, validate
 from popo.config_reference import field_docs
 from popo.errors import ConfigError
 
+POPO_LOSS_TYPE = "popo"  # the `loss_type` that selects POPO; every other one is TRL's own
 PREFIX = "popo_"
 _DEFAULTS = AlgoConfig()
 _DOCS = field_docs(AlgoConfig)
@@ -48,7 +49,7 @@ class POPOConfig(GRPOConfig):
     """`GRPOConfig` with POPO's fields (`popo_*`, see the module docstring) and `loss_type="popo"`."""
 
     loss_type: str = field(
-        default="popo",
+        default=POPO_LOSS_TYPE,
         metadata={"help": "'popo' trains with POPO (positives only, popo's loss); any of TRL's loss types "
                           "('dapo', 'grpo', 'dr_grpo', ...) runs TRL's GRPOTrainer code unchanged."},
     )
@@ -67,7 +68,7 @@ class POPOConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.loss_type != "popo":
+        if self.loss_type != POPO_LOSS_TYPE:
             return
         algo = self.popo_algo()  # popo's own checks, reported with this class's field names
         try:

@@ -36,7 +36,7 @@ from popo.ema import ema_tau, ema_update_, matched_tensors
 from popo.errors import ConfigError, SetupError
 from popo.integrations.trl.batches import MicroBatch, plan
 from popo.integrations.trl.checkpoint import load_companions, save_companions
-from popo.integrations.trl.config import POPOConfig
+from popo.integrations.trl.config import POPO_LOSS_TYPE, POPOConfig
 from popo.integrations.trl.loss import accumulate, micro_batch_loss
 from popo.lora import AdapterEMA
 from popo.models import Models
@@ -64,7 +64,7 @@ class POPOTrainer(GRPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.popo: PopoState | None = None
-        if self.args.loss_type != "popo":
+        if self.args.loss_type != POPO_LOSS_TYPE:
             return
         if not isinstance(self.args, POPOConfig):
             raise ConfigError("loss_type='popo' needs a POPOConfig (it holds POPO's settings), not a "
