@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from popo import build
+from popo.data import prepare
 from popo.config import load_config
 from popo.errors import ConfigError, SetupError
 from popo.testbed.countdown import CountdownVerifier
@@ -20,35 +21,35 @@ SMALL = ["testbed.task=countdown", "testbed.numbers=3", "testbed.test_size=40", 
 
 def test_the_task_key_picks_generator_verifier_alphabet_and_cache():
     countdown = load_config(None, SMALL)
-    task = build.testbed_task(countdown)
+    task = prepare.testbed_task(countdown)
     assert isinstance(task, CountdownTask) and task.numbers == 3 and task.validation_size == 30
     assert isinstance(build.make_verifier(countdown, log=lambda m: None), CountdownVerifier)
     addition = load_config(None, [])
-    assert isinstance(build.testbed_task(addition), AdditionTask)
+    assert isinstance(prepare.testbed_task(addition), AdditionTask)
     assert isinstance(build.make_verifier(addition, log=lambda m: None), AdditionVerifier)
     tokenizer = build_tokenizer(task.alphabet)
     text = "7,3,5>22:7*3=21,21+1=22;22"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
-    assert "/" not in build.testbed_task(addition).alphabet and "/" in task.alphabet
+    assert "/" not in prepare.testbed_task(addition).alphabet and "/" in task.alphabet
     spec = TinyModelSpec()
-    assert cache_key(task, spec, 10, 8, 1e-3, 0) != cache_key(build.testbed_task(addition), spec, 10, 8, 1e-3, 0)
+    assert cache_key(task, spec, 10, 8, 1e-3, 0) != cache_key(prepare.testbed_task(addition), spec, 10, 8, 1e-3, 0)
     with pytest.raises(ConfigError, match="testbed.task"):
         load_config(None, ["testbed.task=sudoku"])
 
 
 def test_validation_and_test_are_chosen_by_the_source():
     config = load_config(None, SMALL)
-    validation = build.testbed_examples(config, "testbed", split="validation")
-    test = build.testbed_examples(config, "testbed:test", split="validation")
+    validation = prepare.testbed_examples(config, "testbed", split="validation")
+    test = prepare.testbed_examples(config, "testbed:test", split="validation")
     assert len(validation) == 30 and len(test) == 40 and validation[0].id.startswith("validation-")
-    assert build.testbed_examples(config, "testbed:validation", split="test") == validation
-    assert build.testbed_split(config, "testbed", "train") == "train"
+    assert prepare.testbed_examples(config, "testbed:validation", split="test") == validation
+    assert prepare.testbed_split(config, "testbed", "train") == "train"
     with pytest.raises(ConfigError, match="testbed:test"):
-        build.testbed_examples(config, "testbed:dev", split="validation")
+        prepare.testbed_examples(config, "testbed:dev", split="validation")
     legacy = load_config(None, ["testbed.validation_size=0", "testbed.test_size=50"])
-    assert build.testbed_split(legacy, "testbed", "validation") == "test"  # no validation split: the old layout
+    assert prepare.testbed_split(legacy, "testbed", "validation") == "test"  # no validation split: the old layout
     with pytest.raises(SetupError, match="no validation split"):
-        build.testbed_split(legacy, "testbed:validation", "validation")
+        prepare.testbed_split(legacy, "testbed:validation", "validation")
 
 
 def test_the_addition_test_split_is_unchanged_and_held_out():
