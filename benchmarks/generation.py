@@ -4,12 +4,16 @@ Bare = what a trainer without popo's engine runs (TRL's transformers path): left
 already on the device, `generate(do_sample=True, temperature=1, top_k=0, top_p=1)`, nothing else.
 Engine = `HFEngine.generate(prompts, G, ...)`: tokenisation (cached), per-row seeded sampling with the
 sampled tokens' log-probs, completion masks, decoding to text: everything a training step needs.
-Overhead = engine time / bare time - 1, per interleaved round, median over rounds. `engine-generate`
-is the engine before this benchmark's optimisations (sampler inside `generate`, no shared prompt
-prefill, finished rows kept): `HFEngine(share_prompt_prefill=False, drop_finished_rows=False)`.
+Overhead = engine time / bare time - 1, per interleaved round, median over rounds. Engine variants:
+`engine` = popo's engine now (`LeanDecoder` steps); `engine-model` = the same loop stepping with the
+model's own forward (`HFEngine(lean_decode=False)`, the decode path before docs/performance.md's
+"lean decode"); `engine-generate` = the engine before the first optimisations (sampler inside
+`generate`, no shared prompt prefill, finished rows kept).
 
 The second table is generated tokens per second (completion tokens up to and including the first
-end-of-sequence) against the number of rows per call.
+end-of-sequence) against the number of rows per call. The compute floor is the model's full-forward
+FLOP rate on this machine (a teacher-forced forward over rows x (prompt + limit) tokens, FLOPs counted
+from the weights and the attention), turned into tokens per second with the FLOPs of one decoded token.
 
     .venv/bin/python benchmarks/generation.py
     .venv/bin/python benchmarks/generation.py --models testbed --batch-sizes 8 64 --repeats 3
@@ -69,7 +73,38 @@ def engine_generate(engine, prompts: list[str], group: int, max_new_tokens: int,
     return clock.wall, clock.cpu, int(rollouts.lengths.sum())
 
 
-PATHS = ("bare", "engine", "engine-generate")
+PATHS = ("bare", "engine", "engine-model", "engine-generate")
+ENGINES = PATHS[1:]
+
+
+def token_flops(policy, context: float) -> float:
+    """FLOPs of one token through the model: 2 per weight of every linear layer (the tied or untied
+    output layer included, the embedding lookup not) plus the attention products, 4 x layers x
+    (heads x head_dim) x the number of keys it attends to."""
+    import torch
+
+    linear = sum(m.weight.numel() for m in policy.modules() if isinstance(m, torch.nn.Linear))
+    config = policy.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2.0 * linear + 4.0 * config.num_hidden_layers * config.num_attention_heads * head_dim * context
+
+
+def compute_floor(policy, rows: int, width: int, repeats: int = 5) -> dict:
+    """The model's full-forward FLOP rate: a teacher-forced forward over [rows, width] tokens (causal, so
+    a token attends to (t + 1) keys), median of `repeats` timed calls after one warm-up."""
+    import torch
+
+    ids = torch.randint(3, policy.config.vocab_size, (rows, width))
+    flops = rows * sum(token_flops(policy, t + 1) for t in range(width))
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            with common.Clock() as clock:
+                policy(input_ids=ids)
+            if i:
+                times.append(clock.wall)
+    seconds = common.median(times)
+    return {"rows": rows, "width": width, "flops": flops, "seconds": seconds, "gflops_per_s": flops / seconds / 1e9}
 
 
 def _one(which, policy, tokenizer, engines, prompts, args, seed):
@@ -79,14 +114,15 @@ def _one(which, policy, tokenizer, engines, prompts, args, seed):
 
 
 def _order(rep: int) -> tuple[str, ...]:
-    return PATHS[rep % 3:] + PATHS[: rep % 3]
+    k = rep % len(PATHS)
+    return PATHS[k:] + PATHS[:k]
 
 
 def _compare(samples: dict) -> dict:
     bare = samples["bare"]
     out = {"bare_s": common.median([b[0] for b in bare]), "bare_cpu_s": common.median([b[1] for b in bare]),
            "bare_tokens": common.median([b[2] for b in bare])}
-    for name in ("engine", "engine-generate"):
+    for name in ENGINES:
         runs, key = samples[name], name.replace("-", "_")
         out[f"{key}_s"] = common.median([e[0] for e in runs])
         out[f"{key}_cpu_s"] = common.median([e[1] for e in runs])
@@ -121,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         policy, tokenizer = load(model)
         most = max(args.batch_sizes + [args.prompts * args.group])
         engines = {"engine": HFEngine(policy, tokenizer, max_batch_rollouts=most),
+                   "engine-model": HFEngine(policy, tokenizer, max_batch_rollouts=most, lean_decode=False),
                    "engine-generate": HFEngine(policy, tokenizer, max_batch_rollouts=most,
                                                share_prompt_prefill=False, drop_finished_rows=False)}
         prompts = prompts_for(max(args.batch_sizes) // args.group + args.prompts)
@@ -133,11 +170,21 @@ def main(argv: list[str] | None = None) -> int:
             for which in _order(rep):
                 samples[which].append(_one(which, policy, tokenizer, engines, batch, args, rep))
         row = {"model": model, "rows": args.prompts * args.group, **_compare(samples)}
+        prompt_width = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in batch)
+        floor = compute_floor(policy, row["rows"], prompt_width + args.max_new_tokens)
+        # FLOPs of a decoded token at a typical context: the prompt plus half the completion limit
+        per_token = token_flops(policy, prompt_width + args.max_new_tokens / 2)
+        row["floor"] = {**floor, "token_flops": per_token,
+                        "tokens_per_s": floor["gflops_per_s"] * 1e9 / per_token}
+        for name in ENGINES:
+            key = name.replace("-", "_")
+            row[f"{key}_floor_share"] = row[f"{key}_tokens"] / row[f"{key}_s"] / row["floor"]["tokens_per_s"]
         overhead_rows.append(row)
         print(f"{model:8} {row['rows']} rows: bare {row['bare_s']:.3f} s, engine {row['engine_s']:.3f} s "
               f"({100 * row['engine_overhead']:+.1f}% wall, {100 * row['engine_overhead_cpu']:+.1f}% CPU), "
-              f"engine-generate {row['engine_generate_s']:.3f} s ({100 * row['engine_generate_overhead']:+.1f}% "
-              f"wall)", flush=True)
+              f"engine-model {row['engine_model_s']:.3f} s, engine-generate {row['engine_generate_s']:.3f} s; "
+              f"floor {row['floor']['gflops_per_s']:.1f} GFLOP/s = {row['floor']['tokens_per_s']:.0f} tokens/s, "
+              f"engine at {100 * row['engine_floor_share']:.0f}% of it", flush=True)
         for rows in args.batch_sizes:
             sub = prompts[: max(1, rows // args.group)]
             samples = {name: [] for name in PATHS}
@@ -166,11 +213,24 @@ def _overhead_cells(rows: list[dict]) -> list[list]:
     for r in rows:
         out.append([r["model"], r["rows"], "bare", round(r["bare_s"], 4), round(r["bare_cpu_s"], 4), "-", "-",
                     r["bare_tokens"], "-"])
-        for name in ("engine", "engine-generate"):
+        for name in ENGINES:
             key = name.replace("-", "_")
             out.append([r["model"], r["rows"], name, round(r[f"{key}_s"], 4), round(r[f"{key}_cpu_s"], 4),
                          f"{100 * r[f'{key}_overhead']:+.1f}%", f"{100 * r[f'{key}_overhead_cpu']:+.1f}%",
                          r[f"{key}_tokens"], ", ".join(map(str, r[f"{key}_round_ratios"]))])
+    return out
+
+
+def _floor_cells(rows: list[dict]) -> list[list]:
+    out = []
+    for r in rows:
+        f = r["floor"]
+        shares = []
+        for name in ENGINES:
+            key = name.replace("-", "_")
+            shares.append(f"{round(r[key + '_tokens'] / r[key + '_s'])} ({100 * r[key + '_floor_share']:.0f}%)")
+        out.append([r["model"], r["rows"], f"{f['rows']} x {f['width']}", round(f["gflops_per_s"], 1),
+                    round(f["token_flops"] / 1e6, 3), round(f["tokens_per_s"]), *shares])
     return out
 
 
@@ -180,7 +240,7 @@ def render_markdown(result: dict) -> str:
     lines += [
         f"Up to {s['max_new_tokens']} new tokens, temperature {s['temperature']}, top-p {s['top_p']}, "
         f"G = {s['group_size']}, fp32, torch threads {s['threads']}; {s['repeats']} interleaved rounds (the "
-        "three paths take turns going first).",
+        "paths take turns going first).",
         "",
         "## Overhead on one step's batch",
         "",
@@ -188,10 +248,23 @@ def render_markdown(result: dict) -> str:
                        "per-round / bare (wall)"], _overhead_cells(result["overhead"])),
         "",
         "vs bare = median over rounds of path time / bare time, minus 1 (negative = faster than a bare "
-        "`generate`). engine = popo's engine now; engine-generate = the engine before the optimisations "
-        "(sampler inside `generate`, prompt prefill per row, finished rows kept). Tokens = completion tokens "
+        "`generate`). engine = popo's engine now (`LeanDecoder` steps); engine-model = the same loop stepping "
+        "with the model's own forward (the decode path before the lean decoder); engine-generate = the "
+        "engine before the first optimisations (sampler inside `generate`, prompt prefill per row, finished "
+        "rows kept). Tokens = completion tokens "
         "up to and including the first end-of-sequence (bare `generate` draws different samples from the "
         "engine's seeded ones, so lengths differ slightly on the testbed model).",
+        "",
+        "## Compute floor",
+        "",
+        *common.table(["model", "rows", "forward measured", "full-forward GFLOP/s", "MFLOP per decoded token",
+                       "floor tokens/s", *[f"{n} tokens/s (share of floor)" for n in ENGINES]],
+                      _floor_cells(result["overhead"])),
+        "",
+        "Floor = the full-forward FLOP rate divided by the FLOPs of one decoded token (at the prompt plus half "
+        "the completion limit). A decoding step multiplies [rows, hidden] by each weight matrix: at 64 rows "
+        "the products alone run at about the full-forward rate, so the share of the floor is, in effect, "
+        "how much of a step is spent outside the matrix products.",
         "",
         "## Tokens per second against rows per call",
         "",

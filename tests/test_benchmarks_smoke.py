@@ -73,6 +73,23 @@ def test_generation(bench, tmp_path):
                                      "--batch-sizes", "4", "--repeats", "1", "--out", str(out)]) == 0
     result = _written(out)
     assert result["overhead"][0]["engine_tokens"] > 0 and result["throughput"][0]["rows"] == 4
+    floor = result["overhead"][0]["floor"]
+    assert floor["gflops_per_s"] > 0 and 0 < result["overhead"][0]["engine_floor_share"] < 10
+    assert "engine_model_s" in result["overhead"][0]
+
+
+def test_token_flops_counts_weights_and_attention(bench):
+    """2 FLOPs per linear weight (the output layer included) plus 4 x layers x width x keys."""
+    from popo.testbed.model import TinyModelSpec, build_tiny_qwen2
+    from popo.testbed.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = build_tiny_qwen2(tokenizer, TinyModelSpec(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                      num_key_value_heads=2, intermediate_size=64))
+    vocab = len(tokenizer)
+    per_layer = 32 * 32 + 2 * (32 * 16) + 32 * 32 + 3 * (32 * 64)  # q, k, v (2 kv heads of 8), o, MLP
+    linear = 2 * per_layer + vocab * 32  # the tied output layer is an nn.Linear too
+    assert bench("generation").token_flops(model, 10) == 2.0 * linear + 4.0 * 2 * 32 * 10
 
 
 def test_profile_step(bench, capsys):

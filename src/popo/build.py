@@ -178,7 +178,7 @@ def make_engine(config: Config, policy: torch.nn.Module, tokenizer, model_path: 
     from popo.rollout import HFEngine
 
     return HFEngine(policy, tokenizer, max_prompt_tokens=config.data.max_prompt_tokens,
-                    max_batch_rollouts=r.max_batch_rollouts)
+                    max_batch_rollouts=r.max_batch_rollouts, lean_decode=r.lean_decode)
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:

@@ -113,6 +113,8 @@ class RolloutConfig:
     """Rows per generate call."""
     engine: str = "hf"
     """Rollout engine: hf (transformers) or vllm (needs `pip install 'popo[vllm]'` and a CUDA GPU)."""
+    lean_decode: bool = True
+    """hf engine: decode Llama-family models with popo's lean step (same function, less overhead); false uses the model's forward."""
     vllm_mode: str = "colocate"
     """vLLM: colocate (in the training process, sleeping between rollouts) or server (LoRA only)."""
     vllm_server_url: str = "http://127.0.0.1:8000"

@@ -16,7 +16,9 @@ import transformers
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from popo.rollout.base import Rollouts, SamplingParams
-from popo.rollout.sampling import SeededSampler, fmix32, gumbel_noise, row_seed, sampling_logprobs
+from popo.rollout.decoder import LeanDecoder
+from popo.rollout.sampling import (SeededSampler, fmix32, gumbel_noise, row_seed, sampling_logprobs,
+                                   vocab_keys)
 
 
 class HFEngine:
@@ -38,8 +40,9 @@ class HFEngine:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
                  max_prompt_tokens: int = 1024, max_batch_rollouts: int = 256, share_prompt_prefill: bool = True,
-                 drop_finished_rows: bool = True):
+                 drop_finished_rows: bool = True, lean_decode: bool = True):
         self.model, self.tokenizer = model, tokenizer
+        self.lean_decode = lean_decode
         self.max_prompt_tokens, self.max_batch_rollouts = max_prompt_tokens, max_batch_rollouts
         self.share_prompt_prefill, self.drop_finished_rows = share_prompt_prefill, drop_finished_rows
         self._prompt_cache: dict[str, list[int]] = {}
@@ -88,12 +91,20 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            prefix = self._prefix_cache(prompt_ids, prompt_mask, n) if self.share_prompt_prefill else None
+            seed_tensor = seeds.to(device)  # [N]
+            limit = sampling.max_new_tokens
+            lean = self.lean_decode and self.drop_finished_rows and LeanDecoder.supports(self.model) is None
+            if lean:
+                stepper, logits = self._lean_prompt(prompt_ids, prompt_mask, n, limit)
+            prefix = None
+            if not lean and self.share_prompt_prefill:
+                prefix = self._prefix_cache(prompt_ids, prompt_mask, n)
             prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # [N, P]
             prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # [N, P]
-            seed_tensor = seeds.to(device)  # [N]
+            if not lean and self.drop_finished_rows:
+                stepper, logits = self._model_prompt(prompt_ids, prompt_mask, prefix, limit)
             if self.drop_finished_rows:
-                completion_ids, logprobs = self._decode(prompt_ids, prompt_mask, prefix, seed_tensor, sampling)
+                completion_ids, logprobs = self._decode(stepper, logits, seed_tensor, sampling)
             else:
                 sampler = SeededSampler(seed_tensor, sampling.temperature, sampling.top_p, prompt_width=width)
                 out = self.model.generate(
@@ -115,45 +126,69 @@ class HFEngine:
                         truncated, texts, group_size=n)
 
 
-    def _decode(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache, seeds: torch.Tensor,
-                 sampling: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample up to `max_new_tokens` per row ([N, P] left-padded prompts, `cache` holding their first
-        P-1 columns or None); rows leave the batch at their end-of-sequence token.
-        Returns (completion ids [N, C] padded after eos, sampled-token log-probs [N, C], 0 there)."""
-        pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        n_rows, limit = prompt_ids.shape[0], sampling.max_new_tokens
-        tokens = torch.full((n_rows, limit), pad_id, dtype=torch.long, device=prompt_ids.device)  # [N, C]
-        logprobs = torch.zeros(n_rows, limit, dtype=torch.float32, device=prompt_ids.device)  # [N, C]
-        mask = prompt_mask.long()  # [R, P + t] for the R running rows
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # [R, P]
-        inputs, step_positions = prompt_ids, positions  # the whole prompt, unless the prefix is cached
+    def _lean_prompt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, limit: int):
+        """`LeanDecoder` over the B distinct prompts [B, P]: all prompt columns but the last run once per
+        prompt (`share_prompt_prefill`) or once per row; then the rows are repeated n times and the last
+        prompt column runs as a decoding step. Returns (decoder, logits [B*n, V] of the first token)."""
+        rows = torch.arange(prompt_ids.shape[0], device=prompt_ids.device).repeat_interleave(n)  # [N]
+        if not self.share_prompt_prefill:
+            prompt_ids, prompt_mask, rows = prompt_ids[rows], prompt_mask[rows], None
+        decoder = LeanDecoder(self.model, prompt_mask, limit)
+        if prompt_ids.shape[1] > 1:
+            decoder.prefill(prompt_ids[:, :-1])
+        last = prompt_ids[:, -1]
+        if rows is not None:
+            decoder.select(rows)
+            last = last[rows]
+        return decoder, decoder.step(last)
+
+    def _model_prompt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache, limit: int):
+        """The model's own forward over the prompt rows [N, P] (only their last column when `cache`
+        holds the others); returns (a `_ModelStepper` for the tokens after it, logits [N, V])."""
+        positions = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)  # [N, P]
+        inputs, input_positions = prompt_ids, positions
         if cache is not None:
-            inputs, step_positions = prompt_ids[:, -1:], positions[:, -1:]
-        running = torch.arange(n_rows, device=prompt_ids.device)  # [R] row index of each running row
-        last_position = positions[:, -1:]  # [R, 1]
+            inputs, input_positions = prompt_ids[:, -1:], positions[:, -1:]
+        out = self.model(input_ids=inputs, attention_mask=prompt_mask, position_ids=input_positions,
+                         use_cache=True, logits_to_keep=1, **_cache_kwarg(cache))
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return _ModelStepper(self.model, cache, prompt_mask, positions[:, -1], limit), out.logits[:, -1]
+
+    def _decode(self, stepper, logits: torch.Tensor, seeds: torch.Tensor,
+                sampling: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample up to `max_new_tokens` per row from the first-token `logits` [N, V], then one `stepper`
+        step per token (`LeanDecoder` or `_ModelStepper`). Ended rows leave the batch in chunks (see
+        `_should_compact`). Returns (completion ids [N, C] padded after eos, sampled-token log-probs
+        [N, C], 0 there)."""
+        pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        (n_rows, vocab), limit, device = logits.shape, sampling.max_new_tokens, logits.device
+        tokens = torch.full((n_rows, limit), pad_id, dtype=torch.long, device=device)  # [N, C]
+        logprobs = torch.zeros(n_rows, limit, dtype=torch.float32, device=device)  # [N, C]
+        keys = vocab_keys(vocab, device)
+        running = torch.arange(n_rows, device=device)  # [R] row index of each running row
+        done = torch.zeros(n_rows, dtype=torch.bool, device=device)  # [R] ended, not yet dropped
+        row_tokens, row_logprobs = tokens.clone(), logprobs.clone()  # [R, C] the running rows' samples
         steps = 0
         for t in range(limit):
-            out = self.model(input_ids=inputs, attention_mask=mask, position_ids=step_positions, use_cache=True,
-                             logits_to_keep=1, **_cache_kwarg(cache))
-            cache = out["cache"] if "cache" in out else out["past_key_values"]
-            logp = sampling_logprobs(out.logits[:, -1], sampling.temperature, sampling.top_p)  # [R, V]
-            keyed = logp if sampling.temperature <= 0 else logp + gumbel_noise(seeds, t, logp.shape[-1])
+            logp = sampling_logprobs(logits, sampling.temperature, sampling.top_p)  # [R, V]
+            keyed = logp if sampling.temperature <= 0 else logp + gumbel_noise(seeds, t, logp.shape[-1], keys)
             choice = keyed.argmax(dim=-1)  # [R]
-            tokens[running, t] = choice
-            logprobs[running, t] = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+            row_tokens[:, t] = choice.masked_fill(done, pad_id)
+            row_logprobs[:, t] = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
             steps = t + 1
-            going = choice != eos_id  # [R]
-            if not bool(going.any()):
+            done = done | (choice == eos_id)
+            finished = int(done.sum())
+            if finished == len(done):
                 break
-            if not bool(going.all()):  # finished rows leave the batch and the cache
-                keep = going.nonzero().squeeze(1)  # [R']
-                cache.batch_select_indices(keep)
-                running, seeds, choice = running[keep], seeds[keep], choice[keep]
-                mask, last_position = mask[keep], last_position[keep]
-            inputs = choice.unsqueeze(1)  # [R, 1]
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [R, P + t + 1]
-            last_position = last_position + 1
-            step_positions = last_position
+            if _should_compact(finished, len(done)):
+                ended = done.nonzero().squeeze(1)
+                tokens[running[ended]], logprobs[running[ended]] = row_tokens[ended], row_logprobs[ended]
+                keep = (~done).nonzero().squeeze(1)  # [R']
+                stepper.select(keep)
+                running, seeds, choice, done = running[keep], seeds[keep], choice[keep], done[keep]
+                row_tokens, row_logprobs = row_tokens[keep], row_logprobs[keep]
+            logits = stepper.step(choice)
+        tokens[running], logprobs[running] = row_tokens, row_logprobs
         return tokens[:, :steps], logprobs[:, :steps]
 
     def _prefix_cache(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int):
@@ -167,6 +202,38 @@ class HFEngine:
         cache = out["cache"] if "cache" in out else out["past_key_values"]  # transformers 5 / 4
         cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...], rows ordered prompt by prompt
         return cache
+
+
+def _should_compact(finished: int, rows: int) -> bool:
+    """Whether to drop the `finished` ended rows of `rows` from the batch now. Dropping costs a copy of the
+    KV cache and keeping costs their compute: rows leave once an eighth of the batch has ended. Below four
+    running rows they leave at once, because a matrix product's rounding for rows 1-3 of a batch depends
+    on the batch size (CPU BLAS switches kernels there), and the samples must not depend on the schedule."""
+    return finished > 0 and (8 * finished >= rows or rows - finished <= 3)
+
+
+class _ModelStepper:
+    """`LeanDecoder`'s interface on the model's own forward (any architecture): a growing KV cache."""
+
+    def __init__(self, model, cache, key_mask: torch.Tensor, positions: torch.Tensor, limit: int):
+        self.model, self.cache = model, cache
+        rows, width = key_mask.shape
+        self.mask = key_mask.new_ones(rows, width + limit)  # [R, P + C], sliced per step: no reallocation
+        self.mask[:, :width] = key_mask
+        self.positions, self.used = positions.clone(), width
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep)
+        self.mask, self.positions = self.mask[keep], self.positions[keep]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.positions += 1
+        self.used += 1
+        out = self.model(input_ids=tokens.unsqueeze(1), attention_mask=self.mask[:, :self.used],
+                         position_ids=self.positions.unsqueeze(1), use_cache=True, logits_to_keep=1,
+                         **_cache_kwarg(self.cache))
+        self.cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return out.logits[:, -1]
 
 
 def sample_seeds(prompt_seeds: Sequence[int], n: int) -> torch.Tensor:

@@ -56,18 +56,27 @@ def stream_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2**63 - 1)
 
 
-def counter_uniform(seeds: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
-    """Uniform(0, 1) draws [R, V] (float32, never 0 or 1), a pure function of (seeds[r], position, v)."""
+def vocab_keys(vocab: int, device=None) -> torch.Tensor:
+    """The per-column half of `counter_uniform`'s hash [V] (int64): the same for every row and position,
+    so a decoding loop computes it once."""
+    v = torch.arange(vocab, dtype=torch.int64, device=device)
+    return fmix32(v * 0x9E3779B1 + 0x85EBCA77)
+
+
+def counter_uniform(seeds: torch.Tensor, position: int, vocab: int,
+                    keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Uniform(0, 1) draws [R, V] (float32, never 0 or 1), a pure function of (seeds[r], position, v).
+    `keys`: `vocab_keys(vocab)`, when the caller has it already."""
     base = fmix32(seeds.to(torch.int64) ^ fmix32(torch.tensor(position * 0x27D4EB2F + 0x165667B1)))  # [R]
-    v = torch.arange(vocab, dtype=torch.int64, device=seeds.device)
-    h = fmix32(base.unsqueeze(1) ^ fmix32(v * 0x9E3779B1 + 0x85EBCA77))  # [R, V]
+    keys = vocab_keys(vocab, seeds.device) if keys is None else keys
+    h = fmix32(base.unsqueeze(1) ^ keys)  # [R, V]
     # 23 bits keep u = (k + 0.5) / 2^23 exactly representable in float32, so 0 < u < 1 strictly
     return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
-def gumbel_noise(seeds: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
+def gumbel_noise(seeds: torch.Tensor, position: int, vocab: int, keys: torch.Tensor | None = None) -> torch.Tensor:
     """Gumbel(0, 1) noise [R, V] (float32), a pure function of (seeds[r], position, v)."""
-    return -torch.log(-torch.log(counter_uniform(seeds, position, vocab)))
+    return -torch.log(-torch.log(counter_uniform(seeds, position, vocab, keys)))
 
 
 def normal_noise(seeds: torch.Tensor, width: int) -> torch.Tensor:
