@@ -8,9 +8,11 @@ step (and, for POPO, the EMA update). Rewards: the testbed verifier for the test
 random models, which never solve the task, a hash of the completion text that marks about 1/8 of
 them positive (see `common.hash_reward`), the same function in both frameworks.
 
-`grpo-base` / `popo-base` are popo before the optimisations documented in docs/performance.md
+`grpo-base` / `popo-base` are popo before the first optimisations documented in docs/performance.md
 (engine sampling inside `generate` with per-row prompt prefill and finished rows kept; GRPO forwarding
-zero-advantage rows), for the before/after comparison in the same run.
+zero-advantage rows); `grpo-prev` / `popo-prev` are popo before the lean decode step
+(`rollout.lean_decode=false`: the engine's loop steps with the model's own forward), for the
+before/after comparisons in the same run.
 
 Each (framework, model) run is a fresh process (so its peak RSS is its own) training `--steps` steps;
 the runs are interleaved (round r runs every framework once, in a rotated order) and repeated
@@ -37,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-FRAMEWORKS = ("trl", "grpo", "popo", "grpo-base", "popo-base")
+FRAMEWORKS = ("trl", "grpo", "popo", "grpo-prev", "popo-prev", "grpo-base", "popo-base")
 
 
 # ---------------------------------------------------------------- workers (one framework, one model)
@@ -56,7 +58,7 @@ def make_trainer(args):
     from popo.build import build_trainer
 
     path = common.model_path(args.model)
-    algo = args.framework.removesuffix("-base")
+    algo = args.framework.removesuffix("-base").removesuffix("-prev")
     out_dir = tempfile.mkdtemp(prefix="bench-step-")
     overrides = [
         f"model.name={path}", "model.dtype=float32", "model.device=cpu", "data.eval_source=",
@@ -66,7 +68,7 @@ def make_trainer(args):
         "algo.kl_coef=0.0", "algo.aggregation=token-mean", "algo.zero_if_truncated=false",
         f"optim.lr={args.lr}", "optim.grad_clip=1.0", f"train.steps={args.steps}", "train.eval_every=0",
         "train.diag_every=0", "train.save_every=0", "train.tensorboard=false", "train.progress=false",
-        f"train.out_dir={out_dir}",
+        f"train.out_dir={out_dir}", f"rollout.lean_decode={not args.framework.endswith('-prev')}",
     ]
     trainer = build_trainer(load_config(None, overrides), log=lambda s: None)
     if args.model != "testbed":
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["0.3m", "2.4m", "testbed"], choices=list(common.MODELS))
     parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS,
-                        help="trl, popo's grpo and popo, and the -base variants (popo before optimisation)")
+                        help="trl, popo's grpo and popo, the -prev variants (before the lean decode step) and the "
+                             "-base variants (before the first optimisations)")
     add_run_options(parser, FRAMEWORKS, steps=30, repeats=3, out=common.RESULTS / "step_time_vs_trl")
     args = parser.parse_args(argv)
     if args.worker:
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{model:8} round {rep + 1}  {fw:5} median step {medians[fw]:.4f} s (CPU {cpu[fw]:.4f} s)  "
                       f"peak RSS {result['peak_rss_mb']:.0f} MiB  threads {result['torch_threads']}", flush=True)
             if "trl" in medians:
-                for fw in ("grpo", "popo", "grpo-base", "popo-base"):
+                for fw in FRAMEWORKS[1:]:
                     if fw in medians:
                         ratios.setdefault((model, fw), []).append(medians["trl"] / medians[fw])
                         cpu_ratios.setdefault((model, fw), []).append(cpu["trl"] / cpu[fw])
@@ -318,7 +321,9 @@ def render_markdown(result: dict) -> str:
         "better for popo). generate s = time inside `model.generate` for TRL, the engine's generate phase "
         "for popo; train s = popo's update phase (forward, backward, optimizer step). Positive frac = share "
         "of rollouts with reward 1 (testbed verifier for the testbed model; hash reward otherwise). "
-        "Peak RSS = the whole process's maximum resident set (interpreter, libraries, model, optimizer).",
+        "Peak RSS = the whole process's maximum resident set (interpreter, libraries, model, optimizer). "
+        "-prev = popo before the lean decode step (`rollout.lean_decode=false`); -base = popo before the first "
+        "optimisations (no shared prefill, finished rows kept, GRPO forwarding zero-advantage rows).",
         "",
     ]
     return "\n".join(lines)

@@ -110,3 +110,11 @@ def test_verifier_throughput(bench, tmp_path):
     finally:
         sys.argv = argv
     assert _written(out)["rows"][0]["items"] == 4
+
+
+def test_profile_decode(bench, tmp_path):
+    out = tmp_path / "profile_decode.md"
+    assert bench("profile_decode").main(["--model", "0.3m", "--rows", "4", "--context", "5", "--rounds", "1",
+                                         "--calls", "2", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "`LeanDecoder.step`" in text and "| products |" in text

@@ -121,7 +121,7 @@ def test_engine_samples_the_same_tokens_with_either_stepper(testbed_pair, sampli
         assert lean.lengths.min() < lean.lengths.max()  # rows did leave the batch at different steps
 
 
-def test_refuses_what_it_cannot_compute():
+def test_refuses_what_it_cannot_compute(monkeypatch):
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=32, n_layer=1, n_head=2, n_positions=32))
     assert "model type" in LeanDecoder.supports(gpt2)
     sliding = _model(MistralForCausalLM, MistralConfig, sliding_window=4)
@@ -130,6 +130,11 @@ def test_refuses_what_it_cannot_compute():
     inner = wrapped.model.layers[0].self_attn.q_proj
     wrapped.model.layers[0].self_attn.q_proj = torch.nn.Sequential(inner)  # as LoRA wraps a layer
     assert "wrapped" in LeanDecoder.supports(wrapped)
+    small = ARCHITECTURES["qwen2"]()
+    assert LeanDecoder.supports(small) is None
+    size = sum(p.numel() for p in small.parameters())
+    monkeypatch.setattr(LeanDecoder, "max_parameters", size - 1)  # large models keep their own forward
+    assert "max_parameters" in LeanDecoder.supports(small)
 
 
 def test_refused_models_still_generate(testbed_pair):

@@ -85,15 +85,15 @@ def test_quick_run_writes_everything(tmp_path):
     assert result["models"]["1m"]["params"] == 991_872
     rows = result["rows"]
     assert {(r["framework"], r["length"]) for r in rows} == {(f, n) for f in frameworks for n in (24, 128)}
-    group = result["settings"]["group_size"]
+    rollouts, group = result["settings"]["rollouts_per_step"], result["settings"]["group_size"]
     for r in rows:
         assert r["completion_len_min"] == r["completion_len_max"] == r["length"], r  # no completion ended early
         assert r["positive_fraction"] == pytest.approx(0.3, abs=1e-6)
         assert r["measured_steps"] == 1 and r["step_s"] > 0 and r["generate_s"] > 0 and r["train_s"] > 0
         assert r["peak_rss_mb"] > 100
-        expected_rows = round(0.3 * group) * result["settings"]["rollouts_per_step"] // group if r["framework"] == "popo" \
-            else result["settings"]["rollouts_per_step"]
-        assert r["forwarded_rows"] == expected_rows  # POPO: the positives only; GRPO/TRL: every row
+        assert r["params"] == 991_872
+        # POPO forwards the positives only; GRPO (no zero-advantage group here) and TRL every row
+        assert r["forwarded_rows"] == (round(0.3 * group) * rollouts // group if r["framework"] == "popo" else rollouts)
     popo = {r["length"]: r for r in rows if r["framework"] == "popo"}
     assert all(r["target_forward_s"] > 0 for r in popo.values())
     fits = [f for f in result["fits"] if f["against"] == "length"]
@@ -101,7 +101,8 @@ def test_quick_run_writes_everything(tmp_path):
                                                           for p in ("step", "generate", "train", "other")}
     assert all(f["x"] == [24, 128] for f in fits)
     if "trl" in frameworks:
-        assert {(r["ours"], r["length"]) for r in result["ratios"]} == {(o, n) for o in ("popo", "grpo") for n in (24, 128)}
+        pairs = {(r["ours"], r["length"]) for r in result["ratios"]}
+        assert pairs == {(o, n) for o in ("popo", "grpo") for n in (24, 128)}
     for name in result["plots"]:
         assert (tmp_path / name).stat().st_size > 1000
     assert "scaling_length.png" in result["plots"]

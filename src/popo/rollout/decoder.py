@@ -3,21 +3,24 @@
 Decoding one token for a batch of rows is a handful of small matrix products per layer; on a CPU (and for
 small models on any device) the time around them decides the speed. A `transformers` forward builds a
 4-D mask, grows the KV cache and the attention mask by concatenation, calls a general attention kernel
-(about 160 us per call on this machine for a one-token query) and goes through some sixty module calls
-per step. `LeanDecoder.step` computes the same function of the model's own parameters with
+(about 160 us per call on the 2-core development machine for a one-token query) and goes through some
+sixty module calls per step. `LeanDecoder` computes the same function of the model's own parameters with
 
-- the query, key and value projections as one product, and the MLP's gate and up projections as one
-  (the weights are concatenated once per `generate` call; parameters are read then, so always current);
-- a preallocated KV cache ([rows, kv_heads, P + C, head_dim] per layer) written in place, one column per
-  step, and a preallocated additive key mask; rotary tables computed once per call;
-- attention for a one-token query as two batched products and a softmax, grouped by key/value head
-  (no repeated keys).
+- the query, key and value projections as one product and the MLP's gate and up projections as one,
+  each RMSNorm's weight folded into the product after it, the residual added inside the product (the
+  weights are rebuilt at every `generate` call, so they are always the current parameters);
+- a preallocated KV cache ([rows, kv_heads, P + C, head_dim] per layer, keys stored transposed) written
+  in place, and a preallocated additive key mask;
+- attention of a one-token query as two batched products and a softmax, grouped by key/value head (no
+  repeated keys); the rotary embedding as one complex product (query and key features reordered within
+  each head, which leaves q.k unchanged), from the model's own rotary module.
 
-It is the same function up to float rounding (the order of additions differs from the model's kernels):
-tests/test_engine_decode.py compares its logits with the model's own forward on every architecture here
-and checks that the engine samples the same tokens either way. Anything else (LoRA or other wrapped
-layers, sharded parameters, sliding-window attention, other architectures) is refused by
-`LeanDecoder.supports`, and the engine then steps with the model's own forward.
+It is the same function up to float rounding (the additions happen in a different order):
+tests/test_lean_decoder.py compares its logits with the model's own forward on each architecture here and
+checks that the engine samples the same tokens either way. Anything else (other architectures, LoRA or
+other wrapped layers, sharded parameters, sliding-window attention, rotary scalings that change with the
+length, models above `max_parameters`) is refused by `LeanDecoder.supports`, and the engine then steps
+with the model's own forward. Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ SUPPORTED_TYPES = ("qwen2", "llama", "mistral", "qwen3")
 
 
 class LeanDecoder:
-    """Decode steps for the rows of one `generate` call: build it from the model and the KV cache its own
-    forward left after the prompt, then call `step` once per token (and `select` to drop rows)."""
+    """The rows of one `generate` call: `prefill` their prompts, `select` rows (drop finished ones, repeat a
+    shared prompt's), then `step` once per token."""
+
+    max_parameters = 2**28
+    """Above this size (about 268 M parameters) the fused copies of the weights, rebuilt at every call,
+    would cost too much memory (a full extra copy of the attention and MLP weights); such models use
+    their own forward, where the per-step overhead this class removes matters less anyway."""
 
     @staticmethod
     def supports(model: torch.nn.Module) -> str | None:
@@ -59,6 +67,9 @@ class LeanDecoder:
                 return "wrapped linear layers (e.g. LoRA)"
         if any(type(p) is not torch.nn.Parameter for p in model.parameters()):
             return "parameters are not plain tensors (e.g. sharded)"
+        size = sum(p.numel() for p in model.parameters())
+        if size > LeanDecoder.max_parameters:
+            return f"{size / 1e6:.0f} M parameters, above max_parameters ({LeanDecoder.max_parameters / 1e6:.0f} M)"
         return None
 
     def __init__(self, model: torch.nn.Module, key_mask: torch.Tensor, limit: int):
