@@ -25,30 +25,37 @@ def scaling(monkeypatch_module):
 
 
 @pytest.fixture(scope="module")
+def cells(scaling):
+    import scaling_cells
+
+    return scaling_cells
+
+
+@pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
 
 
-def test_fraction_rewards_exact_per_group_and_pure(scaling):
+def test_fraction_rewards_exact_per_group_and_pure(cells):
     texts = [f"completion {i}" for i in range(30)]
     for fraction, per_group in ((0.1, 1), (0.3, 3), (0.6, 6)):
-        rewards = scaling.fraction_rewards(texts, fraction, 10)
+        rewards = cells.fraction_rewards(texts, fraction, 10)
         assert [sum(rewards[g:g + 10]) for g in range(0, 30, 10)] == [per_group] * 3
-    first = scaling.fraction_rewards(texts, 0.3, 10)
+    first = cells.fraction_rewards(texts, 0.3, 10)
     # a pure function of each group's texts: the same texts give the same rewards, wherever the group sits
-    assert scaling.fraction_rewards(texts[10:20] + texts[:10], 0.3, 10) == first[10:20] + first[:10]
+    assert cells.fraction_rewards(texts[10:20] + texts[:10], 0.3, 10) == first[10:20] + first[:10]
     # the texts, not their positions, decide: reversing a group reverses its rewards
-    assert scaling.fraction_rewards(texts[:10][::-1], 0.3, 10) == first[:10][::-1]
+    assert cells.fraction_rewards(texts[:10][::-1], 0.3, 10) == first[:10][::-1]
     with pytest.raises(ValueError):
-        scaling.fraction_rewards(texts[:7], 0.3, 10)
+        cells.fraction_rewards(texts[:7], 0.3, 10)
 
 
-def test_step_budget(scaling):
+def test_step_budget(cells):
     def args(**kw):
         return argparse.Namespace(**{"warmup": 1, "keep_first_s": 15.0, "cell_seconds": 8.0, "max_steps": 5, **kw})
 
-    cheap = scaling.StepBudget(args())
+    cheap = cells.StepBudget(args())
     walls = [0.5, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
     ran = 0
     for wall in walls:
@@ -56,9 +63,9 @@ def test_step_budget(scaling):
         if not cheap.add(wall):
             break
     assert ran == 6 and not cheap.first_counted and cheap.walls[cheap.measured()] == [0.1] * 5
-    slow = scaling.StepBudget(args())
+    slow = cells.StepBudget(args())
     assert slow.add(20.0) is False and slow.first_counted and slow.walls[slow.measured()] == [20.0]
-    medium = scaling.StepBudget(args())
+    medium = cells.StepBudget(args())
     assert medium.add(3.0) and medium.add(5.0) and medium.add(4.0) is False  # 9 s measured > 8 s
 
 
