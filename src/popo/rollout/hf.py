@@ -34,6 +34,10 @@ class HFEngine:
     one ends. The samples are the same either way (`SeededSampler`'s draw depends only on the row's
     seed and position); False uses `generate` with the sampler as a logits processor. The loop applies
     only temperature and top-p, not other processors of the model's `generation_config`.
+
+    With `lean_decode` (the default) the loop steps with `LeanDecoder` where it supports the model
+    (Llama-family architectures; see `popo.rollout.decoder`): the same function with far less overhead
+    per token, and the same samples. Otherwise each step is a call of the model's own forward.
     """
 
     owns_weights = False  # samples with the policy module itself: nothing to push after an update
