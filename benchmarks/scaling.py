@@ -32,6 +32,8 @@ each length builds a fresh trainer, and the process's peak RSS is reset before i
 the first step is a warm-up and dropped unless it took `--keep-first-s` seconds or more (then one-time
 costs are negligible and it counts); then steps are measured until `--cell-seconds` of measured time or
 `--max-steps` steps. Runs that would push the whole benchmark past `--max-minutes` are skipped and listed.
+This file plans and launches the runs; one run's process is `scaling_cells.py`, and the report (ratios,
+fits, findings, plots, markdown) is `scaling_report.py`.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scaling.py             # full grid, about 22 minutes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scaling.py --dry-run   # the plan and its predicted times
