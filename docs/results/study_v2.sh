@@ -6,7 +6,7 @@
 #
 # Resumable: every `popo compare` skips finished runs and resumes interrupted ones, and the tuning phase
 # of a finished task is only re-read, so the script can be stopped and run again in several sittings.
-# Not run yet (see docs/results.md for the sizing and what it will report).
+# The addition half ran on 2026-11-30 (docs/results.md, docs/results/study_v2/); countdown was started after it.
 set -euo pipefail
 OUT=${1:-runs/study-v2}
 PAR=(--workers 2 --threads 1 --no-report)
