@@ -92,6 +92,23 @@ class HashVerifier:
         return None
 
 
+def trainer_overrides(*, model: str | Path, algo: str, group: int, prompts: int, max_new_tokens: int, lr: float,
+                      steps: int, train_size: int, out_dir: str | Path) -> list[str]:
+    """The `key=value` settings every benchmark gives popo's trainer, matching TRL's side: fp32 on the CPU,
+    temperature 1, top-p 1, no KL, token-mean aggregation, truncated rollouts kept, gradient clip 1, and
+    no evaluation, diagnostics, checkpoints, TensorBoard or progress bar inside the timed steps."""
+    return [
+        f"model.name={model}", "model.dtype=float32", "model.device=cpu", "data.eval_source=",
+        f"testbed.train_size={train_size}", f"algo.name={algo}",
+        f"rollout.group_size={group}", f"rollout.prompts_per_step={prompts}",
+        f"rollout.max_new_tokens={max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
+        "algo.kl_coef=0.0", "algo.aggregation=token-mean", "algo.zero_if_truncated=false",
+        f"optim.lr={lr}", "optim.grad_clip=1.0", f"train.steps={steps}", "train.eval_every=0",
+        "train.diag_every=0", "train.save_every=0", "train.tensorboard=false", "train.progress=false",
+        f"train.out_dir={out_dir}",
+    ]
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -162,16 +162,10 @@ def run_popo_cell(args, length: int) -> dict:
     from popo.config import load_config
 
     budget = StepBudget(args)
-    overrides = [
-        f"model.name={args.model_path}", "model.dtype=float32", "model.device=cpu", "data.eval_source=",
-        f"testbed.train_size={_prompt_count(args, budget)}", f"algo.name={args.framework}",
-        f"rollout.group_size={args.group}", f"rollout.prompts_per_step={args.prompts}",
-        f"rollout.max_new_tokens={length}", "rollout.temperature=1.0", "rollout.top_p=1.0",
-        "algo.kl_coef=0.0", "algo.aggregation=token-mean", "algo.zero_if_truncated=false",
-        f"optim.lr={args.lr}", "optim.grad_clip=1.0", f"train.steps={budget.max_total}", "train.eval_every=0",
-        "train.diag_every=0", "train.save_every=0", "train.tensorboard=false", "train.progress=false",
-        f"train.out_dir={args.scratch}",
-    ]
+    overrides = common.trainer_overrides(
+        model=args.model_path, algo=args.framework, group=args.group, prompts=args.prompts,
+        max_new_tokens=length, lr=args.lr, steps=budget.max_total, train_size=_prompt_count(args, budget),
+        out_dir=args.scratch)
     trainer = build_trainer(load_config(None, overrides), log=lambda s: None)
     trainer.verifier = FractionVerifier(args.fraction, args.group)
     lengths: list[list[int]] = []

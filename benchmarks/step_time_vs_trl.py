@@ -60,16 +60,10 @@ def make_trainer(args):
     path = common.model_path(args.model)
     algo = args.framework.removesuffix("-base").removesuffix("-prev")
     out_dir = tempfile.mkdtemp(prefix="bench-step-")
-    overrides = [
-        f"model.name={path}", "model.dtype=float32", "model.device=cpu", "data.eval_source=",
-        f"testbed.train_size={args.prompts * (args.steps + 1) * 4}", f"algo.name={algo}",
-        f"rollout.group_size={args.group}", f"rollout.prompts_per_step={args.prompts}",
-        f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
-        "algo.kl_coef=0.0", "algo.aggregation=token-mean", "algo.zero_if_truncated=false",
-        f"optim.lr={args.lr}", "optim.grad_clip=1.0", f"train.steps={args.steps}", "train.eval_every=0",
-        "train.diag_every=0", "train.save_every=0", "train.tensorboard=false", "train.progress=false",
-        f"train.out_dir={out_dir}", f"rollout.lean_decode={not args.framework.endswith('-prev')}",
-    ]
+    overrides = common.trainer_overrides(
+        model=path, algo=algo, group=args.group, prompts=args.prompts, max_new_tokens=args.max_new_tokens,
+        lr=args.lr, steps=args.steps, train_size=args.prompts * (args.steps + 1) * 4, out_dir=out_dir)
+    overrides.append(f"rollout.lean_decode={not args.framework.endswith('-prev')}")
     trainer = build_trainer(load_config(None, overrides), log=lambda s: None)
     if args.model != "testbed":
         trainer.verifier = common.HashVerifier()
