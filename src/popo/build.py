@@ -23,14 +23,23 @@ from popo.algorithms import get_algorithm
 from popo.checkpoint import clear_partial_writes, latest_checkpoint, load_training_state
 from popo.config import Config, to_dict
 from popo.data.example import column_names
-from popo.data.prepare import (fit_prompts, is_testbed, load_examples_for, resolve_eval_source, testbed_split,
-                               testbed_task)
+from popo.data.prepare import fit_prompts, held_out_examples, is_testbed, load_examples_for, testbed_task
 from popo.data.stream import PromptStream
 from popo.distributed import Dist
 from popo.errors import ConfigError, SetupError
 from popo.models import Models
 from popo.run_dir import check as check_run_dir, claim
 from popo.trainer import PromptSet, Run, Trainer
+
+
+def quiet_libraries() -> None:
+    """No progress bars from transformers / huggingface_hub (weight loading, shard writing): they turn a log
+    file into one long line of carriage returns; popo reports its own progress."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -215,12 +224,7 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
                          f"number of processes ({dist.world})")
     check_run_dir(Path(c.train.out_dir), resume=resume, overwrite=c.train.overwrite)  # before any work
     train_examples = load_examples_for(c, c.data.source, split=c.data.split, log=log)
-    # held out: the bare testbed means its validation split (choices), `testbed:test` its test split; hub: test
-    eval_source = resolve_eval_source(c)
-    eval_split = testbed_split(c, eval_source, "validation") if is_testbed(eval_source) else "test"
-    eval_examples = load_examples_for(c, eval_source, split=eval_split, log=log) if eval_source else []
-    if c.data.eval_size:
-        eval_examples = eval_examples[: c.data.eval_size]
+    eval_source, eval_split, eval_examples = held_out_examples(c, log)
     log(f"evaluation: {len(eval_examples)} held-out prompts from {eval_source} ({eval_split})" if eval_source else
         f"evaluation: off (data.source={c.data.source} has no held-out split popo knows; set data.eval_source to "
         "a file or hub dataset of the same task, e.g. a benchmark .jsonl)")

@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="warm up the embedded testbed, train POPO and GRPO, compare them")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="same pipeline, smaller budget (under 2 minutes)")
+    demo.add_argument("--workers", type=int, default=0, metavar="N",
+                      help="processes training the methods side by side (0: one per method when there are cores "
+                           "for them, else 1)")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-5")
 
     sft = sub.add_parser("sft", help="build and warm up the testbed model (cached) and print its path")
@@ -96,24 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _quiet_libraries() -> None:
-    """No progress bars from transformers / huggingface_hub (weight loading, shard writing): they turn a log
-    file into one long line of carriage returns; popo reports its own progress."""
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as transformers_logging
-
-    disable_progress_bars()
-    transformers_logging.disable_progress_bar()
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("demo", "sft", "train", "eval", "compare", "sweep"):
-        _quiet_libraries()
+        from popo.build import quiet_libraries
+
+        quiet_libraries()
     if args.command == "demo":
         from popo.study.demo import run_demo
 
         load_config(None, args.overrides)  # reject bad overrides before any work
-        run_demo(args.out, quick=args.quick, extra=args.overrides)
+        run_demo(args.out, quick=args.quick, extra=args.overrides, workers=args.workers)
     elif args.command == "sft":
         from popo.build import resolve_model_path
 

@@ -39,6 +39,14 @@ class EvalProtocol:
     zero_if_truncated: bool = True  # completions cut off by the token limit count as wrong
 
 
+def run_protocol(config) -> EvalProtocol:
+    """The evaluation protocol of a run with configuration `config` (a `popo.config.Config`): its
+    `train.eval_samples`, token limit, sampling settings, truncation rule and evaluation seed."""
+    return EvalProtocol(k=config.train.eval_samples, max_new_tokens=config.rollout.max_new_tokens,
+                        temperature=config.rollout.temperature or 1.0, top_p=config.rollout.top_p,
+                        seed=eval_seed(config.train.seed), zero_if_truncated=config.algo.zero_if_truncated)
+
+
 @dataclass
 class EvalResult:
     """Per-problem outcomes of one evaluation (n problems, k samples each)."""

@@ -28,7 +28,7 @@ from popo.diagnostics import step_diagnostics
 from popo.distributed import Dist
 from popo.ema import ema_tau
 from popo.errors import TrainingHalted
-from popo.evaluate import EvalProtocol, eval_seed, evaluate_split, score_rollouts
+from popo.evaluate import EvalProtocol, evaluate_split, run_protocol, score_rollouts
 from popo.models import Models
 from popo.records import Progress, StepTimer, run_summary, step_record
 from popo.rewards.composite import reward_metrics
@@ -278,10 +278,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- the run
     def evaluation_protocol(self) -> EvalProtocol:
-        c = self.config
-        return EvalProtocol(k=c.train.eval_samples, max_new_tokens=c.rollout.max_new_tokens,
-                            temperature=c.rollout.temperature or 1.0, top_p=c.rollout.top_p,
-                            seed=eval_seed(c.train.seed), zero_if_truncated=c.algo.zero_if_truncated)
+        return run_protocol(self.config)
 
     def evaluate(self) -> dict[str, float]:
         """Held-out evaluation (`popo.evaluate`, the path `popo eval` uses), split over the ranks."""

@@ -79,6 +79,16 @@ def load_examples_for(config: Config, source: str, *, split: str, log: Callable[
     return examples
 
 
+def held_out_examples(config: Config, log: Callable[[str], None]) -> tuple[str, str, list[Example]]:
+    """(source, split, examples) of a run's held-out evaluation, cut to `data.eval_size`: the bare testbed
+    means its validation split (choices), `testbed:test` its test split, any other source its test split;
+    no source (`resolve_eval_source`) gives no examples."""
+    source = resolve_eval_source(config)
+    split = testbed_split(config, source, "validation") if is_testbed(source) else "test"
+    examples = load_examples_for(config, source, split=split, log=log) if source else []
+    return source, split, examples[: config.data.eval_size] if config.data.eval_size else examples
+
+
 def render_prompts(config: Config, examples: list[Example], tokenizer) -> list[str]:
     """Each example's prompt: chat rows with the tokenizer's chat template, text problems under `data.template`."""
     from popo.data.templates import render_example

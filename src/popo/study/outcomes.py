@@ -36,11 +36,16 @@ def evaluate_outcomes(trainer) -> dict:
             result = evaluate(trainer.engine, trainer.eval_set.prompts, trainer.eval_set.examples, verifier, protocol)
     finally:
         verifier.close()
-    k = protocol.k
+    return outcomes_from_result(result, trainer.eval_set.examples, protocol.k)
+
+
+def outcomes_from_result(result, examples, k: int) -> dict:
+    """The per-problem outcomes of an `EvalResult` of `examples` with `k` samples each: ids, greedy
+    correctness, correct samples and distinct correct samples (by completion text) per problem."""
     correct = result.correct.tolist()
     distinct = [len({t for t, ok in zip(result.sample_texts[i * k:(i + 1) * k], row) if ok}) for i, row in
                 enumerate(correct)]
-    return {"ids": [ex.id for ex in trainer.eval_set.examples], "k": k,
+    return {"ids": [ex.id for ex in examples], "k": k,
             "greedy": [float(x) for x in result.greedy_correct.tolist()],
             "correct": [int(sum(row)) for row in correct], "distinct_correct": distinct}
 

@@ -287,7 +287,9 @@ def run_study(out: str | Path, variants: list[Variant], seeds: list[int], *, con
             finished(i, execute_run(str(out), v, seed, threads))
     elif jobs:
         env_threads = os.environ.get("OMP_NUM_THREADS")
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        from popo.build import quiet_libraries  # workers too: no progress bars in the run logs
+
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=quiet_libraries) as pool:
             futures = [pool.submit(execute_run, str(out), v, seed, threads or int(env_threads or 1))
                        for v, seed in jobs]
             for i, future in enumerate(as_completed(futures), 1):
