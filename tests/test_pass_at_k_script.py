@@ -106,3 +106,24 @@ def test_outcomes_from_result_counts_distinct_correct_texts():
     outcome = outcomes_from_result(result, [Example("a"), Example("b")], 4)
     assert outcome == {"ids": ["a", "b"], "k": 4, "greedy": [1.0, 0.0], "correct": [3, 0],
                        "distinct_correct": [2, 0]}
+
+
+def test_methods_against_the_baseline_are_paired_by_seed():
+    """popo - grpo per seed on hand-made outcomes (k = 2, two problems): greedy 1/2 vs 0, pass@1 from the
+    counts (c/2 per problem), pass@2 = share of problems with any correct sample; seed 2 has no grpo run."""
+    script = load_script()
+
+    def outcome(greedy, correct):
+        return {"k": 2, "greedy": greedy, "correct": correct, "ids": ["a", "b"]}
+
+    runs = {"grpo": {0: outcome([0, 0], [0, 1]), 1: outcome([0, 0], [0, 0])},
+            "popo": {0: outcome([1, 0], [2, 1]), 1: outcome([1, 0], [1, 0]), 2: outcome([1, 1], [2, 2])}}
+    lines, numbers = script.baseline_rows(runs, "grpo")
+    popo = numbers["popo"]
+    assert popo["greedy acc"]["seeds"] == [0, 1] and popo["greedy acc"]["mean_diff"] == pytest.approx(0.5)
+    # pass@1: seed 0 (1 + 0.5)/2 - 0.25 = 0.5, seed 1 0.25 - 0 = 0.25 -> mean 0.375
+    assert popo["pass@1"]["mean_diff"] == pytest.approx(0.375, abs=1e-12)
+    # pass@2: seed 0 1.0 - 0.5, seed 1 0.5 - 0 -> 0.5 each: zero spread, no p-value claims of a difference
+    assert popo["pass@2"]["mean_diff"] == pytest.approx(0.5, abs=1e-12)
+    assert "grpo" not in numbers and len(lines) == 2 + 3
+    assert script.baseline_rows(runs, "raft") == ([], {})

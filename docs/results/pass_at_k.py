@@ -236,17 +236,47 @@ def paired_rows(start: dict, runs: dict[str, dict[int, dict]]) -> tuple[list[str
     return lines, numbers
 
 
+def baseline_rows(runs: dict[str, dict[int, dict]], baseline: str) -> tuple[list[str], dict]:
+    """Markdown rows and their numbers: each method minus `baseline` at the end, paired by seed, on greedy
+    accuracy, pass@1 and pass@k (does one method keep more of what many samples can find?)."""
+    from popo.metrics import pass_at_k
+    from popo.study.stats import paired_test
+
+    if baseline not in runs:
+        return [], {}
+    k = next(iter(runs[baseline].values()))["k"]
+    metrics = {"greedy acc": lambda o: sum(o["greedy"]) / len(o["greedy"]),
+               **{f"pass@{j}": (lambda j: lambda o: sum(pass_at_k(k, c, j) for c in o["correct"]) /
+                                len(o["correct"]))(j) for j in (1, k)}}
+    lines = [f"| method − {baseline} | metric | seeds | mean difference | 95% CI | p | d_z |", "|" + " --- |" * 7]
+    numbers: dict = {}
+    for method, by_seed in runs.items():
+        seeds = sorted(set(by_seed) & set(runs[baseline]))
+        if method == baseline or not seeds:
+            continue
+        for name, metric in metrics.items():
+            test = paired_test([metric(by_seed[s]) for s in seeds], [metric(runs[baseline][s]) for s in seeds])
+            numbers.setdefault(method, {})[name] = {"mean_diff": test.mean_diff, "ci_half_width": test.ci.half_width,
+                                                    "p": test.p_value, "d_z": test.d_z, "seeds": seeds}
+            lines.append(f"| {method} | {name} | {test.n} | {test.mean_diff:+.3f} | ±{_cell(test.ci.half_width, '.3f')} "
+                         f"| {_cell(test.p_value, '.3g')} | {_cell(test.d_z, '.2f')} |")
+    return lines, numbers
+
+
 def _cell(x: float, spec: str) -> str:
     return "–" if math.isnan(x) else format(x, spec)
 
 
 def write_report(out: Path, command: str, study_dir: Path, start: dict, runs: dict[str, dict[int, dict]],
-                 missing: list[str], split_size: int) -> str:
+                 missing: list[str], split_size: int, baseline: str = "grpo") -> str:
     """The markdown at `out` and the curves as JSON beside it; returns the markdown."""
     from popo.study.outcomes import distinct_per_solved, exploration_table, pass_curve
 
     p, n = start["protocol"], len(start["ids"])
     paired, numbers = paired_rows(start, runs)
+    against, against_numbers = baseline_rows(runs, baseline)
+    between = ("\n## Method − " + baseline + " at the end, paired by seed\n\n" + "\n".join(against) + "\n"
+               if against else "")
     left_out = f"Not finished, left out: {', '.join(missing)}.\n" if missing else ""
     text = f"""# pass@k at the start and at the end: {study_dir.name}
 
@@ -274,7 +304,7 @@ interval; d_z only from 3 seeds). The start is one evaluation shared by every se
 spread of the runs, not the start's own sampling noise or the choice of problems.
 
 {chr(10).join(paired)}
-"""
+{between}"""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     curves = {"command": command, "study": str(study_dir), "protocol": p, "problems": n, "missing": missing,
@@ -283,7 +313,7 @@ spread of the runs, not the start's own sampling noise or the choice of problems
               "runs": {m: {s: {"pass": pass_curve(o), "distinct_per_solved": distinct_per_solved([o]),
                                "greedy_acc": sum(o["greedy"]) / n} for s, o in by_seed.items()}
                        for m, by_seed in runs.items()},
-              "paired": numbers}
+              "paired": numbers, "against_" + baseline: against_numbers}
     out.with_suffix(".json").write_text(json.dumps(curves, indent=1) + "\n")
     return text
 
@@ -295,6 +325,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--k", type=int, default=256, help="samples per problem (default: 256)")
     parser.add_argument("--problems", type=int, default=200, help="first N held-out problems (default: 200)")
     parser.add_argument("--workers", type=int, default=1, help="processes evaluating checkpoints (default: 1)")
+    parser.add_argument("--baseline", default="grpo", help="method the others are compared with at the end")
     parser.add_argument("--out", required=True, help="the markdown report (a .json of the curves goes beside it)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -312,7 +343,7 @@ def main(argv: list[str] | None = None) -> str:
         outcomes.setdefault(method, {})[seed] = json.loads(path.read_text())
     split_size = len(json.loads((study_dir / "start-problems.json").read_text())["ids"])
     command = f"OMP_NUM_THREADS=1 python {SCRIPT} {shlex.join(argv)}"
-    text = write_report(Path(args.out), command, study_dir, start, outcomes, missing, split_size)
+    text = write_report(Path(args.out), command, study_dir, start, outcomes, missing, split_size, args.baseline)
     print(text)
     print(f"wall time: {time.perf_counter() - started:.0f} s")
     return text
