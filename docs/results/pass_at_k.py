@@ -102,10 +102,13 @@ def evaluate_job(job: Job) -> dict:
 
 
 def _one_thread() -> None:
-    """Each worker process evaluates on one thread (tiny models, shared cores)."""
+    """Each worker process evaluates on one thread (tiny models, shared cores), without progress bars."""
     import torch
 
+    from popo.build import quiet_libraries
+
     torch.set_num_threads(1)
+    quiet_libraries()
 
 
 def run_jobs(jobs: list[Job], workers: int, log=print) -> None:
@@ -350,7 +353,5 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    import torch
-
-    torch.set_num_threads(1)
+    _one_thread()
     main()
