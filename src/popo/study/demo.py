@@ -1,13 +1,18 @@
-"""`popo demo`, a preset study: warm up the embedded testbed, train POPO and GRPO from the same start with
-the same rollout budget (one seed each), evaluate all three on the validation split and write its report
-(results table, diagnostics, learning curve; helpers shared with `popo.study.report`). `popo compare` runs
-the same kind of study over several seeds."""
+"""`popo demo`, a preset study: warm up the embedded testbed on countdown (the task where POPO's weights and
+similarity term have distinct positives to act on), train POPO and GRPO from the same start with the same
+rollout budget (one seed each, each at the learning rate study v2 chose for it on the validation split),
+evaluate them on the test split and write the report (results table, diagnostics, learning curve; helpers
+shared with `popo.study.report`). The two methods train side by side in two processes when two cores are
+free. `popo compare` runs the same kind of study over several seeds."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from typing import Any
 from pathlib import Path
 
@@ -16,23 +21,35 @@ import torch
 from popo.config import Config, load_config
 from popo.study.plots import plot_learning_curves
 from popo.study.report import environment_line, task_line
-from popo.build import build_trainer
+from popo.build import build_trainer, quiet_libraries, resolve_model_path
 
 METHODS = ("popo", "grpo")
+# Each method's learning rate as study v2 chose it on countdown's validation split (3 values x 3 seeds,
+# docs/results/study_v2/countdown/tuning.json); the demo itself chooses nothing.
+LEARNING_RATES = {"popo": "5e-5", "grpo": "2e-5"}
+COUNTDOWN = ["testbed.task=countdown", "testbed.numbers=4", "testbed.max_number=9", "testbed.warmup_steps=800",
+             "rollout.max_new_tokens=32"]  # study v2's countdown: same cached warm-up, same start
 DIAGNOSTIC_PREFIXES = ("distinct_positive_frac", "multi_distinct_frac", "weight_dev_uniform", "grad_share/",
                        "grad_cos/", "grad_cos_positive_nll")
 
 
 def demo_overrides(quick: bool) -> list[str]:
-    """The demo's settings on top of the defaults; `quick` is the same pipeline on a smaller budget. The demo
-    chooses nothing (its settings are fixed), so its table is the test split's: `testbed:test`."""
+    """The demo's settings on top of the defaults (the learning rate is per method: `method_overrides`);
+    `quick` is the same pipeline on a smaller task and budget. The demo chooses nothing (its settings are
+    fixed), so its table is the test split's: `testbed:test`."""
     common = ["model.name=testbed", "data.source=testbed", "data.eval_source=testbed:test", "train.save_every=0",
-              "train.overwrite=true",
-              "rollout.prompts_per_step=32", "rollout.group_size=8", "optim.lr=5e-5", "train.eval_samples=4"]
+              "train.overwrite=true", "rollout.prompts_per_step=32", "rollout.group_size=8", "train.eval_samples=4"]
     if quick:
-        return common + ["testbed.digits=2", "testbed.warmup_steps=300", "train.steps=12", "train.eval_every=6",
-                         "data.eval_size=200", "train.diag_every=6"]
-    return common + ["train.steps=150", "train.eval_every=50", "data.eval_size=1000", "train.diag_every=10"]
+        return common + ["testbed.task=countdown", "testbed.numbers=3", "testbed.test_size=300",
+                         "testbed.validation_size=200", "testbed.warmup_steps=200",
+                         "rollout.max_new_tokens=24", "train.steps=12", "train.eval_every=6", "data.eval_size=200",
+                         "train.diag_every=6"]
+    return common + COUNTDOWN + ["train.steps=100", "train.eval_every=50", "data.eval_size=1000",
+                                 "train.diag_every=10"]
+
+
+def method_overrides(method: str) -> list[str]:
+    return [f"algo.name={method}", f"optim.lr={LEARNING_RATES[method]}"]
 
 
 def diagnostic_means(records: list[dict]) -> dict[str, float]:
@@ -41,41 +58,74 @@ def diagnostic_means(records: list[dict]) -> dict[str, float]:
     return {k: sum(r[k] for r in records if k in r) / sum(1 for r in records if k in r) for k in sorted(keys)}
 
 
+def train_method(overrides: list[str], threads: int = 0, prefix: str = "",
+                 log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+    """Train one method from `overrides` (the demo's, the method's, the user's); returns its history and its
+    row of the results table. In a worker process (`threads` > 0) it logs to stdout with `prefix`."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if log is None:
+        def log(message: str) -> None:
+            print("\n".join(prefix + line for line in message.splitlines()), flush=True)
+    config = load_config(None, overrides)
+    torch.manual_seed(config.train.seed)
+    trainer = build_trainer(config, log=log)
+    t0 = time.perf_counter()
+    history = trainer.run()
+    wall = time.perf_counter() - t0
+    steps = [h for h in history if "reward_mean" in h]
+    final = {k.removeprefix("eval/"): v for k, v in history[-1].items() if k.startswith("eval/")}
+    row = {"method": config.algo.name, **final, "wall_s": wall, "lr": config.optim.lr,
+           "reward_mean": sum(h["reward_mean"] for h in steps) / max(1, len(steps)),
+           "trained_rollouts": sum(h.get("trained_rollouts", 0) for h in steps),
+           "forwarded_rollouts": sum(h.get("forwarded_rollouts", 0) for h in steps),
+           "trained_tokens": sum(h.get("trained_tokens", 0) for h in steps),
+           "train_s": sum(h.get("time/train", 0.0) for h in steps),
+           "diagnostics": diagnostic_means(steps)}
+    return history, row
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, extra: list[str] | None = None,
-             log: Callable[[str], None] = print) -> list[dict]:
+             workers: int = 0, log: Callable[[str], None] = print) -> list[dict]:
+    """Warm up (cached), train every method of METHODS and write the report; `workers` processes train the
+    methods side by side (0: one per method while the machine has a core for each, one thread each)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    overrides = demo_overrides(quick) + list(extra or [])
-    histories, rows = {}, []
-    start_eval: dict[str, float] = {}
-    for method in METHODS:
-        config = load_config(None, overrides + [f"algo.name={method}", f"train.out_dir={out / method}"])
-        log(f"\n== {method}: {config.train.steps} steps x {config.rollout.prompts_per_step} prompts x "
-            f"{config.rollout.group_size} rollouts ==")
-        torch.manual_seed(config.train.seed)
-        trainer = build_trainer(config, log=log)
-        if not start_eval:
-            start_eval = {k.removeprefix("eval/"): v for k, v in trainer.evaluate().items()}
-        t0 = time.perf_counter()
-        history = trainer.run()
-        wall = time.perf_counter() - t0
-        histories[method] = history
-        steps = [h for h in history if "reward_mean" in h]
-        final = {k.removeprefix("eval/"): v for k, v in history[-1].items() if k.startswith("eval/")}
-        rows.append({"method": method, **final, "wall_s": wall,
-                     "reward_mean": sum(h["reward_mean"] for h in steps) / max(1, len(steps)),
-                     "trained_rollouts": sum(h.get("trained_rollouts", 0) for h in steps),
-                     "forwarded_rollouts": sum(h.get("forwarded_rollouts", 0) for h in steps),
-                     "trained_tokens": sum(h.get("trained_tokens", 0) for h in steps),
-                     "train_s": sum(h.get("time/train", 0.0) for h in steps),
-                     "diagnostics": diagnostic_means(steps)})
+    base, extra = demo_overrides(quick), list(extra or [])
+    overrides = base + extra
+    config = load_config(None, overrides)
+    log(f"== testbed: {task_line(config)} ==")
+    t0 = time.perf_counter()
+    resolve_model_path(config, log=log)  # the warm-up, once, before the methods start from it (cached)
+    warmup_s = time.perf_counter() - t0
+    workers = workers or (len(METHODS) if available_cores() >= len(METHODS) else 1)
+    runs = [base + method_overrides(m) + extra + [f"train.out_dir={out / m}"] for m in METHODS]
+    for method, run in zip(METHODS, runs):
+        c = load_config(None, run)
+        log(f"== {method}: {c.train.steps} steps x {c.rollout.prompts_per_step} prompts x {c.rollout.group_size} "
+            f"rollouts, lr {c.optim.lr:g}{', side by side' if workers > 1 else ''} ==")
+    if workers > 1:
+        threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=quiet_libraries) as pool:
+            futures = [pool.submit(train_method, run, threads, f"[{m}] ") for m, run in zip(METHODS, runs)]
+            results = [f.result() for f in futures]
+    else:
+        results = [train_method(run, log=log) for run in runs]
+    histories = {m: history for m, (history, _) in zip(METHODS, results)}
+    rows = [row for _, row in results]
+    first = histories[METHODS[0]][0]  # every method's step-0 evaluation is of the same warmed-up start
+    start_eval = {k.removeprefix("eval/"): v for k, v in first.items() if k.startswith("eval/")}
     k = config.train.eval_samples
     rows.insert(0, {"method": "warmed-up start", **start_eval})
     table = results_table(rows, k)
     plot_learning_curves(histories, out / "learning_curve.png", start_eval.get("greedy_acc"))
     total = time.perf_counter() - started
-    write_demo_report(out, table, config, overrides, rows, total, quick)
+    write_demo_report(out, table, config, overrides, rows, total, quick, workers, warmup_s)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     log("\n" + table)
     log(f"\nreport: {out / 'report.md'}   total wall time {total:.0f}s")
@@ -112,7 +162,7 @@ def demo_diagnostics(rows: list[dict]) -> str:
 
 
 def write_demo_report(out: Path, table: str, config: Config, overrides: list[str], rows: list[dict],
-                      total_s: float, quick: bool) -> None:
+                      total_s: float, quick: bool, workers: int = 1, warmup_s: float = 0.0) -> None:
     """The demo's report.md: task, budget, the results table, the training-time comparison and the command."""
     by = {r["method"]: r for r in rows}
     ratio = ""
@@ -123,12 +173,16 @@ def write_demo_report(out: Path, table: str, config: Config, overrides: list[str
                  f"({by['popo']['forwarded_rollouts']:.0f} rows against GRPO's "
                  f"{by['grpo']['forwarded_rollouts']:.0f} of {by['grpo']['trained_rollouts']:.0f}: GRPO skips the "
                  f"rows whose advantage is exactly zero, those of prompts whose rollouts all got the same reward).\n")
+    p = min(max(by.get("warmed-up start", {}).get("greedy_acc") or 0.3, 0.05), 0.95)
+    rates = ", ".join(f"{r['method']} {r['lr']:g}" for r in rows if "lr" in r)
     text = f"""# popo demo{' (quick)' if quick else ''}
 
 Task: {task_line(config)} (reward 1 only for a
-right, well-formed answer). Model: the embedded tiny Qwen2, warmed up by imitation. Both methods
-start from the same warmed-up checkpoint and sample the same number of rollouts
-({config.train.steps} steps x {config.rollout.prompts_per_step} prompts x {config.rollout.group_size}).
+right, well-formed answer). Model: the embedded tiny Qwen2, warmed up by imitation on one solution
+drawn at random per example from all of a problem's solutions. Both methods start from the same
+warmed-up checkpoint and sample the same number of rollouts ({config.train.steps} steps x
+{config.rollout.prompts_per_step} prompts x {config.rollout.group_size}), each at the learning rate chosen
+for it on 4-number countdown's validation split by study v2 ({rates}{'; the quick task reuses them' if quick else ''}).
 Evaluation: {config.data.eval_size} held-out problems never used in training; greedy accuracy and
 avg@{config.train.eval_samples} / pass@{config.train.eval_samples} sampled at temperature {config.rollout.temperature}.
 
@@ -145,13 +199,16 @@ term's share of the gradient norm, and the cosine between the full gradient and 
 What one seed can show: that the pipeline runs, what each method costs (rows and tokens trained, seconds),
 and whether POPO's weights and similarity term had anything to act on (the diagnostics). What it cannot
 show: which method is better. Differences of a few points are within noise (the standard error of a
-greedy accuracy near 0.3 on {config.data.eval_size} problems is about
-{(0.3 * 0.7 / max(1, config.data.eval_size)) ** 0.5:.3f}, and seeds differ by more); `popo compare` over
+greedy accuracy near {p:.2f} on {config.data.eval_size} problems is about
+{(p * (1 - p) / max(1, config.data.eval_size)) ** 0.5:.3f}, and seeds differ by more); `popo compare` over
 several seeds, with learning rates chosen on validation (`--tune`), is the tool for claims.
 
 ![learning curve](learning_curve.png)
 
-Command: `popo demo{' --quick' if quick else ''}` (settings: `{' '.join(overrides)}`).
-Total wall time {total_s:.0f}s on {environment_line()}.
+Command: `popo demo{' --quick' if quick else ''}` (settings: `{' '.join(overrides)}`, then per method
+`algo.name` and `optim.lr`). Total wall time {total_s:.0f}s, of which {warmup_s:.0f}s building and warming up
+the model ({'a few seconds: it was cached' if warmup_s < 20 else 'first run; later runs reuse the cached model'});
+the methods trained {'side by side in ' + str(workers) + ' processes' if workers > 1 else 'one after the other'},
+on {environment_line()}.
 """
     (out / "report.md").write_text(text)

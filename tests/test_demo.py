@@ -1,0 +1,54 @@
+"""`popo demo` end to end on a very small budget: the report and results are written, the diagnostics are in
+it, and training the methods side by side in two processes gives exactly what one process gives."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from popo.study.demo import LEARNING_RATES, METHODS, demo_overrides, run_demo
+
+TIMING = ("wall_s", "train_s")
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory) -> list[str]:
+    cache = tmp_path_factory.mktemp("demo-cache")
+    return [f"testbed.cache_dir={cache}", "testbed.warmup_steps=12", "testbed.warmup_batch=16", "train.steps=2",
+            "train.eval_every=1", "train.diag_every=1", "data.eval_size=12", "rollout.prompts_per_step=4",
+            "rollout.group_size=4", "train.progress=false", "train.tensorboard=false"]
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")} for r in rows]
+
+
+def test_the_demo_runs_countdown_and_each_method_at_its_tuned_rate():
+    full = demo_overrides(quick=False)
+    assert "testbed.task=countdown" in full and "testbed.numbers=4" in full
+    assert "testbed.task=countdown" in demo_overrides(quick=True)
+    assert not any(o.startswith("optim.lr=") for o in full)  # per method, from the study's tuning
+    assert set(LEARNING_RATES) == set(METHODS)
+
+
+def test_the_demo_rates_are_the_ones_study_v2_chose_on_validation():
+    tuning = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_v2" / "countdown" / "tuning.json"
+    chosen = json.loads(tuning.read_text())
+    assert chosen["metric"].startswith("validation")
+    assert {m: chosen[m]["chosen"] for m in METHODS} == LEARNING_RATES
+
+
+def test_side_by_side_equals_one_process_and_the_report_has_the_diagnostics(tmp_path, tiny_demo, one_thread):
+    logged: list[str] = []
+    one = run_demo(tmp_path / "one", quick=True, extra=tiny_demo, workers=1, log=logged.append)
+    two = run_demo(tmp_path / "two", quick=True, extra=tiny_demo, workers=2, log=lambda _: None)
+    assert [r["method"] for r in one] == ["warmed-up start", *METHODS]
+    assert without_timing(one) == without_timing(two)
+    assert json.loads((tmp_path / "two" / "results.json").read_text())[1]["method"] == "popo"
+    report = (tmp_path / "two" / "report.md").read_text()
+    assert "side by side in 2 processes" in report and "countdown with 3 numbers" in report
+    assert "| popo |" in report and "| grpo |" in report and "cos(full, NLL)" in report
+    assert (tmp_path / "one" / "learning_curve.png").is_file()
+    popo = one[1]
+    assert popo["lr"] == float(LEARNING_RATES["popo"]) and "grad_share/nll" in popo["diagnostics"]
+    assert any(f"== popo: 2 steps x 4 prompts x 4 rollouts, lr {popo['lr']:g}" in line for line in logged)
