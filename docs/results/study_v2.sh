@@ -6,7 +6,8 @@
 #
 # Resumable: every `popo compare` skips finished runs and resumes interrupted ones, and the tuning phase
 # of a finished task is only re-read, so the script can be stopped and run again in several sittings.
-# The addition half ran on 2026-11-30 (docs/results.md, docs/results/study_v2/); countdown was started after it.
+# Both halves ran on 2026-11-30 (docs/results.md, docs/results/study_v2/); pass@k was added after they ran and
+# was run with the same command on their finished folders.
 set -euo pipefail
 OUT=${1:-runs/study-v2}
 PAR=(--workers 2 --threads 1 --no-report)
@@ -51,4 +52,7 @@ for task in addition countdown; do
   popo compare "${SHARED[@]}" "${TASK[@]}" train.steps="$STEPS" optim.lr="$LR" data.eval_source=testbed:test \
       --methods popo --seeds 5 --seed-start 3 --out "$OUT/$task-popo-equal-compute" "${PAR[@]}"
   popo report "$OUT/$task-popo-equal-compute"
+  # pass@1..256 at the start and the end on the first 200 test problems (exploratory; skips what is done)
+  OMP_NUM_THREADS=1 python3 docs/results/pass_at_k.py "$OUT/$task" --methods popo,grpo,raft,popo-noent --k 256 \
+      --problems 200 --workers 2 --out "$OUT/$task/pass_at_256.md"
 done
