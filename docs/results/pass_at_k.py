@@ -29,11 +29,10 @@ import argparse
 import dataclasses
 import json
 import math
-import multiprocessing
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 from popo.errors import SetupError
@@ -101,14 +100,6 @@ def evaluate_job(job: Job) -> dict:
     return {"label": job.label, "seconds": seconds, "rollouts": len(examples) * (job.k + 1)}
 
 
-def _one_thread() -> None:
-    """Each worker process evaluates on one thread (tiny models, shared cores), without progress bars."""
-    import torch
-
-    from popo.build import quiet_libraries
-
-    torch.set_num_threads(1)
-    quiet_libraries()
 
 
 def run_jobs(jobs: list[Job], workers: int, log=print) -> None:
@@ -121,8 +112,9 @@ def run_jobs(jobs: list[Job], workers: int, log=print) -> None:
         for job in jobs:
             report(evaluate_job(job))
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_one_thread) as pool:
+    from popo.study.runs import worker_pool
+
+    with worker_pool(min(workers, len(jobs)), threads=1) as pool:
         for future in as_completed([pool.submit(evaluate_job, job) for job in jobs]):
             report(future.result())
 
@@ -209,19 +201,23 @@ def plan(study_dir: Path, runs: dict[str, dict[int, Path]], k: int, problems: in
     return [job for job in jobs if not Path(job.out).is_file()], paths
 
 
-def paired_rows(start: dict, runs: dict[str, dict[int, dict]]) -> tuple[list[str], dict]:
-    """Markdown rows and their numbers: end - start per method, paired by seed, on greedy accuracy,
-    pass@1 and pass@k."""
+def end_metrics(k: int) -> dict:
+    """{name: function of one outcome dict}: greedy accuracy, pass@1 and pass@k, means over its problems."""
     from popo.metrics import pass_at_k
-    from popo.study.stats import paired_test
-
-    k = start["k"]
 
     def pass_at(j: int):
         return lambda o: sum(pass_at_k(k, c, j) for c in o["correct"]) / len(o["correct"])
 
-    metrics = {"greedy acc": lambda o: sum(o["greedy"]) / len(o["greedy"]), "pass@1": pass_at(1),
-               f"pass@{k}": pass_at(k)}
+    return {"greedy acc": lambda o: sum(o["greedy"]) / len(o["greedy"]), "pass@1": pass_at(1),
+            f"pass@{k}": pass_at(k)}
+
+
+def paired_rows(start: dict, runs: dict[str, dict[int, dict]]) -> tuple[list[str], dict]:
+    """Markdown rows and their numbers: end - start per method, paired by seed, on greedy accuracy,
+    pass@1 and pass@k."""
+    from popo.study.stats import paired_test
+
+    metrics = end_metrics(start["k"])
     lines = ["| method | metric | seeds | start | end − start (mean) | 95% CI | t | p | d_z | per seed |",
              "|" + " --- |" * 10]
     numbers: dict = {}
@@ -242,15 +238,11 @@ def paired_rows(start: dict, runs: dict[str, dict[int, dict]]) -> tuple[list[str
 def baseline_rows(runs: dict[str, dict[int, dict]], baseline: str) -> tuple[list[str], dict]:
     """Markdown rows and their numbers: each method minus `baseline` at the end, paired by seed, on greedy
     accuracy, pass@1 and pass@k (does one method keep more of what many samples can find?)."""
-    from popo.metrics import pass_at_k
     from popo.study.stats import paired_test
 
     if baseline not in runs:
         return [], {}
-    k = next(iter(runs[baseline].values()))["k"]
-    metrics = {"greedy acc": lambda o: sum(o["greedy"]) / len(o["greedy"]),
-               **{f"pass@{j}": (lambda j: lambda o: sum(pass_at_k(k, c, j) for c in o["correct"]) /
-                                len(o["correct"]))(j) for j in (1, k)}}
+    metrics = end_metrics(next(iter(runs[baseline].values()))["k"])
     lines = [f"| method − {baseline} | metric | seeds | mean difference | 95% CI | p | d_z |", "|" + " --- |" * 7]
     numbers: dict = {}
     for method, by_seed in runs.items():
@@ -353,5 +345,10 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    _one_thread()
+    import torch
+
+    from popo.build import quiet_libraries
+
+    torch.set_num_threads(1)  # tiny models, shared cores
+    quiet_libraries()
     main()

@@ -11,8 +11,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any
 from pathlib import Path
 
@@ -21,7 +19,8 @@ import torch
 from popo.config import Config, load_config
 from popo.study.plots import plot_learning_curves
 from popo.study.report import environment_line, task_line
-from popo.build import build_trainer, quiet_libraries, resolve_model_path
+from popo.build import build_trainer, resolve_model_path
+from popo.study.runs import env_threads, worker_pool
 
 METHODS = ("popo", "grpo")
 # Each method's learning rate as study v2 chose it on countdown's validation split (3 values x 3 seeds,
@@ -58,12 +57,10 @@ def diagnostic_means(records: list[dict]) -> dict[str, float]:
     return {k: sum(r[k] for r in records if k in r) / sum(1 for r in records if k in r) for k in sorted(keys)}
 
 
-def train_method(overrides: list[str], threads: int = 0, prefix: str = "",
+def train_method(overrides: list[str], prefix: str = "",
                  log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
     """Train one method from `overrides` (the demo's, the method's, the user's); returns its history and its
-    row of the results table. In a worker process (`threads` > 0) it logs to stdout with `prefix`."""
-    if threads > 0:
-        torch.set_num_threads(threads)
+    row of the results table. Without `log` (in a worker process) it logs to stdout with `prefix`."""
     if log is None:
         def log(message: str) -> None:
             print("\n".join(prefix + line for line in message.splitlines()), flush=True)
@@ -110,9 +107,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, extra: l
         log(f"== {method}: {c.train.steps} steps x {c.rollout.prompts_per_step} prompts x {c.rollout.group_size} "
             f"rollouts, lr {c.optim.lr:g}{', side by side' if workers > 1 else ''} ==")
     if workers > 1:
-        threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=quiet_libraries) as pool:
-            futures = [pool.submit(train_method, run, threads, f"[{m}] ") for m, run in zip(METHODS, runs)]
+        with worker_pool(workers, env_threads()) as pool:
+            futures = [pool.submit(train_method, run, f"[{m}] ") for m, run in zip(METHODS, runs)]
             results = [f.result() for f in futures]
     else:
         results = [train_method(run, log=log) for run in runs]

@@ -165,6 +165,27 @@ def run_state(run_dir: Path, config: Config) -> str:
     return "partial" if (run_dir / "checkpoints").is_dir() and list_checkpoints(run_dir) else "new"
 
 
+def env_threads() -> int:
+    """The torch threads a worker process gets by default: OMP_NUM_THREADS, else 1."""
+    return int(os.environ.get("OMP_NUM_THREADS") or 1)
+
+
+def _start_worker(threads: int) -> None:
+    import torch
+
+    from popo.build import quiet_libraries
+
+    torch.set_num_threads(threads)
+    quiet_libraries()  # no progress bars in the logs
+
+
+def worker_pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    """`workers` spawned processes, each on `threads` torch threads and without library progress bars (the
+    pool behind `--workers` of `popo compare`, `popo demo` and `docs/results/pass_at_k.py`)."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
+                               initargs=(threads,))
+
+
 def execute_run(study_dir: str, variant: Variant, seed: int, threads: int) -> dict:
     """Train (or resume) one run and mark it done; runs in a worker process when `--workers` > 1."""
     import torch
@@ -286,12 +307,9 @@ def run_study(out: str | Path, variants: list[Variant], seeds: list[int], *, con
         for i, (v, seed) in enumerate(jobs, 1):
             finished(i, execute_run(str(out), v, seed, threads))
     elif jobs:
-        env_threads = os.environ.get("OMP_NUM_THREADS")
-        from popo.build import quiet_libraries  # workers too: no progress bars in the run logs
-
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=quiet_libraries) as pool:
-            futures = [pool.submit(execute_run, str(out), v, seed, threads or int(env_threads or 1))
-                       for v, seed in jobs]
+        threads = threads or env_threads()
+        with worker_pool(workers, threads) as pool:
+            futures = [pool.submit(execute_run, str(out), v, seed, threads) for v, seed in jobs]
             for i, future in enumerate(as_completed(futures), 1):
                 finished(i, future.result())
     return out
