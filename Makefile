@@ -23,8 +23,10 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m popo demo --quick --out runs/demo-quick
 
+# One pytest worker per core (pytest-xdist), each torch on one thread; the long end-to-end tests start first
+# (tests/conftest.py), so no worker is left alone with one at the end.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto
 
 # The GPU check (README "GPU check"): the wheel folder gpu-bundle/ for the GPU machine's Python 3.12, and its
 # dry run here (fresh venv with only torch, no network, `benchmarks/gpu/run.py --cpu`; tests/test_gpu_bundle.py).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,14 +66,20 @@ WARM_TESTBED = ["testbed.warmup_steps=200", "testbed.warmup_batch=32", "testbed.
                 "testbed.validation_size=0"]
 
 
+WARM_STARTS = Path(__file__).parent / "golden" / "warm_starts"
+
+
 @pytest.fixture(scope="session")
 def warm_testbed_cache(tmp_path_factory) -> str:
-    """A testbed cache holding the 1-digit model after 200 warm-up steps (it solves some problems, so
-    RL steps have positives and negatives), built once per session in a one-thread subprocess. Tests
-    pass `testbed.cache_dir=<this>` with the `WARM_TESTBED` overrides to reuse it."""
+    """A testbed cache holding the 1-digit model after 200 warm-up steps (it solves some problems, so RL
+    steps have positives and negatives). It is the copy in tests/golden/warm_starts, the same weights on every
+    machine (tests/test_shipped_warm_starts.py rebuilds it); tests pass `testbed.cache_dir=<this>` with the
+    `WARM_TESTBED` overrides to reuse it."""
+    from popo.testbed.shipped import install
+
     cache = tmp_path_factory.mktemp("warm-testbed")
-    subprocess.run([sys.executable, "-m", "popo", "sft", f"testbed.cache_dir={cache}", *WARM_TESTBED], check=True,
-                   capture_output=True, env={**os.environ, **ONE_THREAD_ENV}, timeout=900)
+    (name,) = [p.name for p in WARM_STARTS.iterdir() if p.name.startswith("testbed-")]
+    assert install(name, cache / name, log=lambda message: None, root=WARM_STARTS)
     return str(cache)
 
 
@@ -108,3 +115,12 @@ def run_with_deadline(fn, seconds: float):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests (marked slow or gpu_dry_run: 20-110 s each) first, the rest in their order: with
+    `pytest -n N` (the Makefile's) every worker then starts on a long test and the short ones fill the gaps,
+    instead of one long test left running alone at the end."""
+    long = [item for item in items if item.get_closest_marker("slow") or item.get_closest_marker("gpu_dry_run")]
+    rest = [item for item in items if item not in set(long)]
+    items[:] = long + rest

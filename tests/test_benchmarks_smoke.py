@@ -38,6 +38,7 @@ def _written(out: Path) -> dict:
     return json.loads(out.with_suffix(".json").read_text())
 
 
+@pytest.mark.slow
 def test_step_time_ours(bench, tmp_path):
     out = tmp_path / "step"
     assert bench("step_time_vs_trl").main(["--models", "0.3m", "--frameworks", "grpo", "popo", "--steps", "2",
@@ -47,6 +48,7 @@ def test_step_time_ours(bench, tmp_path):
     assert all(r["median_step_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_step_time_trl(bench, tmp_path):
     if importlib.util.find_spec("trl") is None:
         pytest.skip("trl is not installed (pip install 'popo[trl]' to run this part)")

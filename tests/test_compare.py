@@ -77,6 +77,7 @@ def test_reference_completion():
         reference_completion("what is 2+2?")
 
 
+@pytest.mark.slow
 def test_compare_end_to_end_report_and_skip(cache_dir, tmp_path, capsys):
     out = tmp_path / "study"
     argv = ["compare", *tiny(cache_dir), "--methods", "popo,grpo", "--seeds", "2", "--out", str(out), "--threads", "1"]

@@ -38,6 +38,7 @@ def test_the_demo_rates_are_the_ones_study_v2_chose_on_validation():
     assert {m: chosen[m]["chosen"] for m in METHODS} == LEARNING_RATES
 
 
+@pytest.mark.slow
 def test_side_by_side_equals_one_process_and_the_report_has_the_diagnostics(tmp_path, tiny_demo, one_thread):
     logged: list[str] = []
     one = run_demo(tmp_path / "one", quick=True, extra=tiny_demo, workers=1, log=logged.append)

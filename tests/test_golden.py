@@ -2,10 +2,20 @@
 norms, diagnostics, evaluation) is pinned bit for bit, so a refactor of the training side cannot change
 behaviour unnoticed.
 
-The pinned numbers are float32 CPU arithmetic: they hold on the platform they were recorded on (torch
-version and CPU instruction set, stored beside them). On another platform the test is skipped with the
-reason; regenerate there with `POPO_UPDATE_GOLDEN=1 pytest tests/test_golden.py`, and only from code whose
-behaviour is known to be right.
+The runs start from the warm start shipped in tests/golden/warm_starts (the same weights on every machine).
+The pinned numbers are float32 CPU arithmetic: they hold bit for bit on the platform they were recorded on
+(torch version and CPU instruction set, stored beside them). On any other platform the test does not skip:
+the CPU kernels round differently (other vector widths, other exp/log approximations), so
+- what is counted from sampled or greedy tokens (`SAMPLED`: rollouts, positives, token counts, rewards and
+  their fractions, accuracies) must still be equal: a token's draw depends on rounding only when its uniform
+  variate falls within the rounding (~1e-6) of a category boundary, about once in a million draws, and a
+  run samples about 500 tokens;
+- schedules (`lr`, `tau`, `skipped`) are exact;
+- every other float (losses, norms, log-prob statistics) is within the reordering tolerance of
+  tests/numerics.py, and the gradient probes within the looser one of tests/test_distributed.py (a small
+  term's gradient direction amplifies the rounding of the gradient).
+Regenerate with `POPO_UPDATE_GOLDEN=1 pytest tests/test_golden.py`, only from code whose behaviour is known
+to be right.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import pytest
 import torch
 
 from conftest import warm_testbed_config
+from numerics import REORDER_ABS, REORDER_REL
 from popo.build import build_trainer
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.json"
@@ -32,6 +43,32 @@ RUNS = {
     "popo-entropy-all": ["algo.name=popo", "algo.entropy_scope=all", "algo.beta=0.05", "optim.lr=1e-3",
                          "train.eval_samples=2"],
 }
+
+
+SAMPLED = {"step", "rollouts", "rollouts_total", "positive_rollouts", "generated_tokens", "forwarded_rollouts",
+           "forwarded_tokens", "num_positive", "num_positive_tokens", "num_tokens", "trained_rollouts",
+           "trained_tokens", "micro_batches", "pass_rate", "reward_mean", "prompts_all_positive",
+           "prompts_with_positive", "distinct_positive_frac", "multi_distinct_frac", "truncated_frac",
+           "eval/greedy_acc", "eval/avg@2", "eval/avg@4", "eval/pass@2", "eval/pass@4", "eval/mean_length"}
+SCHEDULES = {"lr", "tau", "skipped", "skipped_no_positive"}
+GRADIENT_PROBES = ("grad_share", "grad_cos")
+
+
+def differences(got: dict, want: dict, same_platform: bool) -> dict:
+    """The keys whose values differ by more than the platform allows (module docstring)."""
+    if same_platform:
+        return {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+    out = {}
+    for k in want:
+        if k in SAMPLED or k in SCHEDULES:
+            close = got[k] == want[k]
+        elif k.startswith(GRADIENT_PROBES):
+            close = got[k] == pytest.approx(want[k], abs=1e-4, rel=1e-3)
+        else:
+            close = got[k] == pytest.approx(want[k], abs=REORDER_ABS, rel=REORDER_REL)
+        if not close:
+            out[k] = (got[k], want[k])
+    return out
 
 
 def platform() -> dict[str, str]:
@@ -56,15 +93,15 @@ def test_metrics_are_bit_identical_to_the_golden_record(name, warm_testbed_cache
         GOLDEN.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
         return
     saved = json.loads(GOLDEN.read_text())
-    if saved["platform"] != platform():
-        pytest.skip(f"golden metrics were recorded on {saved['platform']}, this is {platform()}")
+    same_platform = saved["platform"] == platform()
     want = saved["runs"][name]
     assert want["overrides"] == RUNS[name], "the run changed: regenerate the golden record deliberately"
     assert len(got) == len(want["records"])
     for step, (g, w) in enumerate(zip(got, want["records"])):
         assert g.keys() == w.keys(), f"step {step}: keys differ: {sorted(g.keys() ^ w.keys())}"
-        diff = {k: (g[k], w[k]) for k in w if g[k] != w[k]}
-        assert not diff, f"{name} record {step} differs (got, golden): {diff}"
+        diff = differences(g, w, same_platform)
+        assert not diff, (f"{name} record {step} differs (got, golden) on {platform()}, recorded on "
+                          f"{saved['platform']}: {diff}")
 
 
 def test_golden_runs_exercise_what_they_claim():

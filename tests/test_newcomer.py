@@ -88,11 +88,12 @@ def test_popo_eval_records_the_protocol_it_used_for_the_testbed(cache, tmp_path)
     assert main(["eval", "--model", str(policy), "--benchmarks", "testbed", "--samples", "2", "--limit", "2",
                  "--out", str(out), *WARM_TESTBED]) == 0
     saved = json.loads(out.read_text())
-    assert saved["protocol"]["benchmarks"]["testbed"] == {"template": "plain", "max_new_tokens": 24}
+    # a run's checkpoint is evaluated with the run's own settings (its 12-token limit, not the default 24)
+    assert saved["protocol"]["benchmarks"]["testbed"] == {"template": "plain", "max_new_tokens": 12}
     record = json.loads(out.with_suffix(".records.jsonl").read_text().splitlines()[0])
     assert {"prompt", "gold"} <= record.keys()
     table = out.with_suffix(".md").read_text()
-    assert "| testbed | 2 | plain | 24 |" in table
+    assert "| testbed | 2 | plain | 12 |" in table
     header = table.splitlines()[2]
     assert header.index("greedy_acc") < header.index("avg@1") < header.index("pass@1") < header.index("maj@2")
 

@@ -157,6 +157,7 @@ def assert_same_as_reference(run_dir: Path, reference) -> None:
     assert weights_hashes(run_dir) == hashes
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_then_between_steps(tiny_testbed, tmp_path, reference):
     out = tmp_path / "run"
     # 1. killed half-way through writing checkpoint 4: the torn write stays in its .tmp folder
@@ -177,6 +178,7 @@ def test_sigkill_during_a_checkpoint_write_then_between_steps(tiny_testbed, tmp_
     assert_same_as_reference(out, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_then_sigkill_at_an_arbitrary_moment(tiny_testbed, tmp_path, reference):
     out = tmp_path / "run"
     # 1. SIGTERM from outside: the step in progress finishes, a final checkpoint is written, exit 0

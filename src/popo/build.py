@@ -48,14 +48,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_model_path(config: Config, log: Callable[[str], None] = print) -> str:
-    """A local folder or hub id; `testbed` builds (or reuses) the warmed-up tiny model."""
+def resolve_model_path(config: Config, log: Callable[[str], None] = print, *, rebuild: bool = False) -> str:
+    """A local folder or hub id; `testbed` is the warmed-up tiny model (cached, shipped, or built here;
+    `rebuild` builds it anew into `<cache>/testbed-<key>-rebuilt`)."""
     if config.model.name == "testbed":
         from popo.testbed.sft import prepare_testbed
 
         tb = config.testbed
         path = prepare_testbed(tb.cache_dir, testbed_task(config), steps=tb.warmup_steps,
-                               batch_size=tb.warmup_batch, lr=tb.warmup_lr, log=log)
+                               batch_size=tb.warmup_batch, lr=tb.warmup_lr, log=log, rebuild=rebuild)
         return str(Path(path).resolve())  # absolute: a LoRA checkpoint records it as its base model
     name = config.model.name
     folder = Path(name).expanduser()
@@ -225,9 +226,13 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     check_run_dir(Path(c.train.out_dir), resume=resume, overwrite=c.train.overwrite)  # before any work
     train_examples = load_examples_for(c, c.data.source, split=c.data.split, log=log)
     eval_source, eval_split, eval_examples = held_out_examples(c, log)
-    log(f"evaluation: {len(eval_examples)} held-out prompts from {eval_source} ({eval_split})" if eval_source else
-        f"evaluation: off (data.source={c.data.source} has no held-out split popo knows; set data.eval_source to "
-        "a file or hub dataset of the same task, e.g. a benchmark .jsonl)")
+    if eval_source:
+        log(f"evaluation: {len(eval_examples)} held-out prompts from {eval_source} ({eval_split})")
+    elif not c.data.eval_source:
+        log("evaluation: off (data.eval_source is empty)")
+    else:
+        log(f"evaluation: off (data.source={c.data.source} has no held-out split popo knows; set data.eval_source "
+            "to a file or hub dataset of the same task, e.g. a benchmark .jsonl)")
     # the reward before any model: user functions are imported and checked against the dataset's columns
     verifier = make_verifier(c, columns=column_names(train_examples), log=log)
     with dist.main_first():  # rank 0 builds the testbed cache, the others then read it

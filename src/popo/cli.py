@@ -2,7 +2,12 @@
 
 Errors a user can cause (`popo.errors`: bad config key or value, missing model, empty or malformed
 dataset, a run that halted itself) print one `error:` line and exit with the class's status (2, or 3 for
-a halted run), without a traceback.
+a halted run), without a traceback. Ctrl-C prints one line saying what stopped and how to continue, and
+exits with status 130; a `popo train` stopped by Ctrl-C saves a checkpoint, prints its summary and exits
+with 130 too (stopped by SIGTERM, a scheduler's preemption, it exits 0 after its checkpoint).
+
+Like `python -m popo`, the `popo` command imports user modules (`reward.functions=my_rewards:short`)
+from the folder it runs in: `main` puts that folder first on `sys.path` for the command's duration.
 """
 
 from __future__ import annotations
@@ -14,8 +19,21 @@ import sys
 from collections.abc import Sequence
 
 from popo.config import load_config
+from popo.config_checks import check_reward_modules
 from popo.errors import PopoError, SetupError
 from popo.config_reference import reference_markdown
+
+INTERRUPTED = 130  # exit status after Ctrl-C, as a shell reports a process ended by SIGINT
+
+
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help, except where the help names its default itself, there is
+    none (None: the help says what happens instead) or the option is an on/off flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.nargs == 0 or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,10 +49,19 @@ def _parser() -> argparse.ArgumentParser:
                            "for them, else 1)")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-5")
 
-    sft = sub.add_parser("sft", help="build and warm up the testbed model (cached) and print its path")
+    sft = sub.add_parser("sft", help="the warmed-up testbed model (cached, shipped or built here): print its path")
+    sft.add_argument("--rebuild", action="store_true",
+                     help="build the warm-up from scratch into <cache>/testbed-<key>-rebuilt (5-13 min on one core), "
+                          "even when popo ships it")
+    sft.add_argument("--check", action="store_true",
+                     help="with --rebuild: compare the rebuilt weights with the shipped copy (bit for bit on the "
+                          "platform that recorded it; a distance elsewhere)")
     sft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="testbed.* overrides")
 
-    train = sub.add_parser("train", help="train a policy with POPO, GRPO or a preset")
+    train = sub.add_parser("train", help="train a policy with POPO, GRPO or a preset",
+                           epilog="Every setting (KEY=VALUE or in the YAML file), with its default and meaning: "
+                                  "`popo config` (the same as docs/configuration.md); `popo config --yaml` prints "
+                                  "the defaults as a YAML file to start from.")
     train.add_argument("config", nargs="?", help="YAML config file (optional with --resume)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. algo.name=grpo")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
@@ -45,15 +72,16 @@ def _parser() -> argparse.ArgumentParser:
                             "decoder layer) instead of replicating them")
 
     ev = sub.add_parser("eval", help="evaluate a model on math benchmarks or the testbed's held-out split",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_DefaultsHelp)
     ev.add_argument("--model", required=True, help="model folder (a checkpoint's policy/, LoRA or not) or hub id")
     ev.add_argument("--benchmarks", default="testbed",
                     help="comma-separated benchmark names (aime24,math500,...), testbed, or .jsonl/.json/.parquet files")
     ev.add_argument("--data-dir", help="folder holding the benchmark .jsonl files (else the hub)")
-    ev.add_argument("--protocol", choices=["default", "qwen-math", "r1"], default="default",
+    ev.add_argument("--protocol", choices=["default", "qwen-math", "r1"], default=None,
                     help="named settings, recorded in the output: default (k=4, temperature 0.6, top-p 0.95, qwen-math "
                          "template, 1024 tokens), qwen-math (greedy only, Qwen2.5-Math's prompt, 3000 tokens) or r1 "
-                         "(k=16, temperature 0.6, top-p 0.95, qwen-boxed prompt, 32768 tokens); flags override it")
+                         "(k=16, temperature 0.6, top-p 0.95, qwen-boxed prompt, 32768 tokens); flags override it. Without it: "
+                         "the run's own settings when --model is a run's checkpoint, else default")
     ev.add_argument("--samples", type=int, default=None, help="k sampled completions per problem (default: the protocol's)")
     ev.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the protocol's)")
     ev.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default: the protocol's)")
@@ -87,6 +115,7 @@ def _add_study_parsers(sub) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    added = _import_from_working_folder()
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled
@@ -94,9 +123,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PopoError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        print(_interrupted_line(args), file=sys.stderr)
+        return INTERRUPTED
     except BrokenPipeError:  # the reader went away (`popo config | head`): stop quietly, as `cat` would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush goes nowhere
         return 0
+    finally:
+        if added is not None and added in sys.path:
+            sys.path.remove(added)
+
+
+def _import_from_working_folder() -> str | None:
+    """Put the working folder first on `sys.path` as `python -m` does (a console script starts with its own
+    folder there instead); returns the entry added, None when it was already there."""
+    cwd = os.getcwd()
+    if "" in sys.path or cwd in sys.path:
+        return None
+    sys.path.insert(0, cwd)
+    return cwd
+
+
+def _interrupted_line(args: argparse.Namespace) -> str:
+    """One line for Ctrl-C: what stopped and the command that continues it."""
+    import shlex
+
+    again = "popo " + " ".join(shlex.quote(a) for a in args.argv)
+    if args.command in ("compare", "sweep"):
+        return (f"interrupted: popo {args.command} stopped; finished runs are kept and an unfinished one resumes "
+                f"from its last checkpoint when you run the same command again: {again}")
+    if args.command == "train":
+        return f"interrupted: popo train stopped before its first step, nothing new was saved; to try again: {again}"
+    return f"interrupted: popo {args.command} stopped before it finished; to run it again: {again}"
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -110,11 +168,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         load_config(None, args.overrides)  # reject bad overrides before any work
         run_demo(args.out, quick=args.quick, extra=args.overrides, workers=args.workers)
     elif args.command == "sft":
-        from popo.build import resolve_model_path
-
-        print(resolve_model_path(load_config(None, ["model.name=testbed", *args.overrides])))
+        return _sft(args)
     elif args.command == "train":
-        _train(args)
+        return _train(args)
     elif args.command == "eval":
         from popo.eval_cli import run_eval
 
@@ -135,14 +191,33 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> None:
+def _sft(args: argparse.Namespace) -> int:
+    """Print the warm start's path; `--rebuild --check` also compares it with the shipped copy."""
     from pathlib import Path
+
+    from popo.build import resolve_model_path
+    from popo.testbed.shipped import check_rebuilt
+
+    if args.check and not args.rebuild:
+        raise SetupError("--check compares a rebuilt warm start with the shipped one: add --rebuild")
+    path = resolve_model_path(load_config(None, ["model.name=testbed", *args.overrides]), rebuild=args.rebuild)
+    print(path)
+    return check_rebuilt(Path(path)) if args.check else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train (or resume) one run; the exit status: 0, or 130 for a run that Ctrl-C (SIGINT) stopped before
+    its last step (it saved a checkpoint and printed its summary)."""
+    import signal
+    from pathlib import Path
+
+    from popo.run_dir import check_resume
 
     if args.num_processes > 1 or args.fsdp:  # re-launch this command under accelerate, one process per rank
         code = subprocess.call(launch_command(args.argv, args.num_processes, fsdp=args.fsdp))
         if code:
             raise SystemExit(code)
-        return
+        return 0
     from popo.build import build_trainer
 
     overrides = list(args.overrides)
@@ -154,33 +229,14 @@ def _train(args: argparse.Namespace) -> None:
         if not saved.is_file():
             raise SetupError(f"cannot resume: {saved} not found")
         config = load_config(saved, overrides + [f"train.out_dir={args.resume}"])
-        _check_same_run(load_config(saved), config, args.resume)
+        check_resume(load_config(saved), config, args.resume)
     else:
         config = load_config(args.config, overrides)
-    build_trainer(config, resume=bool(args.resume)).run()
+    check_reward_modules(config.reward)
+    trainer = build_trainer(config, resume=bool(args.resume))
+    trainer.run()
     _leave_process_group()
-
-
-def _check_same_run(saved, config, run_dir: str) -> None:
-    """A resume continues the same run: the algorithm and the trained parameters (LoRA or not) must not
-    change, or the optimizer state would not fit. A new run can start from the checkpoint's weights."""
-    changed = [key for key, a, b in (("algo.name", saved.algo.name, config.algo.name),
-                                     ("model.lora.r", saved.model.lora.r, config.model.lora.r))
-               if a != b]
-    if changed:
-        key = changed[0]
-        raise SetupError(f"cannot resume {run_dir} with a different {key} (the run used "
-                         f"{key}={_get(saved, key)}); to train with {key}={_get(config, key)} from this run's "
-                         f"weights, start a new run: popo train {key}={_get(config, key)} "
-                         f"model.name={run_dir}/checkpoints/step-N/policy train.out_dir=NEW_DIR")
-
-
-def _get(config, key: str):
-    section, _, rest = key.partition(".")
-    value = getattr(config, section)
-    for part in rest.split("."):
-        value = getattr(value, part)
-    return value
+    return INTERRUPTED if trainer.stopped_early and trainer.stop_signal == signal.SIGINT else 0
 
 
 def _leave_process_group() -> None:

@@ -109,3 +109,30 @@ def _validate_reward(reward: Any) -> None:
     _check(reward.timeout_s > 0 and reward.num_workers >= 1 and reward.items_per_call >= 1
            and reward.max_memory_mb >= 0, "reward.timeout_s must be > 0, reward.num_workers and "
            "reward.items_per_call >= 1, reward.max_memory_mb >= 0")
+
+
+def check_reward_modules(reward: Any) -> None:
+    """Before any model is loaded, a `reward.functions` module that cannot be found at all is a ConfigError
+    that says where popo looked. Not part of `validate`: where a module is found depends on the process
+    (its working folder and `sys.path`), not on the configuration; a module that is found but fails to
+    import is reported by the reward workers (`popo.build.make_verifier`)."""
+    import os
+    import sys
+
+    for spec in reward.functions:
+        module, sep, _ = spec.partition(":")
+        top = module.split(".")[0]
+        if not sep:
+            continue
+        try:
+            found = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = True  # it exists but misbehaves: the workers' import names the problem
+        if not found:
+            pythonpath = os.environ.get("PYTHONPATH", "")
+            raise ConfigError(
+                f"reward.functions: '{spec}': module '{module}' does not import (ModuleNotFoundError: no module "
+                f"named '{top}'): looked for {top}.py or a {top}/ package in the folder popo runs from "
+                f"({os.getcwd()}), in PYTHONPATH ({pythonpath or 'not set'}) and in the installed packages "
+                f"({len(sys.path)} folders on sys.path); run popo from the folder that holds it, or add that "
+                "folder to PYTHONPATH")

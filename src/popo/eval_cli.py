@@ -60,8 +60,74 @@ def _benchmark(name: str, args, config, named: dict = PROTOCOLS["default"]):
     return examples, verifier, args.template or named["template"], args.max_new_tokens or named["max_new_tokens"]
 
 
+def check_model_folder(model: str) -> None:
+    """A run folder given as --model (it holds config.yaml and checkpoints, no model) is an error naming the
+    policy folder of its latest checkpoint."""
+    from popo.checkpoint import list_checkpoints
+
+    path = Path(model)
+    if not (path.is_dir() and (path / "config.yaml").is_file()) or (path / "config.json").is_file():
+        return
+    kept = [c for c in list_checkpoints(path) if (c / "policy").is_dir()]
+    fix = (f"use --model {kept[-1] / 'policy'} (its latest checkpoint)" if kept
+           else f"it has no checkpoint yet ({path / 'checkpoints'} is empty)")
+    raise SetupError(f"--model {model} is a run folder, not a model folder: {fix}")
+
+
+def run_of(model: str) -> Path | None:
+    """The run folder that holds checkpoint policy `model` (RUN/checkpoints/step-N/policy), or None."""
+    path = Path(model).resolve() if Path(model).exists() else None
+    if path is None:
+        return None
+    for parent in list(path.parents)[:3]:
+        if parent.name == "checkpoints" and (parent.parent / "config.yaml").is_file():
+            return parent.parent
+    return None
+
+
+def apply_run_protocol(args: argparse.Namespace) -> str | None:
+    """When --model is a checkpoint of a run and no --protocol was chosen, fill the sampling settings left
+    unset (--samples, --temperature, --top-p, --max-new-tokens, --seed at 0, truncation) from the run's
+    config.yaml, so the numbers are comparable with the run's own evaluations. Returns the line that says
+    which protocol was used (None: not a run's checkpoint, or another protocol was asked for)."""
+    run = run_of(args.model)
+    if run is None or (getattr(args, "protocol", None) or "default") != "default":
+        return None
+    from popo.evaluate import run_protocol
+
+    config = load_config(run / "config.yaml")
+    used = run_protocol(config)
+    for key, value in (("samples", used.k), ("temperature", used.temperature), ("top_p", used.top_p),
+                       ("max_new_tokens", used.max_new_tokens)):
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if not getattr(args, "seed", 0):
+        args.seed = config.train.seed
+    if not getattr(args, "zero_if_truncated", False):
+        args.zero_if_truncated = used.zero_if_truncated
+    return (f"protocol: the run's own evaluation settings from {run / 'config.yaml'}: samples={args.samples}, "
+            f"temperature={args.temperature}, top_p={args.top_p}, max_new_tokens={args.max_new_tokens}, "
+            f"seed={args.seed}, zero_if_truncated={args.zero_if_truncated} (pass --protocol or these flags to "
+            "change them)")
+
+
+def run_testbed(model: str) -> list[str]:
+    """The `testbed.*` settings of the run that holds checkpoint `model` as overrides (the task, its size and
+    splits: `--benchmarks testbed` then reads the run's own validation split), else none."""
+    run = run_of(model)
+    if run is None:
+        return []
+    tb = load_config(run / "config.yaml").testbed
+    return [f"testbed.{key}={getattr(tb, key)}" for key in
+            ("task", "digits", "numbers", "max_number", "test_size", "validation_size")]
+
+
 def run_eval(args: argparse.Namespace) -> dict:
-    config = load_config(None, [*getattr(args, "overrides", []), f"model.name={args.model}"])
+    check_model_folder(args.model)
+    from_run = apply_run_protocol(args)
+    if from_run:
+        print(from_run, file=sys.stderr)
+    config = load_config(None, [*run_testbed(args.model), *getattr(args, "overrides", []), f"model.name={args.model}"])
     named = apply_protocol(args)
     device = resolve_device(config.model.device)
     model, tokenizer = load_policy(resolve_model_path(config), config, device)
@@ -85,7 +151,8 @@ def run_eval(args: argparse.Namespace) -> dict:
         used[name] = {"template": template, "max_new_tokens": max_new_tokens}
         results[name] = _benchmark_numbers(outcome, args.samples)
         records += _records(name, examples, prompts, outcome, args.samples)
-    described = {"model": args.model, "protocol": getattr(args, "protocol", None) or "default", "k": args.samples,
+    described = {"model": args.model, "protocol": "run's config.yaml" if from_run else (getattr(args, "protocol", None) or "default"),
+                 "k": args.samples,
                  "temperature": args.temperature, "top_p": args.top_p,
                  "seed": args.seed, "zero_if_truncated": args.zero_if_truncated, "device": str(device),
                  "benchmarks": used}

@@ -111,10 +111,21 @@ def evaluate_split(engine: RolloutEngine, prompts: Sequence[str], examples: Sequ
     """`evaluate(...).summary()` with the examples split over the ranks (each a contiguous slice, sampled
     with the seeds the one-process evaluation would use) and the per-example means combined; every rank
     returns the whole evaluation's numbers."""
+    return evaluate_split_per_problem(engine, prompts, examples, verifier, protocol, dist)[0]
+
+
+def evaluate_split_per_problem(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
+                               protocol: EvalProtocol, dist: Dist) -> tuple[dict[str, float], list[float]]:
+    """`evaluate_split`'s numbers and, beside them, every problem's greedy reward (all ranks' slices, in
+    example order), so two evaluations of the same problems can be compared problem by problem."""
     n, rank, world = len(examples), dist.rank, dist.world
     lo, hi = rank * n // world, (rank + 1) * n // world
-    part = (evaluate(engine, prompts[lo:hi], examples[lo:hi], verifier, protocol, first_index=lo).summary()
-            if hi > lo else {})
+    result = (evaluate(engine, prompts[lo:hi], examples[lo:hi], verifier, protocol, first_index=lo)
+              if hi > lo else None)
+    part = result.summary() if result is not None else {}
     keys = dist.union_keys(list(part))
-    sums = dist.sum_values([part.get(k, 0.0) * (hi - lo) for k in keys])
-    return {k: total / n for k, total in zip(keys, sums)}
+    greedy = [0.0] * n  # this rank's slice filled in, the others' left 0: the sum over ranks is every problem's
+    if result is not None:
+        greedy[lo:hi] = result.greedy_correct.tolist()
+    sums = dist.sum_values([part.get(k, 0.0) * (hi - lo) for k in keys] + greedy)
+    return {k: total / n for k, total in zip(keys, sums)}, sums[len(keys):]

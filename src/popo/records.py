@@ -108,22 +108,89 @@ def _eval_text(record: dict) -> str:
     return f"held-out at step {record['step']}: {values}"
 
 
-def run_summary(records: list[dict], *, wall_s: float, run_dir, checkpoint) -> str:
-    """The end-of-run lines: held-out numbers at the start and at the end, wall time, where the
-    checkpoint is and how to continue; says so plainly when held-out greedy accuracy fell."""
+OUTCOMES_KEY = "held_out/greedy_rewards"
+"""Key of an evaluation record's per-problem greedy rewards in `metrics.jsonl` (the numbers behind
+`eval/greedy_acc`, in problem order): what the end-of-run summary's paired test compares."""
+SIGNIFICANCE = 0.05
+"""The summary warns that a run made the model worse only when the paired test's p-value is below this."""
+
+
+def paired_change(before: list[float], after: list[float]) -> tuple[int, int, float]:
+    """(problems that scored lower after, problems that scored higher after, two-sided p-value) for two
+    evaluations of the same problems. The test is exact: under "no change", each problem that changed is
+    equally likely to have gone either way (a binomial test on the changed problems; on right/wrong
+    outcomes this is the exact McNemar test)."""
+    from scipy.stats import binomtest
+
+    worse = sum(a < b for b, a in zip(before, after))
+    better = sum(a > b for b, a in zip(before, after))
+    changed = worse + better
+    return worse, better, float(binomtest(worse, changed, 0.5).pvalue) if changed else 1.0
+
+
+def _change_lines(first: dict, last: dict) -> list[str]:
+    """What the summary says about greedy accuracy between two evaluations: a warning only when it fell by
+    more than noise on the same problems."""
+    before, after = first.get("eval/greedy_acc"), last.get("eval/greedy_acc")
+    if before is None or after is None or after >= before:
+        return []
+    fell = f"held-out greedy accuracy fell from {before:.3f} to {after:.3f}"
+    a, b = first.get(OUTCOMES_KEY), last.get(OUTCOMES_KEY)
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b) or not a:
+        return [f"  WARNING: {fell} (the log has no per-problem outcomes, so whether this is more than noise "
+                "is untested)"]
+    worse, better, p = paired_change(a, b)
+    binary = all(v in (0, 1) for v in a + b)
+    counts = (f"of {len(a)} problems, {worse} went from right to wrong and {better} from wrong to right "
+              f"(exact McNemar test, p={p:.3g})" if binary else
+              f"of {len(a)} problems, {worse} scored lower and {better} higher (exact sign test, p={p:.3g})")
+    if worse > better and p < SIGNIFICANCE:
+        return [f"  WARNING: {fell}, more than noise: {counts}; these settings made the model worse (try a "
+                "lower optim.lr or more rollout.prompts_per_step)"]
+    return [f"  {fell}, within noise: {counts}, not below {SIGNIFICANCE}"]
+
+
+def run_summary(records: list[dict], *, wall_s: float, run_dir, checkpoint, target_steps: int | None = None,
+                interrupted: bool = False) -> str:
+    """The end-of-run lines: held-out numbers at the start and at the end, wall time, where the checkpoint
+    is and a command that continues the run. A fall in held-out greedy accuracy is tested problem by
+    problem (`paired_change`) and called a warning only when it is more than noise. An `interrupted` run
+    (stopped before `target_steps`) says so, and its last evaluation is not presented as the end."""
+    import shlex
+
     evals = [r for r in records if any(k.startswith("eval/") for k in r)]
-    lines = [f"run finished: {records[-1]['step'] if records else 0} steps in {wall_s:.0f}s, in {run_dir}"]
+    done = records[-1]["step"] if records else 0
+    if interrupted:
+        lines = [f"run interrupted at step {done}" + (f" of {target_steps}" if target_steps else "")
+                 + f" after {wall_s:.0f}s, in {run_dir}"]
+    else:
+        lines = [f"run finished: {done} steps in {wall_s:.0f}s, in {run_dir}"]
     if evals:
         first, last = evals[0], evals[-1]
         keys = eval_keys(last)
-        for label, record in (("start", first), ("end", last)):
+        for record in [first] + ([last] if last is not first else []):
+            label = ("start" if record["step"] == 0 else "end" if record is last and not interrupted
+                     else "the last evaluation")
             lines.append(f"  held-out at {label} (step {record['step']}): "
                          + "  ".join(f"{k.removeprefix('eval/')} {record[k]:.3f}" for k in keys if k in record))
-        before, after = first.get("eval/greedy_acc"), last.get("eval/greedy_acc")
-        if first is not last and before is not None and after is not None and after < before:
-            lines.append(f"  WARNING: held-out greedy accuracy fell from {before:.3f} to {after:.3f}: these "
-                         "settings made the model worse (try a lower optim.lr or more rollout.prompts_per_step)")
+        if last is not first:
+            lines += _change_lines(first, last)
+        if interrupted and last["step"] != done:
+            lines.append(f"  no held-out evaluation at step {done}: the run stopped before its end")
+    failed = sum(r.get("reward_failures", 0) for r in records)
+    if failed:
+        scored = sum(r.get("rollouts", 0) + r.get("sampling/extra_rollouts", 0) for r in records if "reward_mean" in r)
+        lines.append(f"  WARNING: a reward function failed on {failed:.0f} of {scored:.0f} sampled rollouts (their "
+                     "reward was set to 0; metrics.jsonl: reward_failures, reward/<name>/failed; the log names "
+                     "the first error of each function)")
     if checkpoint is not None:
+        where = shlex.quote(str(run_dir))
         lines.append(f"  checkpoint: {checkpoint}  (evaluate: popo eval --model {checkpoint}/policy)")
-        lines.append(f"  continue: popo train --resume {run_dir} train.steps=N")
+        if interrupted and target_steps and done < target_steps:
+            lines.append(f"  continue: popo train --resume {where}  (picks up at step {done} and trains to "
+                         f"train.steps={target_steps})")
+        else:
+            more = 2 * max(target_steps or done, 1)
+            lines.append(f"  continue: popo train --resume {where} train.steps={more}  (train.steps is the new "
+                         f"total, here twice this run's {target_steps or done}; any larger number works)")
     return "\n".join(lines)

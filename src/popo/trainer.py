@@ -28,9 +28,9 @@ from popo.diagnostics import step_diagnostics
 from popo.distributed import Dist
 from popo.ema import ema_tau
 from popo.errors import TrainingHalted
-from popo.evaluate import EvalProtocol, evaluate_split, run_protocol, score_rollouts
+from popo.evaluate import EvalProtocol, evaluate_split_per_problem, run_protocol, score_rollouts
 from popo.models import Models
-from popo.records import Progress, StepTimer, run_summary, step_record
+from popo.records import OUTCOMES_KEY, Progress, StepTimer, run_summary, step_record
 from popo.rewards.composite import reward_metrics
 from popo.rollout.base import RolloutEngine, Rollouts, SamplingParams
 from popo.rollout.hf import concat_rollouts
@@ -96,6 +96,8 @@ class Trainer:
         self.train_set, self.eval_set, self.stream = run.train_set, run.eval_set, run.stream
         self.dist, self.writer, self.log = run.dist, run.writer, run.log
         self.step, self.bad_steps, self.stop_requested = run.start_step, run.bad_steps, False
+        self.stop_signal: int | None = None  # the signal that asked the run to stop (SIGINT: Ctrl-C)
+        self.stopped_early = False  # the last `run` ended on a stop request, before train.steps
         self.out_dir = Path(self.config.train.out_dir)
         r = self.config.rollout
         self.sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p)
@@ -282,31 +284,39 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Held-out evaluation (`popo.evaluate`, the path `popo eval` uses), split over the ranks."""
+        return self._evaluate_per_problem()[0]
+
+    def _evaluate_per_problem(self) -> tuple[dict[str, float], dict[str, list]]:
+        """`evaluate()` and, for the metrics log only, each problem's greedy reward under `OUTCOMES_KEY`
+        (kept out of the returned history and the trackers: the end-of-run summary's paired test reads it)."""
         if not len(self.eval_set):
-            return {}
+            return {}, {}
         with self.models.gathered():  # weights gathered once for the generation
-            result = evaluate_split(self.engine, self.eval_set.prompts, self.eval_set.examples, self.verifier,
-                                    self.evaluation_protocol(), self.dist)
-        return {f"eval/{k}": v for k, v in result.items()}
+            result, greedy = evaluate_split_per_problem(self.engine, self.eval_set.prompts, self.eval_set.examples,
+                                                        self.verifier, self.evaluation_protocol(), self.dist)
+        return {f"eval/{k}": v for k, v in result.items()}, {OUTCOMES_KEY: [_plain_number(v) for v in greedy]}
 
     def run(self) -> list[dict]:
         c, history, started = self.config, [], time.perf_counter()
+        self.stopped_early = False
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         progress = Progress(c.train.steps, self.step, enabled=c.train.progress and self.dist.is_main, log=self.log)
         try:
             if self.step == 0 and c.train.eval_every > 0:
-                record = {"step": 0, "rollouts": 0, **self.evaluate()}
-                self._write(record)
+                scores, outcomes = self._evaluate_per_problem()
+                record = {"step": 0, "rollouts": 0, **scores}
+                self._write(record | outcomes)
                 history.append(record)
             while self.step < c.train.steps and not self.dist.any(self.stop_requested):
                 record = self.train_step(self.step)
                 self.step += 1
-                last = self.step == c.train.steps
+                last, outcomes = self.step == c.train.steps, {}
                 if last or (c.train.eval_every and self.step % c.train.eval_every == 0):
-                    record.update(self.evaluate())
+                    scores, outcomes = self._evaluate_per_problem()
+                    record.update(scores)
                 self.sampled_rollouts += record["rollouts"] + record.get("sampling/extra_rollouts", 0)
                 record["rollouts_total"] = self.sampled_rollouts
-                self._write(record)
+                self._write(record | outcomes)
                 history.append(record)
                 progress.update(record)
                 if self.bad_steps >= c.train.max_bad_steps:
@@ -315,6 +325,7 @@ class Trainer:
                 if last or (c.train.save_every and self.step % c.train.save_every == 0):
                     self.save()
             if self.dist.any(self.stop_requested):
+                self.stopped_early = self.step < c.train.steps
                 self.log(f"stop requested: saving a final checkpoint at step {self.step}")
                 self.save()
         finally:
@@ -337,10 +348,11 @@ class Trainer:
         path = self.out_dir / "metrics.jsonl"
         records = read_metrics(path) if self.writer is not None and path.is_file() else history
         return run_summary(records, wall_s=wall_s, run_dir=self.out_dir, checkpoint=latest_checkpoint(
-            self.out_dir, log=lambda message: None))
+            self.out_dir, log=lambda message: None), target_steps=self.config.train.steps,
+            interrupted=self.stopped_early)
 
     def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
+        self.stop_requested, self.stop_signal = True, signum
 
     def _write(self, record: dict) -> None:
         if self.writer is not None:
@@ -359,3 +371,8 @@ class Trainer:
                        "config": to_dict(self.config)})
         self.dist.barrier()
         return path
+
+
+def _plain_number(value: float) -> float | int:
+    """A reward as the log writes it: 0 and 1 (a right/wrong verifier's) as integers, others unchanged."""
+    return int(value) if value in (0.0, 1.0) else value

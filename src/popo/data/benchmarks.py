@@ -175,10 +175,18 @@ def load_benchmark(name: str, data_dir: str | Path | None = None) -> list[Exampl
             raise DataError(f"{path}: file not found (benchmark {name!r} expects {spec.local_file} in {data_dir})")
         examples, _ = load_examples(path)
         return examples
-    examples, _ = examples_from_rows(
-        _hub_rows(spec),
-        label=f"{spec.hub_id}[{spec.hub_split}]",
-        stem=spec.name,
-        answer_transform=spec.answer_transform,
-    )
+    hint = (f"pass --data-dir DIR with the local copy {spec.local_file} in DIR (JSON lines with problem and answer), "
+            f"or, where {spec.hub_id} is already in the Hugging Face cache, set HF_HUB_OFFLINE=1")
+    try:
+        examples, _ = examples_from_rows(
+            _hub_rows(spec),
+            label=f"{spec.hub_id}[{spec.hub_split}]",
+            stem=spec.name,
+            answer_transform=spec.answer_transform,
+        )
+    except DataError as err:
+        if any(m in str(err) for m in ("cannot load hub dataset", "cannot be reached")):
+            raise DataError(f"benchmark {name!r}: {err}; {hint}") from None
+        raise
     return examples
+

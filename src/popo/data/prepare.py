@@ -98,16 +98,26 @@ def render_prompts(config: Config, examples: list[Example], tokenizer) -> list[s
 
 def fit_prompts(config: Config, examples: list[Example], tokenizer, *, context: int | None, source: str,
                 split: str, log: Callable[[str], None]) -> tuple[list[Example], list[str]]:
-    """The rendered prompts and their examples, with the prompt-length cap applied.
+    """The rendered prompts and their examples, checked against the tokenizer and the prompt-length cap.
 
-    The cap is `data.max_prompt_tokens`, and the model's context (`context` tokens) less
-    `rollout.max_new_tokens` when that is smaller. A longer prompt is a `DataError` naming file, line
-    and field, or with `data.on_bad_row=skip` is dropped and counted in the log.
+    A prompt holding characters the tokenizer cannot represent (they would become its unknown token, which
+    the testbed's character tokenizer decodes to nothing: the model would see mangled text) is a
+    `DataError` naming file, line and the characters. The cap is `data.max_prompt_tokens`, and the model's
+    context (`context` tokens) less `rollout.max_new_tokens` when that is smaller; a longer prompt is a
+    `DataError` naming file, line and field. With `data.on_bad_row=skip` such prompts are dropped and
+    counted in the log.
     """
-    from popo.data.sources import locate_examples
-
     d = config.data
     prompts = render_prompts(config, examples, tokenizer)
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    bad = unrepresentable(tokenizer, prompts, ids)
+    if bad:
+        first, chars = next(iter(bad.items()))
+        message = (f"{_where(config, source, split, examples[first])}: field '{d.problem_key or 'problem'}': "
+                   f"characters the tokenizer cannot represent: {chars} (they would reach the model as its "
+                   f"unknown token, silently dropped from the text){_known_characters(tokenizer)}")
+        examples, prompts, ids = _drop(config, examples, prompts, ids, set(bad), source, message,
+                                       "prompts with characters the tokenizer cannot represent", log)
     limit, why = d.max_prompt_tokens, f"data.max_prompt_tokens={d.max_prompt_tokens}"
     if context:
         room = context - config.rollout.max_new_tokens
@@ -116,20 +126,71 @@ def fit_prompts(config: Config, examples: list[Example], tokenizer, *, context: 
                              f"prompt in the model's context of {context} tokens")
         if room < limit:
             limit, why = room, f"model context {context} - rollout.max_new_tokens {config.rollout.max_new_tokens}"
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
-    too_long = [i for i, n in enumerate(lengths) if n > limit]
+    too_long = [i for i, row in enumerate(ids) if len(row) > limit]
     if not too_long:
         return examples, prompts
-    first = examples[too_long[0]]
-    where = (locate_examples(source, [first.id], split=split, problem_key=d.problem_key,
+    message = (f"{_where(config, source, split, examples[too_long[0]])}: field '{d.problem_key or 'problem'}': "
+               f"the prompt is {len(ids[too_long[0]])} tokens with the template, over the limit of {limit} ({why})")
+    examples, prompts, _ = _drop(config, examples, prompts, ids, set(too_long), source, message,
+                                 f"prompts longer than {limit} tokens", log)
+    return examples, prompts
+
+
+def _where(config: Config, source: str, split: str, example: Example) -> str:
+    """`file:line` of an example of a local file (else the source and the example's id)."""
+    from popo.data.sources import locate_examples
+
+    d = config.data
+    where = (locate_examples(source, [example.id], split=split, problem_key=d.problem_key,
                              answer_key=d.answer_key) if not is_testbed(source) else {})
-    message = (f"{where.get(first.id, f'{source}: example {first.id!r}')}: field '{d.problem_key or 'problem'}': "
-               f"the prompt is {lengths[too_long[0]]} tokens with the template, over the limit of {limit} ({why})")
-    if d.on_bad_row == "error":
+    return where.get(example.id, f"{source}: example {example.id!r}")
+
+
+def _drop(config: Config, examples: list[Example], prompts: list[str], ids: list, bad: set[int], source: str,
+          message: str, what: str, log: Callable[[str], None]) -> tuple[list[Example], list[str], list]:
+    """Without the `bad` rows, logged and counted (`data.on_bad_row=skip`); a DataError with `message` else."""
+    if config.data.on_bad_row == "error":
         raise DataError(message + "; data.on_bad_row=skip drops such prompts and counts them")
-    log(f"data: skipped {len(too_long)} prompts longer than {limit} tokens in {source} (first: {message})")
-    dropped = set(too_long)
-    kept = [i for i in range(len(examples)) if i not in dropped]
+    log_line = f"data: skipped {len(bad)} {what} in {source} (first: {message})"
+    kept = [i for i in range(len(examples)) if i not in bad]
     if not kept:
-        raise SetupError(f"dataset {source!r} has no prompt within {limit} tokens")
-    return [examples[i] for i in kept], [prompts[i] for i in kept]
+        raise SetupError(f"dataset {source!r} has no usable prompt: {log_line}")
+    log(log_line)
+    return [examples[i] for i in kept], [prompts[i] for i in kept], [ids[i] for i in kept]
+
+
+def _unknown_id(tokenizer) -> int | None:
+    """The id of the tokenizer's unknown token: the wrapper's, else the one of its `tokenizers` model (the
+    testbed's character tokenizer sets only the latter); None when it has none (byte-level tokenizers)."""
+    if getattr(tokenizer, "unk_token_id", None) is not None:
+        return tokenizer.unk_token_id
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    name = getattr(model, "unk_token", None)
+    return tokenizer.convert_tokens_to_ids(name) if isinstance(name, str) and name else None
+
+
+def unrepresentable(tokenizer, prompts: list[str], ids: list[list[int]]) -> dict[int, str]:
+    """{prompt index: its characters the tokenizer can only encode as its unknown token, quoted}, for the
+    prompts whose token ids (`ids`) hold the unknown token."""
+    unknown = _unknown_id(tokenizer)
+    if unknown is None:
+        return {}
+    verdict: dict[str, bool] = {}  # character -> encodes to the unknown token on its own
+    out = {}
+    for i, (prompt, row) in enumerate(zip(prompts, ids)):
+        if unknown not in row:
+            continue
+        for ch in set(prompt) - set(verdict):
+            verdict[ch] = unknown in tokenizer(ch, add_special_tokens=False)["input_ids"]
+        chars = sorted(ch for ch in set(prompt) if verdict[ch])
+        out[i] = ", ".join(repr(ch) for ch in chars) if chars else "(some sequence of characters)"
+    return out
+
+
+def _known_characters(tokenizer) -> str:
+    """'; it knows only ...' for a small character-level vocabulary (the testbed's), else ''."""
+    vocab = tokenizer.get_vocab()
+    chars = sorted(t for t in vocab if len(t) == 1)
+    if len(vocab) > 300 or len(chars) < len(vocab) - len(tokenizer.all_special_tokens) - 1:
+        return ""
+    return f"; this tokenizer knows only the characters {''.join(chars)!r} (the testbed model's own)"

@@ -155,6 +155,7 @@ def _read_hub(source: str, config: str | None, split: str) -> Iterator[Located]:
         import datasets
     except ImportError as err:  # pragma: no cover - datasets is a dependency
         raise DataError(f"{source}: loading hub datasets needs the 'datasets' package ({err})") from None
+    check_hub_reachable(source)
     try:
         dataset = datasets.load_dataset(source, config, split=split)
     except Exception as err:
@@ -162,6 +163,37 @@ def _read_hub(source: str, config: str | None, split: str) -> Iterator[Located]:
     label = f"{source}[{split}]"
     for number, row in enumerate(dataset, start=1):
         yield f"{label}:row {number}", number, row
+
+
+def hub_cached(hub_id: str) -> bool:
+    """Whether a copy of hub dataset `hub_id` is in the local `datasets` or Hugging Face hub cache."""
+    import os
+
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    roots = [os.environ.get("HF_DATASETS_CACHE"), os.environ.get("HF_HUB_CACHE"), home / "datasets", home / "hub"]
+    names = (hub_id.replace("/", "___"), "datasets--" + hub_id.replace("/", "--"))
+    return any((Path(root) / name).exists() for root in roots if root for name in names)
+
+
+def check_hub_reachable(hub_id: str, timeout_s: float = 3.0) -> None:
+    """Fail at once when the hub cannot be reached and `hub_id` is not cached (`datasets` would otherwise
+    retry for half a minute, then fail without saying what to do). Offline mode, a proxy or a cached copy:
+    no probe (those fail fast by themselves or can work without the hub)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k, "") not in ("", "0") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")) or hub_cached(hub_id):
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+    except OSError:
+        raise DataError(f"{hub_id}: the Hugging Face hub ({endpoint.hostname}) cannot be reached and the dataset is "
+                        "not in the local cache: use a local .jsonl/.json/.parquet copy, or set HF_HUB_OFFLINE=1 "
+                        "where it is cached") from None
 
 
 def _check_columns(names: list[str], label: str, problem_key: str | None, answer_key: str | None) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "gold_answers",
     "gold_content",
     "gold_forms",
+    "usable_gold_forms",
     "last_boxed_content",
     "normalise_answer",
     "read_prediction",
@@ -315,3 +316,13 @@ def gold_forms(answer) -> tuple[tuple[str, ...], ...]:
         forms.append(parts)
     return tuple(forms)
 
+
+
+def usable_gold_forms(answer) -> tuple[tuple[str, ...], ...]:
+    """:func:`gold_forms` for scoring: a gold that cannot be read (None, a dict, an empty string, a list
+    holding something other than strings and numbers, ...) gives no forms, so every completion scores 0
+    against it instead of raising. Loaders check golds themselves and name the bad row."""
+    try:
+        return gold_forms(answer)
+    except (TypeError, ValueError, RecursionError):
+        return ()

@@ -10,6 +10,11 @@ completion is ``sum_i w_i * r_i`` over the parts, with these rules:
   a number, or a non-finite value (for those items only) is a failure: the item's **total** reward is 0
   (not merely that term: a policy must not gain by making a penalty function fail), it is counted
   (``reward/<name>/failed``), and the first failure of each kind of each function is named in the log.
+  ``reward_failures`` counts the items whose total was zeroed that way (logged each step);
+* when a function fails on every one of the first ``stop_after`` items scored (default 32: the first step
+  or few; it raises on every call, returns the wrong number of values, times out, ...), the run is not
+  worth continuing: :meth:`score_rows` raises :class:`popo.errors.TrainingHalted` naming the function and
+  its first error. ``stop_after=0`` keeps the old behaviour (count, log once, go on).
 
 User functions receive ``prompts``, ``completions`` and one list per dataset column (the example's
 ``columns``, plus ``answer``, the gold as loaded, when the row has no ``answer`` column). A row whose prompt
@@ -24,7 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CompositeReward", "RewardPart", "reward_metrics"]
+from popo.errors import TrainingHalted
+
+__all__ = ["CompositeReward", "RewardPart", "dataset_columns", "reward_metrics"]
 
 
 @dataclass
@@ -41,11 +48,12 @@ class CompositeReward:
     """The weighted sum of ``parts``; user functions run in ``pool`` (a FunctionPool, or None without them).
 
     ``items_per_call`` rows go to one call of a user function (a failure costs at most those rows);
-    ``log`` receives the one-line failure notices.
+    ``log`` receives the one-line failure notices; ``stop_after`` makes a function that fails on every one of
+    the first ``stop_after`` items an error (see the module docstring; 0: never).
     """
 
     def __init__(self, parts: Sequence[RewardPart], *, pool=None, items_per_call: int = 64,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, stop_after: int = 32):
         if not parts:
             raise ValueError("a composite reward needs at least one part")
         if any(p.function is not None for p in parts) and pool is None:
@@ -53,6 +61,10 @@ class CompositeReward:
         self.parts, self.pool, self.items_per_call, self.log = list(parts), pool, max(1, items_per_call), log
         self._logged: set[tuple[str, str]] = set()
         self._counts = self._zero_counts()
+        self._failed_items = 0  # items whose total a failure zeroed, since the last take_metrics
+        self._first_error: dict[str, str] = {}  # part name -> its first failure, as logged
+        self.stop_after = max(0, stop_after)
+        self._early: dict[str, list[int]] = {p.name: [0, 0] for p in self.parts}  # name -> [items, failed]
 
     # -- the Verifier interface ------------------------------------------------------------------------
     def score(self, completions: Sequence[str], answers: Sequence) -> list[float]:
@@ -83,7 +95,26 @@ class CompositeReward:
                     stats["scored"] += 1
                     stats["sum"] += v
                     total[i] += part.weight * v
+        self._failed_items += sum(failed)
+        self._check_early_failures(values, users)
         return [0.0 if bad else t for t, bad in zip(total, failed)]
+
+    def _check_early_failures(self, values: dict[int, list], users: list[RewardPart]) -> None:
+        """Raise when a user function has failed on every one of the first ``stop_after`` items."""
+        for part in users:
+            early = self._early.get(part.name)
+            if early is None or not self.stop_after:
+                continue
+            early[0] += len(values[id(part)])
+            early[1] += sum(isinstance(v, _Failure) for v in values[id(part)])
+            if early[0] < self.stop_after:
+                continue
+            del self._early[part.name]  # decided once
+            if early[1] == early[0]:
+                raise TrainingHalted(
+                    f"reward function {part.name} failed on every one of the first {early[0]} items (first "
+                    f"error: {self._first_error.get(part.name, 'unknown')}); every reward would be 0 and nothing "
+                    "would be learned. Fix the function (reward.functions), or call it by hand on a few rows")
 
     def close(self) -> None:
         for part in self.parts:
@@ -103,7 +134,9 @@ class CompositeReward:
         """Counts since the last call, as ``reward/<name>/{sum,scored,none,failed}`` (sums over ranks can be
         added key by key; :func:`reward_metrics` turns them into the logged values)."""
         counts, self._counts = self._counts, self._zero_counts()
-        return {f"reward/{name}/{k}": v for name, c in counts.items() for k, v in c.items()}
+        failed, self._failed_items = self._failed_items, 0
+        return {**{f"reward/{name}/{k}": v for name, c in counts.items() for k, v in c.items()},
+                "reward_failures": float(failed)}
 
     def _zero_counts(self) -> dict[str, dict[str, float]]:
         return {p.name: dict.fromkeys(("sum", "scored", "none", "failed"), 0.0) for p in self.parts}
@@ -137,6 +170,7 @@ class CompositeReward:
         return out
 
     def _notice(self, part: RewardPart, kind: str, detail: str) -> None:
+        self._first_error.setdefault(part.name, f"{kind}: {detail}")
         if (part.name, kind) in self._logged:
             return
         self._logged.add((part.name, kind))
@@ -147,8 +181,8 @@ class CompositeReward:
 def reward_metrics(counts: dict[str, float]) -> dict[str, float]:
     """The logged values of summed :meth:`CompositeReward.take_metrics` counts: per part, the mean over
     scored items (``reward/<name>``) and the numbers of items with None (``/none``) and failures
-    (``/failed``)."""
-    out = {}
+    (``/failed``), and ``reward_failures``: the items whose total reward a failure set to 0."""
+    out = {"reward_failures": int(counts.get("reward_failures", 0))}
     for key in sorted(counts):
         if key.endswith("/sum"):
             base = key[: -len("/sum")]
@@ -168,6 +202,11 @@ class _Gold:
 
     def __init__(self, answer):
         self.answer = answer
+
+
+def dataset_columns(examples: Sequence) -> dict[str, list]:
+    """The keyword columns user reward functions receive for `examples` (see the module docstring)."""
+    return _columns(examples)
 
 
 def _columns(examples: Sequence) -> dict[str, list]:

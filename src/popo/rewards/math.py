@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from popo.rewards.answers import (
-    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, gold_forms, read_prediction,
+    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, read_prediction, usable_gold_forms,
 )
 from popo.rewards.equivalence import soft_timeout_usable, verify_boxes
 
@@ -61,8 +61,13 @@ def math_reward(
     use :class:`popo.rewards.MathVerifier`, which isolates each item in a killable worker. Each call
     sets the ``math_verify`` and ``latex2sympy2_extended`` loggers above CRITICAL, since some of their
     records echo whole inputs.
+
+    Never raises on its inputs: a completion that is not a str, or a gold that is not a non-empty string,
+    number or sequence of them (None, ``{}``, ``[None]``, ``""``), earns 0.0.
     """
-    forms = gold_forms(gold)
+    forms = usable_gold_forms(gold)
+    if not forms or not isinstance(completion, str):
+        return 0.0  # a gold that cannot be read, or a completion that is not text: no reward, never an error
     content, parts, _ = read_prediction(completion, max_chars, max_answer_chars, max_depth,
                                         with_parts=any(len(f) > 1 for f in forms))
     if content is None:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from popo.rewards import equivalence
 from popo.rewards.answers import (
-    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, gold_forms, read_prediction,
+    DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, read_prediction, usable_gold_forms,
 )
 from popo.rewards.equivalence import soft_timeout_usable, verify_boxes
 from popo.rewards.sandbox import worker_command
@@ -49,6 +49,9 @@ class VerifierStats:
     hard_timeouts: int = 0
     crashes: int = 0
     restarts: int = 0
+    bad_inputs: int = 0
+    """Items scored 0 because their gold could not be read (None, a dict, an empty string, ...) or their
+    completion was not text."""
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -171,10 +174,13 @@ class MathVerifier:
         rewards = [0.0] * len(completions)
         jobs: dict[tuple, list[int]] = {}
         for i, (completion, answer) in enumerate(zip(completions, answers)):
-            forms = gold_forms(answer)
+            forms = usable_gold_forms(answer)
+            stats.items += 1
+            if not forms or not isinstance(completion, str):  # an unreadable gold or a non-text completion
+                stats.bad_inputs += 1
+                continue
             content, parts, status = read_prediction(completion, self.max_chars, self.max_answer_chars, self.max_depth,
                                                      with_parts=any(len(f) > 1 for f in forms))
-            stats.items += 1
             if content is None:
                 setattr(stats, status, getattr(stats, status) + 1)
                 continue

@@ -27,7 +27,7 @@ METHODS = ("popo", "grpo")
 # docs/results/study_v2/countdown/tuning.json); the demo itself chooses nothing.
 LEARNING_RATES = {"popo": "5e-5", "grpo": "2e-5"}
 COUNTDOWN = ["testbed.task=countdown", "testbed.numbers=4", "testbed.max_number=9", "testbed.warmup_steps=800",
-             "rollout.max_new_tokens=32"]  # study v2's countdown: same cached warm-up, same start
+             "rollout.max_new_tokens=32"]  # study v2's countdown recipe; its warm start ships with popo
 DIAGNOSTIC_PREFIXES = ("distinct_positive_frac", "multi_distinct_frac", "weight_dev_uniform", "grad_share/",
                        "grad_cos/", "grad_cos_positive_nll")
 
@@ -77,6 +77,7 @@ def train_method(overrides: list[str], prefix: str = "",
            "trained_rollouts": sum(h.get("trained_rollouts", 0) for h in steps),
            "forwarded_rollouts": sum(h.get("forwarded_rollouts", 0) for h in steps),
            "trained_tokens": sum(h.get("trained_tokens", 0) for h in steps),
+           "forwarded_tokens": sum(h.get("forwarded_tokens", 0) for h in steps),
            "train_s": sum(h.get("time/train", 0.0) for h in steps),
            "diagnostics": diagnostic_means(steps)}
     return history, row
@@ -131,14 +132,14 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, extra: l
 def results_table(rows: list[dict[str, Any]], k: int) -> str:
     """The demo's results table (markdown, also printed to the console): one row per method."""
     header = (f"| method | greedy acc | avg@{k} | pass@{k} | train reward | wall time (s) | "
-              "trained rollouts | trained tokens |")
+              "rollouts through forward+backward | completion tokens through forward+backward |")
     lines = [header, "|" + " --- |" * 8]
     for r in rows:
         def num(key: str, fmt: str = "{:.3f}") -> str:
             return fmt.format(r[key]) if r.get(key) is not None else "-"
         lines.append(f"| {r['method']} | {num('greedy_acc')} | {num(f'avg@{k}')} | {num(f'pass@{k}')} | "
-                     f"{num('reward_mean')} | {num('wall_s', '{:.1f}')} | {num('trained_rollouts', '{:.0f}')} | "
-                     f"{num('trained_tokens', '{:.0f}')} |")
+                     f"{num('reward_mean')} | {num('wall_s', '{:.1f}')} | {num('forwarded_rollouts', '{:.0f}')} | "
+                     f"{num('forwarded_tokens', '{:.0f}')} |")
     return "\n".join(lines)
 
 
@@ -167,7 +168,8 @@ def write_demo_report(out: Path, table: str, config: Config, overrides: list[str
                  f"{by['grpo']['train_s']:.1f}s ({by['popo']['train_s'] / by['grpo']['train_s']:.2f}x): "
                  f"POPO forwards and back-propagates only its positive rollouts "
                  f"({by['popo']['forwarded_rollouts']:.0f} rows against GRPO's "
-                 f"{by['grpo']['forwarded_rollouts']:.0f} of {by['grpo']['trained_rollouts']:.0f}: GRPO skips the "
+                 f"{by['grpo']['forwarded_rollouts']:.0f} of the {by['grpo']['trained_rollouts']:.0f} in its "
+                 f"batches: GRPO skips the "
                  f"rows whose advantage is exactly zero, those of prompts whose rollouts all got the same reward).\n")
     p = min(max(by.get("warmed-up start", {}).get("greedy_acc") or 0.3, 0.05), 0.95)
     rates = ", ".join(f"{r['method']} {r['lr']:g}" for r in rows if "lr" in r)
@@ -192,7 +194,8 @@ term's share of the gradient norm, and the cosine between the full gradient and 
 
 {demo_diagnostics(rows)}
 
-What one seed can show: that the pipeline runs, what each method costs (rows and tokens trained, seconds),
+What one seed can show: that the pipeline runs, what each method costs (rows and tokens through the
+forward and backward pass, seconds),
 and whether POPO's weights and similarity term had anything to act on (the diagnostics). What it cannot
 show: which method is better. Differences of a few points are within noise (the standard error of a
 greedy accuracy near {p:.2f} on {config.data.eval_size} problems is about
@@ -204,8 +207,8 @@ accuracy, and every RL method narrowing pass@256 while raising pass@1.
 ![learning curve](learning_curve.png)
 
 Command: `popo demo{' --quick' if quick else ''}` (settings: `{' '.join(overrides)}`, then per method
-`algo.name` and `optim.lr`). Total wall time {total_s:.0f}s, of which {warmup_s:.0f}s building and warming up
-the model ({'a few seconds: it was cached' if warmup_s < 20 else 'first run; later runs reuse the cached model'});
+`algo.name` and `optim.lr`). Total wall time {total_s:.0f}s, of which {warmup_s:.0f}s to get the warmed-up
+model ({'the shipped warm start, or the cached copy' if warmup_s < 20 else 'built here: this configuration has no shipped warm start; later runs reuse the cached model'});
 the methods trained {'side by side in ' + str(workers) + ' processes' if workers > 1 else 'one after the other'},
 on {environment_line()}.
 """

@@ -64,20 +64,34 @@ def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path,
     plt.close(fig)
 
 
-def plot_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: Path, xlabel: str) -> None:
-    """Side-by-side panels of (x, y) lines, one panel per (title, series)."""
+def draw_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], xlabel: str, *,
+                empty_note: str = "no data"):
+    """The figure of :func:`plot_panels` (not saved); a panel without any point says `empty_note` in its
+    middle rather than staying blank."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels):
         for name, points in series.items():
             ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1.2, label=name)
+        if not any(series.values()):
+            ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                    color="grey")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6, ncol=2)
+    with_lines = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
+    if with_lines:
+        with_lines[0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
+    return fig
+
+
+def plot_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: Path, xlabel: str, *,
+                empty_note: str = "no data") -> None:
+    """Side-by-side panels of (x, y) lines, one panel per (title, series); empty panels say `empty_note`."""
+    fig = draw_panels(panels, xlabel, empty_note=empty_note)
     fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    _plt().close(fig)
 
 
 def plot_forest(rows: list[tuple[str, list[tuple[float, float]]]], labels: list[str], path: Path, *,

@@ -185,19 +185,49 @@ def _smoothed(by_seed: dict[int, list[dict]], key: str, window: int = 10) -> lis
     return out
 
 
+def forwarded(record: dict, what: str) -> float:
+    """The rollouts (`what="rollouts"`) or completion tokens (`"tokens"`) of a step record that went through
+    the forward and backward pass: `forwarded_*`, which the trainer records after dropping the rows whose
+    credit is zero (GRPO's rows of all-equal groups, POPO's negatives). Records without it (control runs,
+    which forward everything they train on) fall back to `trained_*`."""
+    return float(record.get(f"forwarded_{what}", record.get(f"trained_{what}", 0)) or 0)
+
+
 def compute_rows(runs: dict[str, dict[int, list[dict]]], done: dict[str, dict[int, dict]]) -> list[str]:
-    lines = ["| variant | rollouts sampled / run | trained rows / run | trained tokens / run | "
-             "training s / step | run wall time (s, incl. eval) |", "|" + " --- |" * 6]
+    lines = ["| variant | rollouts sampled / run | rollouts through forward+backward / run | "
+             "completion tokens through forward+backward / run | training s / step | "
+             "run wall time (s, incl. eval) |", "|" + " --- |" * 6]
     for name, by_seed in runs.items():
         def per_run(key: str) -> float:
             return sum(sum(r.get(key, 0) for r in records) for records in by_seed.values()) / len(by_seed)
+
+        def through_backward(what: str) -> float:
+            return sum(sum(forwarded(r, what) for r in records) for records in by_seed.values()) / len(by_seed)
         steps = [r for records in by_seed.values() for r in records if r.get("step", 0) > 0]
         sps = sum(step_seconds(r) for r in steps) / max(1, len(steps))
         wall = sum(d["wall_s"] for d in done[name].values()) / len(done[name])
         sampled = per_run("rollouts") + per_run("sampling/extra_rollouts")  # dynamic sampling's refills count too
-        lines.append(f"| {name} | {sampled:.0f} | {per_run('trained_rollouts'):.0f} | "
-                     f"{per_run('trained_tokens'):.0f} | {sps:.2f} | {wall:.0f} |")
+        lines.append(f"| {name} | {sampled:.0f} | {through_backward('rollouts'):.0f} | "
+                     f"{through_backward('tokens'):.0f} | {sps:.2f} | {wall:.0f} |")
     return lines
+
+
+def below_start_warning(rows: list[tuple[str, int, list[Interval]]], start: float) -> str:
+    """A warning when every variant's mean final greedy accuracy (the first metric of `rows`) is below the
+    step-0 accuracy `start`, as `popo train`'s summary warns for one run; else "". It says whether the fall
+    is beyond each variant's 95% CI."""
+    if not rows or not all(cis and cis[0].mean < start for _, _, cis in rows):
+        return ""
+    name, _, cis = max(rows, key=lambda row: row[2][0].mean)
+    highs = [row[2][0].mean + row[2][0].half_width for row in rows]
+    if any(h != h for h in highs):
+        how = "a variant has a single seed, so there is no CI to tell a real fall from noise"
+    elif all(h < start for h in highs):
+        how = "every variant's 95% CI lies below the start: these settings made the model worse"
+    else:
+        how = "some CIs reach the start, so the fall may be noise"
+    return (f"**WARNING: every variant ended below the start**: greedy accuracy {start:.3f} at step 0, best final "
+            f"mean {cis[0].mean:.3f} ({name}); {how} (try a lower optim.lr or more rollout.prompts_per_step).")
 
 
 def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
@@ -238,12 +268,15 @@ def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
                                                          for n, s in rl.items()}),
                      ("gradient share of NLL (POPO family)", {n: _smoothed(s, "grad_share/nll", 3)
                                                               for n, s in rl.items()})],
-                    out / "diagnostics.png", "step")
+                    out / "diagnostics.png", "step", empty_note="no data (diag_every > steps)")
 
     table = ["| variant | seeds | " + " | ".join(f"{m} (mean ± 95% CI)" for m in metrics) + " |",
              "|" + " --- |" * (2 + len(metrics))]
     table.append("| *start (step 0)* | - | " + " | ".join(f"{v:.3f}" for v in start_means) + " |")
     table += [f"| {n} | {c} | " + " | ".join(_fmt(ci) for ci in cis) + " |" for n, c, cis in rows]
+    if (below := below_start_warning(rows, start)):
+        table.append("\n" + below)
+        log(below)
     paired = []
     for b in baselines:
         paired += [f"\nAgainst **{b}** (variant minus {b}, paired by seed):\n", *paired_table(runs, b, metrics)]
@@ -268,7 +301,7 @@ def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
   Held-out evaluation: {n_eval} problems never trained on; greedy accuracy, avg@{k} and pass@{k} sampled at
   temperature {config.rollout.temperature}. A single greedy accuracy near 0.3 on {n_eval} problems has a
   binomial standard error of {binomial_se(0.3, n_eval):.3f}.
-- Same start: initial checkpoint {', '.join(f'`{p}`' for p in initial)}; {same}.
+- Same start: initial checkpoint {', '.join(f'`{shown_path(p)}`' for p in initial)}; {same}.
 - Seeds change the prompt order, the sampling and the loss noise, never the initial weights or test set.
 
 Variants (on top of the shared settings):
@@ -312,8 +345,10 @@ over seeds.
 
 ## Compute
 
-Per run, mean over seeds. Rollouts sampled are the budget (equal by construction); trained rows and
-tokens are what went through the backward pass. Seconds are wall-clock on a machine shared with other
+Per run, mean over seeds. Rollouts sampled are the budget (equal by construction, dynamic sampling's
+refills included). Rollouts and completion tokens through forward+backward are the training rows that the
+policy actually ran forward and back-propagated (`forwarded_rollouts` / `forwarded_tokens` in
+metrics.jsonl): POPO's positives only, GRPO's rows with a non-zero advantage. Seconds are wall-clock on a machine shared with other
 jobs whose load changed during the study, so they compare methods only roughly; rows and tokens do not
 depend on the load.
 
@@ -341,3 +376,13 @@ def summary(out: str | Path) -> dict[str, Any]:
     out = Path(out)
     runs, _, _ = load_runs(out, load_study(out))
     return {name: {seed: final_eval(records) for seed, records in by_seed.items()} for name, by_seed in runs.items()}
+
+
+def shown_path(path: str) -> str:
+    """A path as a committed report shows it: relative to the current folder when inside it (a repository's
+    `.cache/popo/testbed-…`), else only its last two parts, never the absolute path of the machine that wrote it."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*resolved.parts[-2:]))

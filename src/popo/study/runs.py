@@ -8,7 +8,9 @@ variants would differ in budget is refused before anything runs. The seed (`trai
 prompt order, the sampling and the loss noise; the initial weights and the held-out set never change.
 
 A finished run has a ``done.json``; it is skipped when the study is run again (after checking that its
-settings are the ones asked for). An interrupted run resumes from its latest checkpoint.
+settings are the ones asked for). An interrupted run resumes from its latest checkpoint. Ctrl-C stops the
+runs in progress at the end of their step, with a checkpoint, and ends the study with `KeyboardInterrupt`
+(the command line turns it into one line and exit status 130); idle worker processes ignore it.
 
 This module only trains; `popo.study.report` reads a study folder and writes its report (it imports
 this module, never the other way round).
@@ -21,6 +23,7 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -150,6 +153,23 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     return sorted(out)
 
 
+def shared_changes(study: Study, config_path: str | None, base_overrides: list[str]) -> str:
+    """What differs between a study's shared settings and a new command's: the config file, and each
+    setting as `key: study's value -> this command's value`."""
+    out = [f"config file: {study.config_path} -> {config_path}"] if study.config_path != config_path else []
+    try:
+        old = json.loads(json.dumps(_comparable(load_config(study.config_path, study.base_overrides))))
+    except ConfigError:  # the study's config file moved or changed: its keys cannot be compared
+        return "; ".join(out) or f"the study's settings no longer load: {' '.join(study.base_overrides)}"
+    new = json.loads(json.dumps(_comparable(load_config(config_path, base_overrides))))
+    for key in config_differences(old, new):
+        a, b = old, new
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        out.append(f"{key}: {a} -> {b}")
+    return "; ".join(out) or "no setting differs"
+
+
 def run_state(run_dir: Path, config: Config) -> str:
     """``done`` (finished with these settings), ``partial`` (has a checkpoint) or ``new``."""
     done = run_dir / "done.json"
@@ -170,20 +190,33 @@ def env_threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS") or 1)
 
 
-def _start_worker(threads: int) -> None:
+def _start_worker(threads: int, jobs_take_interrupts: bool = False) -> None:
     import torch
 
     from popo.build import quiet_libraries
 
     torch.set_num_threads(threads)
     quiet_libraries()  # no progress bars in the logs
+    if jobs_take_interrupts:  # Ctrl-C reaches every process: an idle worker ignores it (`_pool_job`)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def worker_pool(workers: int, threads: int) -> ProcessPoolExecutor:
+def _pool_job(study_dir: str, variant: Variant, seed: int, threads: int) -> dict:
+    """`execute_run` in a pool worker, which takes Ctrl-C only while it runs a job (a trainer's own handler
+    then stops the run at the end of its step, with a checkpoint)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return execute_run(study_dir, variant, seed, threads)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_pool(workers: int, threads: int, *, jobs_take_interrupts: bool = False) -> ProcessPoolExecutor:
     """`workers` spawned processes, each on `threads` torch threads and without library progress bars (the
-    pool behind `--workers` of `popo compare`, `popo demo` and `docs/results/pass_at_k.py`)."""
+    pool behind `--workers` of `popo compare`, `popo demo` and `docs/results/pass_at_k.py`). With
+    `jobs_take_interrupts`, a worker ignores Ctrl-C except while it runs a `_pool_job`."""
     return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
-                               initargs=(threads,))
+                               initargs=(threads, jobs_take_interrupts))
 
 
 def execute_run(study_dir: str, variant: Variant, seed: int, threads: int) -> dict:
@@ -229,6 +262,8 @@ def _execute(study_dir: str, variant: Variant, seed: int) -> dict:
         write_outcomes(trainer, start_file)
     trainer.run()
     log_file.close()
+    if trainer.stopped_early:  # Ctrl-C (or SIGTERM): the run saved a checkpoint, resumed when the study runs again
+        raise KeyboardInterrupt
     if trainer.step < config.train.steps:
         raise RuntimeError(f"{run_dir}: stopped at step {trainer.step} of {config.train.steps}")
     wall = time.perf_counter() - start
@@ -256,8 +291,9 @@ def prepare_study(out: Path, config_path: str | None, base_overrides: list[str],
         same = study.config_path == config_path and (study.base_overrides == base_overrides or _comparable(
             load_config(config_path, study.base_overrides)) == _comparable(load_config(config_path, base_overrides)))
         if not same:
-            raise ConfigError(f"{out} holds a study with other shared settings ({study.config_path}, "
-                              f"{' '.join(study.base_overrides)}); use another --out")
+            raise ConfigError(f"{out} holds a study with other shared settings ("
+                              f"{shared_changes(study, config_path, base_overrides)}); use another --out, or give "
+                              "the study's settings")
     else:
         study = Study(config_path, base_overrides)
     known = {v.name: v for v in study.variants}
@@ -308,8 +344,12 @@ def run_study(out: str | Path, variants: list[Variant], seeds: list[int], *, con
             finished(i, execute_run(str(out), v, seed, threads))
     elif jobs:
         threads = threads or env_threads()
-        with worker_pool(workers, threads) as pool:
-            futures = [pool.submit(execute_run, str(out), v, seed, threads) for v, seed in jobs]
-            for i, future in enumerate(as_completed(futures), 1):
-                finished(i, future.result())
+        with worker_pool(workers, threads, jobs_take_interrupts=True) as pool:
+            futures = [pool.submit(_pool_job, str(out), v, seed, threads) for v, seed in jobs]
+            try:
+                for i, future in enumerate(as_completed(futures), 1):
+                    finished(i, future.result())
+            except KeyboardInterrupt:  # runs in progress stop at the end of their step; queued ones never start
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     return out

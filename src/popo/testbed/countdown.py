@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from popo.testbed.task import TaskVerifier
+from popo.testbed.task import TaskVerifier, gold_strings
 
 OPS = "+-*/"
 _STEP = re.compile(r"([0-9]{1,4})([-+*/])([0-9]{1,4})=([0-9]{1,4})")
@@ -182,9 +182,9 @@ def check(completion: str, numbers: Sequence[int], target: int, rules: Rules = D
 
 
 def countdown_reward(completion: str, answer: str | Sequence[str]) -> float:
-    """1.0 when `completion` solves the problem of the gold spec `answer` (or any of several), else 0.0."""
-    specs = (answer,) if isinstance(answer, str) else tuple(answer)
-    for spec in specs:
+    """1.0 when `completion` solves the problem of the gold spec `answer` (or any of several), else 0.0; a
+    gold that is not a spec string or a list of them (None, a number, a dict) accepts nothing."""
+    for spec in gold_strings(answer):
         parsed = parse_spec(spec)
         if parsed is not None and check(completion, *parsed):
             return 1.0

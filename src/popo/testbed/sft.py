@@ -81,12 +81,19 @@ def cache_key(task: TestbedTask, spec: TinyModelSpec, steps: int, batch_size: in
 
 def prepare_testbed(cache_dir: str | Path, task: TestbedTask, *, steps: int, batch_size: int, lr: float,
                     seed: int = 0, spec: TinyModelSpec | None = None,
-                    log: Callable[[str], None] = print) -> Path:
-    """Path of the warmed-up testbed model, building and caching it on first use."""
+                    log: Callable[[str], None] = print, rebuild: bool = False) -> Path:
+    """Path of the warmed-up testbed model in `cache_dir`: the cached copy, else the copy popo ships for
+    this configuration (`popo.testbed.shipped`), else built here and cached. `rebuild` builds it anew."""
+    from popo.testbed.shipped import install
+
     spec = spec or TinyModelSpec()
     path = Path(cache_dir) / f"testbed-{cache_key(task, spec, steps, batch_size, lr, seed)}"
-    if (path / "config.json").is_file() and (path / "warmup.json").is_file():
+    if rebuild:
+        path = path.with_name(path.name + "-rebuilt")
+    elif (path / "config.json").is_file() and (path / "warmup.json").is_file():
         log(f"testbed: using cached warmed-up model {path}")
+        return path
+    elif install(path.name, path, log=log):
         return path
     log(f"testbed: building and warming up the tiny Qwen2 ({steps} steps x {batch_size}) -> {path}")
     torch.manual_seed(seed)

@@ -143,13 +143,25 @@ class AdditionTask:
         return scratchpad(int(left), int(right))
 
 
+def gold_strings(answer) -> tuple[str, ...]:
+    """The string alternatives of a gold: itself when it is a str, the str items of a list or tuple, else none
+    (None, numbers, dicts and other values accept nothing, so a reward against them is 0, never an error)."""
+    if isinstance(answer, str):
+        return (answer,)
+    if isinstance(answer, (list, tuple)):
+        return tuple(a for a in answer if isinstance(a, str))
+    return ()
+
+
 def addition_reward(completion: str, answer: str | Sequence[str]) -> float:
-    """1.0 when the completion is exactly ``<column sums>=<answer>`` with the right answer, else 0.0."""
-    match = _COMPLETION.fullmatch(completion.strip()) if len(completion) < 256 else None
+    """1.0 when the completion is exactly ``<column sums>=<answer>`` with the right answer, else 0.0 (also
+    for a completion that is not text or a gold that is not a string or a list of strings)."""
+    if not isinstance(completion, str) or len(completion) >= 256:
+        return 0.0
+    match = _COMPLETION.fullmatch(completion.strip())
     if match is None:
         return 0.0
-    golds = (answer,) if isinstance(answer, str) else tuple(answer)
-    return 1.0 if match.group(2) in golds else 0.0
+    return 1.0 if match.group(2) in gold_strings(answer) else 0.0
 
 
 class TaskVerifier:

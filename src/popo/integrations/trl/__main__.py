@@ -5,8 +5,10 @@ override it) into three dataclasses: `LaunchArguments` below (data and rewards),
 training settings plus `popo_*`) and TRL's `ModelConfig` (model, dtype, PEFT). Prompts are read with
 popo's loader (`popo.data.sources`: local .jsonl/.json/.parquet or a hub id; problem and answer columns)
 and rendered with a popo template; rewards are popo's math verifier (worker processes with time limits,
-since completions are untrusted text) and/or TRL-style reward functions named by import path.
-`python -m popo.integrations.trl --help` lists every option.
+since completions are untrusted text) and/or TRL-style reward functions named `package.module:function`, as
+in `popo train`. Reward functions get the same keyword columns as in `popo train` (every dataset column,
+plus `answer`, the gold as loaded), and their signatures are checked against those columns before the model
+loads. `python -m popo.integrations.trl --help` lists every option.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import difflib
 import importlib
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,15 +35,16 @@ class LaunchArguments:
     answer_key: str | None = field(default=None, metadata={"help": "Column holding the answer."})
     on_bad_row: str = field(default="error", metadata={"help": "A malformed row: error (stop) or skip."})
     rewards: list[str] = field(default_factory=lambda: ["math"], metadata={
-        "help": "Reward functions: `math` (popo's math verifier) or `package.module.function` (TRL signature "
-                "f(prompts, completions, **columns) -> list[float]); several are weighted by TRL's "
-                "reward_weights."})
+        "help": "Reward functions: `math` (popo's math verifier) or `package.module:function` (as in popo train; "
+                "TRL signature f(prompts, completions, **columns) -> list[float], columns: every dataset column "
+                "plus `answer`; the old spelling package.module.function still works, deprecated); several are "
+                "weighted by TRL's reward_weights."})
     verifier_workers: int = field(default=4, metadata={"help": "math: verifier worker processes (0 = in process)."})
     verifier_timeout_s: float = field(default=5.0, metadata={"help": "math: time limit per completion."})
 
 
 class MathReward:
-    """popo's `MathVerifier` behind TRL's reward-function signature (gold answers from the `answers` column)."""
+    """popo's `MathVerifier` behind TRL's reward-function signature (gold answers from the `answer` column)."""
 
     __name__ = "math"
 
@@ -49,39 +53,116 @@ class MathReward:
 
         self.verifier = MathVerifier(num_workers=workers, timeout_s=timeout_s)
 
-    def __call__(self, prompts, completions, answers, **kwargs) -> list[float]:
-        return self.verifier.score(completions, answers)
+    def __call__(self, prompts, completions, answer, **kwargs) -> list[float]:
+        return self.verifier.score(completions, answer)
 
     def close(self) -> None:
         self.verifier.close()
 
 
-def reward_function(name: str, launch: LaunchArguments):
+# what TRL's GRPOTrainer passes to every reward function beside prompts, completions and the dataset columns
+TRL_EXTRAS = ("completion_ids", "trainer_state", "log_extra", "log_metric", "environments")
+
+
+def reward_function(name: str, launch: LaunchArguments, log: Callable[[str], None] | None = None):
+    """The reward function `name`: `math`, or `package.module:function` imported from the working directory
+    (`package.module.function`, the launcher's old spelling, still works with a deprecation note)."""
     if name == "math":
         return MathReward(launch.verifier_workers, launch.verifier_timeout_s)
-    module, _, attribute = name.rpartition(".")
-    if not module:
-        raise ConfigError(f"rewards: unknown reward {name!r} (use math or package.module.function)")
+    module, colon, attribute = name.partition(":")
+    if not colon:
+        module, _, attribute = name.rpartition(".")
+        if module and attribute:
+            (log or _stderr)(f"note: rewards: {name!r} is the deprecated spelling; write "
+                             f"'{module}:{attribute}' (package.module:function, as in popo train)")
+    if not module or not attribute:
+        raise ConfigError(f"rewards: unknown reward {name!r} (use math or package.module:function)")
     sys.path.insert(0, str(Path.cwd()))  # like TRL's scripts: modules beside the recipe's working directory
     try:
-        return getattr(importlib.import_module(module), attribute)
+        fn = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"rewards: cannot load {name!r}: {err}") from None
+    if not callable(fn):
+        raise ConfigError(f"rewards: {name!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+class NamedColumns:
+    """A reward function without `**kwargs` called with only the arguments it names (as `popo train` calls
+    it), since TRL passes every column and a few extras (`TRL_EXTRAS`) to every reward function."""
+
+    def __init__(self, fn, accepted: set[str]):
+        self.fn, self.accepted = fn, accepted
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, **kwargs):
+        return self.fn(**{k: v for k, v in kwargs.items() if k in self.accepted})
+
+
+def checked_rewards(rewards: list, names: Sequence[str], columns: Sequence[str]) -> list:
+    """`rewards` with their signatures checked against the columns the dataset passes (a ConfigError naming
+    the function, the argument it requires and the available columns), before any model loads; functions
+    without `**kwargs` are wrapped to receive only what they name."""
+    from popo.rewards.function_worker import RewardSetupError, check_signature
+
+    out = []
+    for fn, name in zip(rewards, names):
+        if isinstance(fn, MathReward):
+            out.append(fn)
+            continue
+        missing = _missing_arguments(fn, {"prompts", "completions", *columns, *TRL_EXTRAS})
+        if missing:
+            raise ConfigError(f"rewards: {name!r} requires the argument '{missing[0]}', which is no column of the "
+                              f"dataset: available columns: {', '.join(sorted(columns))} (beside prompts and "
+                              f"completions; TRL also passes {', '.join(TRL_EXTRAS)}); rename the argument or "
+                              "add the column to train_file")
+        try:
+            accepted = check_signature(fn, name, [*columns, *TRL_EXTRAS])
+        except RewardSetupError as err:
+            raise ConfigError(f"rewards: {err} (TRL also passes {', '.join(TRL_EXTRAS)})") from None
+        out.append(fn if accepted is None else NamedColumns(fn, accepted))
+    return out
+
+
+def _missing_arguments(fn, provided: set[str]) -> list[str]:
+    """The required keyword arguments of `fn` that are not in `provided`."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is p.empty and p.name not in provided
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def prompts_dataset(launch: LaunchArguments, tokenizer):
-    """A `datasets.Dataset` with `prompt` (rendered text) and `answers` (accepted gold answers)."""
+    """A `datasets.Dataset` with `prompt` (rendered text) and the columns `popo train` hands reward functions:
+    each dataset column (None where a row lacks it) and `answer` (the gold as loaded)."""
     from datasets import Dataset
 
     from popo.data.sources import load_examples
     from popo.data.templates import render_prompt
+    from popo.rewards.composite import dataset_columns
 
     if not launch.train_file:
         raise ConfigError("train_file: set the training prompts (a local file or a hub dataset id)")
     examples, _ = load_examples(launch.train_file, split=launch.split, problem_key=launch.problem_key,
                                 answer_key=launch.answer_key, on_bad_row=launch.on_bad_row)
-    return Dataset.from_dict({"prompt": [render_prompt(ex.problem, launch.template, tokenizer) for ex in examples],
-                              "answers": [list(ex.answers) for ex in examples]})
+    columns = {k: v for k, v in dataset_columns(examples).items() if k != "prompt"}
+    golds = columns["answer"]
+    if any(isinstance(g, (list, tuple)) for g in golds):  # one Arrow type: then every gold is a list
+        columns["answer"] = [list(g) if isinstance(g, (list, tuple)) else [g] for g in golds]
+    prompts = [render_prompt(ex.problem, launch.template, tokenizer) for ex in examples]
+    try:
+        return Dataset.from_dict({"prompt": prompts, **columns})
+    except Exception as err:  # pyarrow: one column holds values of different types
+        raise ConfigError(f"train_file: {launch.train_file}: a column cannot be stored as one type for TRL "
+                          f"(columns: {', '.join(columns)}): {err}") from None
 
 
 def parse(argv: list[str] | None):
@@ -125,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   trust_remote_code=args.trust_remote_code)
         dataset = prompts_dataset(launch, tokenizer)
         rewards = [reward_function(name, launch) for name in launch.rewards]
+        rewards = checked_rewards(rewards, launch.rewards, [c for c in dataset.column_names if c != "prompt"])
     except PopoError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
