@@ -23,8 +23,8 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m popo demo --quick --out runs/demo-quick
 
-# One pytest worker per core (pytest-xdist), each torch on one thread; the long end-to-end tests start first
-# (tests/conftest.py), so no worker is left alone with one at the end.
+# pytest-xdist with one worker more than the cores, each torch on one thread; the long end-to-end tests start
+# first, so no worker is left alone with one at the end (both in tests/conftest.py).
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto
 

@@ -124,3 +124,10 @@ def pytest_collection_modifyitems(config, items):
     long = [item for item in items if item.get_closest_marker("slow") or item.get_closest_marker("gpu_dry_run")]
     rest = [item for item in items if item not in set(long)]
     items[:] = long + rest
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`pytest -n auto` (the Makefile's): one worker more than the cores. Many end-to-end tests wait on the
+    processes they start (launchers, signals, checkpoint polling), and the extra worker fills those gaps:
+    on 2 cores 3 workers finished the suite 10-40 s sooner than 2 (7 min 5 s against 7 min 15-42 s)."""
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) + 1
