@@ -23,10 +23,11 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m popo demo --quick --out runs/demo-quick
 
-# pytest-xdist with one worker more than the cores, each torch on one thread; the long end-to-end tests start
-# first, so no worker is left alone with one at the end (both in tests/conftest.py).
+# pytest-xdist with one worker more than the cores, each torch on one thread (tests/conftest.py); the long
+# end-to-end tests come first and idle workers steal queued ones (worksteal), so none is left with a queue
+# of long tests while the others wait.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal
 
 # The GPU check (README "GPU check"): the wheel folder gpu-bundle/ for the GPU machine's Python 3.12, and its
 # dry run here (fresh venv with only torch, no network, `benchmarks/gpu/run.py --cpu`; tests/test_gpu_bundle.py).

@@ -118,9 +118,9 @@ def run_with_deadline(fn, seconds: float):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The end-to-end tests (marked slow or gpu_dry_run: 20-110 s each) first, the rest in their order: with
-    `pytest -n N` (the Makefile's) every worker then starts on a long test and the short ones fill the gaps,
-    instead of one long test left running alone at the end."""
+    """The end-to-end tests (marked slow or gpu_dry_run: 15-110 s each) first, the rest in their order. xdist
+    hands each worker a contiguous share of this list, so the Makefile adds `--dist worksteal`: workers that
+    finish their share take queued long tests from the busy one, and no long test starts last."""
     long = [item for item in items if item.get_closest_marker("slow") or item.get_closest_marker("gpu_dry_run")]
     rest = [item for item in items if item not in set(long)]
     items[:] = long + rest
@@ -128,6 +128,5 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_xdist_auto_num_workers(config):
     """`pytest -n auto` (the Makefile's): one worker more than the cores. Many end-to-end tests wait on the
-    processes they start (launchers, signals, checkpoint polling), and the extra worker fills those gaps:
-    on 2 cores 3 workers finished the suite 10-40 s sooner than 2 (7 min 5 s against 7 min 15-42 s)."""
+    processes they start (launchers, signals, checkpoint polling), and the extra worker fills those gaps."""
     return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) + 1
