@@ -23,7 +23,7 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m popo demo --quick --out runs/demo-quick
 
-# pytest-xdist with one worker more than the cores, each torch on one thread (tests/conftest.py); the long
+# pytest-xdist with one worker per core, each torch on one thread (tests/conftest.py); the long
 # end-to-end tests come first and idle workers steal queued ones (worksteal), so none is left with a queue
 # of long tests while the others wait.
 test: $(STAMP)

@@ -94,8 +94,13 @@ def test_run_goes_on_after_a_failed_part_and_reports_it(tmp_path, monkeypatch):
 
 @pytest.mark.gpu_dry_run
 def test_dry_run(tmp_path):
+    """The bundle installs into a fresh, offline venv and runs there: the install, the model and two parts.
+    The `check` (FSDP launches) and `trl` parts are left to `make gpu-dry-run` (50 s of the test's 100 s):
+    their code runs in tests/test_fsdp.py and tests/test_trl_integration.py, and what they import is checked
+    against the bundle by test_trainer_and_evaluation_paths_import_nothing_left_out_of_the_bundle."""
     out, work = tmp_path / "out", tmp_path / "work"
-    proc = subprocess.run([sys.executable, str(GPU / "dry_run.py"), "--out", str(out), "--work", str(work)],
+    proc = subprocess.run([sys.executable, str(GPU / "dry_run.py"), "--out", str(out), "--work", str(work),
+                           "--only", "decode", "parity"],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "dry_run.json").read_text())
@@ -111,7 +116,5 @@ def test_dry_run(tmp_path):
     assert steps["install"]["result"]["trl_installed"] is False  # datasets needs pyarrow: not in the bundle
     parity = steps["parity"]["result"]["comparison"]
     assert parity["rewards_equal"] and parity["losses_close"] and parity["steps_with_loss"] > 0
-    frameworks = {r["framework"]: r for r in steps["trl"]["result"]["rows"]}
-    assert "skipped" in frameworks["trl"] and frameworks["popo"]["median_step_s"] > 0
-    assert all(r["finite"] and r["fsdp"] for r in steps["check"]["result"]["runs"])
+    assert set(steps) == {"install", "model", "decode", "parity"}
     assert {r["path"] for r in steps["decode"]["result"]["rows"]} == set(decode.PATHS)

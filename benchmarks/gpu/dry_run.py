@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where run.py writes its report")
     parser.add_argument("--work", type=Path, help="the bundle, the venv and the links (default: a temporary folder)")
+    parser.add_argument("--only", nargs="+", help="run.py's --only: these parts after the install and the model")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="popo-gpu-dry-run-"))
     times, python_version = {}, sysconfig.get_python_version()
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
         begin = time.perf_counter()
         code = subprocess.run([*prefix, str(python), str(HERE / "run.py"), "--cpu", "--bundle", str(work / "bundle"),
-                               "--out", str(args.out)], cwd=bundle.ROOT, env=env).returncode
+                               "--out", str(args.out), *(["--only", *args.only] if args.only else [])],
+                              cwd=bundle.ROOT, env=env).returncode
         times["run_s"] = time.perf_counter() - begin
     finally:
         if args.work is None:
