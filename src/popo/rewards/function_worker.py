@@ -56,12 +56,12 @@ def load_function(spec: str):
     return fn
 
 
-def check_signature(fn, spec: str, columns: list[str]) -> set[str] | None:
+def check_signature(fn, spec: str, columns: list[str], extras: tuple[str, ...] = ()) -> set[str] | None:
     """The keyword arguments to pass (None: all of them, the function takes ``**kwargs``).
 
     Raises :class:`RewardSetupError` when the function cannot be called as ``f(prompts=..., completions=...,
     **columns)``: it does not take ``completions``, or requires an argument that is neither ``prompts``,
-    ``completions`` nor a dataset column, or a positional-only one.
+    ``completions``, a dataset column nor one of the caller's ``extras`` (TRL's), or a positional-only one.
     """
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -69,7 +69,7 @@ def check_signature(fn, spec: str, columns: list[str]) -> set[str] | None:
         return None  # a builtin without a signature: call it with everything
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
     named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    provided = {"prompts", "completions", *columns}
+    provided = {"prompts", "completions", *columns, *extras}
     for p in params:
         required = p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         if required and p.kind is p.POSITIONAL_ONLY:

@@ -114,30 +114,13 @@ def checked_rewards(rewards: list, names: Sequence[str], columns: Sequence[str])
         if isinstance(fn, MathReward):
             out.append(fn)
             continue
-        missing = _missing_arguments(fn, {"prompts", "completions", *columns, *TRL_EXTRAS})
-        if missing:
-            raise ConfigError(f"rewards: {name!r} requires the argument '{missing[0]}', which is no column of the "
-                              f"dataset: available columns: {', '.join(sorted(columns))} (beside prompts and "
-                              f"completions; TRL also passes {', '.join(TRL_EXTRAS)}); rename the argument or "
-                              "add the column to train_file")
         try:
-            accepted = check_signature(fn, name, [*columns, *TRL_EXTRAS])
+            accepted = check_signature(fn, name, list(columns), TRL_EXTRAS)
         except RewardSetupError as err:
-            raise ConfigError(f"rewards: {err} (TRL also passes {', '.join(TRL_EXTRAS)})") from None
+            raise ConfigError(f"rewards: {err} (TRL also passes {', '.join(TRL_EXTRAS)}); rename the argument "
+                              "or add the column to train_file") from None
         out.append(fn if accepted is None else NamedColumns(fn, accepted))
     return out
-
-
-def _missing_arguments(fn, provided: set[str]) -> list[str]:
-    """The required keyword arguments of `fn` that are not in `provided`."""
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in params if p.default is p.empty and p.name not in provided
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def prompts_dataset(launch: LaunchArguments, tokenizer):
