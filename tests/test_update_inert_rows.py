@@ -20,7 +20,7 @@ from popo.testbed.model import TinyModelSpec, build_tiny_qwen2
 from popo.testbed.tokenizer import build_tokenizer
 from popo.models import Models
 from popo.update import drop_inert_rows, update_policy
-from popo.weights import grpo_advantages
+from popo.weights import grpo_advantages, signed_rewards
 
 
 def _batch(gen: torch.Generator, groups: int, group_size: int, vocab: int) -> Rollouts:
@@ -67,6 +67,21 @@ def test_leaving_out_zero_advantage_rows_gives_the_same_update(aggregation):
     assert fast_metrics["trained_tokens"] == ref_metrics["trained_tokens"]  # normalisers count every row
     kept = int(batch.completion_mask[credit != 0].sum())
     assert fast_metrics["forwarded_tokens"] == kept < ref_metrics["forwarded_tokens"] == ref_metrics["trained_tokens"]
+
+
+def test_nsr_leaves_out_its_positives_with_the_same_update():
+    # NSR gives correct rollouts credit 0: they are not forwarded, and the update equals the full forward's
+    gen = torch.Generator().manual_seed(3)
+    rewards = torch.tensor([1., 0, 0, 1, 1, 1, 1, 1])
+    batch = _batch(gen, 2, 4, vocab=52)
+    credit = signed_rewards(rewards, positive_weight=0.0)
+    cfg = AlgoConfig(name="nsr", positive_weight=0.0)
+    nsr = LOSSES["reinforce"]
+    fast, fast_metrics = _step(nsr, cfg, batch, credit, rewards > 0)
+    reference, ref_metrics = _step(replace(nsr, zero_credit_inert=lambda c: False), cfg, batch, credit, rewards > 0)
+    assert reference.abs().max() > 1e-4
+    assert torch.allclose(fast, reference, atol=1e-6, rtol=0)
+    assert fast_metrics["forwarded_tokens"] == int(batch.completion_mask[rewards == 0].sum())
 
 
 def test_all_rows_inert_still_takes_the_zero_gradient_step():

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from popo.losses import aggregate_tokens, grpo_loss, popo_loss
-from popo.weights import grpo_advantages, popo_weights
+from popo.weights import grpo_advantages, popo_weights, signed_rewards
 
 AlgoSettings = Any
 """The `algo.*` section of the configuration (`popo.config.AlgoConfig`); this floor does not import it."""
@@ -131,6 +131,16 @@ def _grpo_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
     return loss, metrics
 
 
+def _signed_credit(rewards, mean_logprobs, lengths, group_size, cfg):
+    return signed_rewards(rewards, positive_weight=cfg.positive_weight, threshold=cfg.reward_threshold)
+
+
+def _signed_has_signal(rewards, cfg):
+    # a negative always has credit -1; a positive has credit only when positive_weight > 0
+    negative = (rewards <= cfg.reward_threshold).any(1)
+    return negative | (rewards > cfg.reward_threshold).any(1) if cfg.positive_weight > 0 else negative
+
+
 LOSSES: dict[str, Algorithm] = {
     "popo": Algorithm(
         credit_is_weight=True,
@@ -157,6 +167,20 @@ LOSSES: dict[str, Algorithm] = {
         group_has_signal=lambda rewards, cfg: (rewards != rewards[:, :1]).any(1),  # equal rewards: zero advantages
         terms=(("pg", None), ("kl", "kl_coef")),
     ),
+    # REINFORCE with signed, ungrouped credit (Zhu et al. 2025): the clipped surrogate of `grpo` with +lambda for
+    # correct and -1 for incorrect rollouts; with one update per batch the ratio is 1 and its gradient is REINFORCE's.
+    "reinforce": Algorithm(
+        credit=_signed_credit,
+        loss=_grpo_loss,
+        needs_negatives=lambda cfg: True,
+        needs_target=lambda cfg: False,
+        needs_reference=lambda cfg: cfg.kl_coef > 0,
+        needs_entropy=lambda cfg: False,
+        needs_old_logprobs=lambda cfg: cfg.updates_per_batch > 1,
+        zero_credit_inert=lambda cfg: cfg.kl_coef == 0,  # NSR's positives (credit 0) are never forwarded
+        group_has_signal=_signed_has_signal,
+        terms=(("pg", None), ("kl", "kl_coef")),
+    ),
 }
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -169,6 +193,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "grpo": ("grpo", {}),
     "grpo-kl": ("grpo", {"kl_coef": 0.04}),  # GRPO with the KL penalty to the reference model
     "dr-grpo": ("grpo", {"scale_by_std": False, "aggregation": "seq-mean-token-sum-norm"}),
+    "nsr": ("reinforce", {"positive_weight": 0.0}),  # negative sample reinforcement only
+    "w-reinforce": ("reinforce", {"positive_weight": 0.1}),  # positives down-weighted by lambda = 0.1
 }
 
 

@@ -130,7 +130,8 @@ class RolloutConfig:
 @dataclass
 class AlgoConfig:
     name: str = "popo"
-    """Algorithm or preset: popo, grpo, raft, popo-frozen, popo-nosim, popo-noent, popo-uniform, dr-grpo, grpo-kl."""
+    """Algorithm or preset: popo, grpo, raft, popo-frozen, popo-nosim, popo-noent, popo-uniform, dr-grpo, grpo-kl,
+    nsr, w-reinforce."""
     reward_threshold: float = 0.0
     """A rollout is positive when its reward is above this."""
     zero_if_truncated: bool = True
@@ -171,6 +172,8 @@ class AlgoConfig:
     """GRPO: divide advantages by the group std (False = Dr.GRPO)."""
     updates_per_batch: int = 1
     """GRPO: optimizer updates per rollout batch (old log-probs are computed once when above 1)."""
+    positive_weight: float = 1.0
+    """nsr/w-reinforce: advantage of a correct rollout (incorrect ones get -1); 0 = NSR, 0.1 = W-REINFORCE."""
 
 
 @dataclass

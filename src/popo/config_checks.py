@@ -42,6 +42,7 @@ def validate(config: Any) -> None:
     _check(a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0")
     _check(a.weight_temperature > 0, "algo.weight_temperature must be positive")
     _check(a.updates_per_batch >= 1, "algo.updates_per_batch must be >= 1")
+    _check(a.positive_weight >= 0, f"algo.positive_weight must be >= 0, got {a.positive_weight}")
     _choice(a.tau_schedule, ("constant", "cosine"), "algo.tau_schedule")
     _choice(a.weight_mode, ("softmax", "uniform"), "algo.weight_mode")
     _choice(a.entropy_scope, ("positives", "all"), "algo.entropy_scope")

@@ -38,6 +38,19 @@ GRPO advantages
 ``GRPOTrainer``.  ``scale_by_std=False`` gives ``A_i = r_i - mean_G r`` (the
 Dr. GRPO variant, which avoids up-weighting near-uniform groups).  A group
 whose rewards are all equal gets zero advantage either way.
+
+Signed REINFORCE credit (NSR, W-REINFORCE)
+------------------------------------------
+Zhu et al. (2025, arXiv 2506.01347) split the REINFORCE gradient with rewards
+``+1`` (correct) and ``-1`` (incorrect) into positive and negative sample
+reinforcement and weight the positive part by ``lambda``::
+
+    A_i = lambda   if r_i > threshold
+    A_i = -1       otherwise
+
+``lambda = 0`` is NSR (only incorrect rollouts are pushed down) and
+``lambda = 0.1`` is W-REINFORCE.  Nothing is centred or scaled by the group,
+so the credit of a rollout does not depend on its siblings' rewards.
 """
 
 from __future__ import annotations
@@ -164,3 +177,23 @@ def grpo_advantages(
         std = r.std(dim=1, correction=1, keepdim=True)  # [B, 1]
         centred = centred / (std + eps)  # [B, G]
     return centred.reshape(-1)  # [N]
+
+
+@torch.no_grad()
+def signed_rewards(rewards: Tensor, *, positive_weight: float, threshold: float = 0.0) -> Tensor:
+    """Signed REINFORCE credit: ``positive_weight`` for rewards above ``threshold``, ``-1`` for the rest.
+
+    Args:
+        rewards: [N] rewards (any layout; no groups are used).
+        positive_weight: lambda >= 0, the advantage of a correct rollout (0: NSR, 0.1: W-REINFORCE).
+        threshold: a rollout is correct when its reward is strictly above it.
+
+    Returns:
+        [N] advantages (floating dtype of rewards, float32 for integer/bool rewards), requires_grad False.
+    """
+    if positive_weight < 0:
+        raise ValueError(f"signed_rewards needs positive_weight >= 0, got {positive_weight}")
+    dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    credit = torch.full(rewards.shape, -1.0, dtype=dtype, device=rewards.device)  # [N]
+    credit[rewards.detach() > threshold] = positive_weight  # in the credit's own dtype, not rounded via float32
+    return credit
