@@ -70,3 +70,22 @@ def test_choose_skips_untried_values():
     with pytest.raises(ConfigError, match="no finished tuning run"):
         tune.choose({}, [], "grpo", "optim.lr", ["1"])
     assert runs.parse_grid(["optim.lr=1,2"]) == [("optim.lr", ["1", "2"])]
+
+
+def test_tuning_on_another_metric_flags_a_choice_at_the_grid_edge(fake_studies, monkeypatch, tmp_path, capsys):
+    def fake_summary(out):  # avg@16 rises with the rate for popo (edge), peaks inside the grid for grpo
+        by = {"popo": {"1e-5": 0.1, "3e-5": 0.2, "1e-4": 0.3}, "grpo": {"1e-5": 0.1, "3e-5": 0.4, "1e-4": 0.2}}
+        return {f"{m} lr={v}": {s: {"avg@16": a, "greedy_acc": 0.5 - a} for s in range(3)}
+                for m, values in by.items() for v, a in values.items()}
+
+    monkeypatch.setattr(report, "summary", fake_summary)
+    out = tmp_path / "study"
+    assert main(["compare", "--methods", "popo,grpo", "--tune", "optim.lr=1e-5,1e-4,3e-5", "--tune-metric", "avg@16",
+                 "--seeds", "5", "--out", str(out)]) == 0
+    record = json.loads((out / "tuning.json").read_text())
+    assert record["metric"] == "validation avg@16"
+    assert (record["popo"]["chosen"], record["popo"]["at_edge"]) == ("1e-4", True)  # largest value, listed second
+    assert (record["grpo"]["chosen"], record["grpo"]["at_edge"]) == ("3e-5", False)
+    assert "popo's chosen optim.lr=1e-4 is at the edge" in capsys.readouterr().out
+    assert "--tune-metric avg@16" in fake_studies[-1]["command"]
+    assert tune.at_edge("b", ["a", "b", "c"]) is False and tune.at_edge("a", ["a", "b"]) is True

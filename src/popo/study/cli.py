@@ -30,6 +30,9 @@ def add_study_parsers(sub) -> None:
                          help="choose each method's value of KEY (e.g. optim.lr) on the validation split first, then "
                               "compare at the chosen values on --seeds fresh seeds and the test split")
     compare.add_argument("--tune-seeds", type=int, default=3, help="seeds per value when tuning (default: 3)")
+    compare.add_argument("--tune-metric", default="greedy_acc",
+                         help="final validation metric the tuning maximises: greedy_acc, avg@K or pass@K with K = "
+                              "train.eval_samples (default: greedy_acc)")
     sweep = sub.add_parser("sweep", help="sensitivity sweep: methods x a grid of settings, several seeds")
     _study_arguments(sweep, "popo", "runs/sweep")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -71,7 +74,7 @@ def run_study_command(args: argparse.Namespace) -> None:
 
         run_tuned_comparison(args.out, methods, args.tune, tune_seeds=args.tune_seeds, seeds=args.seeds,
                              config_path=args.config, overrides=overrides, workers=args.workers,
-                             threads=args.threads, command=command)
+                             threads=args.threads, command=command, metric=args.tune_metric)
         if not args.no_report:
             write_study_report(args.out, baselines=baselines)
         return
@@ -87,7 +90,8 @@ def _command_line(args: argparse.Namespace) -> str:
              "--methods", args.methods, "--seeds", str(args.seeds)]
     words += ["--seed-start", str(args.seed_start)] if args.seed_start else []
     words += [w for spec in getattr(args, "grid", []) for w in ("--grid", spec)]
-    words += ["--tune", args.tune, "--tune-seeds", str(args.tune_seeds)] if getattr(args, "tune", "") else []
+    words += ["--tune", args.tune, "--tune-seeds", str(args.tune_seeds),
+              "--tune-metric", args.tune_metric] if getattr(args, "tune", "") else []
     words += ["--out", args.out]
     words += ["--workers", str(args.workers)] if args.workers != 1 else []
     words += ["--threads", str(args.threads)] if args.threads else []

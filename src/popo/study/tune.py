@@ -3,8 +3,10 @@ validation split, then compare the methods at their chosen values on fresh seeds
 
 1. Tuning: every method x value on seeds `0 .. tune_seeds - 1` in ``OUT/tune`` (a study folder of its own),
    evaluated on the validation split (`data.eval_source=testbed`).
-2. Choice: for each method, the value with the highest mean final validation greedy accuracy over the
-   tuning seeds (ties go to the value listed first); written to ``OUT/tuning.json`` with every mean.
+2. Choice: for each method, the value with the highest mean final validation metric over the tuning seeds
+   (`--tune-metric`, greedy accuracy unless told; ties go to the value listed first); written to
+   ``OUT/tuning.json`` with every mean, and flagged (``at_edge``, and a warning) when the chosen value is the
+   smallest or largest of the grid: the grid then does not bracket the optimum and should be extended.
 3. Final comparison: each method at its chosen value on seeds `tune_seeds .. tune_seeds + seeds - 1`
    (none of them used for the choice) in ``OUT``, evaluated on the test split (`data.eval_source=testbed:test`).
    Nothing is chosen from the test split.
@@ -41,14 +43,14 @@ def check_tuning(spec: str, tune_seeds: int, seeds: int, overrides: list[str]) -
 
 
 def choose(summary: dict[str, dict[int, dict[str, float]]], variants: list[Variant], method: str,
-           key: str, values: list[str]) -> tuple[str, dict[str, float]]:
-    """The value of `key` with the best mean final validation `TUNE_METRIC` for `method`, and every mean
+           key: str, values: list[str], metric: str = TUNE_METRIC) -> tuple[str, dict[str, float]]:
+    """The value of `key` with the best mean final validation `metric` for `method`, and every mean
     (a value whose runs are missing counts as not tried)."""
     label = key.rsplit(".", 1)[-1]
     means: dict[str, float] = {}
     for value in values:
         name = f"{method} {label}={value}"
-        finals = [r[TUNE_METRIC] for r in summary.get(name, {}).values() if TUNE_METRIC in r]
+        finals = [r[metric] for r in summary.get(name, {}).values() if metric in r]
         if finals:
             means[value] = sum(finals) / len(finals)
     if not means:
@@ -57,9 +59,20 @@ def choose(summary: dict[str, dict[int, dict[str, float]]], variants: list[Varia
     return best, means
 
 
+def at_edge(value: str, values: list[str]) -> bool:
+    """Whether `value` is the smallest or largest of the grid (numerically when every value is a number,
+    else by position), so that the grid does not show the metric falling on both sides of it."""
+    try:
+        ordered = sorted(values, key=float)
+    except ValueError:
+        ordered = list(values)
+    return len(ordered) < 3 or value in (ordered[0], ordered[-1])
+
+
 def run_tuned_comparison(out: str | Path, methods: list[str], spec: str, *, tune_seeds: int, seeds: int,
                          config_path: str | None, overrides: list[str], workers: int, threads: int,
-                         command: str, log: Callable[[str], None] = print) -> dict[str, str]:
+                         command: str, metric: str = TUNE_METRIC,
+                         log: Callable[[str], None] = print) -> dict[str, str]:
     """The three phases of the module docstring; returns each method's chosen value."""
     from popo.study.report import summary
 
@@ -69,13 +82,16 @@ def run_tuned_comparison(out: str | Path, methods: list[str], spec: str, *, tune
     run_study(out / "tune", tuning, list(range(tune_seeds)), config_path=config_path,
               overrides=[*overrides, VALIDATION], workers=workers, threads=threads, command=command, log=log)
     finals = summary(out / "tune")
-    record, chosen = {"key": key, "metric": f"validation {TUNE_METRIC}", "seeds": list(range(tune_seeds))}, {}
+    record, chosen = {"key": key, "metric": f"validation {metric}", "seeds": list(range(tune_seeds))}, {}
     for base in method_variants(methods):
-        best, means = choose(finals, tuning, base.name, key, values)
+        best, means = choose(finals, tuning, base.name, key, values, metric)
         chosen[base.name] = best
-        record[base.name] = {"means": means, "chosen": best}
-        log(f"tune: {base.name}: {key}={best} (validation {TUNE_METRIC} " +
+        record[base.name] = {"means": means, "chosen": best, "at_edge": at_edge(best, values)}
+        log(f"tune: {base.name}: {key}={best} (validation {metric} " +
             ", ".join(f"{v}: {m:.3f}" for v, m in means.items()) + ")")
+        if record[base.name]["at_edge"]:
+            log(f"warning: tune: {base.name}'s chosen {key}={best} is at the edge of the grid, which therefore "
+                "does not bracket its best value: extend the grid past it")
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.json").write_text(json.dumps(record, indent=1))
     final = [Variant(v.name, (*v.overrides, f"{key}={chosen[v.name]}"), v.sft) for v in method_variants(methods)]
