@@ -89,3 +89,13 @@ def test_tuning_on_another_metric_flags_a_choice_at_the_grid_edge(fake_studies, 
     assert "popo's chosen optim.lr=1e-4 is at the edge" in capsys.readouterr().out
     assert "--tune-metric avg@16" in fake_studies[-1]["command"]
     assert tune.at_edge("b", ["a", "b", "c"]) is False and tune.at_edge("a", ["a", "b"]) is True
+
+
+def test_tune_only_stops_before_the_final_runs(fake_studies, tmp_path):
+    out = tmp_path / "study"
+    argv = ["compare", "--methods", "popo,grpo", "--tune", "optim.lr=1e-5,3e-5,1e-4", "--seeds", "5", "--out", str(out)]
+    assert main([*argv, "--tune-only"]) == 0
+    assert len(fake_studies) == 1 and fake_studies[0]["out"] == str(out / "tune")
+    assert json.loads((out / "tuning.json").read_text())["popo"]["chosen"] == "3e-5"
+    assert main(argv) == 0  # the same command without --tune-only runs the final comparison
+    assert fake_studies[-1]["out"] == str(out) and fake_studies[-1]["seeds"] == [3, 4, 5, 6, 7]

@@ -33,6 +33,9 @@ def add_study_parsers(sub) -> None:
     compare.add_argument("--tune-metric", default="greedy_acc",
                          help="final validation metric the tuning maximises: greedy_acc, avg@K or pass@K with K = "
                               "train.eval_samples (default: greedy_acc)")
+    compare.add_argument("--tune-only", action="store_true",
+                         help="stop after the tuning phase and tuning.json (the same command without it reads the "
+                              "finished tuning and runs the final comparison)")
     sweep = sub.add_parser("sweep", help="sensitivity sweep: methods x a grid of settings, several seeds")
     _study_arguments(sweep, "popo", "runs/sweep")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -74,8 +77,9 @@ def run_study_command(args: argparse.Namespace) -> None:
 
         run_tuned_comparison(args.out, methods, args.tune, tune_seeds=args.tune_seeds, seeds=args.seeds,
                              config_path=args.config, overrides=overrides, workers=args.workers,
-                             threads=args.threads, command=command, metric=args.tune_metric)
-        if not args.no_report:
+                             threads=args.threads, command=command, metric=args.tune_metric,
+                             tune_only=args.tune_only)
+        if not args.no_report and not args.tune_only:
             write_study_report(args.out, baselines=baselines)
         return
     run_study(args.out, variants, seeds, config_path=args.config, overrides=overrides, workers=args.workers,

@@ -71,9 +71,10 @@ def at_edge(value: str, values: list[str]) -> bool:
 
 def run_tuned_comparison(out: str | Path, methods: list[str], spec: str, *, tune_seeds: int, seeds: int,
                          config_path: str | None, overrides: list[str], workers: int, threads: int,
-                         command: str, metric: str = TUNE_METRIC,
+                         command: str, metric: str = TUNE_METRIC, tune_only: bool = False,
                          log: Callable[[str], None] = print) -> dict[str, str]:
-    """The three phases of the module docstring; returns each method's chosen value."""
+    """The three phases of the module docstring (`tune_only`: the first two, so that the choice, and the power
+    it implies, can be written down and committed before any final run); returns each method's chosen value."""
     from popo.study.report import summary
 
     out = Path(out)
@@ -94,6 +95,8 @@ def run_tuned_comparison(out: str | Path, methods: list[str], spec: str, *, tune
                 "does not bracket its best value: extend the grid past it")
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.json").write_text(json.dumps(record, indent=1))
+    if tune_only:
+        return chosen
     final = [Variant(v.name, (*v.overrides, f"{key}={chosen[v.name]}"), v.sft) for v in method_variants(methods)]
     run_study(out, final, list(range(tune_seeds, tune_seeds + seeds)), config_path=config_path,
               overrides=[*overrides, TEST], workers=workers, threads=threads, command=command, log=log)
