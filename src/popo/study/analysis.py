@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from popo.metrics import pass_at_k
+
 OUTCOME_FIELDS = ("task", "method", "seed", "problem", "greedy", "correct", "k", "distinct")
 CURVE_FIELDS = ("task", "split", "method", "seed", "step", "greedy_acc", "avg", "pass", "k")
 
@@ -140,18 +142,9 @@ def paired_scores(rows: list[dict], task: str, treatment: str, baseline: str, sc
     return a, b
 
 
-def pass_at(counts: np.ndarray, n: int, k: int) -> np.ndarray:
-    """Unbiased pass@k per problem from `counts` correct of `n` samples: 1 - C(n - c, k) / C(n, k)."""
-    counts = np.asarray(counts, dtype=int)
-    out = np.ones(counts.shape, dtype=float)
-    fail = n - counts
-    ok = fail >= k
-    # C(n-c, k) / C(n, k) = prod_{i=0}^{k-1} (n - c - i) / (n - i), computed only where n - c >= k
-    ratio = np.ones(counts.shape, dtype=float)
-    for i in range(k):
-        ratio = ratio * np.where(ok, (fail - i) / (n - i), 1.0)
-    out[ok] = 1.0 - ratio[ok]
-    return out
+def pass_at(counts, n: int, k: int) -> np.ndarray:
+    """Unbiased pass@k of every problem from its `counts` correct of `n` samples (`popo.metrics.pass_at_k`)."""
+    return np.array([pass_at_k(n, int(c), k) for c in np.asarray(counts).ravel()]).reshape(np.shape(counts))
 
 
 def curve_area(steps: list[int], values: list[float]) -> float:
