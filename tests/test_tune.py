@@ -99,3 +99,15 @@ def test_tune_only_stops_before_the_final_runs(fake_studies, tmp_path):
     assert json.loads((out / "tuning.json").read_text())["popo"]["chosen"] == "3e-5"
     assert main(argv) == 0  # the same command without --tune-only runs the final comparison
     assert fake_studies[-1]["out"] == str(out) and fake_studies[-1]["seeds"] == [3, 4, 5, 6, 7]
+
+
+def test_final_runs_may_evaluate_differently_but_not_train_differently(fake_studies, tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["compare", "--methods", "popo,grpo", "--tune", "optim.lr=1e-5,3e-5,1e-4", "--seeds", "5", "--out", str(out)]
+    assert main([*argv, "--final-set", "data.eval_size=2000", "--final-set", "train.eval_every=300"]) == 0
+    tuning, final = fake_studies
+    assert "data.eval_size=2000" not in tuning["overrides"]
+    assert final["overrides"][-3:] == ["data.eval_size=2000", "train.eval_every=300", "data.eval_source=testbed:test"]
+    assert "--final-set data.eval_size=2000" in final["command"]
+    assert main([*argv, "--final-set", "optim.lr=1"]) == 2
+    assert "only data.eval_size" in capsys.readouterr().err

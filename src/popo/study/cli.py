@@ -36,6 +36,9 @@ def add_study_parsers(sub) -> None:
     compare.add_argument("--tune-only", action="store_true",
                          help="stop after the tuning phase and tuning.json (the same command without it reads the "
                               "finished tuning and runs the final comparison)")
+    compare.add_argument("--final-set", action="append", default=[], metavar="KEY=VALUE",
+                         help="a setting of the final runs only: data.eval_size, train.eval_every, train.save_every, "
+                              "train.diag_every or train.keep_last (repeatable)")
     sweep = sub.add_parser("sweep", help="sensitivity sweep: methods x a grid of settings, several seeds")
     _study_arguments(sweep, "popo", "runs/sweep")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -78,7 +81,7 @@ def run_study_command(args: argparse.Namespace) -> None:
         run_tuned_comparison(args.out, methods, args.tune, tune_seeds=args.tune_seeds, seeds=args.seeds,
                              config_path=args.config, overrides=overrides, workers=args.workers,
                              threads=args.threads, command=command, metric=args.tune_metric,
-                             tune_only=args.tune_only)
+                             tune_only=args.tune_only, final_overrides=args.final_set)
         if not args.no_report and not args.tune_only:
             write_study_report(args.out, baselines=baselines)
         return
@@ -96,6 +99,7 @@ def _command_line(args: argparse.Namespace) -> str:
     words += [w for spec in getattr(args, "grid", []) for w in ("--grid", spec)]
     words += ["--tune", args.tune, "--tune-seeds", str(args.tune_seeds),
               "--tune-metric", args.tune_metric] if getattr(args, "tune", "") else []
+    words += [w for item in getattr(args, "final_set", []) for w in ("--final-set", item)]
     words += ["--out", args.out]
     words += ["--workers", str(args.workers)] if args.workers != 1 else []
     words += ["--threads", str(args.threads)] if args.threads else []

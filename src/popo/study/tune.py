@@ -9,7 +9,8 @@ validation split, then compare the methods at their chosen values on fresh seeds
    smallest or largest of the grid: the grid then does not bracket the optimum and should be extended.
 3. Final comparison: each method at its chosen value on seeds `tune_seeds .. tune_seeds + seeds - 1`
    (none of them used for the choice) in ``OUT``, evaluated on the test split (`data.eval_source=testbed:test`).
-   Nothing is chosen from the test split.
+   Nothing is chosen from the test split. `--final-set KEY=VALUE` may change how much and how often the final
+   runs are evaluated (`FINAL_ONLY_KEYS`: e.g. a larger test split evaluated only at the end), never how they train.
 
 Both phases skip finished runs and resume interrupted ones, so the command can be run again after an
 interruption and continues where it stopped (a finished tuning phase is only re-read).
@@ -25,8 +26,20 @@ from popo.config import ConfigError
 from popo.study.runs import Variant, grid_variants, method_variants, parse_grid, run_study
 
 MIN_TUNE_SEEDS, MIN_FINAL_SEEDS, MIN_VALUES = 3, 5, 3
+FINAL_ONLY_KEYS = ("data.eval_size", "train.eval_every", "train.save_every", "train.diag_every", "train.keep_last")
+"""Settings `--final-set` may give the final runs alone: how much and how often they are evaluated and saved,
+never how they train."""
 TUNE_METRIC = "greedy_acc"
 VALIDATION, TEST = "data.eval_source=testbed", "data.eval_source=testbed:test"
+
+
+def check_final_overrides(final: list[str]) -> list[str]:
+    """`--final-set` overrides, refused unless each is one of `FINAL_ONLY_KEYS`."""
+    for item in final:
+        if item.split("=", 1)[0] not in FINAL_ONLY_KEYS or "=" not in item:
+            raise ConfigError(f"--final-set {item}: only {', '.join(FINAL_ONLY_KEYS)} may differ between the tuning "
+                              "and the final runs (KEY=VALUE)")
+    return list(final)
 
 
 def check_tuning(spec: str, tune_seeds: int, seeds: int, overrides: list[str]) -> tuple[str, list[str]]:
@@ -72,13 +85,14 @@ def at_edge(value: str, values: list[str]) -> bool:
 def run_tuned_comparison(out: str | Path, methods: list[str], spec: str, *, tune_seeds: int, seeds: int,
                          config_path: str | None, overrides: list[str], workers: int, threads: int,
                          command: str, metric: str = TUNE_METRIC, tune_only: bool = False,
-                         log: Callable[[str], None] = print) -> dict[str, str]:
+                         final_overrides: list[str] = (), log: Callable[[str], None] = print) -> dict[str, str]:
     """The three phases of the module docstring (`tune_only`: the first two, so that the choice, and the power
     it implies, can be written down and committed before any final run); returns each method's chosen value."""
     from popo.study.report import summary
 
     out = Path(out)
     key, values = check_tuning(spec, tune_seeds, seeds, overrides)
+    final_overrides = check_final_overrides(list(final_overrides))
     tuning = grid_variants(methods, [(key, values)])
     run_study(out / "tune", tuning, list(range(tune_seeds)), config_path=config_path,
               overrides=[*overrides, VALIDATION], workers=workers, threads=threads, command=command, log=log)
@@ -99,5 +113,5 @@ def run_tuned_comparison(out: str | Path, methods: list[str], spec: str, *, tune
         return chosen
     final = [Variant(v.name, (*v.overrides, f"{key}={chosen[v.name]}"), v.sft) for v in method_variants(methods)]
     run_study(out, final, list(range(tune_seeds, tune_seeds + seeds)), config_path=config_path,
-              overrides=[*overrides, TEST], workers=workers, threads=threads, command=command, log=log)
+              overrides=[*overrides, *final_overrides, TEST], workers=workers, threads=threads, command=command, log=log)
     return chosen
