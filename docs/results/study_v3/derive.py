@@ -1,0 +1,272 @@
+"""Study v3: every number of the report, re-derived from the raw per-seed, per-problem data beside it.
+
+    # 1. raw data from finished study folders (run once after the runs; what is committed)
+    python docs/results/study_v3/derive.py collect runs/study-v3/countdown --task countdown \
+        --out docs/results/study_v3/countdown
+    # 2. the report from the raw data and the pre-registered plan alone
+    python docs/results/study_v3/derive.py report docs/results/study_v3/countdown \
+        --plan docs/results/study_v3/preregistration.json
+
+`collect` writes ``outcomes.csv.gz`` (method, seed, problem: greedy 0/1, correct of k samples, distinct correct
+samples; the start model as method ``start``) from each run's ``problems.json`` and ``curves.csv.gz`` (every
+evaluation of every run: split, step, greedy accuracy, avg@k, pass@k) from each run's ``metrics.jsonl``.
+Several study folders may be given (the tuning folder's validation curves, the final folder's test outcomes).
+
+`report` writes ``report.md`` and ``numbers.json`` (every number of the report) into the data folder. The test
+(`tests/test_study_v3_derive.py`) runs both steps on a small fixture. The statistics are those of
+`popo.study.analysis` (two-way bootstrap over seeds and problems, Holm within each family); the plan file fixes
+the arms, the baseline, the primary pair, the metric, the margin and the control's criterion before the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from popo.study.analysis import (CURVE_FIELDS, OUTCOME_FIELDS, curve_area, paired_scores, pass_at, read_rows,
+                                 score_matrix, two_way_bootstrap, write_rows)
+from popo.study.stats import holm, mean_ci
+from popo.tracking import read_metrics
+
+OUTCOMES, CURVES = "outcomes.csv.gz", "curves.csv.gz"
+
+
+# ------------------------------------------------------------------------------------------------ collect
+
+def _split(config: dict) -> str:
+    return "test" if str(config["data"]["eval_source"]).endswith(":test") else "validation"
+
+
+def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
+    """Write the raw tables of `studies` into `out`; returns (outcome rows, curve rows)."""
+    from popo.study.runs import load_study
+
+    outcomes, curves = [], []
+    for study_dir in studies:
+        study = load_study(study_dir)
+        start = study_dir / "start-problems.json"
+        for variant in study.variants:
+            for run in sorted((study_dir / variant.dirname).glob("seed-*")):
+                if not (run / "done.json").is_file():
+                    continue  # unfinished runs are not data
+                seed = int(run.name.removeprefix("seed-"))
+                split = _split(yaml.safe_load((run / "config.yaml").read_text()))
+                for record in read_metrics(run / "metrics.jsonl"):
+                    k = next((int(key.split("@")[1]) for key in record if key.startswith("eval/avg@")), 0)
+                    if "eval/greedy_acc" in record:
+                        curves.append({"task": task, "split": split, "method": variant.name, "seed": seed,
+                                       "step": record["step"], "greedy_acc": record["eval/greedy_acc"],
+                                       "avg": record.get(f"eval/avg@{k}", ""), "pass": record.get(f"eval/pass@{k}", ""),
+                                       "k": k})
+                if split == "test" and (run / "problems.json").is_file():
+                    outcomes += _outcome_rows(json.loads((run / "problems.json").read_text()), task, variant.name, seed)
+        if start.is_file() and any(c["split"] == "test" for c in curves):
+            outcomes += _outcome_rows(json.loads(start.read_text()), task, "start", 0)
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows(out / OUTCOMES, OUTCOME_FIELDS, outcomes)
+    write_rows(out / CURVES, CURVE_FIELDS, curves)
+    return len(outcomes), len(curves)
+
+
+def _outcome_rows(problems: dict, task: str, method: str, seed: int) -> list[dict]:
+    return [{"task": task, "method": method, "seed": seed, "problem": pid, "greedy": int(g), "correct": c,
+             "k": problems["k"], "distinct": d}
+            for pid, g, c, d in zip(problems["ids"], problems["greedy"], problems["correct"],
+                                    problems["distinct_correct"])]
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def _fmt(x: float, signed: bool = False) -> str:
+    return "n/a" if x != x else (f"{x:+.3f}" if signed else f"{x:.3f}")
+
+
+def _p(x: float) -> str:
+    return "n/a" if x != x else ("< 0.001" if x < 0.001 else f"{x:.3f}")
+
+
+def arm_table(rows: list[dict], task: str, arms: list[str], k: int) -> tuple[list[str], dict]:
+    """Per arm: mean over seeds (95% t interval over seeds) of greedy accuracy, avg@k, pass@k, and distinct
+    correct samples per solved problem (pooled)."""
+    lines = [f"| arm | seeds | greedy | avg@{k} | pass@{k} | distinct correct / solved |", "|" + " --- |" * 6]
+    numbers = {}
+    for arm in ["start", *arms]:
+        _, _, greedy = score_matrix(rows, task, arm, "greedy")
+        _, _, counts = score_matrix(rows, task, arm, "correct")
+        _, _, distinct = score_matrix(rows, task, arm, "distinct")
+        per_seed = {"greedy": greedy.mean(1), "avg": (counts / k).mean(1), "pass": pass_at(counts, k, k).mean(1)}
+        cis = {m: mean_ci(list(v)) for m, v in per_seed.items()}
+        solved = counts > 0
+        dps = float(distinct[solved].mean()) if solved.any() else float("nan")
+        numbers[arm] = {m: {"mean": ci.mean, "low": ci.low, "high": ci.high} for m, ci in cis.items()}
+        numbers[arm].update(seeds=int(greedy.shape[0]), distinct_per_solved=dps)
+        cells = [f"{_fmt(ci.mean)} [{_fmt(ci.low)}, {_fmt(ci.high)}]" if ci.low == ci.low else _fmt(ci.mean)
+                 for ci in cis.values()]
+        lines.append(f"| {'*start*' if arm == 'start' else arm} | {greedy.shape[0]} | " + " | ".join(cells) +
+                     f" | {dps:.2f} |")
+    return lines, numbers
+
+
+def control(rows: list[dict], task: str, plan: dict) -> tuple[list[str], dict]:
+    """The positive control on test: the baseline's change over the start on every metric, and the verdict."""
+    base, resamples = plan["baseline"], plan["resamples"]
+    tests = {score: two_way_bootstrap(*paired_scores(rows, task, base, "start", score), resamples=resamples)
+             for score in ("avg", "greedy")}
+    lift, greedy = tests["avg"], tests["greedy"]
+    checks = {"lift at least the criterion": lift.estimate >= plan["control"]["min_lift"],
+              "lower 95% bound above 0": lift.low > 0,
+              "greedy no lower than the start": greedy.estimate >= 0}
+    passed = all(checks.values())
+    lines = [f"| {base} − start | estimate | 95% interval (seeds x problems) | p |", "| --- | --- | --- | --- |"]
+    for name, t in (("avg@k", lift), ("greedy", greedy)):
+        lines.append(f"| {name} | {_fmt(t.estimate, True)} | [{_fmt(t.low, True)}, {_fmt(t.high, True)}] | "
+                     f"{_p(t.p_difference)} |")
+    lines += [""] + [f"- {'passed' if ok else 'FAILED'}: {name}" for name, ok in checks.items()]
+    lines.append(f"\n**The positive control {'passed' if passed else 'failed'} on test.**")
+    numbers = {"passed": passed, "checks": checks,
+               **{name: {"estimate": t.estimate, "low": t.low, "high": t.high, "p": t.p_difference}
+                  for name, t in (("avg", lift), ("greedy", greedy))}}
+    return lines, numbers
+
+
+def comparisons(rows: list[dict], task: str, plan: dict) -> tuple[list[str], dict]:
+    """Every arm against the baseline on the primary metric: difference tests (one Holm family) and TOST
+    against the pre-registered margin (a second Holm family); then the secondary metrics, uncorrected."""
+    base, margin, resamples = plan["baseline"], plan["margin"], plan["resamples"]
+    arms = [a for a in plan["arms"] if a != base]
+    tests = {a: two_way_bootstrap(*paired_scores(rows, task, a, base, plan["metric"]), margin=margin,
+                                  resamples=resamples) for a in arms}
+    p_diff, reject_diff = holm([tests[a].p_difference for a in arms])
+    p_eq, reject_eq = holm([tests[a].p_equivalence for a in arms])
+    lines = [f"| arm − {base} | Δ {plan['metric']}@{plan['k']} | 95% interval | p (difference) | Holm p | "
+             f"p (TOST ±{margin:.3f}) | Holm p | reading |", "|" + " --- |" * 8]
+    numbers = {}
+    for i, a in enumerate(arms):
+        t = tests[a]
+        reading = ("differs" if reject_diff[i] else "equivalent within the margin" if reject_eq[i]
+                   else "inconclusive")
+        primary = " (primary)" if a == plan["primary"][0] else ""
+        lines.append(f"| {a}{primary} | {_fmt(t.estimate, True)} | [{_fmt(t.low, True)}, {_fmt(t.high, True)}] | "
+                     f"{_p(t.p_difference)} | {_p(p_diff[i])} | {_p(t.p_equivalence)} | {_p(p_eq[i])} | {reading} |")
+        numbers[a] = {"estimate": t.estimate, "low": t.low, "high": t.high, "p_difference": t.p_difference,
+                      "holm_difference": p_diff[i], "p_equivalence": t.p_equivalence, "holm_equivalence": p_eq[i],
+                      "reading": reading}
+    lines += ["", f"Secondary metrics (uncorrected, exploratory): arm − {base}.", "",
+              "| arm | Δ greedy | 95% interval | p | Δ pass@k | 95% interval | p |", "|" + " --- |" * 7]
+    for a in arms:
+        cells = []
+        for score in ("greedy", "pass"):
+            x, y = _scores_for(rows, task, a, base, score, plan["k"])
+            t = two_way_bootstrap(x, y, resamples=resamples)
+            cells.append(f"{_fmt(t.estimate, True)} | [{_fmt(t.low, True)}, {_fmt(t.high, True)}] | {_p(t.p_difference)}")
+            numbers[a][f"{score}_estimate"] = t.estimate
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return lines, numbers
+
+
+def _scores_for(rows, task, a, b, score, k):
+    if score != "pass":
+        return paired_scores(rows, task, a, b, score)
+    x, y = paired_scores(rows, task, a, b, "correct")
+    return pass_at(x, k, k), pass_at(y, k, k)
+
+
+def exploration(rows: list[dict], task: str, arms: list[str], k: int) -> tuple[list[str], dict]:
+    js = [j for j in (1, 2, 4, 8, 16, 32, 64, 128, 256) if j <= k]
+    lines = ["| arm | " + " | ".join(f"pass@{j}" for j in js) + " |", "|" + " --- |" * (1 + len(js))]
+    numbers = {}
+    for arm in ["start", *arms]:
+        _, _, counts = score_matrix(rows, task, arm, "correct")
+        curve = [float(pass_at(counts, k, j).mean()) for j in js]
+        numbers[arm] = dict(zip(map(str, js), curve))
+        lines.append(f"| {'*start*' if arm == 'start' else arm} | " + " | ".join(_fmt(v) for v in curve) + " |")
+    return lines, numbers
+
+
+def validation_curves(curves: list[dict], task: str, arms: list[str]) -> tuple[list[str], dict]:
+    """Per arm and learning rate, the area under the validation avg@k curve (mean level over the steps,
+    mean over seeds) and the final value: how the budget and the rates were chosen."""
+    rows = [c for c in curves if c["task"] == task and c["split"] == "validation" and c["avg"] != ""]
+    variants = sorted({c["method"] for c in rows})
+    lines = ["| variant | seeds | final avg@k | area (mean level) |", "| --- | --- | --- | --- |"]
+    numbers = {}
+    for v in variants:
+        if v.split()[0] not in arms:
+            continue
+        seeds = sorted({c["seed"] for c in rows if c["method"] == v})
+        finals, areas = [], []
+        for s in seeds:
+            points = sorted((c["step"], c["avg"]) for c in rows if c["method"] == v and c["seed"] == s)
+            finals.append(points[-1][1])
+            areas.append(curve_area([p[0] for p in points], [p[1] for p in points]))
+        numbers[v] = {"final": float(np.mean(finals)), "area": float(np.mean(areas)), "seeds": len(seeds)}
+        lines.append(f"| {v} | {len(seeds)} | {_fmt(numbers[v]['final'])} | {_fmt(numbers[v]['area'])} |")
+    return lines, numbers
+
+
+def report(folder: Path, plan: dict) -> dict:
+    rows = read_rows(folder / OUTCOMES, OUTCOME_FIELDS)
+    curves = read_rows(folder / CURVES, CURVE_FIELDS) if (folder / CURVES).is_file() else []
+    task, k = plan["task"], plan["k"]
+    numbers: dict = {"plan": plan}
+    sections = [f"# Study v3 ({task}): report\n",
+                f"Made by `python docs/results/study_v3/derive.py report {folder.as_posix()} --plan ...` from "
+                f"`{OUTCOMES}` and `{CURVES}` in this folder alone. Intervals resample seeds and problems together "
+                f"({plan['resamples']} resamples); Holm is applied within the family of difference tests and, "
+                "separately, within the family of equivalence tests.\n"]
+    lines, numbers["control"] = control(rows, task, plan)
+    sections += ["## Positive control (test split)\n", *lines, ""]
+    table, numbers["arms"] = arm_table(rows, task, plan["arms"], k)
+    sections += ["## Every arm on the test split\n", "Means over seeds with 95% t intervals over seeds.\n", *table, ""]
+    if numbers["control"]["passed"]:
+        lines, numbers["comparisons"] = comparisons(rows, task, plan)
+        sections += [f"## Comparisons against {plan['baseline']} (primary: {' − '.join(plan['primary'])}, "
+                     f"{plan['metric']}@{k})\n", *lines, ""]
+    else:
+        sections += ["## Comparisons\n", "None: the positive control failed, so no method comparison is reported.\n"]
+    lines, numbers["exploration"] = exploration(rows, task, plan["arms"], k)
+    sections += [f"## Exploration: unbiased pass@j from the {k} samples per problem\n", *lines, ""]
+    if curves:
+        lines, numbers["validation"] = validation_curves(curves, task, plan["arms"])
+        sections += ["## Validation curves (tuning phase)\n", *lines, ""]
+    (folder / "report.md").write_text("\n".join(sections))
+    (folder / "numbers.json").write_text(json.dumps(numbers, indent=1, default=_plain) + "\n")
+    return numbers
+
+
+def _plain(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    raise TypeError(type(x))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="raw tables from finished study folders")
+    c.add_argument("studies", nargs="+", type=Path)
+    c.add_argument("--task", required=True)
+    c.add_argument("--out", required=True, type=Path)
+    r = sub.add_parser("report", help="report.md and numbers.json from the raw tables")
+    r.add_argument("folder", type=Path)
+    r.add_argument("--plan", required=True, type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        n, m = collect(args.studies, args.task, args.out)
+        print(f"{args.out}: {n} outcome rows, {m} curve rows")
+    else:
+        plan = json.loads(args.plan.read_text())
+        numbers = report(args.folder, plan[args.folder.name] if args.folder.name in plan else plan)
+        print(f"{args.folder / 'report.md'}: control {'passed' if numbers['control']['passed'] else 'failed'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""docs/results/study_v3/derive.py on a small fixture: study folders -> raw tables -> report and numbers, each
+number checked against a direct computation, and a failing control that reports no comparison."""
+
+import contextlib
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from popo.study.analysis import OUTCOME_FIELDS, read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "docs" / "results" / "study_v3" / "derive.py"
+K, PROBLEMS, SEEDS = 4, 30, [3, 4, 5]
+PLAN = {"task": "countdown", "arms": ["grpo", "popo"], "baseline": "grpo", "primary": ["popo", "grpo"],
+        "metric": "avg", "k": K, "margin": 0.05, "resamples": 2000, "control": {"min_lift": 0.10}}
+
+
+def _run(folder: Path, name: str, seed: int, split: str, counts: list[int], greedy: list[int], steps=(0, 50, 100)):
+    run = folder / name / f"seed-{seed}"
+    run.mkdir(parents=True)
+    (run / "done.json").write_text("{}")
+    source = "testbed:test" if split == "test" else "testbed"
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"eval_source": source}}))
+    records = [{"step": s, "eval/greedy_acc": 0.4 + 0.001 * s, f"eval/avg@{K}": 0.3 + 0.001 * s,
+                f"eval/pass@{K}": 0.8} for s in steps]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ids = [f"q{i}" for i in range(PROBLEMS)]
+    (run / "problems.json").write_text(json.dumps({"ids": ids, "k": K, "greedy": greedy, "correct": counts,
+                                                   "distinct_correct": [min(c, 2) for c in counts]}))
+
+
+def _study(folder: Path, arms: dict, split: str, start=None):
+    folder.mkdir(parents=True)
+    variants = [{"name": name, "overrides": [f"algo.name={name.split()[0]}"], "sft": False} for name in arms]
+    (folder / "study.json").write_text(json.dumps({"config_path": None, "base_overrides": [], "variants": variants,
+                                                   "seeds": SEEDS, "budget": 1, "commands": []}))
+    for name, per_seed in arms.items():
+        for seed, (counts, greedy) in zip(SEEDS, per_seed):
+            _run(folder, name.replace(" ", "_").replace("=", "_"), seed, split, counts, greedy)
+    if start is not None:
+        counts, greedy = start
+        (folder / "start-problems.json").write_text(json.dumps({
+            "ids": [f"q{i}" for i in range(PROBLEMS)], "k": K, "greedy": greedy, "correct": counts,
+            "distinct_correct": [min(c, 2) for c in counts]}))
+
+
+def _draws(rng, p_correct, p_greedy):
+    return [(rng.binomial(K, p_correct, PROBLEMS).tolist(), rng.binomial(1, p_greedy, PROBLEMS).tolist())
+            for _ in SEEDS]
+
+
+def _derive(*args):
+    """The script's `main`, loaded from its file and run in this process (its output returned)."""
+    spec = importlib.util.spec_from_file_location("study_v3_derive", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert module.main([str(a) for a in args]) == 0
+    return out.getvalue()
+
+
+@pytest.fixture
+def fixture(tmp_path):
+    rng = np.random.default_rng(0)
+    start = (rng.binomial(K, 0.3, PROBLEMS).tolist(), rng.binomial(1, 0.4, PROBLEMS).tolist())
+    _study(tmp_path / "final", {"grpo": _draws(rng, 0.6, 0.6), "popo": _draws(rng, 0.6, 0.6)}, "test", start)
+    _study(tmp_path / "tune", {"grpo lr=1e-4": _draws(rng, 0.5, 0.5)}, "validation")
+    data = tmp_path / "countdown"
+    out = _derive("collect", tmp_path / "final", tmp_path / "tune", "--task", "countdown", "--out", data)
+    assert "outcome rows" in out
+    (tmp_path / "plan.json").write_text(json.dumps(PLAN))
+    return tmp_path, data, start
+
+
+def test_collect_then_report_rederives_every_number(fixture):
+    tmp_path, data, start = fixture
+    rows = read_rows(data / "outcomes.csv.gz", OUTCOME_FIELDS)
+    assert len(rows) == PROBLEMS * (2 * len(SEEDS) + 1)  # two arms x three seeds, and the start once
+    assert "control passed" in _derive("report", data, "--plan", tmp_path / "plan.json")
+    numbers = json.loads((data / "numbers.json").read_text())
+    final = json.loads((tmp_path / "final" / "grpo" / "seed-3" / "problems.json").read_text())
+    grpo = np.array([json.loads((tmp_path / "final" / "grpo" / f"seed-{s}" / "problems.json").read_text())["correct"]
+                     for s in SEEDS]) / K
+    lift = grpo.mean() - np.mean(start[0]) / K
+    assert numbers["control"]["avg"]["estimate"] == pytest.approx(lift, abs=1e-12)
+    assert numbers["arms"]["grpo"]["avg"]["mean"] == pytest.approx(grpo.mean(), abs=1e-12)
+    assert numbers["arms"]["grpo"]["greedy"]["mean"] == pytest.approx(
+        np.mean([json.loads((tmp_path / "final" / "grpo" / f"seed-{s}" / "problems.json").read_text())["greedy"]
+                 for s in SEEDS]), abs=1e-12)
+    assert final["k"] == K
+    popo = numbers["comparisons"]["popo"]
+    assert popo["reading"] in ("differs", "equivalent within the margin", "inconclusive")
+    assert popo["holm_difference"] == pytest.approx(popo["p_difference"])  # a family of one
+    assert numbers["validation"]["grpo lr=1e-4"]["area"] == pytest.approx(0.3 + 0.001 * 50, abs=1e-12)
+    report = (data / "report.md").read_text()
+    assert "The positive control passed on test" in report and "popo (primary)" in report
+
+
+def test_a_failed_control_reports_no_comparison(fixture):
+    tmp_path, data, _ = fixture
+    plan = {**PLAN, "control": {"min_lift": 0.9}}  # an unreachable lift
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert "control failed" in _derive("report", data, "--plan", tmp_path / "plan.json")
+    numbers = json.loads((data / "numbers.json").read_text())
+    assert "comparisons" not in numbers and not numbers["control"]["passed"]
+    assert "no method comparison is reported" in (data / "report.md").read_text()
