@@ -1,13 +1,15 @@
 """popo.study.analysis: the two-way bootstrap's interval and p-values, the raw-data files and score matrices."""
 
 import gzip
+import math
 
 import numpy as np
 import pytest
 
 from popo.metrics import pass_at_k
-from popo.study.analysis import (CURVE_FIELDS, OUTCOME_FIELDS, curve_area, paired_scores, pass_at, read_rows,
-                                 score_matrix, two_way_bootstrap, write_rows)
+from popo.study.analysis import (CURVE_FIELDS, OUTCOME_FIELDS, Components, curve_area, difference_se,
+                                 interaction_variance, minimum_detectable, paired_scores, pass_at, read_rows,
+                                 score_matrix, two_way_bootstrap, variance_components, write_rows)
 
 
 def test_constant_difference_is_certain():
@@ -105,3 +107,37 @@ def test_pass_at_and_curve_area():
     assert pass_at(counts, 16, 4).tolist() == expected
     assert curve_area([0, 50, 100], [0.2, 0.4, 0.4]) == pytest.approx(0.35, abs=1e-12)  # (50*0.3 + 50*0.4) / 100
     assert curve_area([0], [0.3]) == 0.3
+
+
+def test_variance_components_recover_known_variances():
+    # x = a_s + b_p + e with var(a) = 0.01, var(b) = 0.04, var(e) = 0.09: estimates within sampling error
+    rng = np.random.default_rng(5)
+    s, p = 40, 2000
+    x = rng.normal(0, 0.1, (s, 1)) + rng.normal(0, 0.2, (1, p)) + rng.normal(0, 0.3, (s, p))
+    c = variance_components(x)
+    assert c.seed == pytest.approx(0.01, rel=0.5)  # 40 seeds: the seed variance is known to about +-25%
+    assert c.problem == pytest.approx(0.04, rel=0.1)
+    assert c.residual == pytest.approx(0.09, rel=0.02)
+
+
+def test_variance_components_hand_values():
+    # 2 x 2: rows (1, 2), (3, 6): grand 3, row means 1.5, 4.5, column means 2, 4; residuals +-0.5
+    c = variance_components(np.array([[1.0, 2.0], [3.0, 6.0]]))
+    # MS_rows = 2 * (2.25 + 2.25) / 1 = 9, MS_cols = 2 * (1 + 1) = 4, MS_res = 4 * 0.25 / 1 = 1
+    assert (c.seed, c.problem, c.residual) == (4.0, 1.5, 1.0)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        variance_components(np.zeros((1, 5)))
+
+
+def test_interaction_and_detectable_difference():
+    rng = np.random.default_rng(6)
+    s, p = 30, 3000
+    base = rng.normal(0, 0.2, (1, p))
+    inter = rng.normal(0, 0.1, (1, p))  # the true per-problem difference, var 0.01
+    a = base + inter + rng.normal(0, 0.3, (s, p))
+    b = base + rng.normal(0, 0.3, (s, p))
+    assert interaction_variance(a, b) == pytest.approx(0.01, rel=0.2)
+    c = Components(seed=0.0004, problem=0.04, residual=0.09)
+    se = difference_se(c, 0.01, seeds=10, problems=2000)
+    assert se == pytest.approx(math.sqrt(2 * 0.0004 / 10 + 0.01 / 2000 + 2 * 0.09 / 20000), abs=1e-15)
+    assert minimum_detectable(se) == pytest.approx(2.8016 * se, rel=1e-4)  # 1.95996 + 0.84162

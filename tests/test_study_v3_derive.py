@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "docs" / "results" / "study_v3" / "derive.py"
 K, PROBLEMS, SEEDS = 4, 30, [3, 4, 5]
 PLAN = {"task": "countdown", "arms": ["grpo", "popo"], "baseline": "grpo", "primary": ["popo", "grpo"],
-        "metric": "avg", "k": K, "margin": 0.05, "resamples": 2000, "control": {"min_lift": 0.10}}
+        "metric": "avg", "k": K, "margin": 0.05, "margin_share": 0.25, "resamples": 2000,
+        "control": {"min_lift": 0.10}, "power": {"seeds": [5, 10], "problems": [30, 2000]}}
 
 
 def _run(folder: Path, name: str, seed: int, split: str, counts: list[int], greedy: list[int], steps=(0, 50, 100)):
@@ -69,11 +70,15 @@ def _derive(*args):
 def fixture(tmp_path):
     rng = np.random.default_rng(0)
     start = (rng.binomial(K, 0.3, PROBLEMS).tolist(), rng.binomial(1, 0.4, PROBLEMS).tolist())
-    _study(tmp_path / "final", {"grpo": _draws(rng, 0.6, 0.6), "popo": _draws(rng, 0.6, 0.6)}, "test", start)
-    _study(tmp_path / "tune", {"grpo lr=1e-4": _draws(rng, 0.5, 0.5)}, "validation")
+    final = tmp_path / "final"
+    _study(final, {"grpo": _draws(rng, 0.6, 0.6), "popo": _draws(rng, 0.6, 0.6)}, "test", start)
+    _study(final / "tune", {"grpo lr=1e-4": _draws(rng, 0.5, 0.5), "popo lr=1e-4": _draws(rng, 0.55, 0.5),
+                            "grpo lr=1e-3": _draws(rng, 0.1, 0.1)}, "validation", start)
+    (final / "tuning.json").write_text(json.dumps({"key": "optim.lr", "grpo": {"chosen": "1e-4"},
+                                                   "popo": {"chosen": "1e-4"}}))
     data = tmp_path / "countdown"
-    out = _derive("collect", tmp_path / "final", tmp_path / "tune", "--task", "countdown", "--out", data)
-    assert "outcome rows" in out
+    assert "outcome rows" in _derive("collect", final, "--task", "countdown", "--out", data)
+    assert "outcome rows" in _derive("collect", final / "tune", "--task", "countdown", "--out", data / "tuning")
     (tmp_path / "plan.json").write_text(json.dumps(PLAN))
     return tmp_path, data, start
 
@@ -100,6 +105,20 @@ def test_collect_then_report_rederives_every_number(fixture):
     assert numbers["validation"]["grpo lr=1e-4"]["area"] == pytest.approx(0.3 + 0.001 * 50, abs=1e-12)
     report = (data / "report.md").read_text()
     assert "The positive control passed on test" in report and "popo (primary)" in report
+
+
+def test_power_from_the_tuning_runs(fixture):
+    tmp_path, data, start = fixture
+    (tmp_path / "plan.json").write_text(json.dumps(PLAN))
+    out = _derive("power", data / "tuning", "--plan", tmp_path / "plan.json")
+    numbers = json.loads((data / "tuning" / "power.json").read_text())
+    grpo = np.array([json.loads((tmp_path / "final" / "tune" / "grpo_lr_1e-4" / f"seed-{s}" / "problems.json")
+                                .read_text())["correct"] for s in SEEDS]) / K
+    assert numbers["gain"] == pytest.approx(grpo.mean() - np.mean(start[0]) / K, abs=1e-12)
+    assert numbers["margin"] == pytest.approx(0.25 * numbers["gain"], abs=1e-12)
+    grid = numbers["grid"]
+    assert grid["10x2000"]["se"] < grid["5x2000"]["se"] and grid["5x2000"]["se"] < grid["5x30"]["se"]
+    assert "minimum detectable" in out
 
 
 def test_a_failed_control_reports_no_comparison(fixture):

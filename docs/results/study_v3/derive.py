@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from popo.study.analysis import (CURVE_FIELDS, OUTCOME_FIELDS, curve_area, paired_scores, pass_at, read_rows,
-                                 score_matrix, two_way_bootstrap, write_rows)
+from popo.study.analysis import (CURVE_FIELDS, OUTCOME_FIELDS, curve_area, difference_se, interaction_variance,
+                                 minimum_detectable, paired_scores, pass_at, read_rows, score_matrix,
+                                 two_way_bootstrap, variance_components, write_rows)
 from popo.study.stats import holm, mean_ci
 from popo.tracking import read_metrics
 
@@ -63,10 +64,13 @@ def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
                                        "step": record["step"], "greedy_acc": record["eval/greedy_acc"],
                                        "avg": record.get(f"eval/avg@{k}", ""), "pass": record.get(f"eval/pass@{k}", ""),
                                        "k": k})
-                if split == "test" and (run / "problems.json").is_file():
+                if (run / "problems.json").is_file():
                     outcomes += _outcome_rows(json.loads((run / "problems.json").read_text()), task, variant.name, seed)
-        if start.is_file() and any(c["split"] == "test" for c in curves):
+        if start.is_file():
             outcomes += _outcome_rows(json.loads(start.read_text()), task, "start", 0)
+        if (study_dir.parent / "tuning.json").is_file() and study_dir.name == "tune":
+            (out / "tuning.json").parent.mkdir(parents=True, exist_ok=True)
+            (out / "tuning.json").write_text((study_dir.parent / "tuning.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     write_rows(out / OUTCOMES, OUTCOME_FIELDS, outcomes)
     write_rows(out / CURVES, CURVE_FIELDS, curves)
@@ -209,9 +213,47 @@ def validation_curves(curves: list[dict], task: str, arms: list[str]) -> tuple[l
     return lines, numbers
 
 
+def power(tuning: Path, plan: dict) -> tuple[list[str], dict]:
+    """Seeds and test problems for the final runs, sized from the tuning runs on validation: the variance
+    components of the baseline at its chosen rate, the arm x problem interaction between the primary arm and
+    the baseline, and the baseline's validated gain over the start (`popo.study.analysis`)."""
+    rows = read_rows(tuning / OUTCOMES, OUTCOME_FIELDS)
+    chosen = json.loads((tuning / "tuning.json").read_text())
+    label = chosen["key"].rsplit(".", 1)[-1]
+    name = {arm: f"{arm} {label}={chosen[arm]['chosen']}" for arm in plan["arms"] if arm in chosen}
+    task = plan["task"]
+    _, _, base = score_matrix(rows, task, name[plan["baseline"]], plan["metric"])
+    _, _, primary = score_matrix(rows, task, name[plan["primary"][0]], plan["metric"])
+    _, _, start = score_matrix(rows, task, "start", plan["metric"])
+    components = variance_components(base)
+    interaction = interaction_variance(primary, base)
+    gain = float(base.mean() - start.mean())
+    target = gain / 2
+    lines = [f"Baseline {name[plan['baseline']]} on validation ({base.shape[0]} seeds x {base.shape[1]} problems): "
+             f"gain over the start {gain:+.4f}; seed variance {components.seed:.2e}, residual variance "
+             f"{components.residual:.2e}; interaction variance with {name[plan['primary'][0]]} {interaction:.2e}.",
+             "", "| seeds per arm | test problems | SE of a difference | minimum detectable (80% power, 5%) | "
+             "at most half the gain |", "| --- | --- | --- | --- | --- |"]
+    grid = {}
+    for seeds in plan["power"]["seeds"]:
+        for problems in plan["power"]["problems"]:
+            se = difference_se(components, interaction, seeds, problems)
+            mde = minimum_detectable(se)
+            grid[f"{seeds}x{problems}"] = {"se": se, "mde": mde, "enough": mde <= target}
+            lines.append(f"| {seeds} | {problems} | {se:.4f} | {mde:.4f} | {'yes' if mde <= target else 'no'} |")
+    enough = [k for k, v in grid.items() if v["enough"]]
+    numbers = {"gain": gain, "target": target, "margin": plan["margin_share"] * gain, "seed_variance": components.seed,
+               "residual_variance": components.residual, "interaction_variance": interaction, "grid": grid,
+               "smallest_enough": enough[0] if enough else None}
+    lines += ["", f"Equivalence margin ({plan['margin_share']:.0%} of the gain): ±{numbers['margin']:.4f}. "
+              f"Smallest design in the grid that detects half the gain: {numbers['smallest_enough'] or 'none'}."]
+    return lines, numbers
+
+
 def report(folder: Path, plan: dict) -> dict:
     rows = read_rows(folder / OUTCOMES, OUTCOME_FIELDS)
-    curves = read_rows(folder / CURVES, CURVE_FIELDS) if (folder / CURVES).is_file() else []
+    tuning_curves = folder / "tuning" / CURVES
+    curves = read_rows(tuning_curves, CURVE_FIELDS) if tuning_curves.is_file() else []
     task, k = plan["task"], plan["k"]
     numbers: dict = {"plan": plan}
     sections = [f"# Study v3 ({task}): report\n",
@@ -254,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("studies", nargs="+", type=Path)
     c.add_argument("--task", required=True)
     c.add_argument("--out", required=True, type=Path)
+    w = sub.add_parser("power", help="seeds and test problems for the final runs, from the tuning runs' raw tables")
+    w.add_argument("folder", type=Path, help="the tuning data folder (outcomes.csv.gz, tuning.json)")
+    w.add_argument("--plan", required=True, type=Path)
     r = sub.add_parser("report", help="report.md and numbers.json from the raw tables")
     r.add_argument("folder", type=Path)
     r.add_argument("--plan", required=True, type=Path)
@@ -261,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "collect":
         n, m = collect(args.studies, args.task, args.out)
         print(f"{args.out}: {n} outcome rows, {m} curve rows")
+    elif args.command == "power":
+        lines, numbers = power(args.folder, json.loads(args.plan.read_text()))
+        (args.folder / "power.md").write_text("\n".join(lines) + "\n")
+        (args.folder / "power.json").write_text(json.dumps(numbers, indent=1) + "\n")
+        print("\n".join(lines))
     else:
         plan = json.loads(args.plan.read_text())
         numbers = report(args.folder, plan[args.folder.name] if args.folder.name in plan else plan)

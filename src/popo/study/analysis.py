@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,3 +153,52 @@ def curve_area(steps: list[int], values: list[float]) -> float:
     if len(steps) < 2:
         return float(values[0]) if values else float("nan")
     return float(np.trapezoid(values, steps) / (steps[-1] - steps[0]))
+
+
+@dataclass(frozen=True)
+class Components:
+    """Variance components of a [seeds, problems] score matrix under the two-way model
+    x_sp = mu + a_s + b_p + e_sp (seed effects a, problem effects b, residual e), by the method of moments."""
+
+    seed: float  # var(a_s): how much a whole run's mean moves with the seed
+    problem: float  # var(b_p)
+    residual: float  # var(e_sp): sampling noise of one problem's score in one run, and seed x problem interaction
+
+
+def variance_components(x: np.ndarray) -> Components:
+    """Unbiased mean-square estimates for a balanced two-way layout without replication (negative estimates,
+    possible by chance, are clipped to 0)."""
+    x = np.asarray(x, dtype=float)
+    s, p = x.shape
+    if s < 2 or p < 2:
+        raise ValueError(f"variance_components: need at least 2 seeds and 2 problems, got {x.shape}")
+    grand, rows, cols = x.mean(), x.mean(1, keepdims=True), x.mean(0, keepdims=True)
+    ms_rows = p * float(((rows - grand) ** 2).sum()) / (s - 1)
+    ms_cols = s * float(((cols - grand) ** 2).sum()) / (p - 1)
+    ms_res = float(((x - rows - cols + grand) ** 2).sum()) / ((s - 1) * (p - 1))
+    return Components(max(0.0, (ms_rows - ms_res) / p), max(0.0, (ms_cols - ms_res) / s), ms_res)
+
+
+def interaction_variance(treatment: np.ndarray, baseline: np.ndarray) -> float:
+    """var over problems of the true per-problem difference between two arms (the arm x problem interaction),
+    from [seeds, problems] matrices of each: the variance of the per-problem mean differences less the part
+    that the runs' own noise explains (clipped to 0)."""
+    a, b = np.asarray(treatment, dtype=float), np.asarray(baseline, dtype=float)
+    d = a.mean(0) - b.mean(0)  # [P]
+    noise = variance_components(a).residual / a.shape[0] + variance_components(b).residual / b.shape[0]
+    return max(0.0, float(d.var(ddof=1)) - noise)
+
+
+def difference_se(c: Components, interaction: float, seeds: int, problems: int) -> float:
+    """Standard error of the mean difference of two arms with `seeds` runs each on the same `problems`, seeds
+    and problems both random (what `two_way_bootstrap` resamples): 2 var(a)/S + var(interaction)/P +
+    2 var(e)/(S P), with both arms assumed to share the baseline's seed and residual variance."""
+    return math.sqrt(2 * c.seed / seeds + interaction / problems + 2 * c.residual / (seeds * problems))
+
+
+def minimum_detectable(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided level-`alpha` test detects with probability `power`:
+    (z_{1 - alpha/2} + z_{power}) se (normal approximation)."""
+    from scipy.stats import norm
+
+    return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * se)
