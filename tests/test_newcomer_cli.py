@@ -17,7 +17,7 @@ import torch
 
 from popo.cli import main
 from popo.config import load_config
-from popo.records import OUTCOMES_KEY, run_summary
+from popo.records import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY, run_summary
 
 SHORT_REWARD = '''
 def short(completions, **kwargs):
@@ -142,6 +142,10 @@ def test_a_training_run_logs_per_problem_outcomes_for_the_summary(finished_run):
     evaluated = [r for r in records if "eval/greedy_acc" in r]
     assert evaluated and all(len(r[OUTCOMES_KEY]) == 6 for r in evaluated)  # data.eval_size=6
     assert all(sum(r[OUTCOMES_KEY]) / 6 == pytest.approx(r["eval/greedy_acc"]) for r in evaluated)
+    # the sampled outcomes: correct samples per problem, the numbers behind avg@k
+    k = next(int(key.split("@")[1]) for key in evaluated[0] if key.startswith("eval/avg@"))
+    assert all(len(r[SAMPLE_OUTCOMES_KEY]) == 6 and all(0 <= c <= k for c in r[SAMPLE_OUTCOMES_KEY]) for r in evaluated)
+    assert all(sum(r[SAMPLE_OUTCOMES_KEY]) / (6 * k) == pytest.approx(r[f"eval/avg@{k}"]) for r in evaluated)
 
 
 # ---------------------------------------------------------------- 5. the continue command runs as printed

@@ -115,9 +115,10 @@ def evaluate_split(engine: RolloutEngine, prompts: Sequence[str], examples: Sequ
 
 
 def evaluate_split_per_problem(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
-                               protocol: EvalProtocol, dist: Dist) -> tuple[dict[str, float], list[float]]:
-    """`evaluate_split`'s numbers and, beside them, every problem's greedy reward (all ranks' slices, in
-    example order), so two evaluations of the same problems can be compared problem by problem."""
+                               protocol: EvalProtocol, dist: Dist) -> tuple[dict[str, float], list[float], list[float]]:
+    """`evaluate_split`'s numbers and, beside them, every problem's greedy reward and its number of correct samples
+    (all ranks' slices, in example order; the counts are empty without samples), so two evaluations of the same
+    problems can be compared problem by problem."""
     n, rank, world = len(examples), dist.rank, dist.world
     lo, hi = rank * n // world, (rank + 1) * n // world
     result = (evaluate(engine, prompts[lo:hi], examples[lo:hi], verifier, protocol, first_index=lo)
@@ -125,7 +126,11 @@ def evaluate_split_per_problem(engine: RolloutEngine, prompts: Sequence[str], ex
     part = result.summary() if result is not None else {}
     keys = dist.union_keys(list(part))
     greedy = [0.0] * n  # this rank's slice filled in, the others' left 0: the sum over ranks is every problem's
+    correct = [0.0] * (n if protocol.k > 0 else 0)
     if result is not None:
         greedy[lo:hi] = result.greedy_correct.tolist()
-    sums = dist.sum_values([part.get(k, 0.0) * (hi - lo) for k in keys] + greedy)
-    return {k: total / n for k, total in zip(keys, sums)}, sums[len(keys):]
+        if protocol.k > 0:
+            correct[lo:hi] = result.correct.sum(1).tolist()
+    sums = dist.sum_values([part.get(k, 0.0) * (hi - lo) for k in keys] + greedy + correct)
+    return ({k: total / n for k, total in zip(keys, sums)}, sums[len(keys):len(keys) + n],
+            sums[len(keys) + n:])

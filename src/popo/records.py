@@ -111,6 +111,9 @@ def _eval_text(record: dict) -> str:
 OUTCOMES_KEY = "held_out/greedy_rewards"
 """Key of an evaluation record's per-problem greedy rewards in `metrics.jsonl` (the numbers behind
 `eval/greedy_acc`, in problem order): what the end-of-run summary's paired test compares."""
+SAMPLE_OUTCOMES_KEY = "held_out/sample_correct"
+"""Key of an evaluation record's per-problem number of correct samples (of `train.eval_samples`) in
+`metrics.jsonl`, the numbers behind `eval/avg@k` and `eval/pass@k` (absent without samples)."""
 SIGNIFICANCE = 0.05
 """The summary warns that a run made the model worse only when the paired test's p-value is below this."""
 

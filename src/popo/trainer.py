@@ -30,7 +30,7 @@ from popo.ema import ema_tau
 from popo.errors import TrainingHalted
 from popo.evaluate import EvalProtocol, evaluate_split_per_problem, run_protocol, score_rollouts
 from popo.models import Models
-from popo.records import OUTCOMES_KEY, Progress, StepTimer, run_summary, step_record
+from popo.records import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY, Progress, StepTimer, run_summary, step_record
 from popo.rewards.composite import reward_metrics
 from popo.rollout.base import RolloutEngine, Rollouts, SamplingParams
 from popo.rollout.hf import concat_rollouts
@@ -287,14 +287,19 @@ class Trainer:
         return self._evaluate_per_problem()[0]
 
     def _evaluate_per_problem(self) -> tuple[dict[str, float], dict[str, list]]:
-        """`evaluate()` and, for the metrics log only, each problem's greedy reward under `OUTCOMES_KEY`
-        (kept out of the returned history and the trackers: the end-of-run summary's paired test reads it)."""
+        """`evaluate()` and, for the metrics log only, each problem's greedy reward under `OUTCOMES_KEY` and
+        number of correct samples under `SAMPLE_OUTCOMES_KEY` (kept out of the returned history and the
+        trackers: the end-of-run summary's paired test and the studies' per-problem tables read them)."""
         if not len(self.eval_set):
             return {}, {}
         with self.models.gathered():  # weights gathered once for the generation
-            result, greedy = evaluate_split_per_problem(self.engine, self.eval_set.prompts, self.eval_set.examples,
-                                                        self.verifier, self.evaluation_protocol(), self.dist)
-        return {f"eval/{k}": v for k, v in result.items()}, {OUTCOMES_KEY: [_plain_number(v) for v in greedy]}
+            result, greedy, correct = evaluate_split_per_problem(
+                self.engine, self.eval_set.prompts, self.eval_set.examples, self.verifier, self.evaluation_protocol(),
+                self.dist)
+        outcomes = {OUTCOMES_KEY: [_plain_number(v) for v in greedy]}
+        if correct:
+            outcomes[SAMPLE_OUTCOMES_KEY] = [_plain_number(v) for v in correct]
+        return {f"eval/{k}": v for k, v in result.items()}, outcomes
 
     def run(self) -> list[dict]:
         c, history, started = self.config, [], time.perf_counter()

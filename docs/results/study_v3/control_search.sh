@@ -19,7 +19,29 @@ EVAL=(data.eval_source=testbed data.eval_size=500 train.eval_every=50 train.eval
 popo sft "${TASK[@]}"
 
 # Stage 1: the stability boundary in the learning rate, with and without a linear warm-up of the rate
-# (10% of the steps), 16 prompts x 8, 400 steps, seed 0.
+# (10% of the steps), 16 prompts x 8, 400 steps, seed 0. (1e-3 was in the first grid and dropped before it
+# ran, once 3e-4 had collapsed with and without the warm-up: the boundary lies below 3e-4.)
 popo sweep "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=16 rollout.group_size=8 \
-    --methods grpo --grid optim.lr=3e-5,1e-4,3e-4,1e-3 --grid optim.warmup_ratio=0,0.1 --seeds 1 \
+    --methods grpo --grid optim.lr=3e-5,1e-4,3e-4 --grid optim.warmup_ratio=0,0.1 --seeds 1 \
     --out "$OUT/stage1" "${PAR[@]}"
+
+# Stage 2 (after stage 1: 3e-4 collapses with or without the warm-up of the rate; 3e-5 and 1e-4 learn and are
+# still rising at step 400). (a) Where the curves level off: the two stage-1 runs without a warm-up of the
+# rate (constant schedule, so continuing them changes nothing but the length) continued from step 400 to
+# 1000 in copies of their folders. (b) 32 prompts per step at 1e-4. (c) The boundary between 1e-4 and 3e-4:
+# 2e-4, and 3e-4 with Adam's beta2 = 0.99 (a second-moment estimate that follows the gradient scale faster).
+S1=$OUT/stage1 S2=$OUT/stage2
+mkdir -p "$S2/continued"
+continue_run() {  # continue_run SOURCE NAME: copy a finished stage-1 run and train it on to step 1000
+  [ -d "$S2/continued/$2" ] || cp -r "$1" "$S2/continued/$2"
+  OMP_NUM_THREADS=1 popo train --resume "$S2/continued/$2" train.steps=1000 > "$S2/continued/$2.log" 2>&1
+}
+continue_run "$S1/grpo_lr_3e-5_warmup_ratio_0/seed-0" grpo-lr-3e-5 &
+continue_run "$S1/grpo_lr_1e-4_warmup_ratio_0/seed-0" grpo-lr-1e-4 &
+wait
+popo sweep "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=16 rollout.group_size=8 \
+    --methods grpo --grid optim.lr=2e-4 --seeds 1 --out "$S2/boundary" "${PAR[@]}"
+popo sweep "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=16 rollout.group_size=8 \
+    optim.betas=0.9,0.99 --methods grpo --grid optim.lr=3e-4 --seeds 1 --out "$S2/beta2" "${PAR[@]}"
+popo sweep "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=32 rollout.group_size=8 \
+    --methods grpo --grid optim.lr=1e-4 --seeds 1 --out "$S2/batch32" "${PAR[@]}"
