@@ -25,17 +25,19 @@ def without_timing(rows: list[dict]) -> list[dict]:
 
 def test_the_demo_runs_countdown_and_each_method_at_its_tuned_rate():
     full = demo_overrides(quick=False)
-    assert "testbed.task=countdown" in full and "testbed.numbers=4" in full
+    assert "testbed.task=countdown" in full and "testbed.numbers=3" in full and "testbed.max_number=20" in full
     assert "testbed.task=countdown" in demo_overrides(quick=True)
     assert not any(o.startswith("optim.lr=") for o in full)  # per method, from the study's tuning
     assert set(LEARNING_RATES) == set(METHODS)
 
 
-def test_the_demo_rates_are_the_ones_study_v2_chose_on_validation():
-    tuning = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_v2" / "countdown" / "tuning.json"
+def test_the_demo_rates_are_the_ones_study_v3_chose_on_validation():
+    tuning = (Path(__file__).resolve().parents[1] / "docs" / "results" / "study_v3" / "countdown" / "tuning" /
+              "tuning.json")
     chosen = json.loads(tuning.read_text())
-    assert chosen["metric"].startswith("validation")
+    assert chosen["metric"] == "validation avg@16"
     assert {m: chosen[m]["chosen"] for m in METHODS} == LEARNING_RATES
+    assert not any(chosen[m]["at_edge"] for m in METHODS)  # each rate lies inside its grid
 
 
 @pytest.mark.slow
@@ -45,8 +47,16 @@ def test_side_by_side_equals_one_process_and_the_report_has_the_diagnostics(tmp_
     two = run_demo(tmp_path / "two", quick=True, extra=tiny_demo, workers=2, log=lambda _: None)
     assert [r["method"] for r in one] == ["warmed-up start", *METHODS]
     assert without_timing(one) == without_timing(two)
-    assert json.loads((tmp_path / "two" / "results.json").read_text())[1]["method"] == "popo"
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["rows"][1]["method"] == "popo"
     report = (tmp_path / "two" / "report.md").read_text()
+    assert "smoke test" in report and "popo − grpo" in report
+    # the movement table from the per-problem outcomes: its means are the table's end minus start
+    start, popo_row = one[0], one[1]
+    moved = results["movement"]["popo − start"]
+    assert moved["greedy"]["estimate"] == pytest.approx(popo_row["greedy_acc"] - start["greedy_acc"], abs=1e-9)
+    assert moved["avg"]["estimate"] == pytest.approx(popo_row["avg@4"] - start["avg@4"], abs=1e-9)
+    assert moved["avg"]["low"] <= moved["avg"]["estimate"] <= moved["avg"]["high"]
     assert "side by side in 2 processes" in report and "countdown with 3 numbers" in report
     assert "| popo |" in report and "| grpo |" in report and "cos(full, NLL)" in report
     assert (tmp_path / "one" / "learning_curve.png").is_file()

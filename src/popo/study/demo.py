@@ -1,9 +1,11 @@
-"""`popo demo`, a preset study: warm up the embedded testbed on countdown (the task where POPO's weights and
-similarity term have distinct positives to act on), train POPO and GRPO from the same start with the same
-rollout budget (one seed each, each at the learning rate study v2 chose for it on the validation split),
-evaluate them on the test split and write the report (results table, diagnostics, learning curve; helpers
-shared with `popo.study.report`). The two methods train side by side in two processes when two cores are
-free. `popo compare` runs the same kind of study over several seeds."""
+"""`popo demo`, a preset study: from the shipped warm start on study v3's countdown task (the task where POPO's
+weights and similarity term have distinct positives to act on, and where study v3's positive control showed
+that GRPO learns), train POPO and GRPO with the same rollout budget (one seed each, each at the learning rate
+study v3 chose for it on the validation split), evaluate them on the test split and write the report: how far
+each method moved from the start, with intervals over problems (per-problem outcomes from `metrics.jsonl`),
+the gap between them with its own interval, diagnostics and a learning curve (helpers shared with
+`popo.study.report`). The two methods train side by side in two processes when two cores are free.
+`popo compare` runs the same kind of study over several seeds."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from popo.config import Config, load_config
@@ -23,28 +26,32 @@ from popo.build import build_trainer, resolve_model_path
 from popo.study.runs import env_threads, worker_pool
 
 METHODS = ("popo", "grpo")
-# Each method's learning rate as study v2 chose it on countdown's validation split (3 values x 3 seeds,
-# docs/results/study_v2/countdown/tuning.json); the demo itself chooses nothing.
-LEARNING_RATES = {"popo": "5e-5", "grpo": "2e-5"}
-COUNTDOWN = ["testbed.task=countdown", "testbed.numbers=4", "testbed.max_number=9", "testbed.warmup_steps=800",
-             "rollout.max_new_tokens=32"]  # study v2's countdown recipe; its warm start ships with popo
+# Each method's learning rate as study v3 chose it on the validation split of this task (5 rates x 3 seeds,
+# docs/results/study_v3/countdown/tuning/tuning.json); the demo itself chooses nothing.
+LEARNING_RATES = {"popo": "1e-4", "grpo": "1e-4"}
+COUNTDOWN = ["testbed.task=countdown", "testbed.numbers=3", "testbed.max_number=20", "testbed.warmup_steps=800",
+             "testbed.test_size=2000", "testbed.validation_size=500",
+             "rollout.max_new_tokens=32"]  # study v3's task; its warm start ships with popo
+STEPS = 400
+"""The demo's budget: steps of 16 prompts x 8 rollouts (study v3's batch)."""
 DIAGNOSTIC_PREFIXES = ("distinct_positive_frac", "multi_distinct_frac", "weight_dev_uniform", "grad_share/",
                        "grad_cos/", "grad_cos_positive_nll")
 
 
 def demo_overrides(quick: bool) -> list[str]:
     """The demo's settings on top of the defaults (the learning rate is per method: `method_overrides`);
-    `quick` is the same pipeline on a smaller task and budget. The demo chooses nothing (its settings are
-    fixed), so its table is the test split's: `testbed:test`."""
+    `quick` is a smoke test of the same pipeline on a smaller task and budget, whose numbers mean nothing. The
+    demo chooses nothing (its settings are fixed), so its table is the test split's: `testbed:test` (its first
+    500 problems, 16 samples each)."""
     common = ["model.name=testbed", "data.source=testbed", "data.eval_source=testbed:test", "train.save_every=0",
-              "train.overwrite=true", "rollout.prompts_per_step=32", "rollout.group_size=8", "train.eval_samples=4"]
+              "train.overwrite=true", "rollout.group_size=8"]
     if quick:
         return common + ["testbed.task=countdown", "testbed.numbers=3", "testbed.test_size=300",
-                         "testbed.validation_size=200", "testbed.warmup_steps=200",
+                         "testbed.validation_size=200", "testbed.warmup_steps=200", "rollout.prompts_per_step=32",
                          "rollout.max_new_tokens=24", "train.steps=12", "train.eval_every=6", "data.eval_size=200",
-                         "train.diag_every=6"]
-    return common + COUNTDOWN + ["train.steps=100", "train.eval_every=50", "data.eval_size=1000",
-                                 "train.diag_every=10"]
+                         "train.diag_every=6", "train.eval_samples=4"]
+    return common + COUNTDOWN + ["rollout.prompts_per_step=16", f"train.steps={STEPS}", f"train.eval_every={STEPS // 4}",
+                                 "data.eval_size=500", "train.eval_samples=16", "train.diag_every=20"]
 
 
 def method_overrides(method: str) -> list[str]:
@@ -121,12 +128,69 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, extra: l
     rows.insert(0, {"method": "warmed-up start", **start_eval})
     table = results_table(rows, k)
     plot_learning_curves(histories, out / "learning_curve.png", start_eval.get("greedy_acc"))
+    lifts = movement(out, k)
     total = time.perf_counter() - started
-    write_demo_report(out, table, config, overrides, rows, total, quick, workers, warmup_s)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
-    log("\n" + table)
+    write_demo_report(out, table, config, overrides, rows, total, quick, workers, warmup_s, lifts)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "movement": lifts}, indent=1))
+    log("\n" + table + "\n\n" + movement_table(lifts, k))
     log(f"\nreport: {out / 'report.md'}   total wall time {total:.0f}s")
     return rows
+
+
+def problem_scores(run_dir: Path, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(start, end) per-problem scores of one demo run, from the first and last evaluation in its metrics.jsonl:
+    greedy (0/1), avg (correct samples / k) and pass (unbiased pass@k)."""
+    from popo.records import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY
+    from popo.study.analysis import pass_at
+    from popo.tracking import read_metrics
+
+    evaluated = [r for r in read_metrics(run_dir / "metrics.jsonl") if OUTCOMES_KEY in r]
+
+    def scores(record: dict) -> dict[str, np.ndarray]:
+        out = {"greedy": np.array(record[OUTCOMES_KEY], dtype=float)}
+        if k and SAMPLE_OUTCOMES_KEY in record:
+            correct = np.array(record[SAMPLE_OUTCOMES_KEY], dtype=float)
+            out.update(avg=correct / k, pass_=pass_at(correct, k, k))
+        return out
+
+    return scores(evaluated[0]), scores(evaluated[-1])
+
+
+def movement(out: Path, k: int) -> dict:
+    """Each method's end minus the start, and POPO minus GRPO at the end, per metric: the mean over the test
+    problems with a 95% bootstrap interval over problems (one seed: the interval counts the test set's finite
+    size, not the seed-to-seed spread, which the multi-seed study measures)."""
+    from popo.study.analysis import two_way_bootstrap
+
+    ends, start = {}, None
+    for method in METHODS:
+        first, last = problem_scores(out / method, k)
+        start, ends[method] = start or first, last
+    result: dict = {}
+    pairs = [(f"{m} − start", ends[m], start) for m in METHODS] + [("popo − grpo", ends["popo"], ends["grpo"])]
+    for label, a, b in pairs:
+        result[label] = {}
+        for metric in a:
+            t = two_way_bootstrap(a[metric][None, :], b[metric][None, :], resamples=4000)
+            result[label][metric.rstrip("_")] = {"estimate": t.estimate, "low": t.low, "high": t.high,
+                                                 "se": _paired_se(a[metric] - b[metric])}
+    return result
+
+
+def _paired_se(diff: np.ndarray) -> float:
+    """Standard error of a mean paired difference over problems (sample sd / sqrt(n))."""
+    return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+
+
+def movement_table(lifts: dict, k: int) -> str:
+    names = {"greedy": "greedy acc", "avg": f"avg@{k}", "pass": f"pass@{k}"}
+    metrics = [m for m in names if m in next(iter(lifts.values()))]
+    lines = ["| difference | " + " | ".join(f"Δ {names[m]} [95% interval over problems]" for m in metrics) + " |",
+             "|" + " --- |" * (1 + len(metrics))]
+    for label, by in lifts.items():
+        lines.append(f"| {label} | " + " | ".join(
+            f"{by[m]['estimate']:+.3f} [{by[m]['low']:+.3f}, {by[m]['high']:+.3f}]" for m in metrics) + " |")
+    return "\n".join(lines)
 
 
 def results_table(rows: list[dict[str, Any]], k: int) -> str:
@@ -158,10 +222,32 @@ def demo_diagnostics(rows: list[dict]) -> str:
     return "\n".join(lines) if rows else "(no diagnostics logged: train.diag_every=0)"
 
 
+def movement_reading(lifts: dict, k: int) -> str:
+    """Plain sentences for the movement table: whether each method's interval clears the start, and the gap."""
+    def verdict(d: dict) -> str:
+        return "rose" if d["low"] > 0 else "fell" if d["high"] < 0 else "did not move beyond the noise"
+
+    lines = []
+    for method in METHODS:
+        by = lifts[f"{method} − start"]
+        parts = [f"{name} {verdict(by[m])} ({by[m]['estimate']:+.3f})" for m, name in
+                 (("avg", f"avg@{k}"), ("greedy", "greedy accuracy"), ("pass", f"pass@{k}")) if m in by]
+        lines.append(f"- {method.upper()}: " + ", ".join(parts) + ".")
+    gap = lifts["popo − grpo"]
+    metric = "avg" if "avg" in gap else "greedy"
+    lines.append(f"- POPO − GRPO at the end: {gap[metric]['estimate']:+.3f} on {'avg@' + str(k) if metric == 'avg' else 'greedy accuracy'} "
+                 f"(standard error of the gap over problems {gap[metric]['se']:.3f}; one seed, so seed-to-seed "
+                 "variation, which is larger, is not in it).")
+    return "\n".join(lines)
+
+
 def write_demo_report(out: Path, table: str, config: Config, overrides: list[str], rows: list[dict],
-                      total_s: float, quick: bool, workers: int = 1, warmup_s: float = 0.0) -> None:
-    """The demo's report.md: task, budget, the results table, the training-time comparison and the command."""
+                      total_s: float, quick: bool, workers: int = 1, warmup_s: float = 0.0,
+                      lifts: dict | None = None) -> None:
+    """The demo's report.md: task, budget, the results table, how far each method moved, the training-time
+    comparison, the diagnostics and the command."""
     by = {r["method"]: r for r in rows}
+    k = config.train.eval_samples
     ratio = ""
     if "popo" in by and "grpo" in by and by["grpo"].get("train_s"):
         ratio = (f"POPO's training phase took {by['popo']['train_s']:.1f}s against GRPO's "
@@ -171,21 +257,32 @@ def write_demo_report(out: Path, table: str, config: Config, overrides: list[str
                  f"{by['grpo']['forwarded_rollouts']:.0f} of the {by['grpo']['trained_rollouts']:.0f} in its "
                  f"batches: GRPO skips the "
                  f"rows whose advantage is exactly zero, those of prompts whose rollouts all got the same reward).\n")
-    p = min(max(by.get("warmed-up start", {}).get("greedy_acc") or 0.3, 0.05), 0.95)
     rates = ", ".join(f"{r['method']} {r['lr']:g}" for r in rows if "lr" in r)
+    moved = (f"""How far each method moved from the start, and the gap between them (means over the
+{config.data.eval_size} test problems, each method's end minus the start on the same problems; 95% percentile
+bootstrap intervals over problems):
+
+{movement_table(lifts, k)}
+
+{movement_reading(lifts, k)}
+""" if lifts else "")
+    smoke = ("**This is a smoke test of the pipeline** (a few steps on an easier task, with the full demo's "
+             "rates): its numbers mean nothing, and the methods may end below their start. `make demo` is the "
+             "demonstration.\n\n" if quick else "")
     text = f"""# popo demo{' (quick)' if quick else ''}
 
-Task: {task_line(config)} (reward 1 only for a
+{smoke}Task: {task_line(config)} (reward 1 only for a
 right, well-formed answer). Model: the embedded tiny Qwen2, warmed up by imitation on one solution
-drawn at random per example from all of a problem's solutions. Both methods start from the same
-warmed-up checkpoint and sample the same number of rollouts ({config.train.steps} steps x
-{config.rollout.prompts_per_step} prompts x {config.rollout.group_size}), each at the learning rate chosen
-for it on 4-number countdown's validation split by study v2 ({rates}{'; the quick task reuses them' if quick else ''}).
-Evaluation: {config.data.eval_size} held-out problems never used in training; greedy accuracy and
-avg@{config.train.eval_samples} / pass@{config.train.eval_samples} sampled at temperature {config.rollout.temperature}.
+drawn at random per example from all of a problem's solutions (shipped with popo: every machine starts
+from the same weights). Both methods start from that checkpoint and sample the same number of rollouts
+({config.train.steps} steps x {config.rollout.prompts_per_step} prompts x {config.rollout.group_size}), each at
+the learning rate study v3 chose for it on this task's validation split ({rates}).
+Evaluation: the first {config.data.eval_size} problems of the test split, never used in training or in any
+choice; greedy accuracy, and avg@{k} / pass@{k} from {k} samples at temperature {config.rollout.temperature}.
 
 {table}
 
+{moved}
 {ratio}
 Did the methods' components act? Means over the steps with diagnostics (`popo.diagnostics`): the share
 of distinct strings among a prompt's positives, the share of prompts whose positives differ at all (both
@@ -194,15 +291,11 @@ term's share of the gradient norm, and the cosine between the full gradient and 
 
 {demo_diagnostics(rows)}
 
-What one seed can show: that the pipeline runs, what each method costs (rows and tokens through the
-forward and backward pass, seconds),
-and whether POPO's weights and similarity term had anything to act on (the diagnostics). What it cannot
-show: which method is better. Differences of a few points are within noise (the standard error of a
-greedy accuracy near {p:.2f} on {config.data.eval_size} problems is about
-{(p * (1 - p) / max(1, config.data.eval_size)) ** 0.5:.3f}, and seeds differ by more); `popo compare` over
-several seeds, with learning rates chosen on validation (`--tune`), is the tool for claims. What it found on
-4-number countdown (study v2, 5 seeds, docs/results.md): POPO and GRPO equivalent within ±0.02 greedy
-accuracy, and every RL method narrowing pass@256 while raising pass@1.
+What one seed can show: that both methods learn on this task from this start, what each costs (rows and
+tokens through the forward and backward pass, seconds), and whether POPO's weights and similarity term had
+anything to act on. What it cannot show: which method is better; the gap's interval counts only the test
+problems, and seeds differ by more. Study v3 (`docs/results/study_v3/`, several seeds, rates chosen on
+validation, a positive control first) is the tool for that.
 
 ![learning curve](learning_curve.png)
 

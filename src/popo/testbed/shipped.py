@@ -28,13 +28,14 @@ from popo.errors import SetupError
 MANIFEST = "MANIFEST.json"
 
 # The configurations whose warm-up is shipped (each is `popo sft` overrides on top of the defaults):
-# the default `popo train` (addition), `testbed.task=countdown`, the demo's start (study v2's 4-number
-# countdown, 800 steps) and `popo demo --quick` (3-number countdown, 200 steps). They must match
+# the default `popo train` (addition), `testbed.task=countdown`, the demo's start (study v3's 3-number
+# countdown with numbers up to 20, 800 steps) and `popo demo --quick` (3-number countdown, 200 steps). They must match
 # `popo.study.demo` (tests/test_shipped_warm_starts.py checks that every one of them resolves to a shipped copy).
 SHIPPED = {
     "addition": [],
     "countdown": ["testbed.task=countdown"],
-    "demo": ["testbed.task=countdown", "testbed.numbers=4", "testbed.max_number=9", "testbed.warmup_steps=800"],
+    "demo": ["testbed.task=countdown", "testbed.numbers=3", "testbed.max_number=20", "testbed.warmup_steps=800",
+             "testbed.test_size=2000", "testbed.validation_size=500"],  # study v3's task (and the demo's)
     "demo-quick": ["testbed.task=countdown", "testbed.numbers=3", "testbed.test_size=300", "testbed.validation_size=200",
                    "testbed.warmup_steps=200"],
 }
