@@ -66,8 +66,8 @@ def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
                                        "k": k})
                 if (run / "problems.json").is_file():
                     outcomes += _outcome_rows(json.loads((run / "problems.json").read_text()), task, variant.name, seed)
-        if start.is_file():
-            outcomes += _outcome_rows(json.loads(start.read_text()), task, "start", 0)
+        if start.is_file() and not any(r["method"] == "start" for r in outcomes):  # one start: every study
+            outcomes += _outcome_rows(json.loads(start.read_text()), task, "start", 0)  # starts from it
         if (study_dir.parent / "tuning.json").is_file() and study_dir.name == "tune":
             (out / "tuning.json").parent.mkdir(parents=True, exist_ok=True)
             (out / "tuning.json").write_text((study_dir.parent / "tuning.json").read_text())
@@ -213,6 +213,38 @@ def validation_curves(curves: list[dict], task: str, arms: list[str]) -> tuple[l
     return lines, numbers
 
 
+def control_search(root: Path, out: Path) -> list[str]:
+    """The control search's validation curves: every run folder under `root` (finished or not), its avg@16 at
+    each evaluation, and its final greedy accuracy, avg@16 and pass@16; the curves are also written raw
+    (``curves.csv.gz`` in `out`)."""
+    curves, lines = [], []
+    header = None
+    for metrics in sorted(root.rglob("metrics.jsonl")):
+        run = metrics.parent
+        name = run.relative_to(root).as_posix()
+        evals = [r for r in read_metrics(metrics) if "eval/greedy_acc" in r]
+        if not evals:
+            continue
+        k = next(int(key.split("@")[1]) for key in evals[0] if key.startswith("eval/avg@"))
+        for r in evals:
+            curves.append({"task": "countdown", "split": "validation", "method": name, "seed": 0, "step": r["step"],
+                           "greedy_acc": r["eval/greedy_acc"], "avg": r[f"eval/avg@{k}"], "pass": r[f"eval/pass@{k}"],
+                           "k": k})
+        if header is None:
+            header = [f"| run | state | avg@{k} at steps 0, 50, 100, ... | final step | greedy | avg@{k} | pass@{k} |",
+                      "|" + " --- |" * 7]
+        last = evals[-1]
+        planned = yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"]
+        reached = read_metrics(metrics)[-1]["step"]
+        state = "finished" if reached >= planned else f"stopped at step {reached} of {planned}"
+        lines.append(f"| {name} | {state} | " + " ".join(f"{r[f'eval/avg@{k}']:.3f}" for r in evals) +
+                     f" | {last['step']} | {last['eval/greedy_acc']:.3f} | {last[f'eval/avg@{k}']:.3f} | "
+                     f"{last[f'eval/pass@{k}']:.3f} |")
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows(out / CURVES, CURVE_FIELDS, curves)
+    return (header or []) + lines
+
+
 def power(tuning: Path, plan: dict) -> tuple[list[str], dict]:
     """Seeds and test problems for the final runs, sized from the tuning runs on validation: the variance
     components of the baseline at its chosen rate, the arm x problem interaction between the primary arm and
@@ -296,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("studies", nargs="+", type=Path)
     c.add_argument("--task", required=True)
     c.add_argument("--out", required=True, type=Path)
+    cs = sub.add_parser("control", help="the control search's validation curves (table and raw curves)")
+    cs.add_argument("root", type=Path)
+    cs.add_argument("--out", required=True, type=Path)
     w = sub.add_parser("power", help="seeds and test problems for the final runs, from the tuning runs' raw tables")
     w.add_argument("folder", type=Path, help="the tuning data folder (outcomes.csv.gz, tuning.json)")
     w.add_argument("--plan", required=True, type=Path)
@@ -306,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "collect":
         n, m = collect(args.studies, args.task, args.out)
         print(f"{args.out}: {n} outcome rows, {m} curve rows")
+    elif args.command == "control":
+        lines = control_search(args.root, args.out)
+        (args.out / "control_search.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
     elif args.command == "power":
         lines, numbers = power(args.folder, json.loads(args.plan.read_text()))
         (args.folder / "power.md").write_text("\n".join(lines) + "\n")
