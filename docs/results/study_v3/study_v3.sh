@@ -19,13 +19,13 @@ TASK=(testbed.task=countdown testbed.numbers=3 testbed.max_number=20 testbed.war
       testbed.test_size=2000 testbed.validation_size=500 rollout.max_new_tokens=32)
 # The budget (control search, stage 2: validation avg@16 levels off by 400-500 steps): 500 steps x 16 x 8.
 TRAIN=(train.steps=500 rollout.prompts_per_step=16 rollout.group_size=8 train.save_every=50 train.diag_every=50)
-# Tuning: validation (500 problems) every 100 steps, greedy + 16 samples; the rate maximising the final
-# validation avg@16 over 3 seeds, from 5 log-spaced values over 2 decades.
+# Tuning: validation (500 problems) at steps 0, 250 and 500, greedy + 16 samples; the rate maximising the
+# final validation avg@16 over 3 seeds, from 5 log-spaced values over 2 decades.
 TUNE=(--tune optim.lr=3e-6,1e-5,3e-5,1e-4,3e-4 --tune-seeds 3 --tune-metric avg@16)
-EVAL=(data.eval_size=500 train.eval_every=100 train.eval_samples=16)
+EVAL=(data.eval_size=500 train.eval_every=250 train.eval_samples=16)
 # The final runs evaluate all 2,000 test problems, at the start and the end only.
 FINAL=(--final-set data.eval_size=2000 --final-set train.eval_every=500)
-TUNED=grpo,popo,raft,nsr,w-reinforce
+TUNED=${TUNED:-grpo,popo,raft,nsr,w-reinforce}  # TUNED=grpo,popo runs the primary pair's tuning first
 SEEDS=${SEEDS:-10}  # fixed by phase 2 (power.md) and written into the pre-registration before phase 3
 
 popo sft "${TASK[@]}"  # the shipped warm start (installed, not rebuilt)
@@ -39,10 +39,10 @@ case "$PHASE" in
   final)
     popo compare "${TASK[@]}" "${TRAIN[@]}" "${EVAL[@]}" --methods "$TUNED" "${TUNE[@]}" --seeds "$SEEDS" \
         "${FINAL[@]}" --out "$OUT/countdown" "${PAR[@]}"
-    # POPO's ablations at POPO's chosen rate (they isolate a component of POPO, everything else held fixed)
+    # POPO's ablation at POPO's chosen rate (it isolates a component of POPO, everything else held fixed)
     LR=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['popo']['chosen'])" "$OUT/countdown/tuning.json")
     popo compare "${TASK[@]}" "${TRAIN[@]}" data.eval_size=2000 train.eval_every=500 train.eval_samples=16 \
-        optim.lr="$LR" data.eval_source=testbed:test --methods popo-uniform,popo-nosim,popo-frozen \
+        optim.lr="$LR" data.eval_source=testbed:test --methods popo-nosim \
         --seeds "$SEEDS" --seed-start 3 --out "$OUT/countdown-ablations" "${PAR[@]}"
     python docs/results/study_v3/derive.py collect "$OUT/countdown" "$OUT/countdown-ablations" --task countdown \
         --out "$DATA"
