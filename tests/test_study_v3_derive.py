@@ -118,7 +118,8 @@ def test_power_from_the_tuning_runs(fixture):
     assert numbers["margin"] == pytest.approx(0.25 * numbers["gain"], abs=1e-12)
     grid = numbers["grid"]
     assert grid["10x2000"]["se"] < grid["5x2000"]["se"] and grid["5x2000"]["se"] < grid["5x30"]["se"]
-    assert "minimum detectable" in out
+    assert "minimum detectable" in out and "positive control passed on validation" in out
+    assert numbers["control"]["avg"]["estimate"] == pytest.approx(numbers["gain"], abs=1e-12)
 
 
 def test_a_failed_control_reports_no_comparison(fixture):

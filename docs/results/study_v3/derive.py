@@ -131,7 +131,7 @@ def control(rows: list[dict], task: str, plan: dict) -> tuple[list[str], dict]:
         lines.append(f"| {name} | {_fmt(t.estimate, True)} | [{_fmt(t.low, True)}, {_fmt(t.high, True)}] | "
                      f"{_p(t.p_difference)} |")
     lines += [""] + [f"- {'passed' if ok else 'FAILED'}: {name}" for name, ok in checks.items()]
-    lines.append(f"\n**The positive control {'passed' if passed else 'failed'} on test.**")
+    lines.append(f"\n**The positive control {'passed' if passed else 'failed'} on {plan.get('split', 'test')}.**")
     numbers = {"passed": passed, "checks": checks,
                **{name: {"estimate": t.estimate, "low": t.low, "high": t.high, "p": t.p_difference}
                   for name, t in (("avg", lift), ("greedy", greedy))}}
@@ -261,7 +261,9 @@ def power(tuning: Path, plan: dict) -> tuple[list[str], dict]:
     interaction = interaction_variance(primary, base)
     gain = float(base.mean() - start.mean())
     target = gain / 2
-    lines = [f"Baseline {name[plan['baseline']]} on validation ({base.shape[0]} seeds x {base.shape[1]} problems): "
+    control_lines, control_numbers = control(rows, task, {**plan, "baseline": name[plan["baseline"]], "split": "validation"})
+    lines = ["Positive control on validation (the tuning seeds of the baseline at its chosen rate against the "
+             "start):", "", *control_lines, "", f"Baseline {name[plan['baseline']]} on validation ({base.shape[0]} seeds x {base.shape[1]} problems): "
              f"gain over the start {gain:+.4f}; seed variance {components.seed:.2e}, residual variance "
              f"{components.residual:.2e}; interaction variance with {name[plan['primary'][0]]} {interaction:.2e}.",
              "", "| seeds per arm | test problems | SE of a difference | minimum detectable (80% power, 5%) | "
@@ -274,7 +276,8 @@ def power(tuning: Path, plan: dict) -> tuple[list[str], dict]:
             grid[f"{seeds}x{problems}"] = {"se": se, "mde": mde, "enough": mde <= target}
             lines.append(f"| {seeds} | {problems} | {se:.4f} | {mde:.4f} | {'yes' if mde <= target else 'no'} |")
     enough = [k for k, v in grid.items() if v["enough"]]
-    numbers = {"gain": gain, "target": target, "margin": plan["margin_share"] * gain, "seed_variance": components.seed,
+    numbers = {"control": control_numbers, "gain": gain, "target": target, "margin": plan["margin_share"] * gain,
+               "seed_variance": components.seed,
                "residual_variance": components.residual, "interaction_variance": interaction, "grid": grid,
                "smallest_enough": enough[0] if enough else None}
     lines += ["", f"Equivalence margin ({plan['margin_share']:.0%} of the gain): ±{numbers['margin']:.4f}. "
