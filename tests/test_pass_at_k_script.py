@@ -73,7 +73,7 @@ def test_pass_at_k_script_writes_resumes_and_checks_problems(tmp_path, one_threa
     start, seed0, seed1 = outcomes
     assert start["protocol"]["seed"] == seed0["protocol"]["seed"] == eval_seed(0) != seed1["protocol"]["seed"]
     assert (start["correct"], start["greedy"]) == (seed0["correct"], seed0["greedy"])
-    assert "| *start* | - |" in text and "| popo | 2 |" in text and "pass@4" in text
+    assert "| *start* | 1 |" in text and "| popo | 2 |" in text and "pass@4" in text
     assert "| popo | pass@4 | 2 |" in text and "| popo | greedy acc | 2 |" in text
     assert "first 5 problems" in text and "Holm" in text and "--k 4" in text
     assert report.read_text() == text
@@ -86,6 +86,12 @@ def test_pass_at_k_script_writes_resumes_and_checks_problems(tmp_path, one_threa
     assert script.main(argv) == text
     assert "3 evaluations already done (skipped), 0 to run" in capsys.readouterr().out
     assert stamps == [f.stat().st_mtime_ns for f in files]
+
+    # the start under a second evaluation seed: seed 1's (the same weights as seed 1's run draw the same)
+    two = script.main([*argv, "--start-seeds", "2"])
+    second = json.loads((study / "start-problems-k4-n5-seed-1.json").read_text())
+    assert second["protocol"]["seed"] == seed1["protocol"]["seed"] and second["correct"] == seed1["correct"]
+    assert "sampled 2 time(s)" in two and "| *start* | 2 |" in two
 
     # other problems than the study's evaluation: refused before anything is evaluated
     (study / "start-problems.json").write_text(json.dumps({"ids": ["test-1", "test-0", *[f"test-{i}" for i in

@@ -159,7 +159,8 @@ def comparable_protocol(config) -> dict:
             "testbed": dataclasses.asdict(config.testbed), "model": config.model.name}
 
 
-def plan(study_dir: Path, runs: dict[str, dict[int, Path]], k: int, problems: int) -> tuple[list[Job], dict]:
+def plan(study_dir: Path, runs: dict[str, dict[int, Path]], k: int, problems: int,
+         start_seeds: int = 1) -> tuple[list[Job], dict]:
     """The jobs whose outcome files are missing, and where every outcome file is ({'start' | (method,
     seed): path}). Checks that every run shares the start's protocol, initial checkpoint and problems."""
     from popo.build import resolve_model_path
@@ -180,7 +181,7 @@ def plan(study_dir: Path, runs: dict[str, dict[int, Path]], k: int, problems: in
     start_model = resolve_model_path(config, log=lambda message: None)
     shared = comparable_protocol(config)
     paths, jobs = {}, []
-    seed = load_study(study_dir).seeds[0]  # the start is sampled with the first study seed's evaluation seed
+    seeds = load_study(study_dir).seeds[:start_seeds]  # the start, sampled with the first study seeds' evaluation seeds
     for method, by_seed in runs.items():
         for run_seed, run_dir in by_seed.items():
             run = run_config(run_dir / "config.yaml")
@@ -195,9 +196,11 @@ def plan(study_dir: Path, runs: dict[str, dict[int, Path]], k: int, problems: in
             paths[(method, run_seed)] = run_dir / f"problems-k{k}-n{problems}.json"
             jobs.append(Job(f"{method}/seed-{run_seed}", str(run_dir / "config.yaml"), str(final_policy(run_dir)),
                             run_seed, str(paths[(method, run_seed)]), k, problems, expected))
-    paths["start"] = study_dir / f"start-problems-k{k}-n{problems}.json"
-    jobs.insert(0, Job("start", str(first / "config.yaml"), start_model, seed, str(paths["start"]), k, problems,
-                       expected))
+    paths["start"] = [study_dir / (f"start-problems-k{k}-n{problems}.json" if i == 0 else
+                                   f"start-problems-k{k}-n{problems}-seed-{seed}.json") for i, seed in enumerate(seeds)]
+    for i, (seed, path) in enumerate(zip(seeds, paths["start"])):
+        jobs.insert(i, Job(f"start/seed-{seed}", str(first / "config.yaml"), start_model, seed, str(path), k, problems,
+                           expected))
     return [job for job in jobs if not Path(job.out).is_file()], paths
 
 
@@ -212,9 +215,10 @@ def end_metrics(k: int) -> dict:
             f"pass@{k}": pass_at(k)}
 
 
-def paired_rows(start: dict, runs: dict[str, dict[int, dict]]) -> tuple[list[str], dict]:
+def paired_rows(starts: list[dict], runs: dict[str, dict[int, dict]]) -> tuple[list[str], dict]:
     """Markdown rows and their numbers: end - start per method, paired by seed, on greedy accuracy,
-    pass@1 and pass@k."""
+    pass@1 and pass@k (the start: the mean over its evaluation seeds)."""
+    start = starts[0]
     from popo.study.stats import paired_test
 
     metrics = end_metrics(start["k"])
@@ -223,7 +227,7 @@ def paired_rows(start: dict, runs: dict[str, dict[int, dict]]) -> tuple[list[str
     numbers: dict = {}
     for method, by_seed in runs.items():
         for name, metric in metrics.items():
-            base, ends = metric(start), [metric(by_seed[s]) for s in sorted(by_seed)]
+            base, ends = sum(metric(o) for o in starts) / len(starts), [metric(by_seed[s]) for s in sorted(by_seed)]
             test = paired_test(ends, [base] * len(ends))
             per_seed = {s: metric(by_seed[s]) - base for s in sorted(by_seed)}
             numbers.setdefault(method, {})[name] = {
@@ -262,13 +266,15 @@ def _cell(x: float, spec: str) -> str:
     return "–" if math.isnan(x) else format(x, spec)
 
 
-def write_report(out: Path, command: str, study_dir: Path, start: dict, runs: dict[str, dict[int, dict]],
+def write_report(out: Path, command: str, study_dir: Path, starts: list[dict], runs: dict[str, dict[int, dict]],
                  missing: list[str], split_size: int, baseline: str = "grpo") -> str:
     """The markdown at `out` and the curves as JSON beside it; returns the markdown."""
     from popo.study.outcomes import distinct_per_solved, exploration_table, pass_curve
 
+    start = starts[0]
     p, n = start["protocol"], len(start["ids"])
-    paired, numbers = paired_rows(start, runs)
+    paired, numbers = paired_rows(starts, runs)
+    start_seeds = ", ".join(str(o["run_seed"]) for o in starts)
     against, against_numbers = baseline_rows(runs, baseline)
     between = ("\n## Method − " + baseline + " at the end, paired by seed\n\n" + "\n".join(against) + "\n"
                if against else "")
@@ -280,8 +286,8 @@ def write_report(out: Path, command: str, study_dir: Path, start: dict, runs: di
 k = {p['k']} samples per problem at temperature {p['temperature']} (top-p {p['top_p']}, at most
 {p['max_new_tokens']} new tokens, truncated = wrong: {p['zero_if_truncated']}), plus the greedy answer, on
 the first {n} problems of the held-out split (a subset of the {split_size} problems the runs evaluate, the
-same problems in the same order). The start is the study's initial checkpoint, sampled once with the
-evaluation seed of seed {start['run_seed']}; each run's final policy is sampled with its own run's
+same problems in the same order). The start is the study's initial checkpoint, sampled {len(starts)} time(s), with
+the evaluation seeds of seeds {start_seeds}; each run's final policy is sampled with its own run's
 evaluation seed. Exploratory: these comparisons are not part of the study's pre-declared Holm family
 and are not corrected for multiplicity.
 {left_out}
@@ -290,21 +296,21 @@ and are not corrected for multiplicity.
 Mean over seeds of pass@j per method; the last column is the mean number of distinct correct completions
 among the k samples of a problem with at least one correct sample (pooled over seeds).
 
-{chr(10).join(exploration_table(start, runs))}
+{chr(10).join(exploration_table(None, {"*start*": {o["run_seed"]: o for o in starts}, **runs}))}
 
 ## End − start, paired by seed
 
-Each seed's final value minus the start's; t-test of those differences against 0 over seeds (95% t
-interval; d_z only from 3 seeds). The start is one evaluation shared by every seed, so the test counts the
-spread of the runs, not the start's own sampling noise or the choice of problems.
+Each seed's final value minus the start's (the mean of its evaluations); t-test of those differences against 0
+over seeds (95% t interval; d_z only from 3 seeds). The start value is shared by every seed, so the test counts
+the spread of the runs, not the start's own sampling noise or the choice of problems.
 
 {chr(10).join(paired)}
 {between}"""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     curves = {"command": command, "study": str(study_dir), "protocol": p, "problems": n, "missing": missing,
-              "start": {"pass": pass_curve(start), "distinct_per_solved": distinct_per_solved([start]),
-                        "greedy_acc": sum(start["greedy"]) / n},
+              "start": {o["run_seed"]: {"pass": pass_curve(o), "distinct_per_solved": distinct_per_solved([o]),
+                                        "greedy_acc": sum(o["greedy"]) / n} for o in starts},
               "runs": {m: {s: {"pass": pass_curve(o), "distinct_per_solved": distinct_per_solved([o]),
                                "greedy_acc": sum(o["greedy"]) / n} for s, o in by_seed.items()}
                        for m, by_seed in runs.items()},
@@ -321,6 +327,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--problems", type=int, default=200, help="first N held-out problems (default: 200)")
     parser.add_argument("--workers", type=int, default=1, help="processes evaluating checkpoints (default: 1)")
     parser.add_argument("--baseline", default="grpo", help="method the others are compared with at the end")
+    parser.add_argument("--start-seeds", type=int, default=1,
+                        help="evaluate the start with the evaluation seeds of the first N study seeds (default: 1)")
     parser.add_argument("--out", required=True, help="the markdown report (a .json of the curves goes beside it)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -329,16 +337,16 @@ def main(argv: list[str] | None = None) -> str:
     runs, missing = finished_runs(study_dir, [m.strip() for m in args.methods.split(",") if m.strip()])
     if not runs:
         raise SetupError(f"{study_dir}: no finished run of {args.methods}")
-    jobs, paths = plan(study_dir, runs, args.k, args.problems)
-    print(f"{len(paths) - len(jobs)} evaluations already done (skipped), {len(jobs)} to run")
+    jobs, paths = plan(study_dir, runs, args.k, args.problems, args.start_seeds)
+    print(f"{len(paths) - 1 + len(paths['start']) - len(jobs)} evaluations already done (skipped), {len(jobs)} to run")
     run_jobs(jobs, args.workers)
-    start = json.loads(paths.pop("start").read_text())
+    starts = [json.loads(path.read_text()) for path in paths.pop("start")]
     outcomes: dict[str, dict[int, dict]] = {}
     for (method, seed), path in paths.items():
         outcomes.setdefault(method, {})[seed] = json.loads(path.read_text())
     split_size = len(json.loads((study_dir / "start-problems.json").read_text())["ids"])
     command = f"OMP_NUM_THREADS=1 python {SCRIPT} {shlex.join(argv)}"
-    text = write_report(Path(args.out), command, study_dir, start, outcomes, missing, split_size, args.baseline)
+    text = write_report(Path(args.out), command, study_dir, starts, outcomes, missing, split_size, args.baseline)
     print(text)
     print(f"wall time: {time.perf_counter() - started:.0f} s")
     return text
