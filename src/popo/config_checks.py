@@ -31,6 +31,9 @@ def _choice(value: str, options: tuple[str, ...], where: str) -> None:
 def validate(config: Any) -> None:
     """Reject bad values before any model is loaded."""
     from popo.algorithms import PRESETS, get_algorithm
+    from popo.ema import EMA_SCHEDULES
+    from popo.losses import AGGREGATIONS, KL_ESTIMATORS
+    from popo.weights import WEIGHT_MODES
 
     a, o, r, t = config.algo, config.optim, config.rollout, config.train
     _choice(a.name, tuple(PRESETS), "algo.name")
@@ -43,11 +46,11 @@ def validate(config: Any) -> None:
     _check(a.weight_temperature > 0, "algo.weight_temperature must be positive")
     _check(a.updates_per_batch >= 1, "algo.updates_per_batch must be >= 1")
     _check(a.positive_weight >= 0, f"algo.positive_weight must be >= 0, got {a.positive_weight}")
-    _choice(a.tau_schedule, ("constant", "cosine"), "algo.tau_schedule")
-    _choice(a.weight_mode, ("softmax", "uniform"), "algo.weight_mode")
+    _choice(a.tau_schedule, EMA_SCHEDULES, "algo.tau_schedule")
+    _choice(a.weight_mode, WEIGHT_MODES, "algo.weight_mode")
     _choice(a.entropy_scope, ("positives", "all"), "algo.entropy_scope")
-    _choice(a.kl_estimator, ("k1", "k2", "k3"), "algo.kl_estimator")
-    _choice(a.aggregation, ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"), "algo.aggregation")
+    _choice(a.kl_estimator, KL_ESTIMATORS, "algo.kl_estimator")
+    _choice(a.aggregation, AGGREGATIONS, "algo.aggregation")
     _choice(o.schedule, ("constant", "cosine"), "optim.schedule")
     _choice(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
     _choice(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
