@@ -32,7 +32,7 @@ LEARNING_RATES = {"popo": "1e-4", "grpo": "1e-4"}
 COUNTDOWN = ["testbed.task=countdown", "testbed.numbers=3", "testbed.max_number=20", "testbed.warmup_steps=800",
              "testbed.test_size=2000", "testbed.validation_size=500",
              "rollout.max_new_tokens=32"]  # study v3's task; its warm start ships with popo
-STEPS = 400
+STEPS = 500
 """The demo's budget: steps of 16 prompts x 8 rollouts (study v3's batch)."""
 DIAGNOSTIC_PREFIXES = ("distinct_positive_frac", "multi_distinct_frac", "weight_dev_uniform", "grad_share/",
                        "grad_cos/", "grad_cos_positive_nll")
