@@ -8,6 +8,7 @@ of `algo.*` values, which the YAML file and command-line overrides can still cha
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -167,21 +168,13 @@ LOSSES: dict[str, Algorithm] = {
         group_has_signal=lambda rewards, cfg: (rewards != rewards[:, :1]).any(1),  # equal rewards: zero advantages
         terms=(("pg", None), ("kl", "kl_coef")),
     ),
-    # REINFORCE with signed, ungrouped credit (Zhu et al. 2025): the clipped surrogate of `grpo` with +lambda for
-    # correct and -1 for incorrect rollouts; with one update per batch the ratio is 1 and its gradient is REINFORCE's.
-    "reinforce": Algorithm(
-        credit=_signed_credit,
-        loss=_grpo_loss,
-        needs_negatives=lambda cfg: True,
-        needs_target=lambda cfg: False,
-        needs_reference=lambda cfg: cfg.kl_coef > 0,
-        needs_entropy=lambda cfg: False,
-        needs_old_logprobs=lambda cfg: cfg.updates_per_batch > 1,
-        zero_credit_inert=lambda cfg: cfg.kl_coef == 0,  # NSR's positives (credit 0) are never forwarded
-        group_has_signal=_signed_has_signal,
-        terms=(("pg", None), ("kl", "kl_coef")),
-    ),
 }
+
+# REINFORCE with signed, ungrouped credit (Zhu et al. 2025): GRPO's clipped surrogate with +lambda for correct and
+# -1 for incorrect rollouts; with one update per batch the ratio is 1 and its gradient is REINFORCE's. NSR's
+# positives (credit 0) are never forwarded (`zero_credit_inert`), and no group comparison is needed.
+LOSSES["reinforce"] = dataclasses.replace(LOSSES["grpo"], credit=_signed_credit, min_group_size=1,
+                                          group_has_signal=_signed_has_signal)
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "popo": ("popo", {}),

@@ -185,18 +185,12 @@ def bootstrap_difference(treatment, baseline, *, resamples: int = 2000, level: f
                          seed: int = 0) -> BootstrapInterval:
     """Percentile interval of mean(treatment) - mean(baseline) for per-problem scores [seeds, problems] of
     two arms paired by seed and by problem: each resample draws seeds and problems with replacement, the
-    same draw for both arms, so the interval counts both the seed-to-seed spread and the test set's size."""
-    a, b = np.asarray(treatment, dtype=float), np.asarray(baseline, dtype=float)
-    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
-        raise ValueError(f"bootstrap_difference: need two equal [seeds, problems] arrays, got {a.shape}, {b.shape}")
-    diff = a - b
-    seeds, problems = diff.shape
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, seeds, size=(resamples, seeds))
-    cols = rng.integers(0, problems, size=(resamples, problems))
-    means = np.array([diff[np.ix_(r, c)].mean() for r, c in zip(rows, cols)])
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return BootstrapInterval(float(diff.mean()), float(low), float(high), level, resamples)
+    same draw for both arms, so the interval counts both the seed-to-seed spread and the test set's size
+    (`popo.study.analysis.two_way_bootstrap`, which also gives its p-values)."""
+    from popo.study.analysis import two_way_bootstrap
+
+    t = two_way_bootstrap(treatment, baseline, resamples=resamples, level=level, seed=seed)
+    return BootstrapInterval(t.estimate, t.low, t.high, level, resamples)
 
 
 def binomial_se(accuracy: float, n: int) -> float:
