@@ -176,7 +176,8 @@ def train(c: Config, log=print) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="POPO on the testbed's countdown task, in one readable loop.")
     parser.add_argument("--steps", type=int, default=20, help="training steps of 16 prompts x 8 rollouts")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (1e-4: a rate at which GRPO learns on this task in study v3's control search)")
+    parser.add_argument("--lr", type=float, default=1e-4,
+                        help="AdamW learning rate (1e-4: GRPO learns at it on this task, study v3's control search)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt order, sampling and noise")
     parser.add_argument("--eval-size", type=int, default=200, help="held-out problems for greedy accuracy")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
