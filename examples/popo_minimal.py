@@ -36,9 +36,8 @@ from popo.logprobs import completion_outputs, masked_mean
 from popo.losses import popo_loss
 from popo.rollout.base import SamplingParams
 from popo.rollout.hf import HFEngine
-from popo.rollout.sampling import normal_noise, row_seed, stream_seed
+from popo.seeds import noise_seed, normal_noise, sample_seed
 from popo.testbed.sft import prepare_testbed
-from popo.trainer import NOISE_STREAM, SAMPLING_STREAM  # a step's random streams: the seeds `popo train` uses
 from popo.weights import popo_weights
 
 # The demo's task (study v3's): countdown with 3 numbers in 1..20; popo ships this warm start.
@@ -107,9 +106,8 @@ def train(c: Config, log=print) -> dict:
         # 3. Sample G rollouts for each of the step's B prompts: N = B * G rows, prompt by prompt. Rollout j of
         #    prompt p is drawn from its own seed, a function of (seed, step, p, j) only: the seeds of `popo train`.
         examples = [train_examples[i] for i in prompt_order.batch(step)]
-        step_seed = stream_seed(c.train.seed, step, SAMPLING_STREAM)
         rollouts = engine.generate([ex.problem for ex in examples], G, sampling,
-                                   prompt_seeds=[row_seed(step_seed, p) for p in range(B)])
+                                   prompt_seeds=[sample_seed(c.train.seed, step, p) for p in range(B)])
 
         # 4. Verify: rewards [N]; a rollout cut off by the token limit gets 0. Positives: reward > threshold.
         rewards = torch.tensor(verifier.score(rollouts.texts, [ex.answer for ex in examples for _ in range(G)]))
@@ -137,8 +135,7 @@ def train(c: Config, log=print) -> dict:
             target_features = masked_mean(completion_outputs(target, ids, attention, prompt_len, need_logprobs=False,
                                                              need_features=True).features, mask)
         # Gaussian noise on the target features, each row's from its own seed (as `popo train` draws it)
-        noise_seed = stream_seed(c.train.seed, step, NOISE_STREAM)
-        row_seeds = torch.tensor([row_seed(noise_seed, i) for i in range(B * G)], device=device)[positive]
+        row_seeds = torch.tensor([noise_seed(c.train.seed, step, i) for i in range(B * G)], device=device)[positive]
         target_features = target_features + a.noise_std * normal_noise(row_seeds, hidden)
         # the policy's token log-probs and entropies [n, C] and hidden states [n, C, H], with gradient
         out = completion_outputs(policy, ids, attention, prompt_len, need_entropy=True, need_features=True,

@@ -13,7 +13,7 @@ import torch
 
 from popo.rollout import HFEngine, SamplingParams
 from popo.rollout.hf import sample_seeds
-from popo.rollout.sampling import row_seed
+from popo.seeds import row_seed
 from popo.testbed.model import TinyModelSpec, build_tiny_qwen2
 from popo.testbed.tokenizer import build_tokenizer
 

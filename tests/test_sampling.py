@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from popo.rollout.sampling import SeededSampler, fmix32, gumbel_noise, row_seed, sampling_logprobs
+from popo.rollout.sampling import SeededSampler, gumbel_noise, sampling_logprobs
+from popo.seeds import fmix32, row_seed
 
 
 def fmix32_reference(h: int) -> int:

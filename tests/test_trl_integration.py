@@ -32,10 +32,9 @@ from popo.integrations.trl import POPOConfig, POPOTrainer
 from popo.lora import AdapterEMA
 from popo.models import Models, sequence_logprobs
 from popo.rollout.base import Rollouts
-from popo.rollout.sampling import row_seed, stream_seed
+from popo.seeds import NOISE_STREAM, row_seed, stream_seed
 from popo.testbed.model import TinyModelSpec, build_tiny_qwen2
 from popo.testbed.tokenizer import build_tokenizer
-from popo.trainer import NOISE_STREAM
 from popo.update import update_policy
 
 G = 4  # completions per prompt

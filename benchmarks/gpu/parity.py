@@ -1,7 +1,7 @@
 """GPU check, part 3: the same POPO run on the testbed in fp32, once on CUDA and once on CPU.
 
-popo's sampling and POPO's target noise are pure functions of per-row seeds (`popo.rollout.sampling`), so the
-two runs draw the same rollouts as long as the two devices' logits rank every sampled token alike. Checked,
+popo's sampling and POPO's target noise are pure functions of per-row seeds (`popo.seeds`,
+`popo.rollout.sampling`), so the two runs draw the same rollouts as long as the two devices' logits rank every sampled token alike. Checked,
 step by step: every rollout's reward is equal, and the loss agrees within `--loss-rtol` relative to
 max(1, |loss|) (default 1e-3: fp32 kernels differ in the last bits and 20 AdamW steps carry that on; a
 changed rollout or a wrong kernel moves the loss by far more). Also reported: the largest difference of

@@ -41,7 +41,7 @@ from popo.algorithms import Algorithm, LossInputs
 from popo.distributed import Dist
 from popo.models import Models
 from popo.rollout.base import Rollouts, plan_micro_batches
-from popo.rollout.sampling import normal_noise
+from popo.seeds import normal_noise
 from popo.update import batch_totals, global_totals
 
 MAX_GRADIENT_PARAMETERS = 200_000_000

@@ -17,14 +17,7 @@ from popo.data.example import Example
 from popo.distributed import Dist
 from popo.metrics import pass_at_k
 from popo.rollout.base import RolloutEngine, SamplingParams
-from popo.rollout.sampling import row_seed, stream_seed
-
-EVAL_STREAM = 3  # the random stream of a run's evaluation samples (see `stream_seed`)
-
-
-def eval_seed(run_seed: int) -> int:
-    """The base sampling seed of the evaluation of a run seeded `run_seed` (the same at every step)."""
-    return stream_seed(run_seed, 0, EVAL_STREAM)
+from popo.seeds import eval_seed, row_seed
 
 
 @dataclass(frozen=True)

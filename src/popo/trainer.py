@@ -34,11 +34,8 @@ from popo.records import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY, Progress, StepTimer,
 from popo.rewards.composite import reward_metrics
 from popo.rollout.base import RolloutEngine, Rollouts, SamplingParams
 from popo.rollout.hf import concat_rollouts
-from popo.rollout.sampling import row_seed, stream_seed
+from popo.seeds import REFILL_STREAM, noise_seed, row_seed, sample_seed, stream_seed
 from popo.update import update_policy
-
-# random streams of one step (`stream_seed`); the evaluation's is popo.evaluate.EVAL_STREAM
-SAMPLING_STREAM, UPDATE_STREAM, NOISE_STREAM, REFILL_STREAM = 1, 2, 4, 5
 
 
 @dataclass
@@ -117,8 +114,8 @@ class Trainer:
         diagnose = c.train.diag_every > 0 and (step + 1) % c.train.diag_every == 0
         negatives = rollouts.select(~positive) if diagnose else None
         before = self._mean_logprob(negatives) if diagnose else None
-        noise_seeds = torch.tensor([row_seed(stream_seed(c.train.seed, step, NOISE_STREAM), p * G + j)
-                                    for p in positions for j in range(G)], device=self.models.device)
+        noise_seeds = torch.tensor([noise_seed(c.train.seed, step, p * G + j) for p in positions for j in range(G)],
+                                   device=self.models.device)
         with self.models.placed_for_update():
             probe = self._probe(rollouts, credit, positive, rows, noise_seeds) if diagnose else {}  # before the update
             with timer("train"):  # update on the training rows only
@@ -149,8 +146,7 @@ class Trainer:
         c, G = self.config, self.config.rollout.group_size
         if hasattr(self.verifier, "take_metrics"):
             self.verifier.take_metrics()  # forget the counts of evaluations
-        step_seed = stream_seed(c.train.seed, step, SAMPLING_STREAM)
-        parts = [self._sample_round(indices, [row_seed(step_seed, p) for p in positions], timer)]
+        parts = [self._sample_round(indices, [sample_seed(c.train.seed, step, p) for p in positions], timer)]
         if not c.rollout.dynamic_sampling:
             return SampledBatch(*parts[0], self._take_reward_metrics())
         source = list(range(len(indices)))  # position -> its group among all groups sampled this step
@@ -233,11 +229,10 @@ class Trainer:
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 self.scheduler.step()
             return {"trained_rollouts": 0, "trained_tokens": 0, "skipped_no_positive": 1.0, "skipped": 1.0}
-        generator = torch.Generator(device=self.models.device).manual_seed(stream_seed(c.train.seed, step, UPDATE_STREAM))
         metrics = update_policy(
             self.models, self.optimizer, self.algorithm, c.algo, batch, credit, positive,
             max_length=c.rollout.max_new_tokens, token_budget=c.optim.micro_batch_tokens,
-            grad_clip=c.optim.grad_clip, generator=generator, dist=self.dist, row_seeds=noise_seeds)
+            grad_clip=c.optim.grad_clip, generator=None, dist=self.dist, row_seeds=noise_seeds)
         self.scheduler.step()
         self.bad_steps = self.bad_steps + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:

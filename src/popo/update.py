@@ -17,7 +17,7 @@ from popo.algorithms import ADDITIVE_METRICS, Algorithm, BatchTotals, LossInputs
 from popo.distributed import Dist, reduce_update_metrics
 from popo.models import Models
 from popo.rollout.base import Rollouts, plan_micro_batches
-from popo.rollout.sampling import normal_noise
+from popo.seeds import normal_noise
 
 
 def batch_totals(batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, max_length: int) -> BatchTotals:

@@ -17,8 +17,8 @@ from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokeniz
 
 from popo.rollout.base import Rollouts, SamplingParams
 from popo.rollout.decoder import LeanDecoder
-from popo.rollout.sampling import (SeededSampler, fmix32, gumbel_noise, row_seed, sampling_logprobs,
-                                   vocab_keys)
+from popo.rollout.sampling import SeededSampler, gumbel_noise, sampling_logprobs
+from popo.seeds import fmix32, row_seed, vocab_keys
 
 
 class HFEngine:

@@ -17,74 +17,12 @@ from __future__ import annotations
 
 import torch
 
-_MASK32 = 0xFFFFFFFF
-
-
-def fmix32(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finaliser on int64 tensors holding values in [0, 2^32)."""
-    h = h & _MASK32
-    h = h ^ (h >> 16)
-    h = (h * 0x85EBCA6B) & _MASK32  # int64 products wrap; the low 32 bits stay exact
-    h = h ^ (h >> 13)
-    h = (h * 0xC2B2AE35) & _MASK32
-    return h ^ (h >> 16)
-
-
-def _fmix32_int(h: int) -> int:
-    """`fmix32` on a Python integer (the same values, without a tensor round trip)."""
-    h &= _MASK32
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _MASK32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _MASK32
-    return h ^ (h >> 16)
-
-
-def row_seed(seed: int, *keys: int) -> int:
-    """A 32-bit seed derived from `seed` and integer keys (e.g. prompt index, sample index)."""
-    h = seed & _MASK32
-    for key in keys:
-        if not isinstance(key, int):
-            raise TypeError(f"row_seed keys must be integers, got {key!r}")
-        h = _fmix32_int(h ^ _fmix32_int((key * 0x9E3779B1 + 0x7F4A7C15) & _MASK32))
-    return h
-
-
-def stream_seed(seed: int, step: int, stream: int) -> int:
-    """A seed for one random stream (sampling, dropout-free noise, evaluation, ...) of one training step,
-    independent of everything drawn before it: a resumed run draws what an uninterrupted one would."""
-    return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2**63 - 1)
-
-
-def vocab_keys(vocab: int, device=None) -> torch.Tensor:
-    """The per-column half of `counter_uniform`'s hash [V] (int64): the same for every row and position,
-    so a decoding loop computes it once."""
-    v = torch.arange(vocab, dtype=torch.int64, device=device)
-    return fmix32(v * 0x9E3779B1 + 0x85EBCA77)
-
-
-def counter_uniform(seeds: torch.Tensor, position: int, vocab: int,
-                    keys: torch.Tensor | None = None) -> torch.Tensor:
-    """Uniform(0, 1) draws [R, V] (float32, never 0 or 1), a pure function of (seeds[r], position, v).
-    `keys`: `vocab_keys(vocab)`, when the caller has it already."""
-    base = fmix32(seeds.to(torch.int64) ^ fmix32(torch.tensor(position * 0x27D4EB2F + 0x165667B1)))  # [R]
-    keys = vocab_keys(vocab, seeds.device) if keys is None else keys
-    h = fmix32(base.unsqueeze(1) ^ keys)  # [R, V]
-    # 23 bits keep u = (k + 0.5) / 2^23 exactly representable in float32, so 0 < u < 1 strictly
-    return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
+from popo.seeds import counter_uniform
 
 
 def gumbel_noise(seeds: torch.Tensor, position: int, vocab: int, keys: torch.Tensor | None = None) -> torch.Tensor:
     """Gumbel(0, 1) noise [R, V] (float32), a pure function of (seeds[r], position, v)."""
     return -torch.log(-torch.log(counter_uniform(seeds, position, vocab, keys)))
-
-
-def normal_noise(seeds: torch.Tensor, width: int) -> torch.Tensor:
-    """Standard normal noise [R, width] (float32), a pure function of (seeds[r], column): Box-Muller on
-    two counter-based uniforms."""
-    u1 = counter_uniform(seeds, 2**20 + 1, width)
-    u2 = counter_uniform(seeds, 2**20 + 2, width)
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)
 
 
 def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from popo.rollout.base import Rollouts, SamplingParams
-from popo.rollout.sampling import row_seed
+from popo.seeds import row_seed
 
 
 def _load_weights(worker, weights) -> None:  # runs inside vLLM's worker (collective_rpc)

@@ -28,8 +28,7 @@ from popo.algorithms import Algorithm, BatchTotals
 from popo.distributed import Dist
 from popo.errors import SetupError
 from popo.rollout.base import Rollouts
-from popo.rollout.sampling import row_seed, stream_seed
-from popo.trainer import NOISE_STREAM  # the target noise's stream: both trainers draw the same
+from popo.seeds import noise_seed  # the target noise's keys: both trainers draw the same
 
 
 @dataclass
@@ -115,10 +114,10 @@ def plan(outputs: dict, rewards: torch.Tensor, *, group_size: int, algorithm: Al
     # each prompt's weights sum to one over its positives, so the weight sum is the count of such prompts
     totals = BatchTotals(sequences=int(sums[0]), tokens=int(sums[1]), positive_tokens=int(sums[2]),
                          weight_sum=sums[3], max_length=int(mask.shape[1]))
-    base = stream_seed(seed, step, NOISE_STREAM)
     seeds = torch.zeros(n, dtype=torch.int64, device=mask.device)
     rows = train.nonzero().flatten().tolist()  # only the training rows' noise is ever drawn
-    seeds[rows] = torch.tensor([row_seed(base, first_row + i) for i in rows], dtype=torch.int64, device=mask.device)
+    seeds[rows] = torch.tensor([noise_seed(seed, step, first_row + i) for i in rows], dtype=torch.int64,
+                               device=mask.device)
     # whole prompts per micro-batch when the weights come from the forward pass; else any rows
     per_unit = train.view(-1, G).sum(dim=1) if credit is None else train.long()
     bins = split_units(per_unit.tolist(), parts)

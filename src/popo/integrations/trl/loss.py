@@ -15,7 +15,7 @@ from popo.algorithms import ADDITIVE_METRICS, Algorithm, LossInputs
 from popo.integrations.trl.batches import MicroBatch
 from popo.logprobs import masked_mean
 from popo.models import Models
-from popo.rollout.sampling import normal_noise
+from popo.seeds import normal_noise
 
 
 def micro_batch_loss(models: Models, algorithm: Algorithm, cfg, batch: MicroBatch) -> tuple[torch.Tensor, dict]:
