@@ -37,12 +37,11 @@ from collections.abc import Sequence
 
 import torch
 
-from popo.algorithms import Algorithm, LossInputs
+from popo.algorithms import Algorithm
 from popo.distributed import Dist
 from popo.models import Models
 from popo.rollout.base import Rollouts, plan_micro_batches
-from popo.seeds import normal_noise
-from popo.update import batch_totals, global_totals
+from popo.update import batch_totals, global_totals, loss_inputs
 
 MAX_GRADIENT_PARAMETERS = 200_000_000
 """Above this many trainable parameters the gradient measurements are skipped (each term holds a copy)."""
@@ -116,7 +115,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def gradient_diagnostics(models: Models, algorithm: Algorithm, cfg, batch: Rollouts, credit: torch.Tensor,
                          positive: torch.Tensor, *, max_length: int, token_budget: int, dist: Dist,
-                         row_seeds: torch.Tensor | None = None) -> dict[str, float]:
+                         row_seeds: torch.Tensor) -> dict[str, float]:
     """The gradient measurements of the module docstring on the training rows `batch` (`credit`,
     `positive`, `row_seeds` index for index), at the current parameters; {} when they are skipped."""
     params = models.trainable_parameters()
@@ -136,7 +135,7 @@ def gradient_diagnostics(models: Models, algorithm: Algorithm, cfg, batch: Rollo
 
 def term_gradients(models: Models, algorithm: Algorithm, cfg, batch: Rollouts, credit: torch.Tensor,
                    positive: torch.Tensor, *, max_length: int, token_budget: int, dist: Dist,
-                   row_seeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   row_seeds: torch.Tensor) -> dict[str, torch.Tensor]:
     """Flat gradients over the trainable parameters, summed over ranks: `full` (the loss), one per
     switched-on term (they add up to `full`) and `positive_nll` (when the step has a positive)."""
     params = models.trainable_parameters()
@@ -148,9 +147,9 @@ def term_gradients(models: Models, algorithm: Algorithm, cfg, batch: Rollouts, c
     ref = models.reference_logprobs(batch, token_budget, dist) if models.reference is not None else None
     positive_tokens = max(1, totals.positive_tokens)
     for rows in plan_micro_batches(batch, token_budget):
-        inputs = _loss_inputs(models, algorithm, cfg, batch.select(rows), credit[rows], positive[rows], totals,
-                              ref=None if ref is None else ref[rows],
-                              row_seeds=None if row_seeds is None else row_seeds[rows])
+        # the noise is keyed on the rows, so every term's loss below sees the same draw
+        inputs, _ = loss_inputs(models, algorithm, cfg, batch.select(rows), credit[rows], positive[rows], totals,
+                                row_seeds=row_seeds[rows], ref=None if ref is None else ref[rows])
         losses = {"full": algorithm.loss(inputs, cfg)[0]}
         losses |= {name: algorithm.loss(inputs, term_cfg)[0] for name, term_cfg in configs.items()}
         if has_positive:  # plain NLL of the positives, token mean over all ranks' positive tokens
@@ -166,31 +165,9 @@ def term_gradients(models: Models, algorithm: Algorithm, cfg, batch: Rollouts, c
     return {name: flat[name] if name in (base, "full", "positive_nll") else flat[name] - flat[base] for name in flat}
 
 
-def _loss_inputs(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit: torch.Tensor,
-                 positive: torch.Tensor, totals, *, ref: torch.Tensor | None,
-                 row_seeds: torch.Tensor | None) -> LossInputs:
-    """What the loss reads for one micro-batch, from a forward pass with gradient (as `popo.update` builds
-    it, without the old log-probs: at the current parameters they equal the online ones)."""
-    ids, attention, prompt_len = sub.sequences()
-    width = sub.completion_ids.shape[1]
-    target = None
-    if models.target is not None:  # before the policy's forward: a LoRA target swaps adapter tensors
-        target = models.target_features(ids, attention, prompt_len, sub.completion_mask)
-    out = models.online_outputs(ids, attention, prompt_len, entropy_grad=algorithm.needs_entropy(cfg))
-    inputs = LossInputs(logprobs=out.logprobs, mask=sub.completion_mask, credit=credit, positive=positive,
-                        totals=totals, entropy=out.entropy if algorithm.needs_entropy(cfg) else None,
-                        ref_logprobs=None if ref is None else ref[:, :width])
-    if target is not None:  # the noise is fixed here, so that every term's loss sees the same draw
-        inputs.predicted = models.predict(out.features, sub.completion_mask)
-        inputs.target_noise = (normal_noise(row_seeds, target.shape[-1]) if row_seeds is not None else torch.randn(
-            target.shape, generator=torch.Generator(device=target.device).manual_seed(0), device=target.device))
-        inputs.target = target
-    return inputs
-
-
 def step_diagnostics(models: Models, algorithm: Algorithm, cfg, rollouts: Rollouts, credit: torch.Tensor,
                      positive: torch.Tensor, rows: torch.Tensor, *, group_size: int, max_length: int,
-                     token_budget: int, dist: Dist, row_seeds: torch.Tensor | None = None) -> dict[str, float]:
+                     token_budget: int, dist: Dist, row_seeds: torch.Tensor) -> dict[str, float]:
     """Everything of the module docstring for one step: the text statistics over all of the step's
     rollouts, the gradient measurements over its training rows `rows` (a bool mask)."""
     weights = algorithm.credit_is_weight
@@ -198,4 +175,4 @@ def step_diagnostics(models: Models, algorithm: Algorithm, cfg, rollouts: Rollou
                            dist, weights=weights)
     return out | gradient_diagnostics(models, algorithm, cfg, rollouts.select(rows), credit[rows], positive[rows],
                                       max_length=max_length, token_budget=token_budget, dist=dist,
-                                      row_seeds=None if row_seeds is None else row_seeds[rows])
+                                      row_seeds=row_seeds[rows])

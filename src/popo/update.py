@@ -31,9 +31,45 @@ def batch_totals(batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, 
     )
 
 
-def _accumulate(total: dict[str, float], metrics: dict[str, float], share: float) -> None:
+def accumulate_metrics(total: dict[str, float], metrics: dict[str, float], share: float) -> None:
+    """Add one micro-batch's loss metrics to the batch's: shares of a batch quantity (`ADDITIVE_METRICS`) add
+    up, the others are weighted by the micro-batch's share of the forwarded tokens."""
     for key, value in metrics.items():
         total[key] = total.get(key, 0.0) + (value if key in ADDITIVE_METRICS else share * value)
+
+
+def loss_inputs(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit: torch.Tensor | None,
+                positive: torch.Tensor, totals: BatchTotals, *, row_seeds: torch.Tensor | None,
+                old: torch.Tensor | None = None, ref: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, credit_from=None) -> tuple[LossInputs, object]:
+    """The one micro-batch path from rows to the loss table's inputs, shared by the update, the diagnostics
+    and the TRL bridge: the target's features (before the policy's forward: a LoRA target swaps adapter
+    tensors), the policy's outputs with gradient, and the per-row target noise keyed on `row_seeds` (the same
+    however rows are split). `credit` None: `credit_from(outputs)` computes it from this forward (TRL's
+    on-policy weights). Returns the inputs and the policy's outputs."""
+    ids, attention, prompt_len = sub.sequences()
+    width = sub.completion_ids.shape[1]
+    entropy_in_loss = algorithm.needs_entropy(cfg)
+    target = None
+    if models.target is not None:
+        target = models.target_features(ids, attention, prompt_len, sub.completion_mask)
+    out = models.online_outputs(ids, attention, prompt_len, entropy_grad=entropy_in_loss)
+    inputs = LossInputs(
+        logprobs=out.logprobs, mask=sub.completion_mask, credit=credit if credit is not None else credit_from(out),
+        positive=positive, totals=totals, entropy=out.entropy if entropy_in_loss else None,
+        old_logprobs=None if old is None else old[:, :width],
+        ref_logprobs=None if ref is None else ref[:, :width], generator=generator)
+    if target is not None:
+        inputs.predicted = models.predict(out.features, sub.completion_mask)
+        if row_seeds is not None:
+            inputs.target_noise = normal_noise(row_seeds, out.features.shape[-1])
+        inputs.target = target
+    return inputs, out
+
+
+def entropy_share(out, mask: torch.Tensor, tokens: int) -> float:
+    """The forwarded rows' token-mean entropy as this micro-batch's share of it (`tokens`: all forwarded)."""
+    return float(torch.where(mask, out.entropy.detach(), 0.0).sum() / max(1, tokens))
 
 
 def retry_once_on_oom(update):
@@ -117,7 +153,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
                 old=None if old is None else old[rows], ref=None if ref is None else ref[rows],
                 generator=generator, row_seeds=None if row_seeds is None else row_seeds[rows],
                 share_tokens=share_tokens)
-            _accumulate(metrics, step_metrics, share)
+            accumulate_metrics(metrics, step_metrics, share)
         models.forwards_done()
         metrics = optimizer_step(models, optimizer, params, metrics, grad_clip=grad_clip, dist=dist,
                                  empty=not plans)
@@ -135,31 +171,14 @@ def micro_batch_backward(models: Models, algorithm: Algorithm, cfg, sub: Rollout
                          row_seeds: torch.Tensor | None, share_tokens: int) -> tuple[dict[str, float], float]:
     """Forward the passes the loss needs for one micro-batch, back-propagate its loss (its share of the
     batch loss) and return its metrics and its share of the forwarded tokens."""
-    ids, attention, prompt_len = sub.sequences()
-    width = sub.completion_ids.shape[1]
-    entropy_in_loss = algorithm.needs_entropy(cfg)
-    target = None
-    if models.target is not None:  # before the policy's forward: a LoRA target swaps adapter tensors
-        target = models.target_features(ids, attention, prompt_len, sub.completion_mask)
-    out = models.online_outputs(ids, attention, prompt_len, entropy_grad=entropy_in_loss)
-    inputs = LossInputs(
-        logprobs=out.logprobs, mask=sub.completion_mask, credit=credit, positive=positive, totals=totals,
-        entropy=out.entropy if entropy_in_loss else None,
-        old_logprobs=None if old is None else old[:, :width],
-        ref_logprobs=None if ref is None else ref[:, :width], generator=generator)
-    if target is not None:
-        inputs.predicted = models.predict(out.features, sub.completion_mask)
-        if row_seeds is not None:
-            inputs.target_noise = normal_noise(row_seeds, out.features.shape[-1])
-        inputs.target = target
+    inputs, out = loss_inputs(models, algorithm, cfg, sub, credit, positive, totals, row_seeds=row_seeds, old=old,
+                              ref=ref, generator=generator)
     loss, metrics = algorithm.loss(inputs, cfg)
     if not bool(torch.isfinite(loss.detach())):  # skip the update even if the gradient is finite
         metrics["loss"] = float(loss.detach())
     loss.backward()
     share = float(sub.completion_mask.sum()) / max(1, share_tokens)
-    # token-mean entropy of the forwarded rows: this micro-batch's share of their total
-    metrics["entropy"] = float(torch.where(sub.completion_mask, out.entropy.detach(), 0.0).sum()
-                               / max(1, share_tokens))
+    metrics["entropy"] = entropy_share(out, sub.completion_mask, share_tokens)
     return metrics, share
 
 
