@@ -33,8 +33,8 @@ from popo.models import Models
 from popo.records import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY, Progress, StepTimer, run_summary, step_record
 from popo.rewards.composite import reward_metrics
 from popo.rollout.base import RolloutEngine, Rollouts, SamplingParams
-from popo.rollout.hf import concat_rollouts
-from popo.seeds import REFILL_STREAM, noise_seed, row_seed, sample_seed, stream_seed
+from popo.sampler import GroupSampler, SampledBatch
+from popo.seeds import noise_seed
 from popo.update import update_policy
 
 
@@ -47,16 +47,6 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.examples)
-
-
-@dataclass
-class SampledBatch:
-    """One step's rollouts ([N = B_rank * G] rows, prompt by prompt), their rewards [N] and the sampling and
-    reward metrics (dynamic sampling's rounds and dropped groups, a composite reward's counts)."""
-
-    rollouts: Rollouts
-    rewards: torch.Tensor
-    metrics: dict[str, float]
 
 
 @dataclass
@@ -98,6 +88,11 @@ class Trainer:
         self.out_dir = Path(self.config.train.out_dir)
         r = self.config.rollout
         self.sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p)
+        self.sampler = GroupSampler(
+            seed=self.config.train.seed, group_size=r.group_size, prompts_per_step=r.prompts_per_step,
+            num_prompts=len(self.train_set), dynamic=r.dynamic_sampling, max_rounds=r.max_sampling_rounds,
+            has_signal=lambda rewards: self.algorithm.group_has_signal(rewards, self.config.algo),
+            pad_id=self.tokenizer.pad_token_id, dist=self.dist)
         self.sampled_rollouts = self._rollouts_before(self.step)  # dynamic sampling samples more than B x G a step
 
     # ---------------------------------------------------------------- one step of the algorithm
@@ -135,47 +130,13 @@ class Trainer:
                            seconds=timer.seconds)
 
     def sample(self, indices: list[int], positions: range, step: int, timer: StepTimer) -> SampledBatch:
-        """G verified rollouts for each of this rank's prompts (`positions` in the global batch).
-
-        With `rollout.dynamic_sampling`, a prompt whose group carries no learning signal (the loss table's
-        `group_has_signal`) is replaced by a fresh prompt, for up to `rollout.max_sampling_rounds` rounds;
-        a position still without signal keeps its last group. The fresh prompt and its seed depend only on
-        (seed, step, round, position), so any number of processes draws what one process draws, and every
-        rank runs the same rounds (ranks without a missing group wait in the collectives).
-        """
-        c, G = self.config, self.config.rollout.group_size
+        """G verified rollouts for each of this rank's prompts (`positions` in the global batch), with dynamic
+        sampling's refills when it is on (`popo.sampler.GroupSampler`), and the reward's counts."""
         if hasattr(self.verifier, "take_metrics"):
             self.verifier.take_metrics()  # forget the counts of evaluations
-        parts = [self._sample_round(indices, [sample_seed(c.train.seed, step, p) for p in positions], timer)]
-        if not c.rollout.dynamic_sampling:
-            return SampledBatch(*parts[0], self._take_reward_metrics())
-        source = list(range(len(indices)))  # position -> its group among all groups sampled this step
-        missing = [k for k, ok in enumerate(self._has_signal(parts[0][1]).tolist()) if not ok]
-        refill = PromptStream(len(self.train_set), c.rollout.prompts_per_step,
-                              stream_seed(c.train.seed, 0, REFILL_STREAM))
-        rounds, refill_seed = 1, stream_seed(c.train.seed, step, REFILL_STREAM)
-        while rounds < c.rollout.max_sampling_rounds and self.dist.any(bool(missing)):
-            fresh = refill.batch(step * (c.rollout.max_sampling_rounds - 1) + rounds - 1)
-            picks = [fresh[positions[k]] for k in missing]
-            part = self._sample_round(picks, [row_seed(refill_seed, positions[k], rounds) for k in missing], timer)
-            first = sum(len(r) // G for _, r in parts)
-            parts.append(part)
-            ok = self._has_signal(part[1]).tolist() if picks else []
-            for j, k in enumerate(missing):
-                source[k] = first + j
-            missing = [k for j, k in enumerate(missing) if not ok[j]]
-            rounds += 1
-        rows = torch.tensor([g * G + j for g in source for j in range(G)])
-        rewards = torch.cat([r for _, r in parts])[rows.to(parts[0][1].device)]
-        rollouts = concat_rollouts([x for x, _ in parts if x is not None],
-                                   pad_id=self.tokenizer.pad_token_id).select(rows)
-        sampled, kept, unfilled = self.dist.sum_values([sum(len(r) // G for _, r in parts), len(indices) - len(missing),
-                                                        len(missing)])
-        dropped = int(sampled) - c.rollout.prompts_per_step
-        return SampledBatch(rollouts, rewards, {
-            **self._take_reward_metrics(), "sampling/rounds": rounds, "sampling/kept_groups": int(kept),
-            "sampling/unfilled_groups": int(unfilled), "sampling/dropped_groups": dropped,
-            "sampling/extra_rollouts": dropped * G})
+        batch = self.sampler.sample(indices, positions, step, lambda picks, seeds: self._sample_round(picks, seeds,
+                                                                                                      timer))
+        return SampledBatch(batch.rollouts, batch.rewards, {**self._take_reward_metrics(), **batch.metrics})
 
     def _sample_round(self, indices: list[int], seeds: list[int],
                       timer: StepTimer) -> tuple[Rollouts | None, torch.Tensor]:
@@ -208,9 +169,6 @@ class Trainer:
             if totals:
                 return int(totals[-1])
         return step * self.config.rollout.prompts_per_step * self.config.rollout.group_size
-
-    def _has_signal(self, rewards: torch.Tensor) -> torch.Tensor:
-        return self.algorithm.group_has_signal(rewards.view(-1, self.config.rollout.group_size), self.config.algo)
 
     def _take_reward_metrics(self) -> dict[str, float]:
         """A composite reward's counts since the last call, summed over ranks (none for a plain verifier)."""
