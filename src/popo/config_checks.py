@@ -30,14 +30,21 @@ def _choice(value: str, options: tuple[str, ...], where: str) -> None:
 
 def validate(config: Any) -> None:
     """Reject bad values before any model is loaded."""
-    from popo.algorithms import PRESETS, get_algorithm
+    _validate_algo(config.algo)
+    _validate_optim(config.optim)
+    _validate_data(config)
+    _validate_reward(config.reward)
+    _validate_train(config.train)
+    _validate_rollout(config.rollout, config.algo, config.model.lora)
+
+
+def _validate_algo(a: Any) -> None:
+    from popo.algorithms import PRESETS
     from popo.ema import EMA_SCHEDULES
     from popo.losses import AGGREGATIONS, KL_ESTIMATORS
     from popo.weights import WEIGHT_MODES
 
-    a, o, r, t = config.algo, config.optim, config.rollout, config.train
     _choice(a.name, tuple(PRESETS), "algo.name")
-    _check(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
     _check(0.0 <= a.tau <= 1.0, f"algo.tau must lie in [0, 1], got {a.tau}")
     _check(a.alpha >= 0 and a.beta >= 0, "algo.alpha and algo.beta must be >= 0")
     _check(a.noise_std >= 0, f"algo.noise_std must be >= 0, got {a.noise_std}")
@@ -51,23 +58,55 @@ def validate(config: Any) -> None:
     _choice(a.entropy_scope, ("positives", "all"), "algo.entropy_scope")
     _choice(a.kl_estimator, KL_ESTIMATORS, "algo.kl_estimator")
     _choice(a.aggregation, AGGREGATIONS, "algo.aggregation")
+    _check(a.predictor_width >= 0, f"algo.predictor_width must be >= 0, got {a.predictor_width}")
+    _check(a.predictor_layers >= 1, f"algo.predictor_layers must be >= 1, got {a.predictor_layers}")
+
+
+def _validate_optim(o: Any) -> None:
+    _check(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
     _choice(o.schedule, ("constant", "cosine"), "optim.schedule")
+    _check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
+    _check(o.grad_clip >= 0 and o.micro_batch_tokens > 0, "optim.grad_clip >= 0 and micro_batch_tokens > 0")
+    _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(all(0 <= b < 1 for b in o.betas) and len(o.betas) == 2,
+           f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
+
+
+def _validate_data(config: Any) -> None:
+    """The model's dtype, the data and the testbed."""
     _choice(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
     _choice(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
+    _check(config.data.eval_size >= 0, f"data.eval_size must be >= 0, got {config.data.eval_size}")
+    _check(config.data.max_prompt_tokens >= 1,
+           f"data.max_prompt_tokens must be >= 1, got {config.data.max_prompt_tokens}")
     tb = config.testbed
     _choice(tb.task, ("addition", "countdown"), "testbed.task")
     _check(2 <= tb.numbers <= 4, f"testbed.numbers must be in 2..4, got {tb.numbers}")
     _check(tb.validation_size >= 0 and tb.test_size >= 1, "testbed.validation_size must be >= 0 and test_size >= 1")
-    _check(r.max_sampling_rounds >= 1, f"rollout.max_sampling_rounds must be >= 1, got {r.max_sampling_rounds}")
-    _validate_reward(config.reward)
+    for where, value in (("testbed.digits", tb.digits), ("testbed.max_number", tb.max_number)):
+        _check(value >= 1, f"{where} must be >= 1, got {value}")
+
+
+def _validate_train(t: Any) -> None:
     for name in t.report_to:
         _choice(name, ("tensorboard", "wandb", "mlflow", "none"), "train.report_to")
         _check(name not in ("wandb", "mlflow") or importlib.util.find_spec(name) is not None,
                f"train.report_to={name} needs the {name} package: pip install 'popo[{name}]'")
+    _check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
+    _check(t.keep_last >= 1 and t.max_bad_steps >= 1, "train.keep_last and max_bad_steps must be >= 1")
+    for where, value in (("train.save_every", t.save_every), ("train.eval_every", t.eval_every),
+                         ("train.diag_every", t.diag_every), ("train.eval_samples", t.eval_samples)):
+        _check(value >= 0, f"{where} must be >= 0, got {value}")
+
+
+def _validate_rollout(r: Any, a: Any, lora: Any) -> None:
+    """The rollout settings, the LoRA settings they depend on, and the group size the algorithm needs."""
+    from popo.algorithms import get_algorithm
+
+    _check(r.max_sampling_rounds >= 1, f"rollout.max_sampling_rounds must be >= 1, got {r.max_sampling_rounds}")
     _choice(r.engine, ("hf", "vllm"), "rollout.engine")
     _choice(r.vllm_mode, ("colocate", "server"), "rollout.vllm_mode")
     _check(0 < r.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
-    lora = config.model.lora
     _check(lora.r >= 0 and lora.alpha > 0 and 0 <= lora.dropout < 1,
            "model.lora.r must be >= 0, model.lora.alpha > 0 and model.lora.dropout in [0, 1)")
     _check(r.engine != "vllm" or r.vllm_mode != "server" or lora.r > 0,
@@ -78,22 +117,7 @@ def validate(config: Any) -> None:
            "the rollouts of one prompt)")
     _check(r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     _check(0 < r.top_p <= 1 and r.temperature >= 0, "rollout.top_p must be in (0, 1] and temperature >= 0")
-    _check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
-    _check(o.grad_clip >= 0 and o.micro_batch_tokens > 0, "optim.grad_clip >= 0 and micro_batch_tokens > 0")
-    _check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
-    _check(t.keep_last >= 1 and t.max_bad_steps >= 1, "train.keep_last and max_bad_steps must be >= 1")
-    for where, value in (("train.save_every", t.save_every), ("train.eval_every", t.eval_every),
-                         ("train.diag_every", t.diag_every), ("train.eval_samples", t.eval_samples),
-                         ("data.eval_size", config.data.eval_size), ("optim.weight_decay", o.weight_decay),
-                         ("algo.predictor_width", a.predictor_width)):
-        _check(value >= 0, f"{where} must be >= 0, got {value}")
-    for where, value in (("data.max_prompt_tokens", config.data.max_prompt_tokens),
-                         ("rollout.max_batch_rollouts", r.max_batch_rollouts),
-                         ("algo.predictor_layers", a.predictor_layers), ("testbed.digits", config.testbed.digits),
-                         ("testbed.max_number", config.testbed.max_number)):
-        _check(value >= 1, f"{where} must be >= 1, got {value}")
-    _check(all(0 <= b < 1 for b in o.betas) and len(o.betas) == 2,
-           f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
+    _check(r.max_batch_rollouts >= 1, f"rollout.max_batch_rollouts must be >= 1, got {r.max_batch_rollouts}")
 
 
 def _validate_reward(reward: Any) -> None:
