@@ -205,34 +205,64 @@ def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[
     return factor
 
 
-def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> Run:
-    """Every part of the run `config` describes; with `resume`, restored from the latest intact checkpoint
-    in `train.out_dir`. Rank 0 writes config.yaml and opens the metrics stream."""
-    c = config
-    algorithm = get_algorithm(c.algo.name)
-    torch.manual_seed(c.train.seed)
+def placement(c: Config) -> tuple[torch.device, Dist, Any]:
+    """(device, process group, FSDP plan or None) of this process: one process unless `accelerate launch`
+    started several, sharded when it was given an FSDP config."""
     device = resolve_device(c.model.device)
-    dist = Dist.from_environment(device.type)  # one process unless launched by accelerate
+    dist = Dist.from_environment(device.type)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    try:  # FSDP when `accelerate launch` was given an FSDP config
+    try:
         sharding = fsdp.plan_from_environment()
     except ValueError as err:
         raise SetupError(str(err)) from None
     if c.rollout.prompts_per_step % dist.world:
         raise SetupError(f"rollout.prompts_per_step={c.rollout.prompts_per_step} must be divisible by the "
                          f"number of processes ({dist.world})")
+    return device, dist, sharding
+
+
+def evaluation_line(c: Config, source: str | None, split: str | None, count: int) -> str:
+    """What the run will evaluate on, or why it evaluates nothing."""
+    if source:
+        return f"evaluation: {count} held-out prompts from {source} ({split})"
+    if not c.data.eval_source:
+        return "evaluation: off (data.eval_source is empty)"
+    return (f"evaluation: off (data.source={c.data.source} has no held-out split popo knows; set data.eval_source "
+            "to a file or hub dataset of the same task, e.g. a benchmark .jsonl)")
+
+
+def make_optimizer(models: Models, c: Config):
+    """AdamW over the trainable parameters (policy, and predictor when there is one) and its schedule."""
+    o = c.optim
+    optimizer = torch.optim.AdamW(models.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.train.steps, o.warmup_ratio,
+                                                                             o.schedule))
+
+
+def open_metrics(c: Config, resume_step: int | None):
+    """The run folder's config.yaml and its metrics stream (rank 0 only)."""
+    from popo.tracking import MetricsWriter
+
+    out_dir = Path(c.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
+    return MetricsWriter(out_dir, resume_step=resume_step, tensorboard=c.train.tensorboard,
+                         report_to=c.train.report_to, config=to_dict(c))
+
+
+def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> Run:
+    """Every part of the run `config` describes; with `resume`, restored from the latest intact checkpoint
+    in `train.out_dir`. Rank 0 writes config.yaml and opens the metrics stream."""
+    c = config
+    algorithm = get_algorithm(c.algo.name)
+    torch.manual_seed(c.train.seed)
+    device, dist, sharding = placement(c)
     check_run_dir(Path(c.train.out_dir), resume=resume, overwrite=c.train.overwrite)  # before any work
     train_examples = load_examples_for(c, c.data.source, split=c.data.split, log=log)
     eval_source, eval_split, eval_examples = held_out_examples(c, log)
-    if eval_source:
-        log(f"evaluation: {len(eval_examples)} held-out prompts from {eval_source} ({eval_split})")
-    elif not c.data.eval_source:
-        log("evaluation: off (data.eval_source is empty)")
-    else:
-        log(f"evaluation: off (data.source={c.data.source} has no held-out split popo knows; set data.eval_source "
-            "to a file or hub dataset of the same task, e.g. a benchmark .jsonl)")
+    log(evaluation_line(c, eval_source, eval_split, len(eval_examples)))
     # the reward before any model: user functions are imported and checked against the dataset's columns
     verifier = make_verifier(c, columns=column_names(train_examples), log=log)
     with dist.main_first():  # rank 0 builds the testbed cache, the others then read it
@@ -251,9 +281,7 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     if (line := models.describe_sharding(dist)) is not None:
         log(line)
     models.make_identical_(dist)  # every rank starts from rank 0's replicated tensors
-    o = c.optim
-    optimizer = torch.optim.AdamW(models.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.train.steps, o.warmup_ratio, o.schedule))
+    optimizer, scheduler = make_optimizer(models, c)
     engine = make_engine(c, models.policy, tokenizer, model_path)
     stream = PromptStream(len(train_set), c.rollout.prompts_per_step, c.train.seed)
     step = bad_steps = 0
@@ -261,15 +289,7 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     lock = claim(Path(c.train.out_dir), resume=resume, overwrite=c.train.overwrite) if dist.is_main else None
     if resume:
         step, bad_steps = restore(Path(c.train.out_dir), models, optimizer, scheduler, engine, log)
-    writer = None  # only rank 0 writes logs and checkpoints
-    if dist.is_main:
-        from popo.tracking import MetricsWriter
-
-        out_dir = Path(c.train.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
-        writer = MetricsWriter(out_dir, resume_step=step if resume else None, tensorboard=c.train.tensorboard,
-                               report_to=c.train.report_to, config=to_dict(c))
+    writer = open_metrics(c, step if resume else None) if dist.is_main else None  # only rank 0 writes
     return Run(config=c, algorithm=algorithm, models=models, optimizer=optimizer, scheduler=scheduler, engine=engine,
                verifier=verifier, train_set=train_set, eval_set=eval_set, stream=stream, tokenizer=tokenizer,
                dist=dist, writer=writer, start_step=step, bad_steps=bad_steps, log=log, lock=lock)
