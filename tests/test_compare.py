@@ -150,3 +150,25 @@ def test_config_differences_ignore_keys_added_later():
     current = {"algo": {"alpha": 0.1, "tau": 0.99, "new_knob": 1}, "train": {"steps": 3}, "model": {"x": 1}}
     assert config_differences(saved, current) == ["algo.tau"]
     assert config_differences(saved, {**current, "algo": {"alpha": 0.1, "tau": 0.995}}) == []
+
+
+def test_equivalence_readings_are_holm_corrected_over_the_tosts():
+    """Two variants whose TOSTs against the baseline give raw p 0.038 and 0.019. Holm over the two gives 0.038
+    and 0.038: both equivalent. With a third variant whose TOST fails (p = 1), Holm over the three gives 0.057
+    (3 x 0.019) and 0.077 (2 x 0.038): inconclusive, where uncorrected TOSTs would read equivalent."""
+    from popo.study.report import paired_table
+
+    base = [0.30, 0.32, 0.31, 0.29, 0.33]
+    offsets = [0.004, -0.006, 0.01, -0.004, 0.002]
+
+    def runs_of(values):
+        return {s: [{"step": 0, "eval/greedy_acc": 0.3}, {"step": 1, "eval/greedy_acc": v}] for s, v in enumerate(values)}
+
+    runs = {"grpo": runs_of(base),
+            "a": runs_of([b + 2.5 * d for b, d in zip(base, offsets)]),  # raw TOST p 0.038
+            "b": runs_of([b + 2.0 * d for b, d in zip(base, offsets)])}  # raw TOST p 0.019
+    two = "\n".join(paired_table(runs, "grpo", ["greedy_acc"]))
+    assert two.count("equivalent within") == 2  # Holm over two: 0.038 and 0.038
+    runs["c"] = runs_of([b + 0.1 for b in base])  # far outside the margin: its TOST fails
+    three = "\n".join(paired_table(runs, "grpo", ["greedy_acc"]))
+    assert "equivalent within" not in three and three.count("inconclusive") == 2

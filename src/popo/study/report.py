@@ -123,7 +123,8 @@ def paired_table(runs: dict[str, dict[int, list[dict]]], baseline: str, metrics:
     """Every variant against `baseline`, paired by seed. For each metric the rows form one family whose
     p-values are Holm-corrected (the primary comparison, `PRIMARY`, keeps its raw p); a difference is read
     as higher or lower when the corrected p < 0.05, as equivalent when TOST rejects a difference of
-    `EQUIVALENCE_MARGIN` or more, else as inconclusive."""
+    `EQUIVALENCE_MARGIN` or more after Holm's correction over the metric's TOSTs (a second family), else as
+    inconclusive."""
     header = "| variant | seeds | " + " | ".join(f"Δ {m} [95% CI] | p (Holm) | d_z" for m in metrics) + " | reading |"
     lines = [header, "|" + " --- |" * (3 + 3 * len(metrics))]
     base = runs[baseline]
@@ -137,6 +138,8 @@ def paired_table(runs: dict[str, dict[int, list[dict]]], baseline: str, metrics:
         tests = {name: paired_test(*values[name]) for name, _ in rows}
         family = [name for name, _ in rows if (name, baseline) != PRIMARY]
         adjusted = dict(zip(family, holm([tests[n].p_value for n in family])[0]))
+        tosts = {name: equivalence_test(*values[name], margin=EQUIVALENCE_MARGIN) for name, _ in rows}
+        tost_holm = dict(zip([n for n, _ in rows], holm([tosts[n].p_value for n, _ in rows])[0]))
         for name, seeds in rows:
             result = tests[name]
             p = result.p_value if (name, baseline) == PRIMARY else adjusted[name]
@@ -147,12 +150,12 @@ def paired_table(runs: dict[str, dict[int, list[dict]]], baseline: str, metrics:
                 readings[name].append(f"{m}: one seed, no test")
             elif p < 0.05:
                 readings[name].append(f"{m}: {'higher' if result.mean_diff > 0 else 'lower'}")
-            else:
-                tost = equivalence_test(*values[name], margin=EQUIVALENCE_MARGIN)
-                tost_p = _p(tost.p_value)
+            elif tost_holm[name] < 0.05:
+                tost_p = _p(tost_holm[name])
                 readings[name].append(f"{m}: equivalent within ±{EQUIVALENCE_MARGIN} "
-                                      f"(TOST p {tost_p if tost_p.startswith('<') else '= ' + tost_p})"
-                                      if tost.equivalent else f"{m}: inconclusive")
+                                      f"(TOST Holm p {tost_p if tost_p.startswith('<') else '= ' + tost_p})")
+            else:
+                readings[name].append(f"{m}: inconclusive")
     for name, seeds in rows:
         lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells[name]) + f" | {'; '.join(readings[name])} |")
     return lines
@@ -322,8 +325,10 @@ p-value and Cohen's d_z (mean difference / SD of the differences; not given belo
 comparison, declared before any run, is popo − grpo (its raw p is shown); in every table the other
 comparisons of a metric form one family whose p-values are Holm-corrected. A difference is read as
 higher or lower at a corrected p < 0.05, as **equivalent** only when a TOST rejects a difference of
-±{EQUIVALENCE_MARGIN} or more at the 5% level, and otherwise as **inconclusive**: p ≥ 0.05 alone never
-reads as "matches".
+±{EQUIVALENCE_MARGIN} or more at the 5% level after Holm's correction over the metric's TOSTs (a family of
+its own), and otherwise as **inconclusive**: p ≥ 0.05 alone never reads as "matches". An equivalence means
+something only if the baseline itself moved from the start by more than the margin (a positive control):
+compare its row with the start's above before reading one.
 {chr(10).join(paired)}
 {outcome_text}
 
