@@ -233,25 +233,35 @@ def below_start_warning(rows: list[tuple[str, int, list[Interval]]], start: floa
             f"mean {cis[0].mean:.3f} ({name}); {how} (try a lower optim.lr or more rollout.prompts_per_step).")
 
 
-def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
-                       log: Callable[[str], None] = print) -> Path:
-    out = Path(out)
-    study = load_study(out)
-    config = load_config(study.config_path, study.base_overrides)
-    k = config.train.eval_samples
-    metrics = ["greedy_acc", f"avg@{k}", f"pass@{k}"] if k > 0 else ["greedy_acc"]
-    runs, done, unfinished = load_runs(out, study)
-    if not runs:
-        raise RuntimeError(f"{out}: no finished run to report on")
-    baselines = [b for b in (baselines or ["popo", "grpo"]) if b in runs]
-    starts = [start_eval(records) for by_seed in runs.values() for records in by_seed.values()]
-    start_greedy = sorted({round(s["greedy_acc"], 6) for s in starts if s})
-    start_means = [sum(s[m] for s in starts if s) / max(1, sum(1 for s in starts if s)) for m in metrics]
-    start = start_means[0]
-    initial = sorted({d["initial_checkpoint"] for by in done.values() for d in by.values()})
-    n_eval = config.data.eval_size or config.testbed.test_size
+DIAGNOSTICS_TEXT = """## Training diagnostics
 
-    rows = results_rows(runs, metrics)
+Pass rate of the sampled rollouts, token entropy of the rows each method trains on (all rollouts for
+GRPO, positives only for POPO-family methods, so levels differ by construction), the implicit-negative
+diagnostic (change of the mean log-probability of the step's negative rollouts caused by the update;
+negative means the update pushed the failures down), the fraction of distinct strings among a prompt's
+positives (prompts with two or more), and the NLL term's share of the POPO gradient norm (1 minus it is
+what the similarity and entropy terms contribute; `popo.diagnostics`). Moving averages over steps, mean
+over seeds.
+
+![diagnostics](diagnostics.png)
+
+"""
+COMPUTE_TEXT = """## Compute
+
+Per run, mean over seeds. Rollouts sampled are the budget (equal by construction, dynamic sampling's
+refills included). Rollouts and completion tokens through forward+backward are the training rows that the
+policy actually ran forward and back-propagated (`forwarded_rollouts` / `forwarded_tokens` in
+metrics.jsonl): POPO's positives only, GRPO's rows with a non-zero advantage. Seconds are wall-clock on a machine shared with other
+jobs whose load changed during the study, so they compare methods only roughly; rows and tokens do not
+depend on the load.
+
+"""
+
+
+def study_plots(out: Path, runs: dict, done: dict, rows: list, metrics: list[str], start_means: list[float]) -> None:
+    """The report's figures: final metrics (forest plot), learning curves against rollouts and seconds, and
+    the training diagnostics."""
+    start = start_means[0]
     main = {n: s for n, s in runs.items() if " " not in n}
     plot_forest([(n, [(ci.mean, ci.half_width) for ci in cis]) for n, _, cis in rows], metrics,
                 out / "final_accuracy.png", start=start_means)
@@ -273,6 +283,10 @@ def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
                                                               for n, s in rl.items()})],
                     out / "diagnostics.png", "step", empty_note="no data (diag_every > steps)")
 
+
+def results_table(rows: list, metrics: list[str], start_means: list[float], log: Callable[[str], None]) -> list[str]:
+    """The final metrics table (mean ± 95% CI over seeds) with the start's row, and the below-start warning."""
+    start = start_means[0]
     table = ["| variant | seeds | " + " | ".join(f"{m} (mean ± 95% CI)" for m in metrics) + " |",
              "|" + " --- |" * (2 + len(metrics))]
     table.append("| *start (step 0)* | - | " + " | ".join(f"{v:.3f}" for v in start_means) + " |")
@@ -280,6 +294,30 @@ def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
     if (below := below_start_warning(rows, start)):
         table.append("\n" + below)
         log(below)
+    return table
+
+
+def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
+                       log: Callable[[str], None] = print) -> Path:
+    out = Path(out)
+    study = load_study(out)
+    config = load_config(study.config_path, study.base_overrides)
+    k = config.train.eval_samples
+    metrics = ["greedy_acc", f"avg@{k}", f"pass@{k}"] if k > 0 else ["greedy_acc"]
+    runs, done, unfinished = load_runs(out, study)
+    if not runs:
+        raise RuntimeError(f"{out}: no finished run to report on")
+    baselines = [b for b in (baselines or ["popo", "grpo"]) if b in runs]
+    starts = [start_eval(records) for by_seed in runs.values() for records in by_seed.values()]
+    start_greedy = sorted({round(s["greedy_acc"], 6) for s in starts if s})
+    start_means = [sum(s[m] for s in starts if s) / max(1, sum(1 for s in starts if s)) for m in metrics]
+    start = start_means[0]
+    initial = sorted({d["initial_checkpoint"] for by in done.values() for d in by.values()})
+    n_eval = config.data.eval_size or config.testbed.test_size
+
+    rows = results_rows(runs, metrics)
+    study_plots(out, runs, done, rows, metrics, start_means)
+    table = results_table(rows, metrics, start_means, log)
     paired = []
     for b in baselines:
         paired += [f"\nAgainst **{b}** (variant minus {b}, paired by seed):\n", *paired_table(runs, b, metrics)]
@@ -336,28 +374,7 @@ compare its row with the start's above before reading one.
 
 ![vs rollouts](curve_rollouts.png) ![vs wall time](curve_walltime.png)
 
-## Training diagnostics
-
-Pass rate of the sampled rollouts, token entropy of the rows each method trains on (all rollouts for
-GRPO, positives only for POPO-family methods, so levels differ by construction), the implicit-negative
-diagnostic (change of the mean log-probability of the step's negative rollouts caused by the update;
-negative means the update pushed the failures down), the fraction of distinct strings among a prompt's
-positives (prompts with two or more), and the NLL term's share of the POPO gradient norm (1 minus it is
-what the similarity and entropy terms contribute; `popo.diagnostics`). Moving averages over steps, mean
-over seeds.
-
-![diagnostics](diagnostics.png)
-
-## Compute
-
-Per run, mean over seeds. Rollouts sampled are the budget (equal by construction, dynamic sampling's
-refills included). Rollouts and completion tokens through forward+backward are the training rows that the
-policy actually ran forward and back-propagated (`forwarded_rollouts` / `forwarded_tokens` in
-metrics.jsonl): POPO's positives only, GRPO's rows with a non-zero advantage. Seconds are wall-clock on a machine shared with other
-jobs whose load changed during the study, so they compare methods only roughly; rows and tokens do not
-depend on the load.
-
-{chr(10).join(compute_rows(runs, done))}
+{DIAGNOSTICS_TEXT}{COMPUTE_TEXT}{chr(10).join(compute_rows(runs, done))}
 
 ## Reproduce
 
