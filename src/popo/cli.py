@@ -40,7 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="popo", description="Positive-Only Policy Optimization (POPO) and GRPO for RL with verifiable rewards.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parsers(sub)
+    _add_eval_parser(sub)
+    _add_study_parsers(sub)
+    cfg = sub.add_parser("config", help="print the configuration reference (every key, default and meaning)")
+    cfg.add_argument("--yaml", action="store_true", help="print the defaults as YAML instead")
+    return parser
 
+
+def _add_run_parsers(sub) -> None:
+    """`popo demo`, `popo sft` and `popo train`."""
     demo = sub.add_parser("demo", help="warm up the embedded testbed, train POPO and GRPO, compare them")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="same pipeline, smaller budget (under 2 minutes)")
@@ -71,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --num-processes: shard the models with FSDP2 (the ZeRO-3 equivalent, one unit per "
                             "decoder layer) instead of replicating them")
 
+
+def _add_eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a model on math benchmarks or the testbed's held-out split",
                         formatter_class=_DefaultsHelp)
     ev.add_argument("--model", required=True, help="model folder (a checkpoint's policy/, LoRA or not) or hub id")
@@ -98,12 +109,6 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="config overrides for the model and the testbed split (e.g. testbed.digits=2)")
     ev.add_argument("--out", default="runs/eval/results.json", help="JSON output (a .md table is written beside)")
-
-    _add_study_parsers(sub)
-
-    cfg = sub.add_parser("config", help="print the configuration reference (every key, default and meaning)")
-    cfg.add_argument("--yaml", action="store_true", help="print the defaults as YAML instead")
-    return parser
 
 
 def _add_study_parsers(sub) -> None:
