@@ -32,7 +32,7 @@ from torch import nn
 
 from popo import fsdp
 from popo.distributed import Dist
-from popo.ema import Predictor, ema_update_
+from popo.ema import Predictor, ema_update_, freeze_
 from popo.errors import SetupError
 from popo.lora import AdapterEMA, AdapterOff, companion, is_peft, load_policy_weights
 from popo.logprobs import CompletionOutputs, completion_outputs, masked_mean
@@ -265,9 +265,7 @@ def _state_kwarg(state: dict | None) -> dict:
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
-    clone = copy.deepcopy(model)
-    clone.requires_grad_(False)
-    return clone.eval()
+    return freeze_(copy.deepcopy(model))
 
 
 def _load_weights(model, folder: Path) -> None:
