@@ -172,3 +172,18 @@ def test_equivalence_readings_are_holm_corrected_over_the_tosts():
     runs["c"] = runs_of([b + 0.1 for b in base])  # far outside the margin: its TOST fails
     three = "\n".join(paired_table(runs, "grpo", ["greedy_acc"]))
     assert "equivalent within" not in three and three.count("inconclusive") == 2
+
+
+def test_a_stopping_study_starts_no_queued_run(tmp_path, monkeypatch):
+    """After an interrupt the study writes OUT/.stopping: a run a worker had already taken from the queue must not
+    start (the pool hands each worker its next job before the interrupt arrives)."""
+    import popo.study.runs as runs
+
+    started = []
+    monkeypatch.setattr(runs, "execute_run", lambda *args: started.append(args) or {"wall_s": 0.0})
+    variant = runs.Variant("popo", ("algo.name=popo",))
+    assert runs._pool_job(str(tmp_path), variant, 0, 1) == {"wall_s": 0.0} and len(started) == 1
+    (tmp_path / runs.STOPPING).touch()
+    with pytest.raises(KeyboardInterrupt):
+        runs._pool_job(str(tmp_path), variant, 1, 1)
+    assert len(started) == 1

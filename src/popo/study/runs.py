@@ -10,7 +10,10 @@ prompt order, the sampling and the loss noise; the initial weights and the held-
 A finished run has a ``done.json``; it is skipped when the study is run again (after checking that its
 settings are the ones asked for). An interrupted run resumes from its latest checkpoint. Ctrl-C stops the
 runs in progress at the end of their step, with a checkpoint, and ends the study with `KeyboardInterrupt`
-(the command line turns it into one line and exit status 130); idle worker processes ignore it.
+(the command line turns it into one line and exit status 130); idle worker processes ignore it, and a run a
+worker had already taken from the queue does not start (``OUT/.stopping``, written at the interrupt). SIGTERM
+to the study (a scheduler, `kill`, a shell's background job, which ignores SIGINT) does the same: the workers
+are sent SIGINT.
 
 This module only trains; `popo.study.report` reads a study folder and writes its report (it imports
 this module, never the other way round).
@@ -18,6 +21,7 @@ this module, never the other way round).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -201,9 +205,15 @@ def _start_worker(threads: int, jobs_take_interrupts: bool = False) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+STOPPING = ".stopping"
+"""File in a study folder while the study is being interrupted: queued runs do not start."""
+
+
 def _pool_job(study_dir: str, variant: Variant, seed: int, threads: int) -> dict:
     """`execute_run` in a pool worker, which takes Ctrl-C only while it runs a job (a trainer's own handler
-    then stops the run at the end of its step, with a checkpoint)."""
+    then stops the run at the end of its step, with a checkpoint); none when the study is being stopped."""
+    if (Path(study_dir) / STOPPING).exists():
+        raise KeyboardInterrupt
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return execute_run(study_dir, variant, seed, threads)
@@ -344,12 +354,37 @@ def run_study(out: str | Path, variants: list[Variant], seeds: list[int], *, con
             finished(i, execute_run(str(out), v, seed, threads))
     elif jobs:
         threads = threads or env_threads()
-        with worker_pool(workers, threads, jobs_take_interrupts=True) as pool:
+        (out / STOPPING).unlink(missing_ok=True)
+        with worker_pool(workers, threads, jobs_take_interrupts=True) as pool, _sigterm_as_interrupt(pool):
             futures = [pool.submit(_pool_job, str(out), v, seed, threads) for v, seed in jobs]
             try:
                 for i, future in enumerate(as_completed(futures), 1):
                     finished(i, future.result())
             except KeyboardInterrupt:  # runs in progress stop at the end of their step; queued ones never start
+                (out / STOPPING).touch()  # the runs a worker already holds see it and do not start
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+            finally:  # after the shutdown: every worker has seen the file or finished
+                (out / STOPPING).unlink(missing_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(pool: ProcessPoolExecutor):
+    """While the pool runs: SIGTERM sends SIGINT to the workers (their runs stop at the end of the step, with a
+    checkpoint) and interrupts the study, as Ctrl-C does. Outside the main thread, nothing changes."""
+    def interrupt(signum, frame):
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
