@@ -39,24 +39,19 @@ def _written(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_step_time_ours(bench, tmp_path):
+def test_step_time(bench, tmp_path):
+    """popo's GRPO and POPO, and TRL's GRPOTrainer when `trl` is installed, in one call (the ratio needs both)."""
+    trl = importlib.util.find_spec("trl") is not None
     out = tmp_path / "step"
-    assert bench("step_time_vs_trl").main(["--models", "0.3m", "--frameworks", "grpo", "popo", "--steps", "2",
-                                           "--repeats", "1", *TINY, "--out", str(out)]) == 0
+    assert bench("step_time_vs_trl").main(["--models", "0.3m", "--frameworks", *(["trl"] if trl else []), "grpo",
+                                           "popo", "--steps", "2", "--repeats", "1", *TINY, "--out", str(out)]) == 0
     rows = _written(out)["rows"]
-    assert {r["framework"] for r in rows} == {"grpo", "popo"}
+    assert {r["framework"] for r in rows} == {"grpo", "popo", *(["trl"] if trl else [])}
     assert all(r["median_step_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
-
-
-@pytest.mark.slow
-def test_step_time_trl(bench, tmp_path):
-    if importlib.util.find_spec("trl") is None:
-        pytest.skip("trl is not installed (pip install 'popo[trl]' to run this part)")
-    out = tmp_path / "step_trl"
-    assert bench("step_time_vs_trl").main(["--models", "0.3m", "--frameworks", "trl", "grpo", "--steps", "2",
-                                           "--repeats", "1", *TINY, "--out", str(out)]) == 0
-    rows = {r["framework"]: r for r in _written(out)["rows"]}
-    assert rows["grpo"]["trl_over_ours"] > 0
+    if trl:
+        assert {r["framework"]: r for r in rows}["grpo"]["trl_over_ours"] > 0
+    else:
+        pytest.skip("trl is not installed (pip install 'popo[trl]' to run the TRL part)")
 
 
 def test_positive_fraction(bench, tmp_path):
