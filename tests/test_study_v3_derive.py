@@ -55,9 +55,9 @@ def _draws(rng, p_correct, p_greedy):
             for _ in SEEDS]
 
 
-def _derive(*args):
+def _derive(*args, script=SCRIPT):
     """The script's `main`, loaded from its file and run in this process (its output returned)."""
-    spec = importlib.util.spec_from_file_location("study_v3_derive", SCRIPT)
+    spec = importlib.util.spec_from_file_location(script.stem, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = io.StringIO()
@@ -74,11 +74,11 @@ def fixture(tmp_path):
     _study(final, {"grpo": _draws(rng, 0.6, 0.6), "popo": _draws(rng, 0.6, 0.6)}, "test", start)
     _study(final / "tune", {"grpo lr=1e-4": _draws(rng, 0.5, 0.5), "popo lr=1e-4": _draws(rng, 0.55, 0.5),
                             "grpo lr=1e-3": _draws(rng, 0.1, 0.1)}, "validation", start)
-    (final / "tuning.json").write_text(json.dumps({"key": "optim.lr", "grpo": {"chosen": "1e-4"},
-                                                   "popo": {"chosen": "1e-4"}}))
     data = tmp_path / "countdown"
     assert "outcome rows" in _derive("collect", final, "--task", "countdown", "--out", data)
     assert "outcome rows" in _derive("collect", final / "tune", "--task", "countdown", "--out", data / "tuning")
+    (data / "tuning" / "tuning.json").write_text(json.dumps({"key": "optim.lr", "grpo": {"chosen": "1e-4"},
+                                                             "popo": {"chosen": "1e-4"}}))
     (tmp_path / "plan.json").write_text(json.dumps(PLAN))
     return tmp_path, data, start
 

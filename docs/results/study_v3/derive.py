@@ -7,7 +7,7 @@
     python docs/results/study_v3/derive.py report docs/results/study_v3/countdown \
         --plan docs/results/study_v3/preregistration.json
 
-`collect` writes ``outcomes.csv.gz`` (method, seed, problem: greedy 0/1, correct of k samples, distinct correct
+`collect` writes (or extends: rows of runs it does not see again are kept) ``outcomes.csv.gz`` (method, seed, problem: greedy 0/1, correct of k samples, distinct correct
 samples; the start model as method ``start``) from each run's ``problems.json`` and ``curves.csv.gz`` (every
 evaluation of every run: split, step, greedy accuracy, avg@k, pass@k) from each run's ``metrics.jsonl``.
 Several study folders may be given (the tuning folder's validation curves, the final folder's test outcomes).
@@ -68,13 +68,22 @@ def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
                     outcomes += _outcome_rows(json.loads((run / "problems.json").read_text()), task, variant.name, seed)
         if start.is_file() and not any(r["method"] == "start" for r in outcomes):  # one start: every study
             outcomes += _outcome_rows(json.loads(start.read_text()), task, "start", 0)  # starts from it
-        if (study_dir.parent / "tuning.json").is_file() and study_dir.name == "tune":
-            (out / "tuning.json").parent.mkdir(parents=True, exist_ok=True)
-            (out / "tuning.json").write_text((study_dir.parent / "tuning.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
+    outcomes = _merged(out / OUTCOMES, OUTCOME_FIELDS, outcomes, ("task", "method", "seed"))
+    curves = _merged(out / CURVES, CURVE_FIELDS, curves, ("task", "split", "method", "seed"))
     write_rows(out / OUTCOMES, OUTCOME_FIELDS, outcomes)
     write_rows(out / CURVES, CURVE_FIELDS, curves)
     return len(outcomes), len(curves)
+
+
+def _merged(path: Path, fields: tuple[str, ...], new: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """`new` plus the rows already in `path` of every run `new` does not hold (a study spans several
+    sittings, each collecting the runs it finished: the committed tables are the record of what is done)."""
+    if not path.is_file():
+        return new
+    fresh = {tuple(str(r[f]) for f in key) for r in new}
+    kept = [r for r in read_rows(path, fields) if tuple(str(r[f]) for f in key) not in fresh]
+    return kept + new
 
 
 def _outcome_rows(problems: dict, task: str, method: str, seed: int) -> list[dict]:

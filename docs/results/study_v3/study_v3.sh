@@ -8,44 +8,61 @@
 #                                                    #          and the seeds they fix, before phase 3)
 #   bash docs/results/study_v3/study_v3.sh final     # phase 3: final runs on the test split, then the report
 #
-# Every phase is resumable: finished runs are skipped and interrupted ones resume from their last checkpoint.
+# Every phase is resumable: finished runs are skipped (within a sitting by their folders, across sittings by the
+# committed raw tables, see ledger.py) and interrupted ones resume from their last checkpoint within a sitting.
 # Phase 0, the control search that fixed the task and the budget, is control_search.sh.
 set -euo pipefail
 PHASE=${1:?tune, power or final}
 OUT=${OUT:-runs/study-v3}
-DATA=docs/results/study_v3/countdown
+HERE=docs/results/study_v3
+DATA=$HERE/countdown
 PAR=(--workers 2 --threads 1 --no-report)
 TASK=(testbed.task=countdown testbed.numbers=3 testbed.max_number=20 testbed.warmup_steps=800
       testbed.test_size=2000 testbed.validation_size=500 rollout.max_new_tokens=32)
 # The budget (control search, stage 2: validation avg@16 levels off by 400-500 steps): 500 steps x 16 x 8.
-TRAIN=(train.steps=500 rollout.prompts_per_step=16 rollout.group_size=8 train.save_every=50 train.diag_every=50)
+STEPS=500
+TRAIN=(train.steps=$STEPS rollout.prompts_per_step=16 rollout.group_size=8 train.save_every=50 train.diag_every=50)
 # Tuning: validation (500 problems) at steps 0, 250 and 500, greedy + 16 samples; the rate maximising the
-# final validation avg@16 over 3 seeds, from 5 log-spaced values over 2 decades.
-TUNE=(--tune optim.lr=3e-6,1e-5,3e-5,1e-4,3e-4 --tune-seeds 3 --tune-metric avg@16)
-EVAL=(data.eval_size=500 train.eval_every=250 train.eval_samples=16)
+# final validation avg@16 over 3 seeds, from 5 log-spaced values over 2 decades (the rule of
+# `popo compare --tune`, applied by ledger.py to the committed curves).
+RATES=3e-6,1e-5,3e-5,1e-4,3e-4
+TUNE_SEEDS=0,1,2
+VALIDATION=(data.eval_source=testbed data.eval_size=500 train.eval_every=250 train.eval_samples=16)
 # The final runs evaluate all 2,000 test problems, at the start and the end only.
-FINAL=(--final-set data.eval_size=2000 --final-set train.eval_every=500)
+TEST=(data.eval_source=testbed:test data.eval_size=2000 train.eval_every=$STEPS train.eval_samples=16)
 TUNED=${TUNED:-grpo,popo,raft,nsr,w-reinforce}  # TUNED=grpo,popo runs the primary pair's tuning first
 SEEDS=${SEEDS:-10}  # fixed by phase 2 (power.md) and written into the pre-registration before phase 3
+FIRST_SEED=3        # the final runs use seeds 3 .. 3 + SEEDS - 1, none of them used for tuning
+LEDGER=(--rates "$RATES" --seeds "$TUNE_SEEDS" --steps "$STEPS")
 
+# The study spans sittings on machines that keep nothing but the repository: the committed raw tables are
+# the record of finished runs (ledger.py), every batch is collected into them as soon as it finishes, and
+# a sitting runs only what they lack. Commit $DATA after a sitting; an interrupted run starts over.
 popo sft "${TASK[@]}"  # the shipped warm start (installed, not rebuilt)
 case "$PHASE" in
   tune)
-    popo compare "${TASK[@]}" "${TRAIN[@]}" "${EVAL[@]}" --methods "$TUNED" "${TUNE[@]}" --seeds "$SEEDS" \
-        "${FINAL[@]}" --tune-only --out "$OUT/countdown" "${PAR[@]}" ;;
+    mapfile -t BATCHES < <(python $HERE/ledger.py todo "$DATA/tuning" --arms "$TUNED" "${LEDGER[@]}")
+    for batch in "${BATCHES[@]}"; do
+      read -r seed arms rates <<< "$batch"
+      popo sweep "${TASK[@]}" "${TRAIN[@]}" "${VALIDATION[@]}" --methods "$arms" --grid optim.lr="$rates" \
+          --seeds 1 --seed-start "$seed" --out "$OUT/countdown/tune" "${PAR[@]}"
+      python $HERE/derive.py collect "$OUT/countdown/tune" --task countdown --out "$DATA/tuning"
+    done
+    python $HERE/ledger.py choose "$DATA/tuning" --arms "$TUNED" "${LEDGER[@]}" --metric avg@16 ;;
   power)
-    python docs/results/study_v3/derive.py collect "$OUT/countdown/tune" --task countdown --out "$DATA/tuning"
-    python docs/results/study_v3/derive.py power "$DATA/tuning" --plan docs/results/study_v3/preregistration.json ;;
+    python $HERE/ledger.py choose "$DATA/tuning" --arms grpo,popo "${LEDGER[@]}" --metric avg@16
+    python $HERE/derive.py power "$DATA/tuning" --plan $HERE/preregistration.json ;;
   final)
-    popo compare "${TASK[@]}" "${TRAIN[@]}" "${EVAL[@]}" --methods "$TUNED" "${TUNE[@]}" --seeds "$SEEDS" \
-        "${FINAL[@]}" --out "$OUT/countdown" "${PAR[@]}"
-    # POPO's ablation at POPO's chosen rate (it isolates a component of POPO, everything else held fixed)
-    LR=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['popo']['chosen'])" "$OUT/countdown/tuning.json")
-    popo compare "${TASK[@]}" "${TRAIN[@]}" data.eval_size=2000 train.eval_every=500 train.eval_samples=16 \
-        optim.lr="$LR" data.eval_source=testbed:test --methods popo-nosim \
-        --seeds "$SEEDS" --seed-start 3 --out "$OUT/countdown-ablations" "${PAR[@]}"
-    python docs/results/study_v3/derive.py collect "$OUT/countdown" "$OUT/countdown-ablations" --task countdown \
-        --out "$DATA"
-    python docs/results/study_v3/derive.py report "$DATA" --plan docs/results/study_v3/preregistration.json ;;
+    python $HERE/ledger.py choose "$DATA/tuning" --arms "$TUNED" "${LEDGER[@]}" --metric avg@16
+    rate() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['chosen'])" \
+             "$DATA/tuning/tuning.json" "$1"; }
+    # each tuned arm at its chosen rate; popo-nosim at POPO's (it isolates one component of POPO)
+    for arm in ${TUNED//,/ } popo-nosim; do
+      lr=$(rate "${arm%-nosim}")
+      popo compare "${TASK[@]}" "${TRAIN[@]}" "${TEST[@]}" optim.lr="$lr" --methods "$arm" \
+          --seeds "$SEEDS" --seed-start "$FIRST_SEED" --out "$OUT/countdown/final-$arm" "${PAR[@]}"
+      python $HERE/derive.py collect "$OUT/countdown/final-$arm" --task countdown --out "$DATA"
+    done
+    python $HERE/derive.py report "$DATA" --plan $HERE/preregistration.json ;;
   *) echo "unknown phase $PHASE: tune, power or final" >&2; exit 2 ;;
 esac

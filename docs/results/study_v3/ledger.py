@@ -1,0 +1,107 @@
+"""Study v3's ledger: which runs the committed raw data already holds, which are still to run, and the rate
+each arm's tuning chose, all read from the committed tables alone.
+
+The study spans several sittings on machines that keep nothing between them (`runs/` is not committed), so
+the committed raw data is the record of what has finished: `study_v3.sh` asks this script for the runs still
+missing, runs them, and merges them into the tables (`derive.py collect` keeps the rows it already had).
+
+    python docs/results/study_v3/ledger.py todo docs/results/study_v3/countdown/tuning --arms grpo,popo \
+        --rates 3e-6,1e-5,3e-5,1e-4,3e-4 --seeds 0,1,2 --steps 500
+    # one line per batch of runs: SEED ARMS RATES (comma-separated), the full cartesian product missing
+    python docs/results/study_v3/ledger.py choose docs/results/study_v3/countdown/tuning --arms grpo,popo \
+        --rates 3e-6,1e-5,3e-5,1e-4,3e-4 --seeds 0,1,2 --steps 500 --metric avg
+    # tuning.json in the folder: each arm's mean final validation metric per rate and the chosen rate, by
+    # the rule of `popo compare --tune` (popo.study.tune.choose, at_edge); refused while a run is missing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from popo.study.analysis import CURVE_FIELDS, read_rows
+from popo.study.tune import at_edge, choose
+
+CURVES, LABEL, KEY = "curves.csv.gz", "lr", "optim.lr"
+
+
+def finished(folder: Path, steps: int, split: str | None = None) -> dict[tuple[str, int], dict[str, float]]:
+    """{(method, seed): final evaluation} for every run in `folder`'s curves that reached `steps`."""
+    path = folder / CURVES
+    rows = read_rows(path, CURVE_FIELDS) if path.is_file() else []
+    out = {}
+    for r in rows:
+        if int(r["step"]) == steps and (split is None or r["split"] == split):
+            k = int(r["k"])
+            out[(r["method"], int(r["seed"]))] = {"greedy_acc": float(r["greedy_acc"]), f"avg@{k}": float(r["avg"]),
+                                                  f"pass@{k}": float(r["pass"])}
+    return out
+
+
+def name(arm: str, rate: str) -> str:
+    """The run name `popo compare --tune` and `popo sweep --grid optim.lr=...` give an arm at a rate."""
+    return f"{arm} {LABEL}={rate}"
+
+
+def todo(folder: Path, arms: list[str], rates: list[str], seeds: list[int], steps: int) -> list[tuple[int, list[str], list[str]]]:
+    """Missing (arm, rate, seed) runs as batches (seed, arms, rates) whose cartesian product is all missing:
+    per seed, the arms grouped by the set of rates they lack."""
+    done = finished(folder, steps)
+    batches = []
+    for seed in seeds:
+        by_rates: dict[tuple[str, ...], list[str]] = {}
+        for arm in arms:
+            missing = tuple(r for r in rates if (name(arm, r), seed) not in done)
+            if missing:
+                by_rates.setdefault(missing, []).append(arm)
+        batches += [(seed, group, list(missing)) for missing, group in by_rates.items()]
+    return batches
+
+
+def chosen_rates(folder: Path, arms: list[str], rates: list[str], seeds: list[int], steps: int,
+                 metric: str) -> dict:
+    """tuning.json from the committed curves: refused while any (arm, rate, seed) run is missing."""
+    done = finished(folder, steps)
+    missing = [(arm, r, s) for arm in arms for r in rates for s in seeds if (name(arm, r), s) not in done]
+    if missing:
+        raise SystemExit(f"{folder}: {len(missing)} tuning runs not finished yet, e.g. {missing[:3]}")
+    summary: dict[str, dict[int, dict[str, float]]] = {}
+    for (method, seed), final in done.items():
+        if seed in seeds:
+            summary.setdefault(method, {})[seed] = final
+    record = {"key": KEY, "metric": f"validation {metric}", "seeds": seeds, "steps": steps}
+    for arm in arms:
+        best, means = choose(summary, [], arm, KEY, rates, metric)
+        record[arm] = {"means": means, "chosen": best, "at_edge": at_edge(best, rates)}
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["todo", "choose"])
+    parser.add_argument("folder", type=Path, help="a data folder holding curves.csv.gz")
+    parser.add_argument("--arms", required=True)
+    parser.add_argument("--rates", required=True)
+    parser.add_argument("--seeds", required=True, help="comma-separated seeds")
+    parser.add_argument("--steps", type=int, required=True, help="the runs' length (a finished run's last step)")
+    parser.add_argument("--metric", default="avg@16", help="the final validation metric `choose` maximises")
+    args = parser.parse_args(argv)
+    arms, rates = args.arms.split(","), args.rates.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.command == "todo":
+        for seed, group, missing in todo(args.folder, arms, rates, seeds, args.steps):
+            print(seed, ",".join(group), ",".join(missing))
+        return 0
+    record = chosen_rates(args.folder, arms, rates, seeds, args.steps, args.metric)
+    (args.folder / "tuning.json").write_text(json.dumps(record, indent=1) + "\n")
+    for arm in arms:
+        edge = " (AT THE EDGE of the grid: extend it)" if record[arm]["at_edge"] else ""
+        print(f"{arm}: {KEY}={record[arm]['chosen']}{edge}  " +
+              ", ".join(f"{r}: {m:.4f}" for r, m in record[arm]["means"].items()), file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""docs/results/study_v3/ledger.py and `derive.py collect` across sittings: the committed tables are the record
+of finished runs, a second collect keeps the first one's rows, `todo` lists exactly the missing runs, and
+`choose` applies `popo compare --tune`'s rule to the committed curves (and refuses while a run is missing)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from popo.study.analysis import CURVE_FIELDS, OUTCOME_FIELDS, read_rows
+from test_study_v3_derive import ROOT, _derive, _draws, _study
+
+LEDGER = ROOT / "docs" / "results" / "study_v3" / "ledger.py"
+RATES = "1e-4,1e-3,1e-2"
+
+
+def _ledger(*args):
+    return _derive(*args, script=LEDGER)
+
+
+def test_sittings_merge_and_the_ledger_reads_them(tmp_path):
+    rng = np.random.default_rng(1)
+    start = (rng.binomial(4, 0.3, 30).tolist(), rng.binomial(1, 0.4, 30).tolist())
+    data = tmp_path / "tuning"
+    # sitting 1 finished grpo at two rates; sitting 2 (a fresh runs/ folder) finished the third and popo
+    _study(tmp_path / "one", {"grpo lr=1e-4": _draws(rng, 0.5, 0.5), "grpo lr=1e-3": _draws(rng, 0.2, 0.2)},
+           "validation", start)
+    _derive("collect", tmp_path / "one", "--task", "countdown", "--out", data)
+    common = ("--arms", "grpo,popo", "--rates", RATES, "--seeds", "3,4,5", "--steps", "100")
+    assert _ledger("todo", data, *common).split("\n")[:3] == ["3 grpo 1e-2", "3 popo 1e-4,1e-3,1e-2",
+                                                              "4 grpo 1e-2"]
+    with pytest.raises(SystemExit, match="12 tuning runs not finished"):
+        _ledger("choose", data, *common, "--metric", "avg@4")
+    _study(tmp_path / "two", {"grpo lr=1e-2": _draws(rng, 0.1, 0.1), "popo lr=1e-4": _draws(rng, 0.3, 0.3),
+                              "popo lr=1e-3": _draws(rng, 0.3, 0.3), "popo lr=1e-2": _draws(rng, 0.3, 0.3)},
+           "validation", start)
+    _derive("collect", tmp_path / "two", "--task", "countdown", "--out", data)
+    outcomes = read_rows(data / "outcomes.csv.gz", OUTCOME_FIELDS)
+    assert len(outcomes) == 30 * (6 * 3 + 1)  # six runs x three seeds from two sittings, one start
+    assert len(read_rows(data / "curves.csv.gz", CURVE_FIELDS)) == 6 * 3 * 3
+    assert _ledger("todo", data, *common) == ""
+    _ledger("choose", data, *common, "--metric", "avg@4")
+    record = json.loads((data / "tuning.json").read_text())
+    # the fixture's curves rise with the step alike for every rate: ties go to the first rate listed
+    assert record["grpo"]["chosen"] == "1e-4" and record["grpo"]["at_edge"]
+    assert record["grpo"]["means"]["1e-3"] == pytest.approx(0.3 + 0.001 * 100)
