@@ -51,7 +51,7 @@ def model_path(name: str, log=print) -> Path:
     """
     choice = MODELS[name]
     if choice.warmed_testbed:
-        from popo.build import resolve_model_path
+        from popo.loading import resolve_model_path
         from popo.config import load_config
 
         config = load_config(None, [f"testbed.cache_dir={ROOT / '.cache' / 'popo'}"])
@@ -82,14 +82,21 @@ def hash_reward(text: str, modulus: int = 8) -> float:
     return 1.0 if zlib.crc32(text.encode("utf-8")) % modulus == 0 else 0.0
 
 
-class HashVerifier:
+def text_verifier(rewards):
+    """`rewards(completions) -> list[float]` (gold answers unused) behind the verifier interface popo's trainer
+    uses (`popo.rewards.base.VerifierBase`; popo is imported when this is called, not with this module)."""
+    from popo.rewards.base import VerifierBase
+
+    class TextVerifier(VerifierBase):
+        def score(self, completions, answers) -> list[float]:
+            return rewards(list(completions))
+
+    return TextVerifier()
+
+
+def hash_verifier(modulus: int = 8):
     """`hash_reward` behind the verifier interface the trainer uses."""
-
-    def score(self, completions, answers) -> list[float]:
-        return [hash_reward(c) for c in completions]
-
-    def close(self) -> None:
-        return None
+    return text_verifier(lambda texts: [hash_reward(t, modulus) for t in texts])
 
 
 def trainer_overrides(*, model: str | Path, algo: str, group: int, prompts: int, max_new_tokens: int, lr: float,

@@ -43,7 +43,7 @@ def load(model: str):
 
 
 def prompts_for(count: int) -> list[str]:
-    from popo.testbed.task import AdditionTask
+    from popo.testbed.addition import AdditionTask
 
     return [ex.problem for ex in AdditionTask(digits=3, test_size=1000).train_examples(count, seed=0)]
 

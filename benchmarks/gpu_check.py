@@ -18,7 +18,7 @@ An installed popo is imported before the one in `src/`.
 Writes gpu_check.json, gpu_check.md and one launch log per algorithm under --out; exits 1 when a launch
 fails, FSDP did not engage, or a loss or gradient norm is not finite. Nothing is downloaded: the tokenizer
 is the testbed's, padded with filler characters to the model's vocabulary (random completions decode to
-varied text); rewards are a hash of the text (`CoinVerifier`), so GRPO's advantages are mostly non-zero;
+varied text); rewards are a hash of the text (`coin_verifier`), so GRPO's advantages are mostly non-zero;
 `algo.reward_threshold=-1` makes every rollout a positive, so POPO trains on the whole batch. The script
 launches itself (`--inner ALGO`), which runs popo's trainer (`popo.build.build_trainer`) in process to read the CUDA peak.
 """
@@ -70,15 +70,10 @@ def build_model(folder: Path, shape: dict, dtype: str) -> None:
     tokenizer.save_pretrained(folder)
 
 
-class CoinVerifier:
+def coin_verifier():
     """Reward 1 for about half of all texts (`common.hash_reward` modulo 2): most groups of the random
     model then have unequal rewards, so GRPO forwards most rows (it drops groups whose rewards all tie)."""
-
-    def score(self, completions, answers) -> list[float]:
-        return [common.hash_reward(c, modulus=2) for c in completions]
-
-    def close(self) -> None:
-        return None
+    return common.hash_verifier(modulus=2)
 
 
 def summarize_steps(history: list[dict], params: int, peak_flops: float | None) -> dict:
@@ -121,7 +116,7 @@ def inner(args) -> int:
     ]
     start = time.perf_counter()
     trainer = build_trainer(load_config(None, overrides))
-    trainer.verifier = CoinVerifier()
+    trainer.verifier = coin_verifier()
     setup_s = time.perf_counter() - start
     saves, save = [], trainer.save
 

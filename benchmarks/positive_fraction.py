@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from popo.rollout import HFEngine, SamplingParams
-    from popo.testbed.task import AdditionTask
+    from popo.testbed.addition import AdditionTask
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     path = common.model_path(args.model)

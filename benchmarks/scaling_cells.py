@@ -80,19 +80,6 @@ def fraction_rewards(texts: list[str], fraction: float, group: int) -> list[floa
     return out
 
 
-class FractionVerifier:
-    """`fraction_rewards` behind the verifier interface of popo's trainer (scored once per step)."""
-
-    def __init__(self, fraction: float, group: int):
-        self.fraction, self.group = fraction, group
-
-    def score(self, completions, answers) -> list[float]:
-        return fraction_rewards(list(completions), self.fraction, self.group)
-
-    def close(self) -> None:
-        return None
-
-
 # ---------------------------------------------------------------- measurement helpers (worker side)
 def rss_mb(field: str) -> float:
     """VmHWM (peak) or VmRSS (current) of this process in MiB; NaN where /proc is missing."""
@@ -146,7 +133,7 @@ class StepBudget:
 
 
 def _prompts(count: int):
-    from popo.testbed.task import AdditionTask
+    from popo.testbed.addition import AdditionTask
 
     examples = AdditionTask(digits=3, test_size=1000).train_examples(count, seed=0)
     return [ex.problem for ex in examples], [ex.answer for ex in examples]
@@ -167,7 +154,7 @@ def run_popo_cell(args, length: int) -> dict:
         max_new_tokens=length, lr=args.lr, steps=budget.max_total, train_size=_prompt_count(args, budget),
         out_dir=args.scratch)
     trainer = build_trainer(load_config(None, overrides), log=lambda s: None)
-    trainer.verifier = FractionVerifier(args.fraction, args.group)
+    trainer.verifier = common.text_verifier(lambda texts: fraction_rewards(texts, args.fraction, args.group))
     lengths: list[list[int]] = []
     engine_generate = trainer.engine.generate
 

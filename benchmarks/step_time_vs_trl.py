@@ -44,7 +44,7 @@ FRAMEWORKS = ("trl", "grpo", "popo", "grpo-prev", "popo-prev", "grpo-base", "pop
 
 # ---------------------------------------------------------------- workers (one framework, one model)
 def _prompts(args):
-    from popo.testbed.task import AdditionTask
+    from popo.testbed.addition import AdditionTask
 
     examples = AdditionTask(digits=3, test_size=1000).train_examples(args.prompts * (args.steps + 1) * 4, seed=0)
     return [ex.problem for ex in examples], [ex.answer for ex in examples]
@@ -66,7 +66,7 @@ def make_trainer(args):
     overrides.append(f"rollout.lean_decode={not args.framework.endswith('-prev')}")
     trainer = build_trainer(load_config(None, overrides), log=lambda s: None)
     if args.model != "testbed":
-        trainer.verifier = common.HashVerifier()
+        trainer.verifier = common.hash_verifier()
     if args.framework.endswith("-base"):  # popo before the optimisations of docs/performance.md
         trainer.engine.share_prompt_prefill = trainer.engine.drop_finished_rows = False
         trainer.algorithm = replace(trainer.algorithm, zero_credit_inert=lambda cfg: False)
@@ -101,7 +101,7 @@ def run_trl(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from popo.testbed.task import addition_reward
+    from popo.testbed.addition import addition_reward
 
     path = common.model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)

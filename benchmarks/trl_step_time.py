@@ -78,7 +78,7 @@ def run_trl(args) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from popo.integrations.trl import POPOConfig, POPOTrainer
-    from popo.testbed.task import addition_reward
+    from popo.testbed.addition import addition_reward
 
     path = common.model_path(args.model)
     problems, answers = step_time_vs_trl._prompts(args)

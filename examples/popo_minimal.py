@@ -6,9 +6,9 @@ entropy), take one AdamW step, move the EMA target; every few steps, evaluate gr
 problems. It starts from the warm-started testbed model popo ships for the demo's countdown task (3 numbers
 up to 20), so `python examples/popo_minimal.py --steps 20` runs on a laptop CPU in well under a minute.
 
-It uses popo's pure functions and building blocks (`popo.weights`, `popo.losses`, `popo.logprobs`,
-`popo.ema`, the rollout engine, the task's verifier) and none of its orchestration (`popo.trainer`,
-`popo.update`, `popo.models`), and it takes the same step as `popo train` with the same settings, bit for
+It uses popo's pure functions and building blocks (`popo.credit`, `popo.losses`, `popo.logprobs`,
+`popo.ema`, `popo.predictor`, the rollout engine, the task's verifier) and none of its orchestration
+(`popo.trainer`, `popo.update`, `popo.models`), and it takes the same step as `popo train` with the same settings, bit for
 bit: tests/test_minimal_example.py checks one step against `popo.trainer.Trainer`.
 
 What it leaves out: algorithms other than POPO (GRPO, ...); dynamic sampling; several processes (DDP, FSDP);
@@ -29,16 +29,17 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from popo.config import Config, load_config
+from popo.credit import popo_weights
 from popo.data.prepare import testbed_task
 from popo.data.stream import PromptStream
-from popo.ema import Predictor, ema_tau, ema_update_
+from popo.ema import ema_tau, ema_update_
 from popo.logprobs import completion_outputs, masked_mean
 from popo.losses import popo_loss
+from popo.predictor import Predictor
 from popo.rollout.base import SamplingParams
 from popo.rollout.hf import HFEngine
 from popo.seeds import noise_seed, normal_noise, sample_seed
 from popo.testbed.sft import prepare_testbed
-from popo.weights import popo_weights
 
 # The demo's task (study v3's): countdown with 3 numbers in 1..20; popo ships this warm start.
 COUNTDOWN = ["testbed.task=countdown", "testbed.numbers=3", "testbed.max_number=20", "testbed.warmup_steps=800",

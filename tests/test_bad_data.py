@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import popo.build
+import popo.loading
 from popo.data.prepare import fit_prompts
 from popo.cli import main
 from popo.config import ConfigError, load_config
@@ -30,8 +30,8 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise ModelLoaded
 
-    monkeypatch.setattr(popo.build, "resolve_model_path", refuse)
-    monkeypatch.setattr(popo.build, "load_policy", refuse)
+    monkeypatch.setattr(popo.loading, "resolve_model_path", refuse)
+    monkeypatch.setattr(popo.loading, "load_policy", refuse)
 
 
 def write_lines(path: Path, lines: list) -> Path:

@@ -9,11 +9,12 @@ from popo import build
 from popo.data import prepare
 from popo.config import load_config
 from popo.errors import ConfigError, SetupError
+from popo.rewards.make import make_verifier
+from popo.testbed.addition import AdditionTask, AdditionVerifier
 from popo.testbed.countdown import CountdownVerifier
 from popo.testbed.countdown_task import CountdownTask
 from popo.testbed.model import TinyModelSpec
 from popo.testbed.sft import cache_key
-from popo.testbed.task import AdditionTask, AdditionVerifier
 from popo.testbed.tokenizer import build_tokenizer
 
 SMALL = ["testbed.task=countdown", "testbed.numbers=3", "testbed.test_size=40", "testbed.validation_size=30"]
@@ -23,10 +24,10 @@ def test_the_task_key_picks_generator_verifier_alphabet_and_cache():
     countdown = load_config(None, SMALL)
     task = prepare.testbed_task(countdown)
     assert isinstance(task, CountdownTask) and task.numbers == 3 and task.validation_size == 30
-    assert isinstance(build.make_verifier(countdown, log=lambda m: None), CountdownVerifier)
+    assert isinstance(make_verifier(countdown, log=lambda m: None), CountdownVerifier)
     addition = load_config(None, [])
     assert isinstance(prepare.testbed_task(addition), AdditionTask)
-    assert isinstance(build.make_verifier(addition, log=lambda m: None), AdditionVerifier)
+    assert isinstance(make_verifier(addition, log=lambda m: None), AdditionVerifier)
     tokenizer = build_tokenizer(task.alphabet)
     text = "7,3,5>22:7*3=21,21+1=22;22"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text

@@ -67,7 +67,7 @@ def _warm(cache: str, out) -> list[str]:
 def _sampled_step(overrides: list[str]):
     """A built run and one sampled, verified step of it (rollouts, credit, positive, training rows)."""
     from popo.build import build_run
-    from popo.evaluate import score_rollouts
+    from popo.rewards.scoring import score_rollouts
     from popo.rollout.base import SamplingParams
 
     run = build_run(load_config(None, overrides), log=lambda message: None)

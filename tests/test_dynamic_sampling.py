@@ -12,7 +12,7 @@ from popo.algorithms import get_algorithm
 from popo.config import load_config
 from popo.data.example import Example
 from popo.data.stream import PromptStream
-from popo.records import StepTimer
+from popo.step_log import StepTimer
 from popo.trainer import PromptSet, Trainer
 
 # FakeEngine answers "42", "7", "42", "13" to every prompt: a prompt whose gold is 42 gets two positives

@@ -1,4 +1,4 @@
-"""Tests for popo.ema: EMA updates, momentum schedules, freeze_, Predictor."""
+"""Tests for popo.ema: EMA updates, momentum schedules, freeze_."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from popo.ema import Predictor, ema_tau, ema_update_, freeze_
+from popo.ema import ema_tau, ema_update_, freeze_
 
 F64 = torch.float64
 
@@ -112,29 +112,3 @@ def test_freeze():
     out = freeze_(m)
     assert out is m and not m.training
     assert all(not p.requires_grad for p in m.parameters())
-
-
-@pytest.mark.parametrize("num_layers,width,expected", [
-    (1, None, [nn.Linear]),
-    (2, None, [nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear]),
-    (3, 7, [nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear]),
-])
-def test_predictor_structure(num_layers, width, expected):
-    p = Predictor(4, width=width, num_layers=num_layers)
-    assert [type(m) for m in p.net] == expected
-    linears = [m for m in p.net if isinstance(m, nn.Linear)]
-    w = 4 if width is None else width
-    assert linears[0].in_features == 4 and linears[-1].out_features == 4
-    assert all(lin.out_features == w for lin in linears[:-1])
-    x = torch.randn(3, 4, requires_grad=True)
-    y = p(x)
-    assert y.shape == (3, 4)
-    y.sum().backward()
-    assert all(q.grad is not None for q in p.parameters()) and x.grad is not None
-
-
-def test_predictor_validation():
-    with pytest.raises(ValueError, match="num_layers"):
-        Predictor(4, num_layers=0)
-    with pytest.raises(ValueError, match="width"):
-        Predictor(4, width=0)

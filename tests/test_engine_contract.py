@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import WARM_TESTBED
-from popo.build import resolve_model_path
 from popo.config import load_config
+from popo.loading import resolve_model_path
 from popo.logprobs import completion_outputs
 from popo.rollout import HFEngine, SamplingParams
 from popo.rollout.vllm import build_rollouts

@@ -22,8 +22,8 @@ condition, and then checks the actual probability drop.
 import pytest
 import torch
 
+from popo.credit import popo_weights
 from popo.losses import popo_loss
-from popo.weights import popo_weights
 
 F64 = torch.float64
 

@@ -9,11 +9,11 @@ import torch
 pytest.importorskip("peft", reason="LoRA needs the peft package (pip install 'popo[lora]')")
 
 from conftest import warm_testbed_config  # noqa: E402
-from popo.build import load_policy  # noqa: E402
 from popo.checkpoint import latest_checkpoint  # noqa: E402
 from popo.config import ConfigError, load_config  # noqa: E402
+from popo.loading import load_policy  # noqa: E402
 from popo.logprobs import completion_outputs  # noqa: E402
-from popo.lora import AdapterEMA, AdapterOff, companion  # noqa: E402
+from popo.lora import AdapterEMA, AdapterOff, companion, plain_weights  # noqa: E402
 from popo.build import build_trainer  # noqa: E402
 
 
@@ -106,3 +106,25 @@ def test_checkpoint_holds_the_adapter_resumes_and_merges_for_evaluation(cache_di
         got = completion_outputs(merged.eval(), ids, torch.ones_like(ids), 2).logprobs
     # merging changes only the summation order (W + BA)x vs Wx + B(Ax): log-probs agree to float32 round-off
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_plain_weights_are_the_merged_model_and_leave_the_policy_as_it_was(cache_dir, tmp_path):
+    """What a vLLM engine receives: the plain model's names and merged tensors, adapters unmerged after."""
+    import copy
+
+    policy = build_trainer(make_config(cache_dir, tmp_path / "plain"), log=lambda s: None).models.policy
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)  # fresh adapters are zero: make the merge change something
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    merged = dict(copy.deepcopy(policy).merge_and_unload().named_parameters())
+    with torch.no_grad(), plain_weights(policy) as named:
+        pushed = {n: t.clone() for n, t in named}
+    assert pushed.keys() == merged.keys()
+    for name, tensor in pushed.items():
+        torch.testing.assert_close(tensor, merged[name].detach(), atol=1e-6, rtol=0)
+    unmerged = dict(copy.deepcopy(policy).unload().named_parameters())  # the base weights alone
+    assert any(not torch.equal(pushed[n], unmerged[n]) for n in pushed)
+    for name, p in policy.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name], atol=1e-6, rtol=0)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from popo.credit import grpo_advantages
 from popo.losses import aggregate_tokens, grpo_loss, kl_penalty
-from popo.weights import grpo_advantages
 
 F64 = torch.float64
 NAN = float("nan")

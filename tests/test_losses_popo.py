@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from popo.ema import Predictor, ema_update_, freeze_
+from popo.credit import popo_weights
+from popo.ema import ema_update_, freeze_
 from popo.losses import popo_loss
-from popo.weights import popo_weights
+from popo.predictor import Predictor
 
 F64 = torch.float64
 NAN = float("nan")

@@ -12,8 +12,8 @@ import torch
 
 from popo.algorithms import LOSSES, PRESETS, BatchTotals, LossInputs, get_algorithm
 from popo.config import AlgoConfig, load_config
+from popo.credit import signed_rewards
 from popo.errors import ConfigError
-from popo.weights import signed_rewards
 
 F64 = torch.float64
 

@@ -245,7 +245,7 @@ def warm_testbed_config_args(cache, run) -> list[str]:
 
 
 def test_the_summary_says_when_held_out_accuracy_fell():
-    from popo.records import run_summary
+    from popo.step_log import run_summary
 
     records = [{"step": 0, "eval/greedy_acc": 0.21}, {"step": 20, "reward_mean": 0.1, "eval/greedy_acc": 0.06}]
     text = run_summary(records, wall_s=12.0, run_dir="runs/x", checkpoint=None)

@@ -17,7 +17,7 @@ import torch
 
 from popo.cli import main
 from popo.config import load_config
-from popo.records import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY, run_summary
+from popo.step_log import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY, run_summary
 
 SHORT_REWARD = '''
 def short(completions, **kwargs):

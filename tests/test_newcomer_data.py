@@ -26,7 +26,7 @@ def _verifiers():
     from popo.rewards import MathVerifier
     from popo.rewards.composite import CompositeReward, RewardPart
     from popo.testbed.countdown import CountdownVerifier
-    from popo.testbed.task import AdditionVerifier
+    from popo.testbed.addition import AdditionVerifier
 
     return {"math": MathVerifier(num_workers=0, timeout_s=2.0), "countdown": CountdownVerifier(),
             "addition": AdditionVerifier(),
@@ -38,7 +38,7 @@ def _verifiers():
 def test_every_verifier_scores_hostile_golds_zero_and_never_raises(gold):
     from popo.rewards import math_reward
     from popo.testbed.countdown import countdown_reward
-    from popo.testbed.task import addition_reward
+    from popo.testbed.addition import addition_reward
 
     for name, verifier in _verifiers().items():
         with verifier:
@@ -51,7 +51,7 @@ def test_every_verifier_scores_hostile_golds_zero_and_never_raises(gold):
 def test_good_golds_still_score_and_bad_alternatives_are_ignored():
     from popo.rewards import MathVerifier
     from popo.testbed.countdown import countdown_reward
-    from popo.testbed.task import addition_reward
+    from popo.testbed.addition import addition_reward
 
     assert countdown_reward("5*4=20,20+2=22;22", [None, "5,4,2>22", 7]) == 1.0
     assert addition_reward("5,1=15", ["15", None]) == 1.0
@@ -315,7 +315,7 @@ def test_compare_report_warns_when_every_method_ends_below_the_start():
 
 def test_the_end_summary_warns_when_reward_functions_failed():
     """A run whose reward function failed on items says so at the end, with the count (metrics: reward_failures)."""
-    from popo.records import run_summary
+    from popo.step_log import run_summary
 
     records = [{"step": 0, "rollouts": 0}, {"step": 1, "rollouts": 32, "reward_mean": 0.0, "reward_failures": 32},
                {"step": 2, "rollouts": 32, "reward_mean": 0.1, "reward_failures": 4}]

@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from popo.build import resolve_model_path
 from popo.config import to_dict
 from popo.errors import SetupError
 from popo.evaluate import EvalResult, eval_seed
+from popo.loading import resolve_model_path
 from popo.study.outcomes import outcomes_from_result
 from popo.study.runs import load_study, method_variants, prepare_study, run_config
 

@@ -184,7 +184,7 @@ def test_the_memory_cap_turns_a_huge_allocation_into_a_failed_call(user_module):
     (["reward.functions=mth"], "unknown built-in 'mth' (did you mean 'math'?)"),
 ])
 def test_bad_reward_functions_are_config_errors_naming_the_option(user_module, overrides, message):
-    from popo.build import make_verifier
+    from popo.rewards.make import make_verifier
 
     config = load_config(None, ["data.source=rows.jsonl", *overrides])
     with pytest.raises(ConfigError) as err:
@@ -203,8 +203,8 @@ def test_bad_reward_settings_are_rejected_when_the_config_is_read(overrides, mes
 
 
 def test_one_builtin_with_weight_one_is_the_plain_verifier():
-    from popo.build import make_verifier
-    from popo.testbed.task import AdditionVerifier
+    from popo.rewards.make import make_verifier
+    from popo.testbed.addition import AdditionVerifier
 
     assert isinstance(make_verifier(load_config(None, [])), AdditionVerifier)  # the testbed's, as before
     assert isinstance(make_verifier(load_config(None, ["reward.weights=2"])), CompositeReward)

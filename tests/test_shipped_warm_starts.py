@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import WARM_STARTS, WARM_TESTBED
-from popo.build import resolve_model_path
 from popo.cli import main
 from popo.config import load_config
 from popo.errors import SetupError
+from popo.loading import resolve_model_path
 from popo.study.demo import demo_overrides
 from popo.testbed import shipped
 from popo.testbed.shipped import SHIPPED, install, platform, shipped_root, verify, weight_distance

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from popo.metrics import pass_at_k
+from popo.sampling_metrics import pass_at_k
 from popo.study.analysis import (CURVE_FIELDS, OUTCOME_FIELDS, Components, curve_area, difference_se,
                                  interaction_variance, minimum_detectable, paired_scores, pass_at, read_rows,
                                  score_matrix, two_way_bootstrap, variance_components, write_rows)

@@ -2,8 +2,8 @@
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from popo.testbed.addition import AdditionTask, addition_reward, scratchpad
 from popo.testbed.model import build_tiny_qwen2
-from popo.testbed.task import AdditionTask, addition_reward, scratchpad
 from popo.testbed.tokenizer import build_tokenizer
 
 

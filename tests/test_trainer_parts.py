@@ -12,6 +12,7 @@ from popo.config import load_config
 from popo.data.example import Example
 from popo.data.stream import PromptStream
 from popo.models import Models
+from popo.rewards.base import VerifierBase
 from popo.rollout.base import RolloutEngine, Rollouts, SamplingParams
 from popo.rollout.vllm import build_rollouts
 from popo.testbed.model import TinyModelSpec, build_tiny_qwen2
@@ -43,7 +44,7 @@ class FakeEngine:
         self.pushes += 1
 
 
-class FakeVerifier:
+class FakeVerifier(VerifierBase):
     def __init__(self):
         self.scored, self.closed = 0, False
 

@@ -15,12 +15,12 @@ import torch
 
 from popo.algorithms import LOSSES
 from popo.config import AlgoConfig
+from popo.credit import grpo_advantages, signed_rewards
 from popo.rollout.base import Rollouts
 from popo.testbed.model import TinyModelSpec, build_tiny_qwen2
 from popo.testbed.tokenizer import build_tokenizer
 from popo.models import Models
 from popo.update import drop_inert_rows, update_policy
-from popo.weights import grpo_advantages, signed_rewards
 
 
 def _batch(gen: torch.Generator, groups: int, group_size: int, vocab: int) -> Rollouts:

@@ -40,7 +40,7 @@ class Decoder:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from popo.rollout import HFEngine, SamplingParams
-        from popo.testbed.task import AdditionTask
+        from popo.testbed.addition import AdditionTask
 
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.device, self.group, self.new_tokens = device, group, new_tokens

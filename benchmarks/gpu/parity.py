@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     devices = ("cpu", "cpu") if args.cpu else ("cuda", "cpu")
     work = Path(tempfile.mkdtemp(prefix="popo-parity-"))
     try:
-        from popo.build import resolve_model_path
+        from popo.loading import resolve_model_path
         from popo.config import load_config
 
         begin = time.perf_counter()

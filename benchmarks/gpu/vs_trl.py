@@ -37,7 +37,7 @@ FRAMEWORKS = ("grpo", "popo", "trl")  # popo's first: under a time limit, TRL is
 
 
 def problems(count: int) -> tuple[list[str], list[str]]:
-    from popo.testbed.task import AdditionTask
+    from popo.testbed.addition import AdditionTask
 
     examples = AdditionTask(digits=3, test_size=100).train_examples(count, seed=0)
     return [ex.problem for ex in examples], [ex.answer for ex in examples]
@@ -60,7 +60,7 @@ def popo_steps(args) -> dict:
         f"train.out_dir={args.tmp / 'run'}",
     ]
     trainer = build_trainer(load_config(None, overrides), log=lambda line: None)
-    trainer.verifier = common.HashVerifier()
+    trainer.verifier = common.hash_verifier()
     steps = []
     for step in range(args.steps):
         begin = time.perf_counter()

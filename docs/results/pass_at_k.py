@@ -71,7 +71,10 @@ def check_prefix(label: str, ids: list[str], expected: tuple[str, ...]) -> None:
 
 def evaluate_job(job: Job) -> dict:
     """Evaluate one checkpoint and write its outcomes (tmp file, then replace); returns timing."""
-    from popo.build import load_policy, make_engine, make_verifier, resolve_device
+    from popo.build import resolve_device
+    from popo.loading import load_policy
+    from popo.rewards.make import make_verifier
+    from popo.rollout.make import make_engine
     from popo.data.prepare import fit_prompts, held_out_examples
     from popo.evaluate import eval_seed, evaluate, run_protocol
     from popo.study.outcomes import outcomes_from_result
@@ -163,7 +166,7 @@ def plan(study_dir: Path, runs: dict[str, dict[int, Path]], k: int, problems: in
          start_seeds: int = 1) -> tuple[list[Job], dict]:
     """The jobs whose outcome files are missing, and where every outcome file is ({'start' | (method,
     seed): path}). Checks that every run shares the start's protocol, initial checkpoint and problems."""
-    from popo.build import resolve_model_path
+    from popo.loading import resolve_model_path
     from popo.data.prepare import held_out_examples
     from popo.study.runs import load_study
 
@@ -206,7 +209,7 @@ def plan(study_dir: Path, runs: dict[str, dict[int, Path]], k: int, problems: in
 
 def end_metrics(k: int) -> dict:
     """{name: function of one outcome dict}: greedy accuracy, pass@1 and pass@k, means over its problems."""
-    from popo.metrics import pass_at_k
+    from popo.sampling_metrics import pass_at_k
 
     def pass_at(j: int):
         return lambda o: sum(pass_at_k(k, c, j) for c in o["correct"]) / len(o["correct"])

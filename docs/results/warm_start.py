@@ -28,10 +28,10 @@ from popo.data.prepare import testbed_examples, testbed_task
 from popo.config import load_config
 from popo.diagnostics import finish_diversity, positive_diversity
 from popo.distributed import Dist
-from popo.evaluate import score_rollouts
-from popo.metrics import pass_at_k
+from popo.rewards.scoring import score_rollouts
+from popo.sampling_metrics import pass_at_k
 from popo.rollout.base import SamplingParams
-from popo.weights import popo_weights
+from popo.credit import popo_weights
 
 
 def sampled_statistics(trainer, examples, k: int, max_new_tokens: int) -> dict:

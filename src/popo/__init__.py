@@ -6,10 +6,11 @@ The math is importable on its own for use in other trainers:
 """
 
 from popo.algorithms import LOSSES, PRESETS, get_algorithm
-from popo.ema import Predictor, ema_tau, ema_update_
+from popo.credit import grpo_advantages, popo_weights
+from popo.ema import ema_tau, ema_update_
 from popo.logprobs import CompletionOutputs, completion_outputs, masked_mean, selected_token_logprobs, token_entropy
 from popo.losses import aggregate_tokens, grpo_loss, kl_penalty, popo_loss
-from popo.weights import grpo_advantages, popo_weights
+from popo.predictor import Predictor
 
 __version__ = "0.1.0"
 

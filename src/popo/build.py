@@ -3,31 +3,32 @@
 Device and process group, prompts (rendered and length-checked), the policy and its companions
 (`popo.models`, sharded when `accelerate launch` asked for FSDP), optimizer and schedule, rollout
 engine, verifier, prompt stream, metrics writer, and on `--resume` the state of the latest intact
-checkpoint. Every failure a user can cause (missing model path, empty dataset) raises `SetupError` with
-one line.
+checkpoint. The parts are made where they belong (the policy: `popo.loading`; the reward:
+`popo.rewards.make`; the rollout engine: `popo.rollout.make`); this module puts them together. Every
+failure a user can cause (missing model path, empty dataset) raises `SetupError` with one line.
 """
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from popo import fsdp
+from popo import fsdp, loading
 from popo.algorithms import get_algorithm
 from popo.checkpoint import clear_partial_writes, latest_checkpoint, load_training_state
 from popo.config import Config, to_dict
 from popo.data.example import column_names
-from popo.data.prepare import fit_prompts, held_out_examples, is_testbed, load_examples_for, testbed_task
+from popo.data.prepare import fit_prompts, held_out_examples, load_examples_for
 from popo.data.stream import PromptStream
 from popo.distributed import Dist
-from popo.errors import ConfigError, SetupError
+from popo.errors import SetupError
 from popo.models import Models
+from popo.rewards.make import make_verifier
+from popo.rollout.make import make_engine
 from popo.run_dir import check as check_run_dir, claim
 from popo.trainer import PromptSet, Run, Trainer
 
@@ -46,149 +47,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def resolve_model_path(config: Config, log: Callable[[str], None] = print, *, rebuild: bool = False) -> str:
-    """A local folder or hub id; `testbed` is the warmed-up tiny model (cached, shipped, or built here;
-    `rebuild` builds it anew into `<cache>/testbed-<key>-rebuilt`)."""
-    if config.model.name == "testbed":
-        from popo.testbed.sft import prepare_testbed
-
-        tb = config.testbed
-        path = prepare_testbed(tb.cache_dir, testbed_task(config), steps=tb.warmup_steps,
-                               batch_size=tb.warmup_batch, lr=tb.warmup_lr, log=log, rebuild=rebuild)
-        return str(Path(path).resolve())  # absolute: a LoRA checkpoint records it as its base model
-    name = config.model.name
-    folder = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or folder.exists() or name.count("/") > 1
-    if not looks_local:
-        return name  # a hub id
-    if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
-        raise SetupError(f"model path not found (no config.json or adapter_config.json in it): {name}")
-    return str(folder.resolve())
-
-
-def load_policy(path: str, config: Config, device: torch.device):
-    dtype = getattr(torch, config.model.dtype)
-    kwargs = {"dtype": dtype}
-    if config.model.attn_implementation:
-        kwargs["attn_implementation"] = config.model.attn_implementation
-    if not Path(path).exists():
-        check_hub_reachable(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if (Path(path) / "adapter_config.json").is_file():  # a LoRA checkpoint: merge it into its base
-            from popo.lora import load_adapter_merged
-
-            model = load_adapter_merged(path, **kwargs).to(device)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
-    except OSError as err:
-        raise SetupError(f"cannot load model {path!r}: {str(err).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    lora = config.model.lora
-    if lora.r > 0:
-        from popo.lora import apply_lora
-
-        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules,
-                           config.model.gradient_checkpointing)
-    return model, tokenizer
-
-
-def check_hub_reachable(repo_id: str, timeout_s: float = 3.0) -> None:
-    """Fail at once, with the fix in the message, when `repo_id` is not in the local Hugging Face cache and
-    the hub cannot be reached (otherwise `from_pretrained` retries for about a minute before failing)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import try_to_load_from_cache
-
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or isinstance(
-            try_to_load_from_cache(repo_id, "config.json"), str):
-        return  # offline mode fails fast by itself; a cached model needs no network
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return  # a direct probe says nothing about a proxied connection
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
-    except OSError:
-        raise SetupError(f"model {repo_id!r} is not a local folder, not in the Hugging Face cache, and the hub "
-                         f"({endpoint.hostname}) cannot be reached: pass a local folder as model.name, or download "
-                         "it where there is network (set HF_HUB_OFFLINE=1 to skip this check)") from None
-
-
-def _testbed_verifier(config: Config):
-    """The verifier of the testbed task that `testbed.task` selects."""
-    return testbed_task(config).verifier()
-
-
-def _math_verifier(config: Config):
-    from popo.rewards import MathVerifier
-
-    return MathVerifier()
-
-
-# built-in names for `reward.functions` -> the verifier each stands for
-BUILTIN_REWARDS: dict[str, Callable[[Config], Any]] = {"math": _math_verifier, "testbed": _testbed_verifier}
-
-
-def make_verifier(config: Config, *, source: str | None = None, columns: Sequence[str] = (),
-                  log: Callable[[str], None] = print):
-    """The reward `reward.*` describes: one built-in verifier, or a `popo.rewards.composite.CompositeReward`
-    adding up weighted built-ins and user functions. User functions are imported and their signatures
-    checked here, in their worker processes, against the dataset's `columns`: a problem is a ConfigError
-    naming `reward.functions`. Without `reward.functions`: `testbed` for testbed data (`source`, by
-    default `data.source`), else `math`."""
-    r = config.reward
-    source = config.data.source if source is None else source
-    names = r.functions or (("testbed",) if is_testbed(source) else ("math",))
-    weights = r.weights or (1.0,) * len(names)
-    for name in names:
-        if ":" not in name and name not in BUILTIN_REWARDS:
-            close = difflib.get_close_matches(name, list(BUILTIN_REWARDS), n=1)
-            hint = (f"did you mean {close[0]!r}?" if close
-                    else f"built-ins: {', '.join(BUILTIN_REWARDS)}; or package.module:function")
-            raise ConfigError(f"reward.functions: unknown built-in {name!r} ({hint})")
-    if len(names) == 1 and ":" not in names[0] and weights[0] == 1.0:
-        return BUILTIN_REWARDS[names[0]](config)
-    from popo.rewards.composite import CompositeReward, RewardPart
-    from popo.rewards.functions import FunctionPool
-
-    specs, pool = [n for n in names if ":" in n], None
-    if specs:
-        pool = FunctionPool(specs, columns=columns, num_workers=r.num_workers, timeout_s=r.timeout_s,
-                            max_memory_mb=r.max_memory_mb)
-        try:
-            pool.wait_ready()
-        except BaseException:
-            pool.close()
-            raise
-    short = [n.rpartition(":")[2] for n in names]
-    parts = [RewardPart(name=s if short.count(s) == 1 else n, weight=w,
-                        verifier=None if ":" in n else BUILTIN_REWARDS[n](config),
-                        function=specs.index(n) if ":" in n else None) for n, s, w in zip(names, short, weights)]
-    return CompositeReward(parts, pool=pool, items_per_call=r.items_per_call, log=log)
-
-
-def make_engine(config: Config, policy: torch.nn.Module, tokenizer, model_path: str):
-    """The rollout engine named by `rollout.engine`."""
-    r = config.rollout
-    if r.engine == "vllm":
-        from popo.rollout.vllm import VLLMEngine
-
-        return VLLMEngine(model_path, tokenizer, mode=r.vllm_mode, server_url=r.vllm_server_url,
-                          gpu_memory_utilization=r.vllm_gpu_memory_utilization, dtype=config.model.dtype,
-                          sync_dir=str(Path(config.train.out_dir) / "vllm-sync"),
-                          max_prompt_tokens=config.data.max_prompt_tokens)
-    from popo.rollout import HFEngine
-
-    return HFEngine(policy, tokenizer, max_prompt_tokens=config.data.max_prompt_tokens,
-                    max_batch_rollouts=r.max_batch_rollouts, lean_decode=r.lean_decode)
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
@@ -266,9 +124,9 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     # the reward before any model: user functions are imported and checked against the dataset's columns
     verifier = make_verifier(c, columns=column_names(train_examples), log=log)
     with dist.main_first():  # rank 0 builds the testbed cache, the others then read it
-        model_path = resolve_model_path(c, log)
+        model_path = loading.resolve_model_path(c, log)
     # sharding moves each unit's shard to the GPU: load the full weights in CPU memory first
-    policy, tokenizer = load_policy(model_path, c, torch.device("cpu") if sharding else device)
+    policy, tokenizer = loading.load_policy(model_path, c, torch.device("cpu") if sharding else device)
     context = getattr(policy.config, "max_position_embeddings", None)  # prompts over the cap: error or skip
     train_set = PromptSet(*fit_prompts(c, train_examples, tokenizer, context=context, source=c.data.source,
                                        split=c.data.split, log=log))

@@ -200,7 +200,7 @@ def _sft(args: argparse.Namespace) -> int:
     """Print the warm start's path; `--rebuild --check` also compares it with the shipped copy."""
     from pathlib import Path
 
-    from popo.build import resolve_model_path
+    from popo.loading import resolve_model_path
     from popo.testbed.shipped import check_rebuilt
 
     if args.check and not args.rebuild:

@@ -40,9 +40,9 @@ def validate(config: Any) -> None:
 
 def _validate_algo(a: Any) -> None:
     from popo.algorithms import PRESETS
+    from popo.credit import WEIGHT_MODES
     from popo.ema import EMA_SCHEDULES
     from popo.losses import AGGREGATIONS, KL_ESTIMATORS
-    from popo.weights import WEIGHT_MODES
 
     _choice(a.name, tuple(PRESETS), "algo.name")
     _check(0.0 <= a.tau <= 1.0, f"algo.tau must lie in [0, 1], got {a.tau}")
@@ -122,7 +122,7 @@ def _validate_rollout(r: Any, a: Any, lora: Any) -> None:
 
 def _validate_reward(reward: Any) -> None:
     """Names and weights of `reward.functions`; whether a built-in exists and a function imports is checked
-    when the run is assembled (`popo.build.make_verifier`)."""
+    when the run is assembled (`popo.rewards.make.make_verifier`)."""
     import re
 
     for name in reward.functions:
@@ -143,7 +143,7 @@ def check_reward_modules(reward: Any) -> None:
     """Before any model is loaded, a `reward.functions` module that cannot be found at all is a ConfigError
     that says where popo looked. Not part of `validate`: where a module is found depends on the process
     (its working folder and `sys.path`), not on the configuration; a module that is found but fails to
-    import is reported by the reward workers (`popo.build.make_verifier`)."""
+    import is reported by the reward workers (`popo.rewards.make.make_verifier`)."""
     import os
     import sys
 

@@ -119,7 +119,7 @@ def gradient_diagnostics(models: Models, algorithm: Algorithm, cfg, batch: Rollo
     """The gradient measurements of the module docstring on the training rows `batch` (`credit`,
     `positive`, `row_seeds` index for index), at the current parameters; {} when they are skipped."""
     params = models.trainable_parameters()
-    if models.sharded or sum(p.numel() for p in params) > MAX_GRADIENT_PARAMETERS:
+    if not models.gradients_are_whole() or sum(p.numel() for p in params) > MAX_GRADIENT_PARAMETERS:
         return {}
     flat = term_gradients(models, algorithm, cfg, batch, credit, positive, max_length=max_length,
                           token_budget=token_budget, dist=dist, row_seeds=row_seeds)
@@ -149,7 +149,8 @@ def term_gradients(models: Models, algorithm: Algorithm, cfg, batch: Rollouts, c
     for rows in plan_micro_batches(batch, token_budget):
         # the noise is keyed on the rows, so every term's loss below sees the same draw
         inputs, _ = loss_inputs(models, algorithm, cfg, batch.select(rows), credit[rows], positive[rows], totals,
-                                row_seeds=row_seeds[rows], ref=None if ref is None else ref[rows])
+                                row_seeds=row_seeds[rows], ref=None if ref is None else ref[rows],
+                                forwarded_tokens=totals.tokens)  # (the metrics are not used here)
         losses = {"full": algorithm.loss(inputs, cfg)[0]}
         losses |= {name: algorithm.loss(inputs, term_cfg)[0] for name, term_cfg in configs.items()}
         if has_positive:  # plain NLL of the positives, token mean over all ranks' positive tokens

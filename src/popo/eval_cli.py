@@ -10,14 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-from popo.build import load_policy, make_verifier, resolve_device, resolve_model_path
+from popo.build import resolve_device
 from popo.data.prepare import is_testbed, testbed_examples
 from popo.data.example import column_names
 from popo.config import load_config
 from popo.errors import SetupError
 from popo.evaluate import EvalProtocol, EvalResult, eval_seed, evaluate
-from popo.metrics import maj_at_k, summarize
+from popo.loading import load_policy, resolve_model_path
+from popo.rewards.make import make_verifier
 from popo.rollout import HFEngine
+from popo.sampling_metrics import maj_at_k, summarize
 
 MATH_TEMPLATE, MATH_MAX_NEW_TOKENS = "qwen-math", 1024
 # `--protocol NAME`: the settings it stands for, each overridden by its own flag; the template and token limit

@@ -15,8 +15,9 @@ import torch
 
 from popo.data.example import Example
 from popo.distributed import Dist
-from popo.metrics import pass_at_k
+from popo.rewards.scoring import score_rollouts
 from popo.rollout.base import RolloutEngine, SamplingParams
+from popo.sampling_metrics import pass_at_k
 from popo.seeds import eval_seed, row_seed
 
 
@@ -61,22 +62,6 @@ class EvalResult:
             counts = self.correct.sum(dim=1).long().tolist()
             result[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in counts) / len(counts)
         return result
-
-
-def score_rollouts(verifier, texts: Sequence[str], answers: Sequence, truncated: torch.Tensor,
-                   *, zero_if_truncated: bool, prompts: Sequence[str] | None = None,
-                   examples: Sequence[Example] | None = None) -> torch.Tensor:
-    """Rewards [N] for decoded completions; rollouts cut off by the token limit get 0 if asked. A verifier
-    that reads more than the answers (`score_rows`: `popo.rewards.composite.CompositeReward`) also gets
-    the prompts and examples, one per completion."""
-    if examples is not None and hasattr(verifier, "score_rows"):
-        scores = verifier.score_rows(list(prompts), list(texts), list(examples))
-    else:
-        scores = verifier.score(list(texts), list(answers))
-    rewards = torch.tensor(scores, dtype=torch.float32)
-    if zero_if_truncated:
-        rewards = torch.where(truncated.cpu(), 0.0, rewards)
-    return rewards
 
 
 def evaluate(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,

@@ -13,8 +13,9 @@ What the rest of popo relies on (and `tests/test_fsdp.py` checks against one pro
 - every rank runs the same number of forward/backward passes, because each one all-gathers weights:
   a rank with fewer (or no) micro-batches runs `idle_pass`es (a one-token forward whose loss is
   multiplied by zero), so nothing hangs when a rank has no positive rollout;
-- `completion_outputs` enters through the root unit (`register_fsdp_forward_method`), so the root's
-  weights are gathered for the LM head calls it makes outside `forward`;
+- `completion_outputs` enters through the root unit (`completion_entry`, a method registered with
+  `register_fsdp_forward_method`), so the root's weights are gathered for the LM head calls it makes
+  outside `forward`;
 - generation runs inside `gathered(model)`: every unit is all-gathered once and kept, so the decode
   loop itself needs no collective and ranks may stop after different numbers of tokens;
 - the EMA target is updated shard by shard on the local tensors (`local_tensors`), never gathered;
@@ -29,12 +30,17 @@ from __future__ import annotations
 
 import os
 import types
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+COMPLETION_METHOD = "popo_completion"
+"""The method `shard_` adds to a sharded model's root unit: `popo.logprobs.completion_forward` run through it."""
+
 
 @dataclass(frozen=True)
 class ShardingPlan:
@@ -111,11 +117,27 @@ def shard_(model: nn.Module, plan: ShardingPlan, *, offload: bool | None = None)
     for unit in [*layers, model]:  # sum over ranks (each rank's loss is its share of the total), with a
         unit.set_gradient_divide_factor(1.0)  # plain SUM reduce-scatter (gloo has no pre-scaled sum)
         unit.set_force_sum_reduction_for_comms(True)
-    from popo.logprobs import SHARDED_ENTRY, completion_forward
+    from popo.logprobs import completion_forward
 
-    setattr(model, SHARDED_ENTRY, types.MethodType(completion_forward, model))
-    register_fsdp_forward_method(model, SHARDED_ENTRY)
+    setattr(model, COMPLETION_METHOD, types.MethodType(completion_forward, model))
+    register_fsdp_forward_method(model, COMPLETION_METHOD)
     return model
+
+
+def completion_entry(model) -> Callable | None:
+    """The `entry` for `popo.logprobs.completion_outputs` of `model`: for a sharded model the method
+    `shard_` registered on its root unit, so the root's weights are gathered for the LM head calls made
+    outside `forward`; None for any other model (called directly)."""
+    method = getattr(model, COMPLETION_METHOD, None)
+    if method is None:
+        return None
+
+    def run(*args):
+        with warnings.catch_warnings():  # the features are a view of the hidden states, never changed in place
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+            return method(*args)
+
+    return run
 
 
 @contextmanager
@@ -161,7 +183,8 @@ def idle_pass(model: nn.Module, device: torch.device, *, backward: bool) -> None
 
     ids = torch.zeros(1, 2, dtype=torch.long, device=device)
     with torch.set_grad_enabled(backward):
-        out = completion_outputs(model, ids, torch.ones_like(ids), 1, need_features=True)
+        out = completion_outputs(model, ids, torch.ones_like(ids), 1, need_features=True,
+                                 entry=completion_entry(model))
         if backward:
             (out.logprobs.sum() * 0.0 + out.features.float().sum() * 0.0).backward()
 

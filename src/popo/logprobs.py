@@ -47,15 +47,12 @@ logit post-processing done inside a model's own ``forward`` is not reproduced.
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
-
-
-# a sharded model's forward method for `completion_forward`, run through its root FSDP unit (popo.fsdp)
-SHARDED_ENTRY = "popo_completion"
 
 
 def _check_chunk(chunk_size: int) -> None:
@@ -203,6 +200,7 @@ def completion_outputs(
     need_features: bool = False,
     chunk_size: int = 4096,
     entropy_grad: bool = True,
+    entry: Callable | None = None,
 ) -> CompletionOutputs:
     """Run the decoder once and return completion-token log-probs / entropy / features.
 
@@ -215,6 +213,9 @@ def completion_outputs(
         chunk_size: rows of [N*C] processed per LM-head call.
         entropy_grad: False when the entropy is only logged: it is then computed
             without autograd (same values, no gradient, less memory and time).
+        entry: what runs the forward pass, called with `completion_forward`'s arguments after
+            `model` and returning its tuple; None runs `completion_forward` on `model` directly.
+            A model that must be entered its own way supplies it (`popo.models` does).
 
     Returns:
         CompletionOutputs with logprobs [N, C], entropy [N, C], features [N, C, H]
@@ -233,21 +234,16 @@ def completion_outputs(
         return CompletionOutputs()
     args = (input_ids, attention_mask, prompt_length, need_logprobs, need_entropy, need_features, chunk_size,
             entropy_grad)
-    entry = getattr(model, SHARDED_ENTRY, None)  # a sharded model: through its root FSDP unit
-    if entry is None:
-        logprobs, entropy, features = completion_forward(model, *args)
-    else:
-        with warnings.catch_warnings():  # the features are a view of the hidden states, never changed in place
-            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-            logprobs, entropy, features = entry(*args)
+    run = partial(completion_forward, model) if entry is None else entry
+    logprobs, entropy, features = run(*args)
     return CompletionOutputs(logprobs, entropy, features)
 
 
 def completion_forward(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
                        need_logprobs: bool, need_entropy: bool, need_features: bool, chunk_size: int,
                        entropy_grad: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The body of `completion_outputs` as a method-like function of `model` returning a tuple (a sharded
-    model registers it as a forward method of its root unit, see `popo.fsdp`)."""
+    """The body of `completion_outputs` as a method-like function of `model` returning a tuple
+    (logprobs, entropy, features), so that a wrapper can run it as a method of the model (`entry`)."""
     seq_len = input_ids.shape[1]
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # [N, L]
     dec_out = _decoder(model)(

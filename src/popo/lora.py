@@ -61,6 +61,30 @@ def load_policy_weights(policy: nn.Module, state: dict[str, torch.Tensor]) -> tu
     return list(missing), list(unexpected)
 
 
+@contextmanager
+def plain_weights(model: nn.Module) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """(name, tensor) for every weight of `model` as the plain model (no adapters) names it, for an engine
+    that holds its own plain copy (vLLM): with LoRA the adapters are merged into the base weights for the
+    block and unmerged on exit, and the adapter tensors themselves are left out. The tensors are read from
+    the parameters, not `state_dict()`: a sharded policy inside `Models.gathered()` holds full tensors in
+    its modules, which `state_dict()` would cut into shards again."""
+    lora = is_peft(model)
+    if lora:
+        model.merge_adapter()
+    try:
+        yield [(_plain_name(name), p.detach()) for name, p in model.named_parameters() if "lora_" not in name]
+    finally:
+        if lora:
+            model.unmerge_adapter()
+
+
+def _plain_name(name: str) -> str:
+    """A `peft` parameter name as the plain model names it."""
+    if name.startswith("base_model.model."):
+        name = name[len("base_model.model."):]
+    return name.replace(".base_layer.", ".")
+
+
 class AdapterEMA:
     """EMA copy of a `peft` policy's trainable tensors, used as the target model by swapping it in."""
 
@@ -99,10 +123,14 @@ class AdapterEMA:
             self.policy.train(was_training)
 
     def save_pretrained(self, folder: str | Path) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.save_file(Path(folder) / "model.safetensors")
+
+    def save_file(self, path: str | Path) -> None:
+        """The EMA adapter tensors, by parameter name, as one safetensors file."""
         from safetensors.torch import save_file
 
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        save_file({n: t.contiguous() for n, t in zip(self.names, self.shadow)}, Path(folder) / "model.safetensors")
+        save_file({n: t.contiguous() for n, t in zip(self.names, self.shadow)}, path)
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = False):
         missing = [n for n in self.names if n not in state]

@@ -43,7 +43,7 @@ no half-gradient ties.  ``old`` and ``ref`` log-probs are constants (detached).
 POPO
 ----
 Over the positive rows ``S+`` (``positive_mask`` or ``weights > 0``), with
-sequence weights ``w`` from ``popo.weights.popo_weights``::
+sequence weights ``w`` from ``popo.credit.popo_weights``::
 
     L_nll = sum_{i in S+} w_i sum_t -log pi(y_it) m_it / N+
     L_sim = -sum_{i in S+} w_i cos(q(f_i), sg(f~_i + eps_i)) / W,  eps_i ~ N(0, sigma^2 I)
@@ -289,31 +289,9 @@ def popo_loss(
 
     # L_sim
     sim = torch.zeros((), dtype=dtype, device=w.device)
-    use_sim = alpha != 0 and predicted_features is not None and target_features is not None
-    if use_sim:
-        if predicted_features.shape != target_features.shape or predicted_features.shape[0] != n:
-            raise ValueError(
-                f"predicted_features {tuple(predicted_features.shape)} and target_features "
-                f"{tuple(target_features.shape)} must both be [N={n}, H]"
-            )
-        target = target_features.detach()  # [N, H]
-        if noise_std > 0:
-            noise = torch.randn(
-                target.shape, generator=generator, device=target.device, dtype=target.dtype
-            )  # [N, H]
-            target = target + noise_std * noise  # [N, H]
-        feat_dtype = _float_dtype(predicted_features)
-        rows = pos.unsqueeze(1)  # [N, 1]
-        # Non-positive rows are replaced by a constant all-ones vector (non-zero norm,
-        # so cosine's backward is finite there too); their weight is 0 anyway.
-        pred = torch.where(rows, predicted_features.to(feat_dtype), 1.0)  # [N, H]
-        targ = torch.where(rows, target.to(feat_dtype), 1.0)  # [N, H]
-        cos = F.cosine_similarity(pred, targ, dim=-1).to(dtype)  # [N]
-        w_total = w.sum() if weight_sum is None else torch.as_tensor(
-            weight_sum, device=w.device, dtype=dtype
-        )
-        w_total = torch.where(w_total > 0, w_total, 1.0)
-        sim = -(w * cos).sum() / w_total
+    if alpha != 0 and predicted_features is not None and target_features is not None:
+        sim = _similarity(predicted_features, target_features, w, pos, noise_std=noise_std,
+                          generator=generator, weight_sum=weight_sum)
         loss = loss + alpha * sim
 
     # L_ent
@@ -329,21 +307,53 @@ def popo_loss(
             ent_loss = -ent.sum() / n_plus
             loss = loss + beta * ent_loss
 
-    with torch.no_grad():
-        wp = w[pos]  # [N+rows]
-        w_sum_local = wp.sum()
-        w_ent = -torch.special.xlogy(wp, wp).sum() / w_sum_local if wp.numel() else wp.sum()
-        local_tokens = tok.sum()
-        metrics = {
-            "loss": float(loss),
-            "nll": float(nll),
-            "sim": float(sim),
-            "cos_sim": float(-sim),
-            "entropy": float(ent.sum() / local_tokens.clamp_min(1))
-            if token_entropy is not None else 0.0,
-            "ent_loss": float(ent_loss),
-            "num_positive": float(pos.sum()),
-            "num_positive_tokens": float(local_tokens),
-            "weight_entropy": float(w_ent) if w_sum_local > 0 else 0.0,
-        }
-    return loss, metrics
+    terms = {"loss": loss, "nll": nll, "sim": sim, "ent_loss": ent_loss}
+    return loss, _popo_metrics(terms, w, pos, tok, ent if token_entropy is not None else None)
+
+
+def _similarity(predicted: Tensor, target_features: Tensor, w: Tensor, pos: Tensor, *, noise_std: float,
+                generator: torch.Generator | None, weight_sum) -> Tensor:
+    """POPO's L_sim = -sum_i w_i cos(q(f_i), f_target_i + noise) / W over the positive rows (`popo_loss`)."""
+    n = w.shape[0]
+    if predicted.shape != target_features.shape or predicted.shape[0] != n:
+        raise ValueError(
+            f"predicted_features {tuple(predicted.shape)} and target_features "
+            f"{tuple(target_features.shape)} must both be [N={n}, H]"
+        )
+    target = target_features.detach()  # [N, H]
+    if noise_std > 0:
+        noise = torch.randn(
+            target.shape, generator=generator, device=target.device, dtype=target.dtype
+        )  # [N, H]
+        target = target + noise_std * noise  # [N, H]
+    feat_dtype = _float_dtype(predicted)
+    rows = pos.unsqueeze(1)  # [N, 1]
+    # Non-positive rows are replaced by a constant all-ones vector (non-zero norm,
+    # so cosine's backward is finite there too); their weight is 0 anyway.
+    pred = torch.where(rows, predicted.to(feat_dtype), 1.0)  # [N, H]
+    targ = torch.where(rows, target.to(feat_dtype), 1.0)  # [N, H]
+    cos = F.cosine_similarity(pred, targ, dim=-1).to(w.dtype)  # [N]
+    w_total = w.sum() if weight_sum is None else torch.as_tensor(weight_sum, device=w.device, dtype=w.dtype)
+    w_total = torch.where(w_total > 0, w_total, 1.0)
+    return -(w * cos).sum() / w_total
+
+
+@torch.no_grad()
+def _popo_metrics(terms: dict[str, Tensor], w: Tensor, pos: Tensor, tok: Tensor,
+                  ent: Tensor | None) -> dict[str, float]:
+    """`popo_loss`'s metrics: its terms, the positives' token-mean entropy, counts and the weights' entropy."""
+    wp = w[pos]  # [N+rows]
+    w_sum_local = wp.sum()
+    w_ent = -torch.special.xlogy(wp, wp).sum() / w_sum_local if wp.numel() else wp.sum()
+    local_tokens = tok.sum()
+    return {
+        "loss": float(terms["loss"]),
+        "nll": float(terms["nll"]),
+        "sim": float(terms["sim"]),
+        "cos_sim": float(-terms["sim"]),
+        "entropy": float(ent.sum() / local_tokens.clamp_min(1)) if ent is not None else 0.0,
+        "ent_loss": float(terms["ent_loss"]),
+        "num_positive": float(pos.sum()),
+        "num_positive_tokens": float(local_tokens),
+        "weight_entropy": float(w_ent) if w_sum_local > 0 else 0.0,
+    }

@@ -27,16 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from popo import fsdp
 from popo.distributed import Dist
-from popo.ema import Predictor, ema_update_, freeze_
+from popo.ema import ema_update_, freeze_, matched_tensors
 from popo.errors import SetupError
 from popo.lora import AdapterEMA, AdapterOff, companion, is_peft, load_policy_weights
 from popo.logprobs import CompletionOutputs, completion_outputs, masked_mean
 from popo.losses import kl_penalty
+from popo.predictor import Predictor
 from popo.rollout.base import Rollouts, plan_micro_batches
 
 
@@ -163,14 +164,16 @@ class Models:
         """Completion-pooled hidden features [n, H] of the EMA target, no gradient. Call it before the
         policy's forward: a LoRA target swaps adapter tensors in and out of the policy."""
         with torch.no_grad(), companion(self.target) as target:
-            return masked_mean(completion_outputs(
-                target, ids, attention, prompt_length, need_logprobs=False, need_features=True).features, mask)
+            return masked_mean(completion_outputs(target, ids, attention, prompt_length, need_logprobs=False,
+                                                  need_features=True, entry=fsdp.completion_entry(target)).features,
+                               mask)
 
     def online_outputs(self, ids: torch.Tensor, attention: torch.Tensor, prompt_length: int, *,
                        entropy_grad: bool) -> CompletionOutputs:
         """The policy's log-probs and entropy (and, with a target, its features), with gradient."""
         return completion_outputs(self.policy, ids, attention, prompt_length, need_entropy=True,
-                                  need_features=self.target is not None, entropy_grad=entropy_grad)
+                                  need_features=self.target is not None, entropy_grad=entropy_grad,
+                                  entry=fsdp.completion_entry(self.policy))
 
     def predict(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The predictor's projection [n, H] of the completion-pooled online features."""
@@ -192,6 +195,12 @@ class Models:
         return float(torch.where(batch.completion_mask, kl, 0.0).sum() / batch.completion_mask.sum().clamp(min=1))
 
     # ------------------------------------------------------------------ gradients and the EMA step
+    def gradients_are_whole(self) -> bool:
+        """Whether a gradient over `trainable_parameters()` (e.g. from `torch.autograd.grad`) holds whole
+        tensors on this rank, so flat gradients can be concatenated and compared; False when sharded
+        (each rank holds slices)."""
+        return not self.sharded
+
     def reduce_gradients_(self, params: list[nn.Parameter], dist: Dist) -> None:
         """Sum the replicated gradients over ranks (FSDP already reduce-scattered the sharded ones), so
         every rank holds (its shard of) the one-process gradient."""
@@ -203,14 +212,19 @@ class Models:
             return fsdp.clip_gradients_(params, max_norm, dist.sum_)
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-    def ema_step(self, tau: float) -> None:
-        """target <- tau * target + (1 - tau) * policy (adapter tensors with LoRA, local shards with FSDP)."""
+    def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The (target, online) tensors the EMA step moves, matched: the adapter tensors with LoRA, the local
+        shards with FSDP (never gathered), every floating tensor by name otherwise. A caller may match them
+        once and step `popo.ema.ema_update_(*pairs, tau)` itself (the TRL bridge does)."""
         if isinstance(self.target, AdapterEMA):
-            ema_update_(self.target.shadow, self.target.online(), tau)
-        elif self.sharded:  # shard by shard, never gathered
-            ema_update_(*fsdp.ema_pairs(self.target, self.policy), tau)
-        else:
-            ema_update_(self.target, self.policy, tau)
+            return self.target.shadow, self.target.online()
+        if self.sharded:
+            return fsdp.ema_pairs(self.target, self.policy)
+        return matched_tensors(self.target, self.policy)
+
+    def ema_step(self, tau: float) -> None:
+        """target <- tau * target + (1 - tau) * policy, over `ema_pairs`."""
+        ema_update_(*self.ema_pairs(), tau)
 
     # ------------------------------------------------------------------ checkpoints
     def snapshot(self, optimizer: torch.optim.Optimizer, *, keep: bool) -> "Snapshot":
@@ -264,6 +278,22 @@ def _state_kwarg(state: dict | None) -> dict:
     return {} if state is None else {"state_dict": state}
 
 
+def save_part(part: nn.Module | AdapterEMA, path: Path) -> None:
+    """One part of the models (the EMA target, the predictor) as one safetensors file: with LoRA the
+    target's adapter tensors alone, otherwise the module's tensors (tied ones stored once)."""
+    if isinstance(part, AdapterEMA):
+        part.save_file(path)
+    else:
+        save_model(part, str(path))
+
+
+def load_part(part: nn.Module | AdapterEMA, path: Path) -> tuple[list[str], list[str]]:
+    """Restore a file `save_part` wrote into `part`; returns the (missing, unexpected) tensor names."""
+    if isinstance(part, AdapterEMA):
+        return part.load_state_dict(load_file(path))
+    return load_model(part, str(path), strict=False)
+
+
 def _frozen_copy(model: nn.Module) -> nn.Module:
     return freeze_(copy.deepcopy(model))
 
@@ -297,7 +327,7 @@ def sequence_logprobs(model: nn.Module, batch: Rollouts, token_budget: int, dist
             continue
         sub = batch.select(rows)
         ids, attention, prompt_len = sub.sequences()
-        lp = completion_outputs(model, ids, attention, prompt_len).logprobs  # [m, c]
+        lp = completion_outputs(model, ids, attention, prompt_len, entry=fsdp.completion_entry(model)).logprobs
         out[rows, : lp.shape[1]] = lp.float()
     fsdp.reshard_all(model)  # no backward follows: free the root's gathered weights (no-op when not sharded)
     return out

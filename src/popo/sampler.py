@@ -61,7 +61,7 @@ class GroupSampler:
         G = self.group_size
         groups = [(rollouts, rewards)]  # every group sampled this step, round by round
         source = list(range(len(indices)))  # position k -> the index of its group among all groups sampled
-        missing = self._without_signal(rewards, range(len(indices)))
+        missing = self._without_signal(rewards)
         fresh_prompts = PromptStream(self.num_prompts, self.prompts_per_step, stream_seed(self.seed, 0, REFILL_STREAM))
         rounds, refill_seed = 1, stream_seed(self.seed, step, REFILL_STREAM)
         while rounds < self.max_rounds and self.dist.any(bool(missing)):
@@ -72,17 +72,17 @@ class GroupSampler:
             groups.append(part)
             for j, k in enumerate(missing):
                 source[k] = first + j
-            still = set(self._without_signal(part[1], range(len(missing))))  # indices into `missing`
-            missing = [k for j, k in enumerate(missing) if j in still]
+            missing = [missing[j] for j in self._without_signal(part[1])]  # the refills still without signal
             rounds += 1
         return self._assemble(groups, source, len(indices), len(missing), rounds)
 
-    def _without_signal(self, rewards: torch.Tensor, keys: range) -> list[int]:
-        """The keys of the groups in `rewards` that carry no learning signal (all of them for no rows)."""
+    def _without_signal(self, rewards: torch.Tensor) -> list[int]:
+        """The positions (0, 1, ...) of the groups in `rewards` [groups * G] that carry no learning signal
+        (none when there are no rows)."""
         if rewards.numel() == 0:
             return []
         ok = self.has_signal(rewards.view(-1, self.group_size)).tolist()
-        return [k for k, good in zip(keys, ok) if not good]
+        return [i for i, good in enumerate(ok) if not good]
 
     def _assemble(self, groups: list, source: list[int], prompts: int, unfilled: int, rounds: int) -> SampledBatch:
         """The batch made of each position's last group, with the counters summed over ranks."""

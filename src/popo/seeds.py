@@ -3,7 +3,8 @@ its own keys (seed, step, stream, row, position), never on generator state or on
 
 - `stream_seed(seed, step, stream)`: the seed of one random stream of one training step. A resumed run draws
   what an uninterrupted one would, and no stream's draws shift another's.
-- `row_seed(seed, *keys)`: a 32-bit seed per row (prompt, sample, ...) from a stream's seed.
+- `row_seed(seed, *keys)`: a 32-bit seed per row (prompt, sample, ...) from a stream's seed; `sample_seed`,
+  `noise_seed` and `step_noise_seeds` (a rank's rows of one step) name the ones a training step uses.
 - The streams: `SAMPLING_STREAM` (a step's rollouts), `NOISE_STREAM` (POPO's per-row target-feature noise),
   `REFILL_STREAM` (dynamic sampling's fresh prompts) and `EVAL_STREAM` (a run's evaluation samples). Stream 2
   was the update's generator, whose draws nothing used; its number is not reused.
@@ -12,6 +13,8 @@ its own keys (seed, step, stream, row, position), never on generator state or on
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -66,6 +69,13 @@ def noise_seed(seed: int, step: int, row: int) -> int:
     """The key of POPO's target-feature noise for row `row` (prompt position x group size + sample) of step
     `step`: the same however rows are split into micro-batches or processes."""
     return row_seed(stream_seed(seed, step, NOISE_STREAM), row)
+
+
+def step_noise_seeds(seed: int, step: int, positions: Sequence[int], group_size: int, device=None) -> torch.Tensor:
+    """`noise_seed` of every row of the prompts at `positions` in step `step`'s batch [len(positions) * G]
+    (int64), prompt by prompt, `group_size` rows each: a rank's share of the step's noise keys."""
+    return torch.tensor([noise_seed(seed, step, p * group_size + j) for p in positions for j in range(group_size)],
+                        device=device)
 
 
 def eval_seed(run_seed: int) -> int:

@@ -28,13 +28,16 @@ from popo.diagnostics import step_diagnostics
 from popo.distributed import Dist
 from popo.ema import ema_tau
 from popo.errors import TrainingHalted
-from popo.evaluate import EvalProtocol, evaluate_split_per_problem, run_protocol, score_rollouts
+from popo.evaluate import EvalProtocol, evaluate_split_per_problem, run_protocol
 from popo.models import Models
-from popo.records import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY, Progress, StepTimer, run_summary, step_record
+from popo.rewards.base import Verifier
 from popo.rewards.composite import reward_metrics
+from popo.rewards.scoring import score_rollouts
 from popo.rollout.base import RolloutEngine, Rollouts, SamplingParams
 from popo.sampler import GroupSampler, SampledBatch
-from popo.seeds import noise_seed
+from popo.seeds import step_noise_seeds
+from popo.step_log import (OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY, Progress, StepBatch, StepTimer, run_summary,
+                           step_record)
 from popo.update import update_policy
 
 
@@ -59,7 +62,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     engine: RolloutEngine
-    verifier: Any  # popo.rewards.Verifier
+    verifier: Verifier
     train_set: PromptSet
     eval_set: PromptSet
     stream: PromptStream
@@ -72,16 +75,37 @@ class Run:
     lock: Any = None  # popo.run_dir.RunLock on the rank that writes the run folder
 
 
+def _run_part(name: str) -> property:
+    """A `Trainer` attribute that is the part `name` of its `Run`: read from it, and replacing it replaces the
+    run's part (one copy of every part)."""
+    return property(lambda trainer: getattr(trainer.parts, name),
+                    lambda trainer, value: setattr(trainer.parts, name, value), doc=f"`Run.{name}` of this run.")
+
+
 class Trainer:
-    """Runs the loop over the parts of one run."""
+    """Runs the loop over the parts of one run (`parts`, the `Run`). Each part is also an attribute of the
+    trainer that reads and writes the run's one copy (`trainer.engine` is `trainer.parts.engine`)."""
+
+    config = _run_part("config")
+    algorithm = _run_part("algorithm")
+    models = _run_part("models")
+    optimizer = _run_part("optimizer")
+    scheduler = _run_part("scheduler")
+    engine = _run_part("engine")
+    verifier = _run_part("verifier")
+    train_set = _run_part("train_set")
+    eval_set = _run_part("eval_set")
+    stream = _run_part("stream")
+    tokenizer = _run_part("tokenizer")
+    dist = _run_part("dist")
+    writer = _run_part("writer")
+    log = _run_part("log")
 
     def __init__(self, run: Run):
-        self.run_parts = run
-        self.config, self.algorithm, self.models = run.config, run.algorithm, run.models
-        self.optimizer, self.scheduler = run.optimizer, run.scheduler
-        self.engine, self.verifier, self.tokenizer = run.engine, run.verifier, run.tokenizer
-        self.train_set, self.eval_set, self.stream = run.train_set, run.eval_set, run.stream
-        self.dist, self.writer, self.log = run.dist, run.writer, run.log
+        if not isinstance(run.verifier, Verifier):
+            raise TypeError(f"{type(run.verifier).__name__} is not a popo.rewards.Verifier (score, score_rows, "
+                            "take_metrics, close): subclass popo.rewards.VerifierBase, which defines all but score")
+        self.parts = run
         self.step, self.bad_steps, self.stop_requested = run.start_step, run.bad_steps, False
         self.stop_signal: int | None = None  # the signal that asked the run to stop (SIGINT: Ctrl-C)
         self.stopped_early = False  # the last `run` ended on a stop request, before train.steps
@@ -97,43 +121,50 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step of the algorithm
     def train_step(self, step: int) -> dict[str, float]:
-        c, G, timer = self.config, self.config.rollout.group_size, StepTimer()
-        positions = self.dist.shard(c.rollout.prompts_per_step)  # this rank's prompts, each with its G rollouts
-        indices = [batch[p] for batch in [self.stream.batch(step)] for p in positions]
-        batch = self.sample(indices, positions, step, timer)  # G verified rollouts per prompt, each from its own seed
-        rollouts, rewards = batch.rollouts, batch.rewards
-        positive = rewards > c.algo.reward_threshold  # [N]
-        credit = self.algorithm.credit(rewards, rollouts.mean_logprobs, rollouts.lengths.float(), G,
-                                       c.algo)  # weights (POPO) or advantages (GRPO), [N]
-        rows = torch.ones_like(positive) if self.algorithm.needs_negatives(c.algo) else positive
+        c, timer = self.config, StepTimer()
         diagnose = c.train.diag_every > 0 and (step + 1) % c.train.diag_every == 0
-        negatives = rollouts.select(~positive) if diagnose else None
-        before = self._mean_logprob(negatives) if diagnose else None
-        noise_seeds = torch.tensor([noise_seed(c.train.seed, step, p * G + j) for p in positions for j in range(G)],
-                                   device=self.models.device)
+        indices, positions = self._rank_prompts(step)
+        sampled = self.sample(indices, positions, step, timer)  # G verified rollouts per prompt, each from its own seed
+        batch = self.assign_credit(sampled, positions, step)  # weights (POPO) or advantages (GRPO), training rows
+        before = self._mean_logprob(batch.rollouts.select(~batch.positive)) if diagnose else None  # negatives
         with self.models.placed_for_update():
-            probe = self._probe(rollouts, credit, positive, rows, noise_seeds) if diagnose else {}  # before the update
+            probe = self._probe(batch) if diagnose else {}  # before the update
             with timer("train"):  # update on the training rows only
-                metrics = self.update(rollouts.select(rows), credit[rows], positive[rows], step, noise_seeds[rows])
+                metrics = self.update(batch, step)
             updated = metrics["skipped"] == 0.0
             with timer("ema"):
                 if updated and self.models.target is not None:
                     metrics["tau"] = self.ema_step(step)
             if diagnose:
-                metrics.update(probe | self._diagnostics(rollouts.select(positive), negatives, before))
+                metrics.update(probe | self._diagnostics(batch, before))
         if updated and self.engine.owns_weights:  # an engine with its own copy of the weights
             with timer("sync"), self.models.gathered():
                 self.engine.push_weights(self.models.policy)
-        return step_record(step, rewards, positive, credit, rollouts, metrics | batch.metrics, group_size=G,
-                           dist=self.dist,
-                           lr=self.scheduler.get_last_lr()[0], credit_is_weight=self.algorithm.credit_is_weight,
-                           seconds=timer.seconds)
+        return step_record(step, batch, metrics | sampled.metrics, lr=self.scheduler.get_last_lr()[0],
+                           seconds=timer.seconds, dist=self.dist)
+
+    def _rank_prompts(self, step: int) -> tuple[list[int], range]:
+        """This rank's share of step `step`'s prompts: their dataset indices and their positions in the batch."""
+        positions = self.dist.shard(self.config.rollout.prompts_per_step)
+        batch = self.stream.batch(step)
+        return [batch[p] for p in positions], positions
+
+    def assign_credit(self, sampled: SampledBatch, positions: range, step: int) -> StepBatch:
+        """The sampled rows with their credit (the loss table's), the rows the update trains on (POPO drops the
+        negatives) and each row's noise seed."""
+        c, G = self.config, self.config.rollout.group_size
+        rollouts, rewards = sampled.rollouts, sampled.rewards
+        positive = rewards > c.algo.reward_threshold  # [N]
+        credit = self.algorithm.credit(rewards, rollouts.mean_logprobs, rollouts.lengths.float(), G, c.algo)  # [N]
+        rows = torch.ones_like(positive) if self.algorithm.needs_negatives(c.algo) else positive
+        return StepBatch(rollouts, rewards, positive, credit, rows,
+                         noise_seeds=step_noise_seeds(c.train.seed, step, positions, G, device=self.models.device),
+                         group_size=G, credit_is_weight=self.algorithm.credit_is_weight)
 
     def sample(self, indices: list[int], positions: range, step: int, timer: StepTimer) -> SampledBatch:
         """G verified rollouts for each of this rank's prompts (`positions` in the global batch), with dynamic
         sampling's refills when it is on (`popo.sampler.GroupSampler`), and the reward's counts."""
-        if hasattr(self.verifier, "take_metrics"):
-            self.verifier.take_metrics()  # forget the counts of evaluations
+        self.verifier.take_metrics()  # forget the counts of evaluations
         batch = self.sampler.sample(indices, positions, step, lambda picks, seeds: self._sample_round(picks, seeds,
                                                                                                       timer))
         return SampledBatch(batch.rollouts, batch.rewards, {**self._take_reward_metrics(), **batch.metrics})
@@ -171,26 +202,27 @@ class Trainer:
         return step * self.config.rollout.prompts_per_step * self.config.rollout.group_size
 
     def _take_reward_metrics(self) -> dict[str, float]:
-        """A composite reward's counts since the last call, summed over ranks (none for a plain verifier)."""
-        take = getattr(self.verifier, "take_metrics", None)
-        if take is None:
+        """The verifier's counts since the last call, summed over ranks (nothing from a verifier that keeps
+        none: every rank runs the same verifier, so all ranks skip the sum together)."""
+        counts = self.verifier.take_metrics()
+        if not counts:
             return {}
-        counts = take()
         keys = sorted(counts)
         return reward_metrics(dict(zip(keys, self.dist.sum_values([counts[k] for k in keys]))))
 
-    def update(self, batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, step: int,
-               noise_seeds: torch.Tensor) -> dict:
-        c = self.config
-        if not self.dist.any(batch.num_rollouts > 0):  # nothing to learn from: no forward, backward or step
+    def update(self, batch: StepBatch, step: int) -> dict:
+        """The optimizer step(s) on the batch's training rows; with no row on any rank, only the schedule moves."""
+        c, rows = self.config, batch.rows
+        trained = batch.rollouts.select(rows)
+        if not self.dist.any(trained.num_rollouts > 0):  # nothing to learn from: no forward, backward or step
             with warnings.catch_warnings():  # the schedule still advances one step, by design
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 self.scheduler.step()
             return {"trained_rollouts": 0, "trained_tokens": 0, "skipped_no_positive": 1.0, "skipped": 1.0}
         metrics = update_policy(
-            self.models, self.optimizer, self.algorithm, c.algo, batch, credit, positive,
-            max_length=c.rollout.max_new_tokens, token_budget=c.optim.micro_batch_tokens,
-            grad_clip=c.optim.grad_clip, generator=None, dist=self.dist, row_seeds=noise_seeds)
+            self.models, self.optimizer, self.algorithm, c.algo, trained, batch.credit[rows],
+            batch.positive[rows], max_length=c.rollout.max_new_tokens, token_budget=c.optim.micro_batch_tokens,
+            grad_clip=c.optim.grad_clip, generator=None, dist=self.dist, row_seeds=batch.noise_seeds[rows])
         self.scheduler.step()
         self.bad_steps = self.bad_steps + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
@@ -203,18 +235,18 @@ class Trainer:
         self.models.ema_step(tau)
         return tau
 
-    def _probe(self, rollouts: Rollouts, credit: torch.Tensor, positive: torch.Tensor, rows: torch.Tensor,
-               noise_seeds: torch.Tensor) -> dict[str, float]:
+    def _probe(self, batch: StepBatch) -> dict[str, float]:
         """Whether the method's components can act on this step (`popo.diagnostics`): diversity of the
         positives, and each loss term's share of the gradient, measured without changing the run."""
         c = self.config
-        return step_diagnostics(self.models, self.algorithm, c.algo, rollouts, credit, positive, rows,
-                                group_size=c.rollout.group_size, max_length=c.rollout.max_new_tokens,
-                                token_budget=c.optim.micro_batch_tokens, dist=self.dist, row_seeds=noise_seeds)
+        return step_diagnostics(self.models, self.algorithm, c.algo, batch.rollouts, batch.credit, batch.positive,
+                                batch.rows, group_size=batch.group_size, max_length=c.rollout.max_new_tokens,
+                                token_budget=c.optim.micro_batch_tokens, dist=self.dist, row_seeds=batch.noise_seeds)
 
-    def _diagnostics(self, positives: Rollouts, negatives: Rollouts, before: float) -> dict[str, float]:
-        """How far the negatives' log-prob moved without being trained on (the implicit negative
+    def _diagnostics(self, batch: StepBatch, before: float) -> dict[str, float]:
+        """How far the negatives' log-prob moved from `before` without being trained on (the implicit negative
         gradient) and, with a target, KL(online || target) on the positives."""
+        positives, negatives = batch.rollouts.select(batch.positive), batch.rollouts.select(~batch.positive)
         out = {"implicit_neg_logprob_delta": self._mean_logprob(negatives) - before}
         if self.models.target is not None:
             kl = self.models.target_kl(positives, self.config.optim.micro_batch_tokens, self.dist)
@@ -293,8 +325,8 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
             self.verifier.close()
-            if self.run_parts.lock is not None:
-                self.run_parts.lock.release()
+            if self.parts.lock is not None:
+                self.parts.lock.release()
         if self.dist.is_main:
             self.log(self.summary(history, time.perf_counter() - started))
         return history

@@ -9,11 +9,12 @@ swaps, CPU offload) is `popo.models`' business; this module only asks them for o
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import torch
 
-from popo.algorithms import ADDITIVE_METRICS, Algorithm, BatchTotals, LossInputs
+from popo.algorithms import Algorithm, BatchTotals, LossInputs, Shares
 from popo.distributed import Dist, reduce_update_metrics
 from popo.models import Models
 from popo.rollout.base import Rollouts, plan_micro_batches
@@ -31,22 +32,17 @@ def batch_totals(batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, 
     )
 
 
-def accumulate_metrics(total: dict[str, float], metrics: dict[str, float], share: float) -> None:
-    """Add one micro-batch's loss metrics to the batch's: shares of a batch quantity (`ADDITIVE_METRICS`) add
-    up, the others are weighted by the micro-batch's share of the forwarded tokens."""
-    for key, value in metrics.items():
-        total[key] = total.get(key, 0.0) + (value if key in ADDITIVE_METRICS else share * value)
-
-
 def loss_inputs(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit: torch.Tensor | None,
                 positive: torch.Tensor, totals: BatchTotals, *, row_seeds: torch.Tensor | None,
-                old: torch.Tensor | None = None, ref: torch.Tensor | None = None,
+                forwarded_tokens: int, old: torch.Tensor | None = None, ref: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, credit_from=None) -> tuple[LossInputs, object]:
     """The one micro-batch path from rows to the loss table's inputs, shared by the update, the diagnostics
     and the TRL bridge: the target's features (before the policy's forward: a LoRA target swaps adapter
     tensors), the policy's outputs with gradient, and the per-row target noise keyed on `row_seeds` (the same
-    however rows are split). `credit` None: `credit_from(outputs)` computes it from this forward (TRL's
-    on-policy weights). Returns the inputs and the policy's outputs."""
+    however rows are split). `forwarded_tokens`: the completion tokens forwarded in the whole batch (all
+    micro-batches and processes), of which this micro-batch holds `token_share`. `credit` None:
+    `credit_from(outputs)` computes it from this forward (TRL's on-policy weights). Returns the inputs and
+    the policy's outputs."""
     ids, attention, prompt_len = sub.sequences()
     width = sub.completion_ids.shape[1]
     entropy_in_loss = algorithm.needs_entropy(cfg)
@@ -56,7 +52,8 @@ def loss_inputs(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit
     out = models.online_outputs(ids, attention, prompt_len, entropy_grad=entropy_in_loss)
     inputs = LossInputs(
         logprobs=out.logprobs, mask=sub.completion_mask, credit=credit if credit is not None else credit_from(out),
-        positive=positive, totals=totals, entropy=out.entropy if entropy_in_loss else None,
+        positive=positive, totals=totals, token_share=float(sub.completion_mask.sum()) / max(1, forwarded_tokens),
+        entropy=out.entropy if entropy_in_loss else None,
         old_logprobs=None if old is None else old[:, :width],
         ref_logprobs=None if ref is None else ref[:, :width], generator=generator)
     if target is not None:
@@ -67,9 +64,19 @@ def loss_inputs(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit
     return inputs, out
 
 
-def entropy_share(out, mask: torch.Tensor, tokens: int) -> float:
-    """The forwarded rows' token-mean entropy as this micro-batch's share of it (`tokens`: all forwarded)."""
-    return float(torch.where(mask, out.entropy.detach(), 0.0).sum() / max(1, tokens))
+def micro_batch_loss(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit: torch.Tensor | None,
+                     positive: torch.Tensor, totals: BatchTotals, **inputs) -> tuple[torch.Tensor, Shares]:
+    """One micro-batch's loss (its share of the batch loss, with gradient) and its metrics: the loss table's
+    `Shares` plus `entropy`, the policy's token-mean entropy over every forwarded token (this micro-batch's
+    share of it), and `nonfinite_losses` 1 when the loss is not finite. `inputs`: the keywords of
+    `loss_inputs`. The update and the TRL bridge both run this."""
+    x, out = loss_inputs(models, algorithm, cfg, sub, credit, positive, totals, **inputs)
+    loss, shares = algorithm.loss(x, cfg)
+    forwarded = max(1, inputs["forwarded_tokens"])
+    shares.put("entropy", float(torch.where(sub.completion_mask, out.entropy.detach(), 0.0).sum() / forwarded))
+    if not math.isfinite(float(loss.detach())):  # the tensor itself, whatever the metrics say: the step skips
+        shares.put("nonfinite_losses", 1.0)
+    return loss, shares
 
 
 def retry_once_on_oom(update):
@@ -143,19 +150,20 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     metrics: dict[str, float] = {}
     for _ in range(cfg.updates_per_batch if old is not None else 1):
         optimizer.zero_grad(set_to_none=True)
-        metrics = {}
+        shares = Shares()
         for rows in rounds:
             if rows is None:  # this rank is out of rows: join the other ranks' collectives, add nothing
                 models.idle_pass()
                 continue
-            step_metrics, share = micro_batch_backward(
+            loss, micro = micro_batch_loss(
                 models, algorithm, cfg, batch.select(rows), credit[rows], positive[rows], totals,
                 old=None if old is None else old[rows], ref=None if ref is None else ref[rows],
                 generator=generator, row_seeds=None if row_seeds is None else row_seeds[rows],
-                share_tokens=share_tokens)
-            accumulate_metrics(metrics, step_metrics, share)
+                forwarded_tokens=share_tokens)
+            loss.backward()
+            shares.add(micro)
         models.forwards_done()
-        metrics = optimizer_step(models, optimizer, params, metrics, grad_clip=grad_clip, dist=dist,
+        metrics = optimizer_step(models, optimizer, params, shares, grad_clip=grad_clip, dist=dist,
                                  empty=not plans)
     metrics["trained_rollouts"] = float(totals.sequences)
     metrics["trained_tokens"] = float(totals.tokens)
@@ -165,24 +173,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     return metrics
 
 
-def micro_batch_backward(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit: torch.Tensor,
-                         positive: torch.Tensor, totals: BatchTotals, *, old: torch.Tensor | None,
-                         ref: torch.Tensor | None, generator: torch.Generator | None,
-                         row_seeds: torch.Tensor | None, share_tokens: int) -> tuple[dict[str, float], float]:
-    """Forward the passes the loss needs for one micro-batch, back-propagate its loss (its share of the
-    batch loss) and return its metrics and its share of the forwarded tokens."""
-    inputs, out = loss_inputs(models, algorithm, cfg, sub, credit, positive, totals, row_seeds=row_seeds, old=old,
-                              ref=ref, generator=generator)
-    loss, metrics = algorithm.loss(inputs, cfg)
-    if not bool(torch.isfinite(loss.detach())):  # skip the update even if the gradient is finite
-        metrics["loss"] = float(loss.detach())
-    loss.backward()
-    share = float(sub.completion_mask.sum()) / max(1, share_tokens)
-    metrics["entropy"] = entropy_share(out, sub.completion_mask, share_tokens)
-    return metrics, share
-
-
-def optimizer_step(models: Models, optimizer: torch.optim.Optimizer, params: list, metrics: dict[str, float], *,
+def optimizer_step(models: Models, optimizer: torch.optim.Optimizer, params: list, metrics: Shares, *,
                    grad_clip: float, dist: Dist, empty: bool) -> dict[str, float]:
     """Reduce the accumulated gradients and metrics over ranks, clip, and step when everything is finite;
     adds `grad_norm` and `skipped` to the metrics."""
@@ -190,10 +181,10 @@ def optimizer_step(models: Models, optimizer: torch.optim.Optimizer, params: lis
         for p in params:
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad
     models.reduce_gradients_(params, dist)  # every rank now holds (its shard of) the one-process gradient
-    metrics = reduce_update_metrics(metrics, dist)
+    metrics = dict(reduce_update_metrics(metrics, dist))  # the batch's values, to which the step adds
     grad_norm = models.clip_gradients_(params, grad_clip if grad_clip > 0 else float("inf"), dist)
-    finite = bool(torch.isfinite(grad_norm)) and all(
-        torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k in ADDITIVE_METRICS)
+    finite = (bool(torch.isfinite(grad_norm)) and all(math.isfinite(v) for v in metrics.values())
+              and not metrics.get("nonfinite_losses"))
     metrics["grad_norm"] = float(grad_norm)
     metrics["skipped"] = 0.0 if finite else 1.0
     if finite:

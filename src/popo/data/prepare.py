@@ -20,7 +20,7 @@ def testbed_task(config: Config):
 
         return CountdownTask(numbers=tb.numbers, max_number=tb.max_number, test_size=tb.test_size,
                              validation_size=tb.validation_size)
-    from popo.testbed.task import AdditionTask
+    from popo.testbed.addition import AdditionTask
 
     return AdditionTask(digits=tb.digits, test_size=tb.test_size, validation_size=tb.validation_size)
 

@@ -38,7 +38,6 @@ Bad rows
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +232,63 @@ def _read_bytes(path: Path) -> bytes:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _check_load_options(on_bad_row: str, limit: int | None) -> None:
+    """Reject an `on_bad_row` other than "error" / "skip" and a `limit` below 1."""
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+
+
+def _transformed(answers: list[str], answer_transform: Callable[[str], str], answer_key: str | None) -> list[str]:
+    """The answers through `answer_transform`; a ValueError from it or an answer left empty rejects the row."""
+    try:
+        answers = [answer_transform(a) for a in answers]
+    except ValueError as err:
+        raise RowError("bad_type", f"field '{answer_key or 'answer'}': {err}") from None
+    if not all(a.strip() for a in answers):
+        raise RowError("empty_field", f"field '{answer_key or 'answer'}' is empty after conversion")
+    return answers
+
+
+def _row_example(row: Any, default_id: str, seen_ids: dict[str, str], *, problem_key: str | None,
+                 answer_key: str | None, answer_transform: Callable[[str], str] | None) -> Example:
+    """The Example of one row; a RowError naming the field at fault when the row is bad (a reader's error, not
+    an object, a missing or bad problem or answer, an id already in `seen_ids`)."""
+    if isinstance(row, RowError):
+        raise row
+    if not isinstance(row, dict):
+        raise RowError("not_an_object", f"row is not a JSON object (got {type(row).__name__})")
+    problem, messages, used_key = problem_of(row, problem_key)
+    answers = answers_of(row, answer_key)
+    if answer_transform is not None:
+        answers = _transformed(answers, answer_transform, answer_key)
+    example_id = row_id(row, default_id)
+    if example_id in seen_ids:
+        raise RowError("duplicate_id", f"field 'id': duplicate id {example_id!r} (first at {seen_ids[example_id]})")
+    answer: str | tuple[str, ...] = answers[0] if len(answers) == 1 else tuple(answers)
+    columns = {k: v for k, v in row.items() if k != used_key}  # for user reward functions
+    return Example(problem=problem, answer=answer, id=example_id, messages=messages, columns=columns)
+
+
+def _skip_or_raise(report: LoadReport, message: str, reason: str, on_bad_row: str) -> None:
+    """A bad row's `message` as a DataError, or with `on_bad_row="skip"` counted under `reason` (and kept
+    among the report's first messages)."""
+    if on_bad_row == "error":
+        raise DataError(message) from None
+    report.skipped_by_reason[reason] = report.skipped_by_reason.get(reason, 0) + 1
+    if len(report.messages) < MAX_REPORTED_MESSAGES:
+        report.messages.append(message)
+
+
+def _require_examples(report: LoadReport) -> None:
+    """A DataError when no example was loaded: the source is empty, or every row was bad."""
+    if report.loaded == 0:
+        if report.rows == 0:
+            raise DataError(f"{report.source}: no rows (the source is empty)")
+        raise DataError(f"{report.source}: no valid rows ({report.skipped} skipped: {report.skipped_by_reason})")
+
+
 def examples_from_rows(
     rows: Iterable[Located],
     *,
@@ -250,57 +306,23 @@ def examples_from_rows(
     ``answer_transform`` post-processes each answer string (e.g. GSM8K's text after ``####``); it may
     raise ``ValueError`` to reject a row.
     """
-    if on_bad_row not in ("error", "skip"):
-        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+    _check_load_options(on_bad_row, limit)
     report = LoadReport(source=label)
-    reasons: Counter[str] = Counter()
     examples: list[Example] = []
-    seen_ids: dict[str, str] = {}
-
     for prefix, number, row in rows:
         report.rows += 1
         try:
-            if isinstance(row, RowError):
-                raise row
-            if not isinstance(row, dict):
-                raise RowError("not_an_object", f"row is not a JSON object (got {type(row).__name__})")
-            problem, messages, used_key = problem_of(row, problem_key)
-            answers = answers_of(row, answer_key)
-            if answer_transform is not None:
-                try:
-                    answers = [answer_transform(a) for a in answers]
-                except ValueError as err:
-                    raise RowError("bad_type", f"field '{answer_key or 'answer'}': {err}") from None
-                if not all(a.strip() for a in answers):
-                    raise RowError("empty_field", f"field '{answer_key or 'answer'}' is empty after conversion")
-            example_id = row_id(row, f"{stem}-{number}")
-            if example_id in seen_ids:
-                raise RowError("duplicate_id",
-                               f"field 'id': duplicate id {example_id!r} (first at {seen_ids[example_id]})")
+            example = _row_example(row, f"{stem}-{number}", report.locations, problem_key=problem_key,
+                                   answer_key=answer_key, answer_transform=answer_transform)
         except RowError as err:
-            message = f"{prefix}: {err.message}"
-            if on_bad_row == "error":
-                raise DataError(message) from None
-            reasons[err.reason] += 1
-            if len(report.messages) < MAX_REPORTED_MESSAGES:
-                report.messages.append(message)
+            _skip_or_raise(report, f"{prefix}: {err.message}", err.reason, on_bad_row)
             continue
-        seen_ids[example_id] = prefix
-        answer: str | tuple[str, ...] = answers[0] if len(answers) == 1 else tuple(answers)
-        columns = {k: v for k, v in row.items() if k != used_key}  # for user reward functions
-        examples.append(Example(problem=problem, answer=answer, id=example_id, messages=messages, columns=columns))
+        report.locations[example.id] = prefix
+        examples.append(example)
         if limit is not None and len(examples) >= limit:
             break
-
-    report.skipped_by_reason = dict(reasons)
     report.loaded = len(examples)
-    report.locations = seen_ids
-    if not examples:
-        if report.rows == 0:
-            raise DataError(f"{label}: no rows (the source is empty)")
-        raise DataError(f"{label}: no valid rows ({report.skipped} skipped: {report.skipped_by_reason})")
+    _require_examples(report)
     return examples, report
 
 

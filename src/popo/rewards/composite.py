@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from popo.errors import TrainingHalted
+from popo.rewards.base import VerifierBase
 
 __all__ = ["CompositeReward", "RewardPart", "dataset_columns", "reward_metrics"]
 
@@ -44,7 +45,7 @@ class RewardPart:
     function: int | None = None
 
 
-class CompositeReward:
+class CompositeReward(VerifierBase):
     """The weighted sum of ``parts``; user functions run in ``pool`` (a FunctionPool, or None without them).
 
     ``items_per_call`` rows go to one call of a user function (a failure costs at most those rows);

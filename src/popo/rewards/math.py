@@ -27,7 +27,7 @@ Safety
 Model text is only ever treated as data: it is parsed by ``math-verify``/``latex2sympy`` and never
 passed to ``eval``/``exec``. Parsing and comparing can still blow up inside C code that no signal can
 interrupt, so for untrusted model output at scale use :class:`popo.rewards.MathVerifier`
-(:mod:`popo.rewards.pool`), which runs the same rule in worker processes under a hard wall-clock limit
+(:mod:`popo.rewards.math_verifier`), which runs the same rule in worker processes under a hard wall-clock limit
 per item. :func:`math_reward` has only the soft limit, and only on the main thread.
 """
 

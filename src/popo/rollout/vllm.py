@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from popo.lora import is_peft, plain_weights
 from popo.rollout.base import Rollouts, SamplingParams
 from popo.seeds import row_seed
 
@@ -62,22 +63,12 @@ class VLLMEngine:
         if self.mode == "colocate":
             if self.sleep_between:
                 self.llm.wake_up(tags=["weights"])
-            lora = hasattr(policy, "peft_config")
-            if lora:  # vLLM holds plain weights: send base + adapter merged, then unmerge
-                policy.merge_adapter()
-            try:
-                # parameters, not state_dict(): an FSDP-sharded policy is gathered here (the trainer's
-                # `fsdp.gathered`) and its modules hold full tensors, which state_dict() would re-shard
-                named = [(_plain_name(name), p.detach()) for name, p in policy.named_parameters()
-                         if "lora_" not in name]
+            with plain_weights(policy) as named:  # vLLM holds plain weights (LoRA adapters merged in)
                 self.llm.collective_rpc(_load_weights, args=(named,))
-            finally:
-                if lora:
-                    policy.unmerge_adapter()
             if self.sleep_between:
                 self.llm.sleep(level=1)
             return
-        if not hasattr(policy, "peft_config"):
+        if not is_peft(policy):
             raise RuntimeError("vLLM server mode syncs LoRA adapters only (set model.lora.r > 0), "
                                "or use rollout.vllm_mode=colocate")
         self.version += 1
@@ -134,13 +125,6 @@ class VLLMEngine:
         with urllib.request.urlopen(request, timeout=600) as reply:
             text = reply.read().decode()
         return json.loads(text) if text.strip().startswith("{") else {}
-
-
-def _plain_name(name: str) -> str:
-    """A `peft` parameter name as the plain model names it."""
-    if name.startswith("base_model.model."):
-        name = name[len("base_model.model."):]
-    return name.replace(".base_layer.", ".")
 
 
 def _parse_choice(choice: dict) -> tuple[list[int], list[float]]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from popo.metrics import pass_at_k
+from popo.sampling_metrics import pass_at_k
 
 OUTCOME_FIELDS = ("task", "method", "seed", "problem", "greedy", "correct", "k", "distinct")
 CURVE_FIELDS = ("task", "split", "method", "seed", "step", "greedy_acc", "avg", "pass", "k")
@@ -144,7 +144,7 @@ def paired_scores(rows: list[dict], task: str, treatment: str, baseline: str, sc
 
 
 def pass_at(counts, n: int, k: int) -> np.ndarray:
-    """Unbiased pass@k of every problem from its `counts` correct of `n` samples (`popo.metrics.pass_at_k`)."""
+    """Unbiased pass@k of every problem from its `counts` correct of `n` samples (`popo.sampling_metrics.pass_at_k`)."""
     return np.array([pass_at_k(n, int(c), k) for c in np.asarray(counts).ravel()]).reshape(np.shape(counts))
 
 

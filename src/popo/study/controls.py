@@ -23,9 +23,9 @@ import torch
 from popo.build import build_run
 from popo.data.prepare import is_testbed, testbed_task
 from popo.errors import SetupError
-from popo.records import StepTimer
+from popo.step_log import StepTimer
 from popo.testbed.sft import encode_pairs
-from popo.testbed.task import AdditionTask
+from popo.testbed.addition import AdditionTask
 from popo.trainer import Trainer
 
 SFT_MORE, SFT_SOLVED = "sft-more", "sft-solved"

@@ -22,7 +22,8 @@ import torch
 from popo.config import Config, load_config
 from popo.study.plots import plot_learning_curves
 from popo.study.report import environment_line, task_line
-from popo.build import build_trainer, resolve_model_path
+from popo.build import build_trainer
+from popo.loading import resolve_model_path
 from popo.study.runs import env_threads, worker_pool
 
 METHODS = ("popo", "grpo")
@@ -145,7 +146,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, extra: l
 def problem_scores(run_dir: Path, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(start, end) per-problem scores of one demo run, from the first and last evaluation in its metrics.jsonl:
     greedy (0/1), avg (correct samples / k) and pass (unbiased pass@k)."""
-    from popo.records import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY
+    from popo.step_log import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY
     from popo.study.analysis import pass_at
     from popo.tracking import read_metrics
 
@@ -252,68 +253,101 @@ def movement_reading(lifts: dict, k: int) -> str:
     return "\n".join(lines)
 
 
-def write_demo_report(out: Path, table: str, config: Config, overrides: list[str], rows: list[dict],
-                      total_s: float, quick: bool, workers: int = 1, warmup_s: float = 0.0,
-                      lifts: dict | None = None) -> None:
-    """The demo's report.md: task, budget, the results table, how far each method moved, the training-time
-    comparison, the diagnostics and the command."""
-    by = {r["method"]: r for r in rows}
+SMOKE_NOTE = ("**This is a smoke test of the pipeline** (a few steps on an easier task, with the full demo's "
+              "rates): its numbers mean nothing, and the methods may end below their start. `make demo` is the "
+              "demonstration.\n\n")
+LIMITS_TEXT = """What one seed can show: that both methods learn on this task from this start, what each costs (rows and
+tokens through the forward and backward pass, seconds), and whether POPO's weights and similarity term had
+anything to act on. What it cannot show: which method is better; the gap's interval counts only the test
+problems, and seeds differ by more. Study v3 (`docs/results/study_v3/`, several seeds, rates chosen on
+validation, a positive control first) is the tool for that.
+
+![learning curve](learning_curve.png)"""
+
+
+def setup_paragraph(config: Config, rows: list[dict]) -> str:
+    """The report's opening paragraph: task, model, shared start, budget, learning rates and evaluation."""
     k = config.train.eval_samples
-    ratio = ""
-    if "popo" in by and "grpo" in by and by["grpo"].get("train_s"):
-        ratio = (f"POPO's training phase took {by['popo']['train_s']:.1f}s against GRPO's "
-                 f"{by['grpo']['train_s']:.1f}s ({by['popo']['train_s'] / by['grpo']['train_s']:.2f}x): "
-                 f"POPO forwards and back-propagates only its positive rollouts "
-                 f"({by['popo']['forwarded_rollouts']:.0f} rows against GRPO's "
-                 f"{by['grpo']['forwarded_rollouts']:.0f} of the {by['grpo']['trained_rollouts']:.0f} in its "
-                 f"batches: GRPO skips the "
-                 f"rows whose advantage is exactly zero, those of prompts whose rollouts all got the same reward).\n")
     rates = ", ".join(f"{r['method']} {r['lr']:g}" for r in rows if "lr" in r)
-    moved = (f"""How far each method moved from the start, and the gap between them (means over the
-{config.data.eval_size} test problems, each method's end minus the start on the same problems; 95% percentile
-bootstrap intervals over problems):
-
-{movement_table(lifts, k)}
-
-{movement_reading(lifts, k)}
-""" if lifts else "")
-    smoke = ("**This is a smoke test of the pipeline** (a few steps on an easier task, with the full demo's "
-             "rates): its numbers mean nothing, and the methods may end below their start. `make demo` is the "
-             "demonstration.\n\n" if quick else "")
-    text = f"""# popo demo{' (quick)' if quick else ''}
-
-{smoke}Task: {task_line(config)} (reward 1 only for a
+    return f"""Task: {task_line(config)} (reward 1 only for a
 right, well-formed answer). Model: the embedded tiny Qwen2, warmed up by imitation on one solution
 drawn at random per example from all of a problem's solutions (shipped with popo: every machine starts
 from the same weights). Both methods start from that checkpoint and sample the same number of rollouts
 ({config.train.steps} steps x {config.rollout.prompts_per_step} prompts x {config.rollout.group_size}), each at
 the learning rate chosen for it {RATES_FROM} ({rates}).
 Evaluation: the first {config.data.eval_size} problems of the test split, never used in training or in any
-choice; greedy accuracy, and avg@{k} / pass@{k} from {k} samples at temperature {config.rollout.temperature}.
+choice; greedy accuracy, and avg@{k} / pass@{k} from {k} samples at temperature {config.rollout.temperature}."""
 
-{table}
 
-{moved}
-{ratio}
-Did the methods' components act? Means over the steps with diagnostics (`popo.diagnostics`): the share
+def movement_section(lifts: dict | None, k: int, eval_size: int) -> str:
+    """How far each method moved from the start and the gap between them: `movement_table` and its reading
+    ("" without `lifts`)."""
+    if not lifts:
+        return ""
+    return f"""How far each method moved from the start, and the gap between them (means over the
+{eval_size} test problems, each method's end minus the start on the same problems; 95% percentile
+bootstrap intervals over problems):
+
+{movement_table(lifts, k)}
+
+{movement_reading(lifts, k)}
+"""
+
+
+def speed_note(rows: list[dict]) -> str:
+    """POPO's training time against GRPO's and the rows each forwarded ("" unless both ran and GRPO's time is
+    known)."""
+    by = {r["method"]: r for r in rows}
+    if not ("popo" in by and "grpo" in by and by["grpo"].get("train_s")):
+        return ""
+    popo, grpo = by["popo"], by["grpo"]
+    return (f"POPO's training phase took {popo['train_s']:.1f}s against GRPO's {grpo['train_s']:.1f}s "
+            f"({popo['train_s'] / grpo['train_s']:.2f}x): POPO forwards and back-propagates only its positive "
+            f"rollouts ({popo['forwarded_rollouts']:.0f} rows against GRPO's {grpo['forwarded_rollouts']:.0f} of "
+            f"the {grpo['trained_rollouts']:.0f} in its batches: GRPO skips the rows whose advantage is exactly "
+            "zero, those of prompts whose rollouts all got the same reward).\n")
+
+
+def diagnostics_section(rows: list[dict]) -> str:
+    """What the diagnostics measure, then the `demo_diagnostics` table."""
+    return f"""Did the methods' components act? Means over the steps with diagnostics (`popo.diagnostics`): the share
 of distinct strings among a prompt's positives, the share of prompts whose positives differ at all (both
 over prompts with two or more positives), POPO's mean |softmax weight - uniform weight| there, each loss
 term's share of the gradient norm, and the cosine between the full gradient and the NLL-only one.
 
-{demo_diagnostics(rows)}
+{demo_diagnostics(rows)}"""
 
-What one seed can show: that both methods learn on this task from this start, what each costs (rows and
-tokens through the forward and backward pass, seconds), and whether POPO's weights and similarity term had
-anything to act on. What it cannot show: which method is better; the gap's interval counts only the test
-problems, and seeds differ by more. Study v3 (`docs/results/study_v3/`, several seeds, rates chosen on
-validation, a positive control first) is the tool for that.
 
-![learning curve](learning_curve.png)
-
-Command: `popo demo{' --quick' if quick else ''}` (settings: `{' '.join(overrides)}`, then per method
+def command_paragraph(overrides: list[str], total_s: float, quick: bool, workers: int, warmup_s: float) -> str:
+    """The command that made the report, its wall time (the warm-up's part and where the warm start came
+    from), how the methods shared the machine, and the machine."""
+    warm_start = ("the shipped warm start, or the cached copy" if warmup_s < 20 else
+                  "built here: this configuration has no shipped warm start; later runs reuse the cached model")
+    trained = f"side by side in {workers} processes" if workers > 1 else "one after the other"
+    return f"""Command: `popo demo{' --quick' if quick else ''}` (settings: `{' '.join(overrides)}`, then per method
 `algo.name` and `optim.lr`). Total wall time {total_s:.0f}s, of which {warmup_s:.0f}s to get the warmed-up
-model ({'the shipped warm start, or the cached copy' if warmup_s < 20 else 'built here: this configuration has no shipped warm start; later runs reuse the cached model'});
-the methods trained {'side by side in ' + str(workers) + ' processes' if workers > 1 else 'one after the other'},
-on {environment_line()}.
+model ({warm_start});
+the methods trained {trained},
+on {environment_line()}."""
+
+
+def write_demo_report(out: Path, table: str, config: Config, overrides: list[str], rows: list[dict],
+                      total_s: float, quick: bool, workers: int = 1, warmup_s: float = 0.0,
+                      lifts: dict | None = None) -> None:
+    """The demo's report.md: task, budget, the results table, how far each method moved, the training-time
+    comparison, the diagnostics and the command."""
+    text = f"""# popo demo{' (quick)' if quick else ''}
+
+{SMOKE_NOTE if quick else ''}{setup_paragraph(config, rows)}
+
+{table}
+
+{movement_section(lifts, config.train.eval_samples, config.data.eval_size)}
+{speed_note(rows)}
+{diagnostics_section(rows)}
+
+{LIMITS_TEXT}
+
+{command_paragraph(overrides, total_s, quick, workers, warmup_s)}
 """
     (out / "report.md").write_text(text)

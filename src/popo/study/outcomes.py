@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from popo.metrics import pass_at_k
+from popo.sampling_metrics import pass_at_k
 from popo.study.stats import bootstrap_difference, mean_ci
 
 PROBLEMS, START_PROBLEMS = "problems.json", "start-problems.json"
@@ -26,7 +26,7 @@ PROBLEMS, START_PROBLEMS = "problems.json", "start-problems.json"
 
 def evaluate_outcomes(trainer) -> dict:
     """Per-problem outcomes of `trainer`'s current policy on its held-out split (the run's protocol)."""
-    from popo.build import make_verifier
+    from popo.rewards.make import make_verifier
     from popo.evaluate import evaluate
 
     protocol = trainer.evaluation_protocol()

@@ -1,10 +1,13 @@
 """The study figures (matplotlib, Agg backend, imported on first use): the demo's learning curve, and for
-`popo report` curves with shaded confidence intervals, side-by-side diagnostic panels and a forest plot."""
+`popo report` curves with shaded confidence intervals, side-by-side diagnostic panels and a forest plot,
+with `study_plots`, which draws all of the report's figures from its runs' metrics records."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from popo.study.stats import mean_ci
 
 
 def _plt():
@@ -119,3 +122,76 @@ def plot_forest(rows: list[tuple[str, list[tuple[float, float]]]], labels: list[
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
+
+
+def step_seconds(record: dict) -> float:
+    """Training-loop seconds of one step (sampling, verifying, updating; evaluation excluded)."""
+    return sum(v for k, v in record.items() if k.startswith("time/"))
+
+
+def eval_points(records: list[dict], metric: str) -> list[tuple[int, float, float]]:
+    """(rollouts so far, training seconds so far, metric) at every evaluation."""
+    out, seconds = [], 0.0
+    for r in records:
+        seconds += step_seconds(r)
+        if f"eval/{metric}" in r:
+            out.append((r.get("rollouts_total", 0), seconds, r[f"eval/{metric}"]))
+    return out
+
+
+def _curve(by_seed: dict[int, list[dict]], metric: str, axis: int) -> list[tuple[float, float, float]]:
+    """Mean over seeds of `metric` at each evaluation, against rollouts (axis 0) or seconds (axis 1)."""
+    per_seed = [eval_points(records, metric) for records in by_seed.values()]
+    count = min(len(p) for p in per_seed)
+    out = []
+    for i in range(count):
+        ci = mean_ci([p[i][2] for p in per_seed])
+        out.append((sum(p[i][axis] for p in per_seed) / len(per_seed), ci.mean, ci.half_width))
+    return out
+
+
+def _smoothed(by_seed: dict[int, list[dict]], key: str, window: int = 10) -> list[tuple[float, float]]:
+    """Mean over seeds of a training metric by step, then a trailing moving average."""
+    sums: dict[int, list[float]] = {}
+    for records in by_seed.values():
+        for r in records:
+            if key in r and isinstance(r[key], (int, float)) and r.get("step", 0) > 0:
+                sums.setdefault(int(r["step"]), []).append(float(r[key]))
+    steps = sorted(sums)
+    means = [sum(sums[s]) / len(sums[s]) for s in steps]
+    out = []
+    for i, s in enumerate(steps):
+        chunk = means[max(0, i - window + 1): i + 1]
+        out.append((s, sum(chunk) / len(chunk)))
+    return out
+
+
+def _diagnostic_panels(rl: dict[str, dict[int, list[dict]]]) -> list[tuple[str, dict[str, list[tuple[float, float]]]]]:
+    """The diagnostics figure's panels: (title, smoothed series by variant) for the RL variants `rl`."""
+    return [("train pass rate", {n: _smoothed(s, "pass_rate") for n, s in rl.items()}),
+            ("token entropy of trained rows", {n: _smoothed(s, "entropy") for n, s in rl.items()}),
+            ("implicit-negative Δ log-prob", {n: _smoothed(s, "implicit_neg_logprob_delta", 3)
+                                              for n, s in rl.items()}),
+            ("distinct positives / positives", {n: _smoothed(s, "distinct_positive_frac", 3)
+                                                for n, s in rl.items()}),
+            ("gradient share of NLL (POPO family)", {n: _smoothed(s, "grad_share/nll", 3)
+                                                     for n, s in rl.items()})]
+
+
+def study_plots(out: Path, runs: dict, done: dict, rows: list, metrics: list[str], start_means: list[float]) -> None:
+    """The report's figures: final metrics (forest plot), learning curves against rollouts and seconds, and
+    the training diagnostics. Only variants without a space in their name (no sweep points) get curves."""
+    start = start_means[0]
+    main = {n: s for n, s in runs.items() if " " not in n}
+    plot_forest([(n, [(ci.mean, ci.half_width) for ci in cis]) for n, _, cis in rows], metrics,
+                out / "final_accuracy.png", start=start_means)
+    if main:
+        plot_curves({n: _curve(s, "greedy_acc", 0) for n, s in main.items()}, out / "curve_rollouts.png",
+                    xlabel="rollouts sampled (sft-more: RL-equivalent budget)", ylabel="held-out greedy accuracy",
+                    title="mean over seeds, shaded 95% CI", baseline=start)
+        plot_curves({n: _curve(s, "greedy_acc", 1) for n, s in main.items()}, out / "curve_walltime.png",
+                    xlabel="training seconds (evaluation excluded)", ylabel="held-out greedy accuracy",
+                    title="mean over seeds, shaded 95% CI", baseline=start)
+        rl = {n: s for n, s in main.items() if not next(iter(done[n].values())).get("sft")}
+        plot_panels(_diagnostic_panels(rl), out / "diagnostics.png", "step",
+                    empty_note="no data (diag_every > steps)")

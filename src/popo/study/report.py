@@ -1,13 +1,8 @@
-"""Study reports: `popo report RUN_DIR` (report.md and PNGs of a compare/sweep study, from its runs'
-metrics files only; the `popo demo` report is `popo.study.demo`'s, with the same helpers).
-
-Study report sections: setup, same-start check, results (mean +- 95% CI over seeds of the final held-out
-greedy accuracy, avg@k and pass@k), paired comparisons by seed against baseline methods (difference with
-CI, Holm-corrected paired t-test p-value beside the declared primary comparison's raw one, Cohen's d_z from
-3 seeds, TOST equivalence for "matches", and the per-problem tables of `popo.study.outcomes`), learning
-curves against rollouts and training wall time, training diagnostics, compute per method, and how to
-reproduce.
-The figures are drawn by `popo.study.plots`.
+"""Study reports: `popo report RUN_DIR` writes report.md of a compare/sweep study from its runs' metrics files
+only (`popo.study.demo` writes the `popo demo` report with the same line helpers). `write_study_report` joins
+one function per section: setup, results (mean +- 95% CI over seeds), paired comparisons by seed (Holm-corrected
+paired t-tests, Cohen's d_z, TOST equivalence and the per-problem tables of `popo.study.outcomes`), learning
+curves, training diagnostics, compute, and how to reproduce. `popo.study.plots` draws the figures.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ import transformers
 
 from popo.config import Config, load_config
 from popo.study.outcomes import outcome_section
-from popo.study.plots import plot_curves, plot_forest, plot_panels
+from popo.study.plots import step_seconds, study_plots
 from popo.study.runs import Study, load_study
 from popo.study.stats import Interval, binomial_se, equivalence_test, holm, mean_ci, paired_test
 from popo.tracking import read_metrics
@@ -71,21 +66,6 @@ def final_eval(records: list[dict]) -> dict[str, float]:
 def start_eval(records: list[dict]) -> dict[str, float]:
     first = [r for r in records if r.get("step") == 0 and "eval/greedy_acc" in r]
     return {k.removeprefix("eval/"): v for k, v in first[0].items() if k.startswith("eval/")} if first else {}
-
-
-def step_seconds(record: dict) -> float:
-    """Training-loop seconds of one step (sampling, verifying, updating; evaluation excluded)."""
-    return sum(v for k, v in record.items() if k.startswith("time/"))
-
-
-def eval_points(records: list[dict], metric: str) -> list[tuple[int, float, float]]:
-    """(rollouts so far, training seconds so far, metric) at every evaluation."""
-    out, seconds = [], 0.0
-    for r in records:
-        seconds += step_seconds(r)
-        if f"eval/{metric}" in r:
-            out.append((r.get("rollouts_total", 0), seconds, r[f"eval/{metric}"]))
-    return out
 
 
 def _fmt(ci: Interval, digits: int = 3) -> str:
@@ -161,33 +141,6 @@ def paired_table(runs: dict[str, dict[int, list[dict]]], baseline: str, metrics:
     return lines
 
 
-def _curve(by_seed: dict[int, list[dict]], metric: str, axis: int) -> list[tuple[float, float, float]]:
-    """Mean over seeds of `metric` at each evaluation, against rollouts (axis 0) or seconds (axis 1)."""
-    per_seed = [eval_points(records, metric) for records in by_seed.values()]
-    count = min(len(p) for p in per_seed)
-    out = []
-    for i in range(count):
-        ci = mean_ci([p[i][2] for p in per_seed])
-        out.append((sum(p[i][axis] for p in per_seed) / len(per_seed), ci.mean, ci.half_width))
-    return out
-
-
-def _smoothed(by_seed: dict[int, list[dict]], key: str, window: int = 10) -> list[tuple[float, float]]:
-    """Mean over seeds of a training metric by step, then a trailing moving average."""
-    sums: dict[int, list[float]] = {}
-    for records in by_seed.values():
-        for r in records:
-            if key in r and isinstance(r[key], (int, float)) and r.get("step", 0) > 0:
-                sums.setdefault(int(r["step"]), []).append(float(r[key]))
-    steps = sorted(sums)
-    means = [sum(sums[s]) / len(sums[s]) for s in steps]
-    out = []
-    for i, s in enumerate(steps):
-        chunk = means[max(0, i - window + 1): i + 1]
-        out.append((s, sum(chunk) / len(chunk)))
-    return out
-
-
 def forwarded(record: dict, what: str) -> float:
     """The rollouts (`what="rollouts"`) or completion tokens (`"tokens"`) of a step record that went through
     the forward and backward pass: `forwarded_*`, which the trainer records after dropping the rows whose
@@ -258,32 +211,6 @@ depend on the load.
 """
 
 
-def study_plots(out: Path, runs: dict, done: dict, rows: list, metrics: list[str], start_means: list[float]) -> None:
-    """The report's figures: final metrics (forest plot), learning curves against rollouts and seconds, and
-    the training diagnostics."""
-    start = start_means[0]
-    main = {n: s for n, s in runs.items() if " " not in n}
-    plot_forest([(n, [(ci.mean, ci.half_width) for ci in cis]) for n, _, cis in rows], metrics,
-                out / "final_accuracy.png", start=start_means)
-    if main:
-        plot_curves({n: _curve(s, "greedy_acc", 0) for n, s in main.items()}, out / "curve_rollouts.png",
-                    xlabel="rollouts sampled (sft-more: RL-equivalent budget)", ylabel="held-out greedy accuracy",
-                    title="mean over seeds, shaded 95% CI", baseline=start)
-        plot_curves({n: _curve(s, "greedy_acc", 1) for n, s in main.items()}, out / "curve_walltime.png",
-                    xlabel="training seconds (evaluation excluded)", ylabel="held-out greedy accuracy",
-                    title="mean over seeds, shaded 95% CI", baseline=start)
-        rl = {n: s for n, s in main.items() if not next(iter(done[n].values())).get("sft")}
-        plot_panels([("train pass rate", {n: _smoothed(s, "pass_rate") for n, s in rl.items()}),
-                     ("token entropy of trained rows", {n: _smoothed(s, "entropy") for n, s in rl.items()}),
-                     ("implicit-negative Δ log-prob", {n: _smoothed(s, "implicit_neg_logprob_delta", 3)
-                                                       for n, s in rl.items()}),
-                     ("distinct positives / positives", {n: _smoothed(s, "distinct_positive_frac", 3)
-                                                         for n, s in rl.items()}),
-                     ("gradient share of NLL (POPO family)", {n: _smoothed(s, "grad_share/nll", 3)
-                                                              for n, s in rl.items()})],
-                    out / "diagnostics.png", "step", empty_note="no data (diag_every > steps)")
-
-
 def results_table(rows: list, metrics: list[str], start_means: list[float], log: Callable[[str], None]) -> list[str]:
     """The final metrics table (mean ± 95% CI over seeds) with the start's row, and the below-start warning."""
     start = start_means[0]
@@ -297,41 +224,46 @@ def results_table(rows: list, metrics: list[str], start_means: list[float], log:
     return table
 
 
-def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
-                       log: Callable[[str], None] = print) -> Path:
-    out = Path(out)
-    study = load_study(out)
-    config = load_config(study.config_path, study.base_overrides)
-    k = config.train.eval_samples
-    metrics = ["greedy_acc", f"avg@{k}", f"pass@{k}"] if k > 0 else ["greedy_acc"]
-    runs, done, unfinished = load_runs(out, study)
-    if not runs:
-        raise RuntimeError(f"{out}: no finished run to report on")
-    baselines = [b for b in (baselines or ["popo", "grpo"]) if b in runs]
-    starts = [start_eval(records) for by_seed in runs.values() for records in by_seed.values()]
-    start_greedy = sorted({round(s["greedy_acc"], 6) for s in starts if s})
-    start_means = [sum(s[m] for s in starts if s) / max(1, sum(1 for s in starts if s)) for m in metrics]
-    start = start_means[0]
-    initial = sorted({d["initial_checkpoint"] for by in done.values() for d in by.values()})
-    n_eval = config.data.eval_size or config.testbed.test_size
+LEARNING_CURVES_TEXT = """## Learning curves
 
-    rows = results_rows(runs, metrics)
-    study_plots(out, runs, done, rows, metrics, start_means)
-    table = results_table(rows, metrics, start_means, log)
-    paired = []
-    for b in baselines:
-        paired += [f"\nAgainst **{b}** (variant minus {b}, paired by seed):\n", *paired_table(runs, b, metrics)]
-    outcome_text = outcome_section(out, {v.name: {s: out / v.dirname / f"seed-{s}" for s in study.seeds}
-                                         for v in study.variants}, baselines)
+![vs rollouts](curve_rollouts.png) ![vs wall time](curve_walltime.png)
+
+"""
+
+
+def report_metrics(config: Config) -> list[str]:
+    """The final metrics the report shows: greedy accuracy, with avg@k and pass@k when k samples are drawn."""
+    k = config.train.eval_samples
+    return ["greedy_acc", f"avg@{k}", f"pass@{k}"] if k > 0 else ["greedy_acc"]
+
+
+def step0_evals(runs: dict[str, dict[int, list[dict]]]) -> list[dict[str, float]]:
+    """Every finished run's step-0 evaluation ({} for a run that did not evaluate step 0)."""
+    return [start_eval(records) for by_seed in runs.values() for records in by_seed.values()]
+
+
+def mean_start_metrics(runs: dict[str, dict[int, list[dict]]], metrics: list[str]) -> list[float]:
+    """Each metric at step 0, averaged over the runs that evaluated step 0 (0.0 when none did)."""
+    starts = [s for s in step0_evals(runs) if s]
+    return [sum(s[m] for s in starts) / max(1, len(starts)) for m in metrics]
+
+
+def same_start_line(runs: dict[str, dict[int, list[dict]]], done: dict[str, dict[int, dict]]) -> str:
+    """The setup's "Same start" item: initial checkpoints, and whether all step-0 greedy accuracies agree."""
+    greedy = sorted({round(s["greedy_acc"], 6) for s in step0_evals(runs) if s})
+    initial = sorted({d["initial_checkpoint"] for by in done.values() for d in by.values()})
+    same = (f"yes: every run's step-0 greedy accuracy is {greedy[0]:.3f}" if len(greedy) == 1
+            else f"NO: step-0 greedy accuracies differ ({greedy})")
+    return f"Same start: initial checkpoint {', '.join(f'`{shown_path(p)}`' for p in initial)}; {same}."
+
+
+def setup_section(study: Study, config: Config, runs: dict[str, dict[int, list[dict]]],
+                  done: dict[str, dict[int, dict]], unfinished: list[str]) -> str:
+    """The "Setup" section: runs, rollout budget, task and held-out evaluation, same start, and variants."""
+    k, n_eval = config.train.eval_samples, config.data.eval_size or config.testbed.test_size
     variants = "\n".join(f"- `{v.name}`: `{' '.join(v.overrides)}`" + (" (supervised control)" if v.sft else "")
                          for v in study.variants)
-    same = ("yes: every run's step-0 greedy accuracy is " + f"{start_greedy[0]:.3f}" if len(start_greedy) == 1
-            else f"NO: step-0 greedy accuracies differ ({start_greedy})")
-    threads = sorted({d.get("threads") for by in done.values() for d in by.values()})
-    total_wall = sum(d["wall_s"] for by in done.values() for d in by.values())
-    text = f"""# Study report: {out}
-
-## Setup
+    return f"""## Setup
 
 - Runs: {sum(len(s) for s in runs.values())} finished ({len(runs)} variants; seeds {', '.join(map(str, study.seeds))}),
   {len(unfinished)} unfinished{': ' + ', '.join(unfinished) if unfinished else ''}.
@@ -342,21 +274,36 @@ def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
   Held-out evaluation: {n_eval} problems never trained on; greedy accuracy, avg@{k} and pass@{k} sampled at
   temperature {config.rollout.temperature}. A single greedy accuracy near 0.3 on {n_eval} problems has a
   binomial standard error of {binomial_se(0.3, n_eval):.3f}.
-- Same start: initial checkpoint {', '.join(f'`{shown_path(p)}`' for p in initial)}; {same}.
+- {same_start_line(runs, done)}
 - Seeds change the prompt order, the sampling and the loss noise, never the initial weights or test set.
 
 Variants (on top of the shared settings):
 {variants}
 
-## Results
+"""
+
+
+def results_section(rows: list, metrics: list[str], start_means: list[float], log: Callable[[str], None]) -> str:
+    """The "Results" section: the final metrics table of `results_table` and the forest plot."""
+    return f"""## Results
 
 Final held-out metrics, mean ± 95% confidence interval over seeds (Student t, n − 1 degrees of freedom):
 
-{chr(10).join(table)}
+{chr(10).join(results_table(rows, metrics, start_means, log))}
 
 ![final accuracy](final_accuracy.png)
 
-## Paired comparisons
+"""
+
+
+def paired_section(out: Path, study: Study, runs: dict[str, dict[int, list[dict]]], baselines: list[str],
+                   metrics: list[str]) -> str:
+    """The "Paired comparisons" section: how to read it, one `paired_table` per baseline, per-problem tables."""
+    paired = []
+    for b in baselines:
+        paired += [f"\nAgainst **{b}** (variant minus {b}, paired by seed):\n", *paired_table(runs, b, metrics)]
+    run_dirs = {v.name: {s: out / v.dirname / f"seed-{s}" for s in study.seeds} for v in study.variants}
+    return f"""## Paired comparisons
 
 Same seeds, same prompts, same initial checkpoint: differences with a 95% CI over seeds, paired t-test
 p-value and Cohen's d_z (mean difference / SD of the differences; not given below 3 seeds). The primary
@@ -368,15 +315,21 @@ its own), and otherwise as **inconclusive**: p ≥ 0.05 alone never reads as "ma
 something only if the baseline itself moved from the start by more than the margin (a positive control):
 compare its row with the start's above before reading one.
 {chr(10).join(paired)}
-{outcome_text}
+{outcome_section(out, run_dirs, baselines)}
 
-## Learning curves
+"""
 
-![vs rollouts](curve_rollouts.png) ![vs wall time](curve_walltime.png)
 
-{DIAGNOSTICS_TEXT}{COMPUTE_TEXT}{chr(10).join(compute_rows(runs, done))}
+def compute_section(runs: dict[str, dict[int, list[dict]]], done: dict[str, dict[int, dict]]) -> str:
+    """The "Compute" section: what its columns count, then the `compute_rows` table."""
+    return COMPUTE_TEXT + "\n".join(compute_rows(runs, done)) + "\n\n"
 
-## Reproduce
+
+def reproduce_section(out: Path, study: Study, done: dict[str, dict[int, dict]]) -> str:
+    """The "Reproduce" section: the study's commands, its shared settings and the machine it ran on."""
+    threads = sorted({d.get("threads") for by in done.values() for d in by.values()})
+    total_wall = sum(d["wall_s"] for by in done.values() for d in by.values())
+    return f"""## Reproduce
 
 ```
 {chr(10).join(study.commands)}
@@ -388,6 +341,27 @@ Shared settings: config file `{study.config_path or '(none: built-in study defau
 Machine: {environment_line()}; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()});
 runs used {', '.join(map(str, threads))} torch thread(s) each; sum of run wall times {total_wall:.0f}s.
 """
+
+
+def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
+                       log: Callable[[str], None] = print) -> Path:
+    """Write report.md and the figures of the study folder `out` from its finished runs' metrics; every
+    variant is paired against each of `baselines` that ran (default popo and grpo)."""
+    out = Path(out)
+    study = load_study(out)
+    config = load_config(study.config_path, study.base_overrides)
+    metrics = report_metrics(config)
+    runs, done, unfinished = load_runs(out, study)
+    if not runs:
+        raise RuntimeError(f"{out}: no finished run to report on")
+    baselines = [b for b in (baselines or ["popo", "grpo"]) if b in runs]
+    start_means = mean_start_metrics(runs, metrics)
+    rows = results_rows(runs, metrics)
+    study_plots(out, runs, done, rows, metrics, start_means)
+    text = "".join([f"# Study report: {out}\n\n", setup_section(study, config, runs, done, unfinished),
+                    results_section(rows, metrics, start_means, log),
+                    paired_section(out, study, runs, baselines, metrics), LEARNING_CURVES_TEXT, DIAGNOSTICS_TEXT,
+                    compute_section(runs, done), reproduce_section(out, study, done)])
     (out / "report.md").write_text(text)
     log(f"report: {out / 'report.md'}")
     return out / "report.md"

@@ -245,7 +245,8 @@ def execute_run(study_dir: str, variant: Variant, seed: int, threads: int) -> di
 def _execute(study_dir: str, variant: Variant, seed: int) -> dict:
     import torch
 
-    from popo.build import build_trainer, resolve_model_path
+    from popo.build import build_trainer
+    from popo.loading import resolve_model_path
     from popo.study.controls import CONTROLS
     from popo.study.outcomes import PROBLEMS, START_PROBLEMS, write_outcomes
 

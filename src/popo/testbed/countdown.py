@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from popo.testbed.task import TaskVerifier, gold_strings
+from popo.testbed.addition import TaskVerifier, gold_strings
 
 OPS = "+-*/"
 _STEP = re.compile(r"([0-9]{1,4})([-+*/])([0-9]{1,4})=([0-9]{1,4})")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from popo.build import resolve_model_path
 from popo.config import load_config
+from popo.loading import resolve_model_path
 from popo.testbed.shipped import SHIPPED, platform, shipped_root, write_manifest
 
 

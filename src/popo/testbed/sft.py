@@ -1,7 +1,7 @@
 """Supervised warm-up of the testbed model, and the cache that lets a second run skip it.
 
 The warm-up imitates the task's warm-up pairs (addition: scratchpads on an easier distribution than the
-RL prompts, `popo.testbed.task`; countdown: one solution drawn from all of each problem's solutions,
+RL prompts, `popo.testbed.addition`; countdown: one solution drawn from all of each problem's solutions,
 `popo.testbed.countdown_task`), with the loss on completion tokens only, AdamW, linear warmup then cosine
 decay. The task also picks the tokenizer's alphabet, and its settings are part of the cache key.
 """
@@ -24,7 +24,7 @@ from popo.testbed.tokenizer import build_tokenizer
 
 CACHE_VERSION = 4
 TestbedTask = Any
-"""A testbed task (`popo.testbed.task.AdditionTask` or `popo.testbed.countdown_task.CountdownTask`): `name`,
+"""A testbed task (`popo.testbed.addition.AdditionTask` or `popo.testbed.countdown_task.CountdownTask`): `name`,
 `alphabet`, `describe()`, `cache_fields()`, `verifier()`, the splits and `warmup_pairs(count, seed=)`."""
 
 

@@ -2,18 +2,15 @@
 
 They go to `checkpoint-N/popo/` (`target.safetensors`, `predictor.safetensors`); the predictor's AdamW
 state is part of TRL's `optimizer.pt`, since the predictor is a parameter group of TRL's optimizer. With
-PEFT the target is popo's `AdapterEMA`, so the file holds the adapter tensors only.
+PEFT the target is an EMA of the adapter tensors (`popo.lora`), so the file holds those only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_file, load_model, save_model
-
 from popo.errors import SetupError
-from popo.lora import AdapterEMA
-from popo.models import Models
+from popo.models import Models, load_part, save_part
 
 FOLDER = "popo"
 
@@ -22,13 +19,9 @@ def save_companions(models: Models, checkpoint: str | Path) -> None:
     """Write the target and the predictor under `checkpoint/popo/`."""
     folder = Path(checkpoint) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(models.target, AdapterEMA):
-        models.target.save_pretrained(folder)  # writes model.safetensors
-        (folder / "model.safetensors").replace(folder / "target.safetensors")
-    elif models.target is not None:
-        save_model(models.target, str(folder / "target.safetensors"))  # tied tensors are stored once
-    if models.predictor is not None:
-        save_model(models.predictor, str(folder / "predictor.safetensors"))
+    for name, part in (("target", models.target), ("predictor", models.predictor)):
+        if part is not None:
+            save_part(part, folder / f"{name}.safetensors")
 
 
 def load_companions(models: Models, checkpoint: str | Path) -> None:
@@ -40,10 +33,7 @@ def load_companions(models: Models, checkpoint: str | Path) -> None:
         path = folder / f"{name}.safetensors"
         if not path.is_file():
             raise SetupError(f"{path} is missing: cannot resume POPO's {name} from {checkpoint}")
-        if isinstance(part, AdapterEMA):
-            missing, unexpected = part.load_state_dict(load_file(path))
-        else:
-            missing, unexpected = load_model(part, str(path), strict=False)
+        missing, unexpected = load_part(part, path)
         if missing or unexpected:
             raise SetupError(f"{path} does not match POPO's {name}: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")

@@ -11,32 +11,22 @@ from __future__ import annotations
 
 import torch
 
-from popo.algorithms import Algorithm
+from popo.algorithms import Algorithm, Shares
 from popo.integrations.trl.batches import MicroBatch
 from popo.logprobs import masked_mean
 from popo.models import Models
-from popo.update import accumulate_metrics, entropy_share, loss_inputs
+from popo.update import micro_batch_loss as update_micro_batch_loss
 
 
-def micro_batch_loss(models: Models, algorithm: Algorithm, cfg, batch: MicroBatch) -> tuple[torch.Tensor, dict]:
-    """The loss of `batch` (with gradient) and its metrics; a batch without rows gives an exact zero."""
+def micro_batch_loss(models: Models, algorithm: Algorithm, cfg, batch: MicroBatch) -> tuple[torch.Tensor, Shares]:
+    """The loss of `batch` (with gradient) and its metrics (`Shares`, added up over the window); a batch
+    without rows gives an exact zero and no metrics."""
     rows = batch.rows
     if rows.num_rollouts == 0:  # nothing to forward; the gradient sum still counts this process (as zeros)
-        return torch.zeros((), device=models.device, requires_grad=True), {}
+        return torch.zeros((), device=models.device, requires_grad=True), Shares()
     mask = rows.completion_mask
     # with no precomputed credit, the weights come from this forward's own log-probs (on-policy: the sampler's)
-    inputs, out = loss_inputs(models, algorithm, cfg, rows, batch.credit, batch.positive, batch.totals,
-                              row_seeds=batch.row_seeds, credit_from=lambda out: batch.credit_from(
-                                  masked_mean(out.logprobs.detach(), mask), algorithm, cfg))
-    loss, metrics = algorithm.loss(inputs, cfg)
-    metrics["entropy"] = entropy_share(out, mask, batch.forwarded_tokens)
-    metrics["share"] = float(mask.sum()) / max(1, batch.forwarded_tokens)
-    return loss, metrics
-
-
-def accumulate(total: dict[str, float], metrics: dict[str, float]) -> None:
-    """Add a micro-batch's metrics to the window's: shares of a batch quantity add up, the others are
-    weighted by the micro-batch's share of the forwarded tokens."""
-    share = metrics.get("share", 0.0)
-    accumulate_metrics(total, {k: v for k, v in metrics.items() if k != "share"}, share)
-    total["share"] = total.get("share", 0.0) + share
+    return update_micro_batch_loss(
+        models, algorithm, cfg, rows, batch.credit, batch.positive, batch.totals, row_seeds=batch.row_seeds,
+        forwarded_tokens=batch.forwarded_tokens,
+        credit_from=lambda out: batch.credit_from(masked_mean(out.logprobs.detach(), mask), algorithm, cfg))

@@ -29,16 +29,15 @@ from accelerate.utils import DistributedType
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from popo.algorithms import Algorithm, get_algorithm
+from popo.algorithms import Algorithm, Shares, get_algorithm
 from popo.config import AlgoConfig
 from popo.distributed import Dist, reduce_update_metrics
-from popo.ema import ema_tau, ema_update_, matched_tensors
+from popo.ema import ema_tau, ema_update_
 from popo.errors import ConfigError, SetupError
 from popo.integrations.trl.batches import MicroBatch, plan
 from popo.integrations.trl.checkpoint import load_companions, save_companions
 from popo.integrations.trl.config import POPO_LOSS_TYPE, POPOConfig
-from popo.integrations.trl.loss import accumulate, micro_batch_loss
-from popo.lora import AdapterEMA
+from popo.integrations.trl.loss import micro_batch_loss
 from popo.models import Models
 
 
@@ -53,7 +52,7 @@ class PopoState:
     params: list[torch.nn.Parameter] = field(default_factory=list)  # the policy's trainable ones, the predictor's
     ema_pairs: tuple[list, list] = ((), ())  # (target, online) tensors of the EMA step, matched once
     rewards_per_func: torch.Tensor | None = None  # the last `_calculate_rewards` result, all processes
-    window: dict[str, float] = field(default_factory=dict)  # metrics of the window's micro-batches
+    window: Shares = field(default_factory=Shares)  # metrics of the window's micro-batches, added up
     window_rows: int = 0  # training rows of the window's generation batch, all processes
     generation: tuple | None = None  # (TRL's outputs, rewards) of the last generation batch, this process
 
@@ -87,10 +86,8 @@ class POPOTrainer(GRPOTrainer):
         acc = self.accelerator
         dist = Dist(acc.process_index, acc.num_processes, acc.local_process_index, acc.device)
         self.popo = PopoState(cfg, algorithm, models, dist, params=models.trainable_parameters())
-        if isinstance(models.target, AdapterEMA):  # matched once: the step itself is then one foreach lerp
-            self.popo.ema_pairs = (models.target.shadow, models.target.online())
-        elif models.target is not None:
-            self.popo.ema_pairs = matched_tensors(models.target, models.policy)
+        if models.target is not None:  # matched once: the step itself is then one foreach lerp
+            self.popo.ema_pairs = models.ema_pairs()
 
     # ------------------------------------------------------------------ generation -> micro-batches
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -141,7 +138,7 @@ class POPOTrainer(GRPOTrainer):
         p = self.popo
         loss, metrics = micro_batch_loss(p.models, p.algorithm, p.cfg, inputs)
         if self.model.training:
-            accumulate(p.window, metrics)
+            p.window.add(metrics)
         else:
             self._log_popo(reduce_update_metrics(metrics, p.dist), "eval")
         return loss
@@ -156,13 +153,12 @@ class POPOTrainer(GRPOTrainer):
             if p.window_rows:  # no training row anywhere: gradients stay unset, the step changes nothing
                 p.dist.sum_grads(p.params)
             self._log_popo(reduce_update_metrics(p.window, p.dist), "train")
-            p.window = {}
+            p.window = Shares()
         return loss
 
     def _log_popo(self, metrics: dict[str, float], mode: str) -> None:
         for key, value in metrics.items():
-            if key != "share":
-                self._metrics[mode][f"popo/{key}"].append(value)
+            self._metrics[mode][f"popo/{key}"].append(value)
 
     def create_optimizer(self, model=None):
         fresh = self.optimizer is None

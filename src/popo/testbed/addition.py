@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from popo.data.example import Example
 from popo.errors import ConfigError
+from popo.rewards.base import VerifierBase
 from popo.testbed.tokenizer import CHARACTERS
 
 _COMPLETION = re.compile(r"(\d{1,2},)*\d{1,2}=(\d+)")
@@ -164,7 +165,7 @@ def addition_reward(completion: str, answer: str | Sequence[str]) -> float:
     return 1.0 if match.group(2) in gold_strings(answer) else 0.0
 
 
-class TaskVerifier:
+class TaskVerifier(VerifierBase):
     """An in-process verifier over a testbed reward function `reward(completion, answer)` (the checks are
     bounded, so no worker process is needed); subclasses set `reward`."""
 

@@ -17,6 +17,7 @@ from popo.rewards import equivalence
 from popo.rewards.answers import (
     DEFAULT_MAX_ANSWER_CHARS, DEFAULT_MAX_CHARS, DEFAULT_MAX_DEPTH, read_prediction, usable_gold_forms,
 )
+from popo.rewards.base import VerifierBase
 from popo.rewards.equivalence import soft_timeout_usable, verify_boxes
 from popo.rewards.sandbox import worker_command
 from popo.rewards.workers import PoolRun, WorkerProcess, start_worker, stop_workers
@@ -57,7 +58,7 @@ class VerifierStats:
         return asdict(self)
 
 
-class MathVerifier:
+class MathVerifier(VerifierBase):
     """Batch math verifier: a pool of worker processes running :func:`math_reward`'s rule.
 
     Args:

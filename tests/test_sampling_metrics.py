@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from popo.metrics import avg_at_k, maj_at_k, pass_at_k, summarize
+from popo.sampling_metrics import avg_at_k, maj_at_k, pass_at_k, summarize
 
 
 def test_pass_at_k_closed_forms():

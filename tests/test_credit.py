@@ -1,4 +1,4 @@
-"""Tests for popo.weights: POPO sequence weights and GRPO advantages."""
+"""Tests for popo.credit: POPO sequence weights and GRPO advantages."""
 
 import math
 import statistics
@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from popo.weights import grpo_advantages, popo_weights
+from popo.credit import grpo_advantages, popo_weights
 
 F64 = torch.float64
 

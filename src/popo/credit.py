@@ -1,4 +1,5 @@
-"""Per-sequence weights for POPO and advantages for GRPO.
+"""The credit each rollout gets from its reward: per-sequence weights for POPO, advantages for GRPO,
+and signed rewards for REINFORCE (NSR, W-REINFORCE). The loss table (`popo.algorithms`) picks one.
 
 Rows are laid out prompt by prompt: the ``N = B * G`` completions of a batch
 are ``B`` consecutive groups of ``G = group_size`` rollouts of one prompt.

@@ -1,10 +1,13 @@
-"""The metrics record of one training step: batch statistics over all ranks, the update's metrics, and the
-wall time of each phase."""
+"""What a run logs: the metrics record of one training step (`step_record` over the step's `StepBatch`: batch
+statistics over all ranks, the update's metrics, the wall time of each phase from `StepTimer`), the console
+progress (`Progress`), the reading order of evaluation keys, and the end-of-run summary (`run_summary`, with
+its paired test of held-out accuracy)."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -34,14 +37,29 @@ def weight_entropy(weights: torch.Tensor, positive: torch.Tensor, group_size: in
     return float(ent[has].mean()) if has.any() else 0.0
 
 
-def step_record(step: int, rewards: torch.Tensor, positive: torch.Tensor, credit: torch.Tensor, rollouts: Rollouts,
-                metrics: dict, *, group_size: int, dist: Dist, lr: float, credit_is_weight: bool,
-                seconds: dict[str, float]) -> dict[str, float]:
-    """Step statistics over the whole batch (all ranks' rollouts, as one process would compute them), the
-    update's `metrics`, the learning rate and the phase timings. A collective with several processes."""
-    rewards, positive, credit = (dist.gather(t) for t in (rewards, positive, credit))
-    lengths, truncated = dist.gather(rollouts.lengths), dist.gather(rollouts.truncated)
-    groups = positive.view(-1, group_size)
+@dataclass
+class StepBatch:
+    """One step's rows on this rank, prompt by prompt in groups of `group_size`: what the update trains on and
+    the step's record describes."""
+
+    rollouts: Rollouts
+    rewards: torch.Tensor  # [N]
+    positive: torch.Tensor  # [N] bool: reward above `algo.reward_threshold`
+    credit: torch.Tensor  # [N] weights (`credit_is_weight`: POPO) or advantages (GRPO)
+    rows: torch.Tensor  # [N] bool: the rows the update trains on (POPO: the positives)
+    noise_seeds: torch.Tensor  # [N] keys of POPO's per-row target noise (`popo.seeds.step_noise_seeds`)
+    group_size: int
+    credit_is_weight: bool
+
+
+def step_record(step: int, batch: StepBatch, metrics: dict, *, lr: float, seconds: dict[str, float],
+                dist: Dist) -> dict[str, float]:
+    """Statistics of the step's batch (all ranks' rollouts, as one process would compute them), the update's
+    `metrics`, the learning rate and the phase timings. A collective with several processes."""
+    G = batch.group_size
+    rewards, positive, credit = (dist.gather(t) for t in (batch.rewards, batch.positive, batch.credit))
+    lengths, truncated = dist.gather(batch.rollouts.lengths), dist.gather(batch.rollouts.truncated)
+    groups = positive.view(-1, G)
     if dist.world > 1:  # a rank may have nothing to train on; it still joins every collective
         metrics["positive_rollouts_min_rank"] = int(positive.view(dist.world, -1).sum(1).min())
     return {
@@ -51,8 +69,8 @@ def step_record(step: int, rewards: torch.Tensor, positive: torch.Tensor, credit
         "rollouts": int(rewards.numel()), "positive_rollouts": int(positive.sum()),
         "generated_tokens": int(lengths.sum()), "truncated_frac": float(truncated.float().mean()),
         "lr": lr, **metrics,
-        **({"weight_entropy": weight_entropy(credit, positive, group_size)}  # per prompt, over the whole batch
-           if credit_is_weight else {}),
+        **({"weight_entropy": weight_entropy(credit, positive, G)}  # per prompt, over the whole batch
+           if batch.credit_is_weight else {}),
         **seconds,
     }
 
