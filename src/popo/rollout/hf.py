@@ -9,10 +9,10 @@ batch; see `HFEngine`), measured against a bare `generate` in benchmarks/generat
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
-import transformers
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from popo.rollout.base import Rollouts, SamplingParams
@@ -250,10 +250,14 @@ def sample_seeds(prompt_seeds: Sequence[int], n: int) -> torch.Tensor:
 
 
 def _cache_kwarg(cache) -> dict:
-    """`generate`'s keyword for a starting KV cache: `cache` from transformers 5, `past_key_values` before."""
+    """The keyword by which the installed transformers' forward and `generate` take a KV cache: `cache` in
+    recent releases, `past_key_values` before (5.10 still), read off a reference decoder's signature (a
+    keyword the forward does not name would be swallowed by its `**kwargs`, and decoding would ignore it)."""
     if cache is None:
         return {}
-    return {"cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values": cache}
+    from transformers import LlamaModel
+
+    return {"cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values": cache}
 
 
 def concat_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
