@@ -44,3 +44,16 @@ def test_sittings_merge_and_the_ledger_reads_them(tmp_path):
     # the fixture's curves rise with the step alike for every rate: ties go to the first rate listed
     assert record["grpo"]["chosen"] == "1e-4" and record["grpo"]["at_edge"]
     assert record["grpo"]["means"]["1e-3"] == pytest.approx(0.3 + 0.001 * 100)
+
+
+def test_finals_lists_the_missing_test_runs_as_seed_ranges(tmp_path):
+    rng = np.random.default_rng(2)
+    start = (rng.binomial(4, 0.3, 30).tolist(), rng.binomial(1, 0.4, 30).tolist())
+    _study(tmp_path / "final", {"grpo": _draws(rng, 0.6, 0.6)}, "test", start)  # seeds 3, 4, 5
+    _study(tmp_path / "tune", {"popo": _draws(rng, 0.6, 0.6)}, "validation", start)  # not the test split
+    data = tmp_path / "countdown"
+    _derive("collect", tmp_path / "final", tmp_path / "tune", "--task", "countdown", "--out", data)
+    out = _ledger("finals", data, "--arms", "grpo,popo", "--seeds", "3,4,5,6,7", "--steps", "100")
+    assert out.split("\n")[:2] == ["grpo 6 2", "popo 3 5"]
+    assert _ledger("finals", data, "--arms", "grpo", "--seeds", "3,4,5", "--steps", "100") == ""
+    assert _ledger("finals", data, "--arms", "grpo", "--seeds", "3,4,5", "--steps", "200") == "grpo 3 3"

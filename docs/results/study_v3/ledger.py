@@ -12,6 +12,9 @@ missing, runs them, and merges them into the tables (`derive.py collect` keeps t
         --rates 3e-6,1e-5,3e-5,1e-4,3e-4 --seeds 0,1,2 --steps 500 --metric avg
     # tuning.json in the folder: each arm's mean final validation metric per rate and the chosen rate, by
     # the rule of `popo compare --tune` (popo.study.tune.choose, at_edge); refused while a run is missing
+    python docs/results/study_v3/ledger.py finals docs/results/study_v3/countdown --arms grpo,popo \
+        --seeds 3,4,5,6 --steps 500
+    # the final (test split) runs still missing: one line ARM FIRST_SEED COUNT per contiguous range of seeds
 """
 
 from __future__ import annotations
@@ -60,6 +63,20 @@ def todo(folder: Path, arms: list[str], rates: list[str], seeds: list[int], step
     return batches
 
 
+def finals(folder: Path, arms: list[str], seeds: list[int], steps: int) -> list[tuple[str, int, int]]:
+    """Missing final runs (test split) as (arm, first seed, count) over contiguous ranges of `seeds`."""
+    done = finished(folder, steps, split="test")
+    ranges = []
+    for arm in arms:
+        missing = [s for s in seeds if (arm, s) not in done]
+        for seed in missing:
+            if ranges and ranges[-1][0] == arm and ranges[-1][1] + ranges[-1][2] == seed:
+                ranges[-1] = (arm, ranges[-1][1], ranges[-1][2] + 1)
+            else:
+                ranges.append((arm, seed, 1))
+    return ranges
+
+
 def chosen_rates(folder: Path, arms: list[str], rates: list[str], seeds: list[int], steps: int,
                  metric: str) -> dict:
     """tuning.json from the committed curves: refused while any (arm, rate, seed) run is missing."""
@@ -80,16 +97,20 @@ def chosen_rates(folder: Path, arms: list[str], rates: list[str], seeds: list[in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["todo", "choose"])
+    parser.add_argument("command", choices=["todo", "choose", "finals"])
     parser.add_argument("folder", type=Path, help="a data folder holding curves.csv.gz")
     parser.add_argument("--arms", required=True)
-    parser.add_argument("--rates", required=True)
+    parser.add_argument("--rates", default="", help="the tuning grid (todo, choose)")
     parser.add_argument("--seeds", required=True, help="comma-separated seeds")
     parser.add_argument("--steps", type=int, required=True, help="the runs' length (a finished run's last step)")
     parser.add_argument("--metric", default="avg@16", help="the final validation metric `choose` maximises")
     args = parser.parse_args(argv)
     arms, rates = args.arms.split(","), args.rates.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.command == "finals":
+        for arm, first, count in finals(args.folder, arms, seeds, args.steps):
+            print(arm, first, count)
+        return 0
     if args.command == "todo":
         for seed, group, missing in todo(args.folder, arms, rates, seeds, args.steps):
             print(seed, ",".join(group), ",".join(missing))

@@ -57,10 +57,14 @@ case "$PHASE" in
     rate() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['chosen'])" \
              "$DATA/tuning/tuning.json" "$1"; }
     # each tuned arm at its chosen rate; popo-nosim at POPO's (it isolates one component of POPO)
-    for arm in ${TUNED//,/ } popo-nosim; do
+    FINAL_SEEDS=$(seq -s, "$FIRST_SEED" $((FIRST_SEED + SEEDS - 1)))
+    mapfile -t RANGES < <(python $HERE/ledger.py finals "$DATA" --arms "$TUNED,popo-nosim" \
+                          --seeds "$FINAL_SEEDS" --steps "$STEPS")
+    for range in "${RANGES[@]}"; do
+      read -r arm first count <<< "$range"
       lr=$(rate "${arm%-nosim}")
       popo compare "${TASK[@]}" "${TRAIN[@]}" "${TEST[@]}" optim.lr="$lr" --methods "$arm" \
-          --seeds "$SEEDS" --seed-start "$FIRST_SEED" --out "$OUT/countdown/final-$arm" "${PAR[@]}"
+          --seeds "$count" --seed-start "$first" --out "$OUT/countdown/final-$arm" "${PAR[@]}"
       python $HERE/derive.py collect "$OUT/countdown/final-$arm" --task countdown --out "$DATA"
     done
     python $HERE/derive.py report "$DATA" --plan $HERE/preregistration.json ;;
