@@ -5,7 +5,9 @@ fetched (`check_hub_reachable`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,12 +49,13 @@ def load_policy(path: str, config: Config, device: torch.device):
         check_hub_reachable(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if (Path(path) / "adapter_config.json").is_file():  # a LoRA checkpoint: merge it into its base
-            from popo.lora import load_adapter_merged
+        with every_rank_reads_weights():
+            if (Path(path) / "adapter_config.json").is_file():  # a LoRA checkpoint: merge it into its base
+                from popo.lora import load_adapter_merged
 
-            model = load_adapter_merged(path, **kwargs).to(device)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+                model = load_adapter_merged(path, **kwargs).to(device)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
     except OSError as err:
         raise SetupError(f"cannot load model {path!r}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
@@ -67,6 +70,28 @@ def load_policy(path: str, config: Config, device: torch.device):
         model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules,
                            config.model.gradient_checkpointing)
     return model, tokenizer
+
+
+@contextmanager
+def every_rank_reads_weights() -> Iterator[None]:
+    """`from_pretrained` with accelerate's CPU-RAM-efficient FSDP loading turned off for the block.
+
+    `accelerate launch` with FSDP sets FSDP_CPU_RAM_EFFICIENT_LOADING=true by default; with a process group
+    up, `transformers` then treats ranks other than local rank 0 as placeholders for accelerate's
+    `sync_module_states` broadcast to fill (5.10 sets all their parameters and buffers to zeros; later
+    releases only their non-persistent buffers). popo shards with
+    `fully_shard` itself (`popo.fsdp.shard_`): each rank keeps its slice of its own copy and nothing is
+    broadcast, so every rank must read the real weights (half of every sharded tensor was zeros otherwise)."""
+    key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+    saved = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
 
 
 def check_hub_reachable(repo_id: str, timeout_s: float = 3.0) -> None:
