@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                               train_dataset=dataset, processing_class=tokenizer, peft_config=get_peft_config(model_args))
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         trainer.save_model(args.output_dir)
-        trainer.end()  # finish the trackers and leave the process group
+        trainer.accelerator.end_training()  # trackers finished, process group left (Trainer.end in newer releases)
     finally:
         for reward in rewards:
             if isinstance(reward, MathReward):
