@@ -92,6 +92,8 @@ def test_pass_at_k_script_writes_resumes_and_checks_problems(tmp_path, one_threa
     second = json.loads((study / "start-problems-k4-n5-seed-1.json").read_text())
     assert second["protocol"]["seed"] == seed1["protocol"]["seed"] and second["correct"] == seed1["correct"]
     assert "sampled 2 time(s)" in two and "| *start* | 2 |" in two
+    one = script.main([*argv, "--seeds", "1"])  # the runs of the seeds asked for only (files already there)
+    assert "| popo | 1 |" in one and "| popo | 2 |" not in one
 
     # other problems than the study's evaluation: refused before anything is evaluated
     (study / "start-problems.json").write_text(json.dumps({"ids": ["test-1", "test-0", *[f"test-{i}" for i in

@@ -57,3 +57,37 @@ def test_finals_lists_the_missing_test_runs_as_seed_ranges(tmp_path):
     assert out.split("\n")[:2] == ["grpo 6 2", "popo 3 5"]
     assert _ledger("finals", data, "--arms", "grpo", "--seeds", "3,4,5", "--steps", "100") == ""
     assert _ledger("finals", data, "--arms", "grpo", "--seeds", "3,4,5", "--steps", "200").strip() == "grpo 3 3"
+
+
+def test_exploration_outcomes_are_collected_and_reported(tmp_path):
+    rng = np.random.default_rng(3)
+    start = (rng.binomial(4, 0.3, 30).tolist(), rng.binomial(1, 0.4, 30).tolist())
+    final = tmp_path / "final"
+    _study(final, {"grpo": _draws(rng, 0.6, 0.6), "popo": _draws(rng, 0.6, 0.6)}, "test", start)
+
+    def deep(path, seed, p):  # pass_at_k.py's outcome file: 8 samples a problem
+        correct = rng.binomial(8, p, 30).tolist()
+        path.write_text(json.dumps({"ids": [f"q{i}" for i in range(30)], "k": 8, "greedy": [1.0] * 30,
+                                    "correct": correct, "distinct_correct": [min(c, 3) for c in correct],
+                                    "run_seed": seed}))
+        return correct
+
+    data = tmp_path / "countdown"
+    grpo = [deep(final / "grpo" / f"seed-{s}" / "problems-k8-n30.json", s, 0.5) for s in (3, 4, 5)]
+    for i, s in enumerate((3, 4, 5)):
+        deep(final / ("start-problems-k8-n30.json" if i == 0 else f"start-problems-k8-n30-seed-{s}.json"), s, 0.2)
+    _derive("collect", final, "--task", "countdown", "--out", data)
+    rows = read_rows(data / "exploration.csv.gz", OUTCOME_FIELDS)
+    assert {(r["method"], r["seed"]) for r in rows} == {("grpo", s) for s in (3, 4, 5)} | {("start", s) for s in (3, 4, 5)}
+    assert all(r["k"] == 8 for r in rows)
+    assert _ledger("explored", data, "--arms", "grpo", "--seeds", "3,4,5") == ""  # exit status 0
+    with pytest.raises(AssertionError):  # popo has no exploration rows: exit status 1
+        _ledger("explored", data, "--arms", "grpo,popo", "--seeds", "3,4,5")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"task": "countdown", "arms": ["grpo", "popo"], "baseline": "grpo",
+                                "primary": ["popo", "grpo"], "metric": "avg", "k": 4, "margin": 0.05,
+                                "margin_share": 0.25, "resamples": 500, "control": {"min_lift": 0.10}}))
+    _derive("report", data, "--plan", plan)
+    numbers = json.loads((data / "numbers.json").read_text())
+    assert numbers["exploration_deep"]["grpo"]["1"] == pytest.approx(np.mean(grpo) / 8, abs=1e-12)
+    assert "pass@j up to 8 on the first 30 test problems" in (data / "report.md").read_text()

@@ -332,12 +332,18 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--baseline", default="grpo", help="method the others are compared with at the end")
     parser.add_argument("--start-seeds", type=int, default=1,
                         help="evaluate the start with the evaluation seeds of the first N study seeds (default: 1)")
+    parser.add_argument("--seeds", default="", help="comma-separated run seeds to evaluate (default: every finished one)")
     parser.add_argument("--out", required=True, help="the markdown report (a .json of the curves goes beside it)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     started = time.perf_counter()
     study_dir = Path(args.study)
     runs, missing = finished_runs(study_dir, [m.strip() for m in args.methods.split(",") if m.strip()])
+    if args.seeds:
+        keep = {int(s) for s in args.seeds.split(",")}
+        runs = {m: {s: d for s, d in by_seed.items() if s in keep} for m, by_seed in runs.items()}
+        runs = {m: by_seed for m, by_seed in runs.items() if by_seed}
+        missing = [m for m in missing if int(m.rsplit("seed-", 1)[1]) in keep]
     if not runs:
         raise SetupError(f"{study_dir}: no finished run of {args.methods}")
     jobs, paths = plan(study_dir, runs, args.k, args.problems, args.start_seeds)

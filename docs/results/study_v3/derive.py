@@ -11,6 +11,8 @@
 samples; the start model as method ``start``) from each run's ``problems.json`` and ``curves.csv.gz`` (every
 evaluation of every run: split, step, greedy accuracy, avg@k, pass@k) from each run's ``metrics.jsonl``.
 Several study folders may be given (the tuning folder's validation curves, the final folder's test outcomes).
+The outcomes of `docs/results/pass_at_k.py` (k samples per problem on a prefix of the test split, per run and for
+the start under each evaluation seed) go to ``exploration.csv.gz``.
 
 `report` writes ``report.md`` and ``numbers.json`` (every number of the report) into the data folder. The test
 (`tests/test_study_v3_derive.py`) runs both steps on a small fixture. The statistics are those of
@@ -34,7 +36,8 @@ from popo.study.analysis import (CURVE_FIELDS, OUTCOME_FIELDS, curve_area, diffe
 from popo.study.stats import holm, mean_ci
 from popo.tracking import read_metrics
 
-OUTCOMES, CURVES = "outcomes.csv.gz", "curves.csv.gz"
+OUTCOMES, CURVES, EXPLORATION = "outcomes.csv.gz", "curves.csv.gz", "exploration.csv.gz"
+EXPLORED = "problems-k*-n*.json"  # docs/results/pass_at_k.py's per-run outcomes (k samples per problem)
 
 
 # ------------------------------------------------------------------------------------------------ collect
@@ -47,7 +50,7 @@ def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
     """Write the raw tables of `studies` into `out`; returns (outcome rows, curve rows)."""
     from popo.study.runs import load_study
 
-    outcomes, curves = [], []
+    outcomes, curves, explored = [], [], []
     for study_dir in studies:
         study = load_study(study_dir)
         start = study_dir / "start-problems.json"
@@ -66,13 +69,21 @@ def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
                                        "k": k})
                 if (run / "problems.json").is_file():
                     outcomes += _outcome_rows(json.loads((run / "problems.json").read_text()), task, variant.name, seed)
+                for path in sorted(run.glob(EXPLORED)):
+                    explored += _outcome_rows(json.loads(path.read_text()), task, variant.name, seed)
         if start.is_file() and not any(r["method"] == "start" for r in outcomes):  # one start: every study
             outcomes += _outcome_rows(json.loads(start.read_text()), task, "start", 0)  # starts from it
+        for path in sorted(study_dir.glob("start-" + EXPLORED)):  # n500.json, n500-seed-4.json, ...
+            problems = json.loads(path.read_text())  # the start under each evaluation seed it was sampled with
+            explored += _outcome_rows(problems, task, "start", int(problems["run_seed"]))
     out.mkdir(parents=True, exist_ok=True)
     outcomes = _merged(out / OUTCOMES, OUTCOME_FIELDS, outcomes, ("task", "method", "seed"))
     curves = _merged(out / CURVES, CURVE_FIELDS, curves, ("task", "split", "method", "seed"))
     write_rows(out / OUTCOMES, OUTCOME_FIELDS, outcomes)
     write_rows(out / CURVES, CURVE_FIELDS, curves)
+    if explored or (out / EXPLORATION).is_file():  # pass@k up to k on a prefix of the test split, 3 seeds an arm
+        explored = _merged(out / EXPLORATION, OUTCOME_FIELDS, explored, ("task", "method", "seed"))
+        write_rows(out / EXPLORATION, OUTCOME_FIELDS, explored)
     return len(outcomes), len(curves)
 
 
@@ -317,6 +328,14 @@ def report(folder: Path, plan: dict) -> dict:
         sections += ["## Comparisons\n", "None: the positive control failed, so no method comparison is reported.\n"]
     lines, numbers["exploration"] = exploration(rows, task, plan["arms"], k)
     sections += [f"## Exploration: unbiased pass@j from the {k} samples per problem\n", *lines, ""]
+    if (folder / EXPLORATION).is_file():  # pass@k up to 256 on a prefix of the test split (exploratory)
+        deep = read_rows(folder / EXPLORATION, OUTCOME_FIELDS)
+        big = int(deep[0]["k"])
+        arms = [a for a in plan["arms"] if any(r["method"] == a for r in deep)]
+        lines, numbers["exploration_deep"] = exploration(deep, task, arms, big)
+        problems = len({r["problem"] for r in deep})
+        sections += [f"## Exploration: pass@j up to {big} on the first {problems} test problems (exploratory)\n",
+                     *lines, ""]
     if curves:
         lines, numbers["validation"] = validation_curves(curves, task, plan["arms"])
         sections += ["## Validation curves (tuning phase)\n", *lines, ""]

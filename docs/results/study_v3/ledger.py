@@ -15,6 +15,8 @@ missing, runs them, and merges them into the tables (`derive.py collect` keeps t
     python docs/results/study_v3/ledger.py finals docs/results/study_v3/countdown --arms grpo,popo \
         --seeds 3,4,5,6 --steps 500
     # the final (test split) runs still missing: one line ARM FIRST_SEED COUNT per contiguous range of seeds
+    python docs/results/study_v3/ledger.py explored docs/results/study_v3/countdown --arms popo --seeds 3,4,5
+    # exit status 0 when exploration.csv.gz holds those runs of those arms (pass@k up to 256), else 1
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import json
 import sys
 from pathlib import Path
 
-from popo.study.analysis import CURVE_FIELDS, read_rows
+from popo.study.analysis import CURVE_FIELDS, OUTCOME_FIELDS, read_rows
 from popo.study.tune import at_edge, choose
 
-CURVES, LABEL, KEY = "curves.csv.gz", "lr", "optim.lr"
+CURVES, EXPLORATION, LABEL, KEY = "curves.csv.gz", "exploration.csv.gz", "lr", "optim.lr"
 
 
 def finished(folder: Path, steps: int, split: str | None = None) -> dict[tuple[str, int], dict[str, float]]:
@@ -77,6 +79,13 @@ def finals(folder: Path, arms: list[str], seeds: list[int], steps: int) -> list[
     return ranges
 
 
+def explored(folder: Path, arms: list[str], seeds: list[int]) -> bool:
+    """Whether the committed exploration table holds every (arm, seed) asked for."""
+    path = folder / EXPLORATION
+    have = {(r["method"], int(r["seed"])) for r in read_rows(path, OUTCOME_FIELDS)} if path.is_file() else set()
+    return all((arm, seed) in have for arm in arms for seed in seeds)
+
+
 def chosen_rates(folder: Path, arms: list[str], rates: list[str], seeds: list[int], steps: int,
                  metric: str) -> dict:
     """tuning.json from the committed curves: refused while any (arm, rate, seed) run is missing."""
@@ -97,16 +106,18 @@ def chosen_rates(folder: Path, arms: list[str], rates: list[str], seeds: list[in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["todo", "choose", "finals"])
+    parser.add_argument("command", choices=["todo", "choose", "finals", "explored"])
     parser.add_argument("folder", type=Path, help="a data folder holding curves.csv.gz")
     parser.add_argument("--arms", required=True)
     parser.add_argument("--rates", default="", help="the tuning grid (todo, choose)")
     parser.add_argument("--seeds", required=True, help="comma-separated seeds")
-    parser.add_argument("--steps", type=int, required=True, help="the runs' length (a finished run's last step)")
+    parser.add_argument("--steps", type=int, default=0, help="the runs' length (a finished run's last step)")
     parser.add_argument("--metric", default="avg@16", help="the final validation metric `choose` maximises")
     args = parser.parse_args(argv)
     arms, rates = args.arms.split(","), args.rates.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.command == "explored":
+        return 0 if explored(args.folder, arms, seeds) else 1
     if args.command == "finals":
         for arm, first, count in finals(args.folder, arms, seeds, args.steps):
             print(arm, first, count)

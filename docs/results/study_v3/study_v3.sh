@@ -60,12 +60,27 @@ case "$PHASE" in
     FINAL_SEEDS=$(seq -s, "$FIRST_SEED" $((FIRST_SEED + SEEDS - 1)))
     mapfile -t RANGES < <(python $HERE/ledger.py finals "$DATA" --arms "$TUNED,popo-nosim" \
                           --seeds "$FINAL_SEEDS" --steps "$STEPS")
+    # Exploration (pass@k up to 256 on the first 500 test problems, seeds 3-5 of every arm, the start under 3
+    # evaluation seeds, computed once and kept in $DATA/exploration/ so that every arm's report reads the same
+    # start): final checkpoints do not outlast a sitting, so it runs in the sitting that trained those seeds.
+    explore() {
+      local arm=$1 dir="$OUT/countdown/final-$1"
+      python $HERE/ledger.py explored "$DATA" --arms "$arm" --seeds 3,4,5 && return 0
+      [ "$(find "$dir" -path "*/seed-[345]/done.json" | wc -l)" -eq 3 ] || return 0
+      mkdir -p "$DATA/exploration"
+      cp "$DATA"/exploration/start-problems-k256-n500*.json "$dir"/ 2>/dev/null || true
+      python docs/results/pass_at_k.py "$dir" --methods "$arm" --k 256 --problems 500 --workers 2 \
+          --start-seeds 3 --seeds 3,4,5 --out "$DATA/exploration/$arm.md"
+      cp "$dir"/start-problems-k256-n500*.json "$DATA/exploration/"
+      python $HERE/derive.py collect "$dir" --task countdown --out "$DATA"
+    }
     for range in "${RANGES[@]}"; do
       read -r arm first count <<< "$range"
       lr=$(rate "${arm%-nosim}")
       popo compare "${TASK[@]}" "${TRAIN[@]}" "${TEST[@]}" optim.lr="$lr" --methods "$arm" \
           --seeds "$count" --seed-start "$first" --out "$OUT/countdown/final-$arm" "${PAR[@]}"
       python $HERE/derive.py collect "$OUT/countdown/final-$arm" --task countdown --out "$DATA"
+      explore "$arm"
     done
     python $HERE/derive.py report "$DATA" --plan $HERE/preregistration.json ;;
   *) echo "unknown phase $PHASE: tune, power or final" >&2; exit 2 ;;
