@@ -1,0 +1,36 @@
+"""`register()`: enter POPO's advantage estimator and policy loss into verl's registries, and
+`POPOVerlConfig`: POPO's settings for a verl run.
+
+Registration is explicit: importing this module changes nothing in verl. `register()` may be called any
+number of times (it enters the same two functions each time). In a verl run with Ray, the loss is looked up
+in the worker processes, so `register()` must run in each of them (for example from a module named by
+``VERL_USE_EXTERNAL_MODULES`` or loaded through verl's ``verl.plugins`` entry points, which verl imports
+in every process that imports verl); calling it only in the driver registers the estimator, not the loss.
+
+POPO's settings travel under ``algorithm.popo`` in verl's (Hydra) configuration, e.g.
+``+algorithm.popo.weight_mode=uniform``; the advantage estimator reads them from the ``config`` verl
+passes it (`POPOVerlConfig.from_mapping`). verl's own keys that must be set for POPO are listed in
+`VERL_SETTINGS`.
+"""
+
+from __future__ import annotations
+
+from popo.integrations.verl.settings import ESTIMATOR_NAME, LOSS_NAME, VERL_SETTINGS, POPOVerlConfig
+
+__all__ = ["ESTIMATOR_NAME", "LOSS_NAME", "VERL_SETTINGS", "POPOVerlConfig", "register"]
+
+
+def register() -> None:
+    """Enter the estimator ``"popo"`` and the policy loss ``"popo"`` into verl's registries (idempotent).
+
+    Raises ValueError when another function already holds either name."""
+    from verl.trainer.ppo import core_algos
+
+    from popo.integrations.verl.advantage import popo_advantage
+    from popo.integrations.verl.loss import popo_policy_loss
+
+    held = core_algos.POLICY_LOSS_REGISTRY.get(LOSS_NAME)
+    if held is not None and held is not popo_policy_loss:
+        raise ValueError(f"verl policy loss {LOSS_NAME!r} is already registered to {held!r}")
+    core_algos.register_adv_est(ESTIMATOR_NAME)(popo_advantage)  # itself refuses another function
+    core_algos.register_policy_loss(LOSS_NAME)(popo_policy_loss)
