@@ -27,7 +27,8 @@ def cache(warm_testbed_cache) -> Path:
 def test_sharded_popo_equals_one_process_and_checkpoints_move_both_ways(cache, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["algo.name=popo", "train.steps=3", "train.save_every=1", "data.eval_source=testbed",
-            "data.eval_size=8", "train.eval_every=3"]  # rank 0 evaluates on gathered weights at the end
+            "data.eval_size=8", "train.eval_every=3",  # rank 0 evaluates on gathered weights at the end
+            "optim.foreach=true"]  # CUDA's default multi-tensor Adam: DTensor policy and plain-tensor predictor
     run(["train", *overrides(cache, one, *args)])
     run(["train", *overrides(cache, two, *args)], processes=2, launch=(*FSDP, "--fsdp_reshard_after_forward=true"))
     a, b = records(one), records(two)

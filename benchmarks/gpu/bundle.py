@@ -45,7 +45,7 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x
 # hub datasets, plots, TensorBoard, and the statistics of studies (popo.study.stats)
 LAZY = ("datasets", "matplotlib", "tensorboard", "scipy", "statsmodels")
 TOO_HEAVY_FOR_TRL = ("pyarrow", "pandas")  # TRL needs them through `datasets`; taken from the machine
-LIMIT_MB = 60.0
+TRAVEL_LIMIT_MB = 64 * 2**20 / 1e6  # the device tool's limit on the working tree plus carried paths
 
 
 def canonical(name: str) -> str:
@@ -120,13 +120,12 @@ def prune(out: Path, pins: list[str]) -> None:
             wheel.unlink()
 
 
-def download(out: Path, python: str) -> None:
+def download(out: Path, python: str, omitted: set[str] = frozenset()) -> None:
     """The wheels of every pin file for CPython `python` on x86-64 Linux (already present ones are kept)."""
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
            "--only-binary=:all:", "--implementation", "cp", "--python-version", python, "--dest", str(out)]
     cmd += [f"--platform={p}" for p in PLATFORMS]
-    for name in PIN_FILES:
-        cmd += ["-r", str(HERE / name)]
+    cmd += without([p for name in PIN_FILES for p in read_pins(name)], omitted)
     subprocess.run(cmd, check=True)
 
 
@@ -157,41 +156,65 @@ def build_popo_wheel(out: Path) -> Path:
     return next(out.glob("popo-*.whl"))
 
 
-def build(out: Path, pythons: tuple[str, ...]) -> dict:
-    """Fill `out`; returns the manifest it writes to `out/manifest.json`."""
+def tracked_mb(root: Path = ROOT) -> float:
+    """The size of git's tracked files, which travel to the GPU machine beside the bundle."""
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    return sum((root / n).stat().st_size for n in names.decode().split("\0") if n and (root / n).is_file()) / 1e6
+
+
+def without(pins: list[str], omit: set[str]) -> list[str]:
+    return [p for p in pins if canonical(p.split("==")[0]) not in omit]
+
+
+def build(out: Path, pythons: tuple[str, ...], omit: tuple[str, ...] = ()) -> dict:
+    """Fill `out`; returns the manifest it writes to `out/manifest.json`. `omit` names pinned packages the GPU
+    machine already has: their wheels and pins stay out of the folder, and the machine's own are used."""
     out.mkdir(parents=True, exist_ok=True)
-    pins = [p for name in PIN_FILES for p in read_pins(name)]
+    omitted = {canonical(n) for n in omit}
+    pins = without([p for name in PIN_FILES for p in read_pins(name)], omitted)
     prune(out, pins)
     for python in pythons:
-        download(out, python)
+        download(out, python, omitted)
     popo = build_popo_wheel(out)
     for name in PIN_FILES:  # beside the wheels, so the folder is complete on its own
-        shutil.copy2(HERE / name, out / name)
+        kept = [line for line in (HERE / name).read_text().splitlines()
+                if line.startswith("#") or not line.strip() or without([line.strip()], omitted)]
+        (out / name).write_text("".join(line + "\n" for line in kept))
     sizes = {w.name: w.stat().st_size for w in sorted(out.glob("*.whl"))}
     total_mb = sum(sizes.values()) / 1e6
+    limit_mb = TRAVEL_LIMIT_MB - tracked_mb() - 1.0  # 1 MB for untracked files and the manifest
     manifest = {"pythons": list(pythons), "popo_wheel": popo.name, "source_digest": source_digest(),
-                "total_mb": round(total_mb, 1),
-                "limit_mb": LIMIT_MB, "wheels": sizes}
+                "total_mb": round(total_mb, 1), "limit_mb": round(limit_mb, 1),
+                "omitted": sorted(omitted), "wheels": sizes}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    if total_mb > LIMIT_MB:
-        raise SystemExit(f"{out}: {total_mb:.1f} MB of wheels, over the {LIMIT_MB:.0f} MB that can travel "
-                         "with the working tree; drop a Python from --python or a pin")
     return manifest
+
+
+def check_fits(out: Path, manifest: dict) -> None:
+    total_mb, limit_mb = manifest["total_mb"], manifest["limit_mb"]
+    if total_mb > limit_mb:
+        raise SystemExit(f"{out}: {total_mb:.1f} MB of wheels, over the {limit_mb:.1f} MB that can travel "
+                         "beside the working tree; drop a Python from --python, or --omit a package the "
+                         "GPU machine has (numpy, 17 MB)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the wheel folder (default: gpu-bundle/)")
     parser.add_argument("--python", nargs="+", default=list(PYTHONS), help="CPython versions to bundle for (default: 3.12)")
+    parser.add_argument("--omit", nargs="+", default=[], metavar="NAME",
+                        help="pinned packages the GPU machine already has (e.g. numpy): left out, the machine's used")
     parser.add_argument("--lock", action="store_true", help="rewrite the pin files from this environment")
     args = parser.parse_args(argv)
     if args.lock:
         write_lock(lock())
         print("wrote " + ", ".join(str(HERE / n) for n in PIN_FILES))
         return 0
-    manifest = build(args.out, tuple(args.python))
+    manifest = build(args.out, tuple(args.python), tuple(args.omit))
+    check_fits(args.out, manifest)
     print(f"{args.out}: {len(manifest['wheels'])} wheels, {manifest['total_mb']} MB "
-          f"(Python {', '.join(manifest['pythons'])}; limit {LIMIT_MB:.0f} MB)")
+          f"(Python {', '.join(manifest['pythons'])}; limit {manifest['limit_mb']} MB beside the tracked files; "
+          f"omitted: {', '.join(manifest['omitted']) or 'none'})")
     return 0
 
 

@@ -43,7 +43,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import bundle  # noqa: E402  (standard library only, like this script)
 BUDGET_S = {"install": 50, "model": 40, "check": 150, "decode": 90, "parity": 60, "trl": 90}  # 480 s in all
-TITLES = {"install": "install from the wheel folder", "model": "build the random Qwen2 (--cpu: tiny)",
+TITLES = {"install": "install from the wheel folder", "model": "build the random Qwen2 (0.5B; tiny with --cpu)",
           "check": "part 1: FSDP2 bf16 POPO and GRPO", "decode": "part 2: decode throughput",
           "parity": "part 3: CUDA against CPU", "trl": "part 4: TRL against popo"}
 QUIET_ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -126,7 +126,7 @@ def run_logged(cmd: list[str], log, timeout: float, env: dict[str, str] | None =
 def part_commands(args, work: Path) -> dict[str, list[str]]:
     """The command of every step after the install; each part writes work/<name>.json and .md."""
     py, model, tiny = sys.executable, str(work / "model"), ["--cpu"] if args.cpu else []
-    launch_timeout = str(20 * 60 if args.cpu else (BUDGET_S["check"] - 20) // 2)  # two launches
+    launch_timeout = str(20 * 60 if args.cpu else (args.budget["check"] - 20) // 2)  # two launches
     return {
         "model": [py, "benchmarks/gpu_check.py", "--model-dir", model, "--build-only", *(["--tiny"] if args.cpu else [])],
         "check": [py, "benchmarks/gpu_check.py", "--model-dir", model, "--out", str(work / "check"),
@@ -179,17 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-install", action="store_true", help="use what is installed (a second try)")
     parser.add_argument("--only", nargs="+", choices=list(BUDGET_S)[2:], help="run only these parts")
     parser.add_argument("--keep", type=Path, help="keep the parts' own files (and the model) in this folder")
+    parser.add_argument("--limit", nargs="+", default=[], metavar="STEP=S",
+                        help=f"another time limit for a step, e.g. check=230 (defaults: {BUDGET_S})")
     args = parser.parse_args(argv)
+    args.budget = dict(BUDGET_S)
+    for item in args.limit:
+        name, _, seconds = item.partition("=")
+        if name not in BUDGET_S or not seconds.isdigit():
+            parser.error(f"--limit {item}: expected STEP=SECONDS with STEP one of {', '.join(BUDGET_S)}")
+        args.budget[name] = int(seconds)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.keep or Path(tempfile.mkdtemp(prefix="popo-gpu-run-"))
     work.mkdir(parents=True, exist_ok=True)
     logs = (args.out / "gpu_logs.txt").open("w")
     started, steps, sections = time.monotonic(), [], {}
-    deadline = started + sum(BUDGET_S.values())
     commands = part_commands(args, work)
     names = ["install", "model", *(args.only or list(BUDGET_S)[2:])]
+    deadline = started + sum(args.budget[name] for name in names)
     for name in names:
-        timeout = min(BUDGET_S[name], deadline - time.monotonic())
+        timeout = min(args.budget[name], deadline - time.monotonic())
         step = {"name": name, "timeout_s": max(timeout, 0.0), "wall_s": 0.0}
         steps.append(step)
         if name == "install" and args.no_install:
@@ -225,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(s["status"] in ("ok", "skipped") for s in steps)
     report = {"ok": ok, "cpu": args.cpu, "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "python": platform.python_version(), "executable": sys.executable,
-              "total_s": time.monotonic() - started, "budget_s": sum(BUDGET_S.values()), "steps": steps}
+              "total_s": time.monotonic() - started, "budget_s": sum(args.budget[name] for name in names), "steps": steps}
     (args.out / "gpu_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     (args.out / "gpu_report.md").write_text(report_markdown(report, sections))
     print(f"wrote {args.out / 'gpu_report.md'}, gpu_report.json and gpu_logs.txt; overall "

@@ -92,9 +92,12 @@ def evaluation_line(c: Config, source: str | None, split: str | None, count: int
 
 
 def make_optimizer(models: Models, c: Config):
-    """AdamW over the trainable parameters (policy, and predictor when there is one) and its schedule."""
+    """AdamW over the trainable parameters and its schedule. The policy and the predictor are separate groups
+    (same settings): under FSDP2 the policy's parameters are DTensors and the predictor's plain tensors, and
+    the multi-tensor Adam that CUDA uses by default refuses a group that mixes the two."""
     o = c.optim
-    optimizer = torch.optim.AdamW(models.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    groups = [{"params": params} for params in models.trainable_groups()]
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, foreach=o.foreach)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.train.steps, o.warmup_ratio,
                                                                              o.schedule))
 

@@ -160,6 +160,8 @@ class OptimConfig:
     """Clip the gradient norm to this (0 disables)."""
     micro_batch_tokens: int = 8192
     """Token budget of one micro-batch (rows x padded length); gradients accumulate over micro-batches."""
+    foreach: bool | None = None
+    """AdamW's multi-tensor (foreach) implementation: null leaves it to torch (on for CUDA tensors, off on CPU); true takes CUDA's path on CPU too (the tests check that path so)."""
 
 
 @dataclass

@@ -93,7 +93,11 @@ class Models:
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates: the policy's (with LoRA, its adapters) then the predictor's."""
-        return [p for m in (self.policy, self.predictor) if m is not None for p in m.parameters() if p.requires_grad]
+        return [p for group in self.trainable_groups() for p in group]
+
+    def trainable_groups(self) -> list[list[nn.Parameter]]:
+        """`trainable_parameters` as the policy's and the predictor's (when there is one) lists."""
+        return [[p for p in m.parameters() if p.requires_grad] for m in (self.policy, self.predictor) if m is not None]
 
     def make_identical_(self, dist: Dist) -> None:
         """Give every rank rank 0's replicated tensors (at start-up); sharded models keep their own slices

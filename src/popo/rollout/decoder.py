@@ -190,8 +190,8 @@ class _LayerWeights:
         q_norm = getattr(attn, "q_norm", None)
         self.scaling = attn.scaling
         query_scale = 1.0 if q_norm is not None else attn.scaling  # Qwen3 scales after its norm
-        rows_q = (torch.arange(heads).unsqueeze(1) * dim + order.unsqueeze(0)).flatten()
-        rows_k = (torch.arange(kv_heads).unsqueeze(1) * dim + order.unsqueeze(0)).flatten()
+        rows_q = (torch.arange(heads, device=order.device).unsqueeze(1) * dim + order.unsqueeze(0)).flatten()
+        rows_k = (torch.arange(kv_heads, device=order.device).unsqueeze(1) * dim + order.unsqueeze(0)).flatten()
         device = attn.q_proj.weight.device
         rows_q, rows_k = rows_q.to(device), rows_k.to(device)
         weights = [attn.q_proj.weight[rows_q] * query_scale, attn.k_proj.weight[rows_k], attn.v_proj.weight]
