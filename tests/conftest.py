@@ -17,11 +17,15 @@ import pytest
 def pytest_addoption(parser):
     parser.addoption("--fuzz-long", action="store_true", default=False,
                      help="run the hostile-text fuzz tests long (also: POPO_FUZZ_LONG=1)")
+    parser.addoption("--require-verl", action="store_true", default=False,
+                     help="verl's environment: fail, rather than skip the verl tests, when verl does not import")
 
 
 def pytest_configure(config):
     if config.getoption("--fuzz-long"):
         os.environ["POPO_FUZZ_LONG"] = "1"  # read when the fuzz tests' hypothesis settings are built
+    if config.getoption("--require-verl"):
+        import verl  # noqa: F401  (an import error here fails the run instead of skipping every verl test)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-pytest.importorskip("verl")
+pytest.importorskip("verl", reason="verl runs in its own environment: the second part of `make test` (.verl/)")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("verl")
+pytest.importorskip("verl", reason="verl runs in its own environment: the second part of `make test` (.verl/)")
 
 import torch  # noqa: E402
 

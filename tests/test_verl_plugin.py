@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
 import pytest
 
-pytest.importorskip("verl")
+pytest.importorskip("verl", reason="verl runs in its own environment: the second part of `make test` (.verl/)")
 
 from popo.algo_config import AlgoConfig  # noqa: E402
 from popo.config_reference import field_docs  # noqa: E402
@@ -68,3 +69,16 @@ def test_invalid_settings_are_rejected():
         POPOVerlConfig(weight_mode="argmax")
     with pytest.raises(ValueError, match="positives only"):
         POPOVerlConfig(entropy_scope="all")
+
+
+@pytest.mark.parametrize("policy, registered", [("auto", True), ("none", False)])
+def test_importing_verl_loads_the_entry_point_in_a_fresh_process(policy, registered):
+    """The `verl.plugins` entry point registers POPO in any process that imports verl (how Ray workers get
+    it), and verl's own switch turns it off."""
+    code = ("import sys, verl\nfrom verl.trainer.ppo import core_algos\n"
+            "print('popo' in core_algos.POLICY_LOSS_REGISTRY, 'popo.integrations.verl.autoload' in sys.modules)")
+    env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": policy}
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(registered), str(registered)]

@@ -15,16 +15,27 @@ passes it (`POPOVerlConfig.from_mapping`). verl's own keys that must be set for 
 
 from __future__ import annotations
 
+import warnings
+
 from popo.integrations.verl.settings import ESTIMATOR_NAME, LOSS_NAME, VERL_SETTINGS, POPOVerlConfig
 
-__all__ = ["ESTIMATOR_NAME", "LOSS_NAME", "VERL_SETTINGS", "POPOVerlConfig", "register"]
+__all__ = ["ESTIMATOR_NAME", "LOSS_NAME", "TESTED_VERL", "VERL_SETTINGS", "POPOVerlConfig", "register"]
+
+TESTED_VERL = ">=0.9.1,<0.10"  # keep in step with requirements/verl.txt and docs/integrations.md
 
 
 def register() -> None:
     """Enter the estimator ``"popo"`` and the policy loss ``"popo"`` into verl's registries (idempotent).
 
-    Raises ValueError when another function already holds either name."""
+    Raises ValueError when another function already holds either name; warns on a verl outside
+    `TESTED_VERL` (the engine subclass overrides verl internals that change between releases)."""
+    import verl
+    from packaging.specifiers import SpecifierSet
     from verl.trainer.ppo import core_algos
+
+    if verl.__version__ not in SpecifierSet(TESTED_VERL):
+        warnings.warn(f"popo's verl plugin is tested with verl{TESTED_VERL}, found verl {verl.__version__}: "
+                      "it may fail or train differently", RuntimeWarning, stacklevel=2)
 
     from popo.integrations.verl.advantage import popo_advantage
     from popo.integrations.verl.loss import popo_policy_loss
