@@ -130,3 +130,12 @@ def test_a_failed_control_reports_no_comparison(fixture):
     numbers = json.loads((data / "numbers.json").read_text())
     assert "comparisons" not in numbers and not numbers["control"]["passed"]
     assert "no method comparison is reported" in (data / "report.md").read_text()
+
+
+def test_an_interim_report_names_the_arms_not_run_yet(fixture):
+    tmp_path, data, _ = fixture
+    (tmp_path / "plan.json").write_text(json.dumps({**PLAN, "arms": ["grpo", "popo", "raft"]}))
+    _derive("report", data, "--plan", tmp_path / "plan.json")
+    numbers = json.loads((data / "numbers.json").read_text())
+    assert numbers["missing_arms"] == ["raft"] and set(numbers["comparisons"]) == {"popo"}
+    assert "**Interim: raft not run yet.**" in (data / "report.md").read_text()

@@ -311,11 +311,22 @@ def report(folder: Path, plan: dict) -> dict:
     curves = read_rows(tuning_curves, CURVE_FIELDS) if tuning_curves.is_file() else []
     task, k = plan["task"], plan["k"]
     numbers: dict = {"plan": plan}
-    sections = [f"# Study v3 ({task}): report\n",
+    present = {r["method"] for r in rows if r["task"] == task}
+    missing = [a for a in plan["arms"] if a not in present]
+    if plan["baseline"] in missing:
+        raise SystemExit(f"{folder}: no outcomes of the baseline {plan['baseline']!r} yet: nothing to report")
+    if missing:  # an interim report: the arms run so far, every family over them alone
+        plan = {**plan, "arms": [a for a in plan["arms"] if a not in missing]}
+        numbers["missing_arms"] = missing
+    sections = [f"# Study v3 ({task}): report{' (interim)' if missing else ''}\n",
                 f"Made by `python docs/results/study_v3/derive.py report {folder.as_posix()} --plan ...` from "
                 f"`{OUTCOMES}` and `{CURVES}` in this folder alone. Intervals resample seeds and problems together "
                 f"({plan['resamples']} resamples); Holm is applied within the family of difference tests and, "
                 "separately, within the family of equivalence tests.\n"]
+    if missing:
+        sections.append(f"**Interim: {', '.join(missing)} not run yet.** Every table covers the arms run so far, "
+                        "and Holm's corrections are over them alone: the corrected p-values of the final report, "
+                        "over every pre-registered arm, will be larger or equal.\n")
     lines, numbers["control"] = control(rows, task, plan)
     sections += ["## Positive control (test split)\n", *lines, ""]
     table, numbers["arms"] = arm_table(rows, task, plan["arms"], k)
