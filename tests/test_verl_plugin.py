@@ -60,8 +60,8 @@ def test_settings_from_verls_algorithm_section():
     assert POPOVerlConfig.from_verl_algorithm(algorithm) == POPOVerlConfig(weight_mode="uniform", beta=0.0)
     assert POPOVerlConfig.from_verl_algorithm(OmegaConf.create({"gamma": 1.0})) == POPOVerlConfig()
     assert POPOVerlConfig.from_verl_algorithm(None) == POPOVerlConfig()
-    with pytest.raises(ValueError, match="unknown key"):
-        POPOVerlConfig.from_mapping({"temprature": 1.0})
+    with pytest.raises(ValueError, match="unknown key.*did you mean .weight_temperature.\?"):
+        POPOVerlConfig.from_mapping({"weight_temprature": 1.0})
 
 
 def test_invalid_settings_are_rejected():

@@ -4,6 +4,7 @@ POPO run needs (`VERL_SETTINGS`); registration is `popo.integrations.verl.plugin
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -78,7 +79,9 @@ class POPOVerlConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"algorithm.popo: unknown key(s) {unknown}; valid: {sorted(known)}")
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, known, 1))
+                     else repr(k) for k in unknown]
+            raise ValueError(f"algorithm.popo: unknown key(s) {', '.join(hints)}; valid: {sorted(known)}")
         return cls(**values)
 
     @classmethod
