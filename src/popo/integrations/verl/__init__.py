@@ -1,13 +1,13 @@
-"""POPO as a verl plugin (foundations; issue 26).
+"""POPO as a verl plugin (docs/integrations.md, "POPO inside verl").
 
-Nothing here imports verl when this package is imported: `popo.integrations.verl.plugin.register()` does,
-and enters into verl's registries
+Nothing here imports verl when this package is imported. `plugin.register()` does (verl runs it in every
+process through the ``verl.plugins`` entry point, `autoload`), and enters into verl's registries
 
 - the advantage estimator ``"popo"`` (`advantage.popo_advantage`): POPO's per-row credit from verl's
   token-level rewards and group ids (``algorithm.adv_estimator=popo``);
 - the policy loss ``"popo"`` (`loss.popo_policy_loss`): POPO's weighted NLL on verl's tensor layout
-  (``actor_rollout_ref.actor.policy_loss.loss_mode=popo``).
-
-What is not here yet (an actor-engine subclass): forwarding only the positives, the EMA target and the
-predictor of the similarity term, their checkpoints, and multi-process runs. See docs/integrations.md.
+  (``actor_rollout_ref.actor.policy_loss.loss_mode=popo``), the whole objective for runs on verl's own engine;
+- the actor engine (`engine.POPOFSDPEngine`, switched on by ``fsdp_config._target_=...POPOEngineConfig``):
+  forwards only the positives, holds the EMA target sharded like the policy and the predictor, adds the
+  similarity term, keeps ranks in lockstep, and checkpoints them with verl's files (`rows`: its batch layout).
 """

@@ -17,8 +17,8 @@ rows with ``w_i > 0`` and ``N+ = batch_num_tokens``. ``dp_size`` undoes the data
 (as verl's own ``agg_loss`` does), so the summed gradient is that of POPO's loss on the whole mini-batch.
 
 **N+ is popo's only when the mini-batch holds positives only.** verl counts every row's tokens; popo counts
-the positives'. The engine subclass that forwards only the positives (not built yet) makes the two equal;
-until then, rows with zero credit in the batch make the loss smaller by N+ / N. The metric
+the positives'. POPO's engine (`engine.POPOFSDPEngine`) forwards only the positives and does not call
+this loss; on verl's own engine, rows with zero credit in the batch make the loss smaller by N+ / N. The metric
 ``actor/popo_zero_credit_token_frac`` (the share of this micro-batch's response tokens in zero-credit rows)
 says whether that happened. Without ``batch_num_tokens`` (a single process, no global info) N+ is the
 micro-batch's own positive-token count.
@@ -27,8 +27,8 @@ The entropy term is not computed here (the loss does not receive the entropy): v
 ``entropy_coeff * agg_loss(entropy, response_mask, loss_agg_mode, **global_batch_info)``, which with
 ``loss_agg_mode="token-mean"``, ``entropy_coeff = beta`` and positives-only batches is exactly POPO's
 ``beta * L_ent`` (entropy over the positives' tokens divided by N+). The similarity term ``alpha * L_sim``
-needs the EMA target's and the predictor's features, which only an engine subclass can compute; it is absent
-here (as if alpha = 0).
+needs the EMA target's and the predictor's features, which only the engine computes; it is absent here (as if
+alpha = 0).
 """
 
 from __future__ import annotations

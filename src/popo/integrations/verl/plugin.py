@@ -1,4 +1,4 @@
-"""`register()`: enter POPO's advantage estimator and policy loss into verl's registries, and
+"""`register()`: enter POPO's advantage estimator, policy loss and actor engine into verl's registries, and
 `POPOVerlConfig`: POPO's settings for a verl run.
 
 Registration is explicit: importing this module changes nothing in verl. `register()` may be called any
@@ -45,3 +45,7 @@ def register() -> None:
         raise ValueError(f"verl policy loss {LOSS_NAME!r} is already registered to {held!r}")
     core_algos.register_adv_est(ESTIMATOR_NAME)(popo_advantage)  # itself refuses another function
     core_algos.register_policy_loss(LOSS_NAME)(popo_policy_loss)
+
+    from popo.integrations.verl.engine import register_engine
+
+    register_engine()  # POPO's actor engine; verl's own behaviour unless fsdp_config is a POPOEngineConfig

@@ -23,9 +23,11 @@ VERL_SETTINGS = {
     "actor_rollout_ref.actor.use_kl_loss": False,  # POPO has no reference model
     "actor_rollout_ref.actor.ppo_epochs": 1,  # one update per generation batch
     "actor_rollout_ref.actor.entropy_coeff": "POPOVerlConfig.beta",  # verl adds the entropy term (see loss.py)
+    "actor_rollout_ref.actor.strategy": "fsdp2",  # POPO's engine subclasses verl's FSDP2 engine
+    "actor_rollout_ref.actor.fsdp_config._target_": "popo.integrations.verl.engine.POPOEngineConfig",
 }
 """verl settings a POPO run needs (`loss.popo_policy_loss` rejects the aggregation and rollout correction
-it cannot honour; the rest is the user's responsibility until an engine subclass checks them)."""
+it cannot honour; `engine.check_actor_settings` refuses the actor's when POPO's engine trains)."""
 
 
 def _popo_field(name: str) -> Any:
@@ -41,7 +43,7 @@ class POPOVerlConfig:
 
     The estimator reads reward_threshold, weight_mode, weight_temperature and length_normalize; beta is
     verl's ``actor.entropy_coeff``; alpha, tau, tau_schedule, noise_std and the predictor's shape belong to
-    the engine subclass that holds the EMA target and the predictor (not built yet).
+    the engine that holds the EMA target and the predictor (``actor.fsdp_config.popo``, `engine.POPOEngineConfig`).
     """
 
     alpha: float = _popo_field("alpha")
