@@ -120,13 +120,12 @@ def prune(out: Path, pins: list[str]) -> None:
             wheel.unlink()
 
 
-def download(out: Path, python: str, omitted: set[str] = frozenset()) -> None:
-    """The wheels of every pin file for CPython `python` on x86-64 Linux (already present ones are kept)."""
+def download(out: Path, python: str, pins: list[str]) -> None:
+    """The wheels of `pins` for CPython `python` on x86-64 Linux (already present ones are kept)."""
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
            "--only-binary=:all:", "--implementation", "cp", "--python-version", python, "--dest", str(out)]
     cmd += [f"--platform={p}" for p in PLATFORMS]
-    cmd += without([p for name in PIN_FILES for p in read_pins(name)], omitted)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd + pins, check=True)
 
 
 def source_digest(root: Path = ROOT) -> str:
@@ -174,12 +173,11 @@ def build(out: Path, pythons: tuple[str, ...], omit: tuple[str, ...] = ()) -> di
     pins = without([p for name in PIN_FILES for p in read_pins(name)], omitted)
     prune(out, pins)
     for python in pythons:
-        download(out, python, omitted)
+        download(out, python, pins)
     popo = build_popo_wheel(out)
-    for name in PIN_FILES:  # beside the wheels, so the folder is complete on its own
-        kept = [line for line in (HERE / name).read_text().splitlines()
-                if line.startswith("#") or not line.strip() or without([line.strip()], omitted)]
-        (out / name).write_text("".join(line + "\n" for line in kept))
+    for name in PIN_FILES:  # beside the wheels (less the omitted pins), so the folder is complete on its own
+        header = [line for line in (HERE / name).read_text().splitlines() if line.startswith("#")]
+        (out / name).write_text("".join(line + "\n" for line in header + without(read_pins(name), omitted)))
     sizes = {w.name: w.stat().st_size for w in sorted(out.glob("*.whl"))}
     total_mb = sum(sizes.values()) / 1e6
     limit_mb = TRAVEL_LIMIT_MB - tracked_mb() - 1.0  # 1 MB for untracked files and the manifest

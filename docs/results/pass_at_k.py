@@ -69,6 +69,12 @@ def check_prefix(label: str, ids: list[str], expected: tuple[str, ...]) -> None:
                          f"(start-problems.json): {list(ids[:3])}... against {list(expected[:3])}...")
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it lies below it (outcome files are committed)."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(Path.cwd()).as_posix() if resolved.is_relative_to(Path.cwd()) else path
+
+
 def evaluate_job(job: Job) -> dict:
     """Evaluate one checkpoint and write its outcomes (tmp file, then replace); returns timing."""
     from popo.build import resolve_device
@@ -94,7 +100,7 @@ def evaluate_job(job: Job) -> dict:
         result = evaluate(engine, prompts, examples, verifier, protocol)
     outcome = outcomes_from_result(result, examples, job.k)
     seconds = time.perf_counter() - started
-    outcome.update(checkpoint=job.model_path, run_seed=job.seed, protocol=dataclasses.asdict(protocol),
+    outcome.update(checkpoint=_shown(job.model_path), run_seed=job.seed, protocol=dataclasses.asdict(protocol),
                    seconds=round(seconds, 1))
     out = Path(job.out)
     tmp = out.with_name(out.name + ".tmp")
