@@ -77,8 +77,9 @@ def fixture(tmp_path):
     data = tmp_path / "countdown"
     assert "outcome rows" in _derive("collect", final, "--task", "countdown", "--out", data)
     assert "outcome rows" in _derive("collect", final / "tune", "--task", "countdown", "--out", data / "tuning")
-    (data / "tuning" / "tuning.json").write_text(json.dumps({"key": "optim.lr", "grpo": {"chosen": "1e-4"},
-                                                             "popo": {"chosen": "1e-4"}}))
+    (data / "tuning" / "tuning.json").write_text(json.dumps({
+        "key": "optim.lr", "grpo": {"chosen": "1e-4", "means": {"1e-4": 0.55, "1e-3": 0.1}},
+        "popo": {"chosen": "1e-4", "means": {"1e-4": 0.6}}}))
     (tmp_path / "plan.json").write_text(json.dumps(PLAN))
     return tmp_path, data, start
 
@@ -105,6 +106,8 @@ def test_collect_then_report_rederives_every_number(fixture):
     assert numbers["validation"]["grpo lr=1e-4"]["area"] == pytest.approx(0.3 + 0.001 * 50, abs=1e-12)
     report = (data / "report.md").read_text()
     assert "The positive control passed on test" in report and "popo (primary)" in report
+    for figure in ("differences.png", "pass_at_k.png", "validation.png"):  # drawn, and shown by the report
+        assert (data / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({figure})" in report
 
 
 def test_power_from_the_tuning_runs(fixture):
@@ -130,6 +133,7 @@ def test_a_failed_control_reports_no_comparison(fixture):
     numbers = json.loads((data / "numbers.json").read_text())
     assert "comparisons" not in numbers and not numbers["control"]["passed"]
     assert "no method comparison is reported" in (data / "report.md").read_text()
+    assert not (data / "differences.png").exists()  # no figure of a comparison that is not reported
 
 
 def test_an_interim_report_names_the_arms_not_run_yet(fixture):

@@ -14,8 +14,8 @@ Several study folders may be given (the tuning folder's validation curves, the f
 The outcomes of `docs/results/pass_at_k.py` (k samples per problem on a prefix of the test split, per run and for
 the start under each evaluation seed) go to ``exploration.csv.gz``.
 
-`report` writes ``report.md`` and ``numbers.json`` (every number of the report) into the data folder. The test
-(`tests/test_study_v3_derive.py`) runs both steps on a small fixture. The statistics are those of
+`report` writes ``report.md``, ``numbers.json`` (every number of the report) and the figures (``figures.py``) into
+the data folder. The test (`tests/test_study_v3_derive.py`) runs both steps on a small fixture. The statistics are those of
 `popo.study.analysis` (two-way bootstrap over seeds and problems, Holm within each family); the plan file fixes
 the arms, the baseline, the primary pair, the metric, the margin and the control's criterion before the data.
 """
@@ -23,6 +23,7 @@ the arms, the baseline, the primary pair, the metric, the margin and the control
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -350,9 +351,20 @@ def report(folder: Path, plan: dict) -> dict:
     if curves:
         lines, numbers["validation"] = validation_curves(curves, task, plan["arms"])
         sections += ["## Validation curves (tuning phase)\n", *lines, ""]
+    tuning = folder / "tuning" / "tuning.json"
+    figures = _figures().draw(folder, numbers, plan, curves, json.loads(tuning.read_text()) if tuning.is_file() else None)
+    sections += ["## Figures\n", *[f"{line}\n" for line in figures]]
     (folder / "report.md").write_text("\n".join(sections))
     (folder / "numbers.json").write_text(json.dumps(numbers, indent=1, default=_plain) + "\n")
     return numbers
+
+
+def _figures():
+    """figures.py beside this script (loaded by path: the script runs from any directory, or from a test)."""
+    spec = importlib.util.spec_from_file_location("study_v3_figures", Path(__file__).with_name("figures.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _plain(x):
