@@ -106,6 +106,9 @@ def test_collect_then_report_rederives_every_number(fixture):
     assert numbers["validation"]["grpo lr=1e-4"]["area"] == pytest.approx(0.3 + 0.001 * 50, abs=1e-12)
     report = (data / "report.md").read_text()
     assert "The positive control passed on test" in report and "popo (primary)" in report
+    index = (data.parent / "report.md").read_text()  # the study's page: the verdict and the primary test, linked
+    assert "[countdown/report.md](countdown/report.md)" in index and "**passed**" in index
+    assert f"{popo['estimate']:+.3f} [{popo['low']:+.3f}, {popo['high']:+.3f}]" in index
     for figure in ("differences.png", "pass_at_k.png", "validation.png"):  # drawn, and shown by the report
         assert (data / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({figure})" in report
 
@@ -133,6 +136,7 @@ def test_a_failed_control_reports_no_comparison(fixture):
     numbers = json.loads((data / "numbers.json").read_text())
     assert "comparisons" not in numbers and not numbers["control"]["passed"]
     assert "no method comparison is reported" in (data / "report.md").read_text()
+    assert "No method comparison: the control failed." in (data.parent / "report.md").read_text()
     assert not (data / "differences.png").exists()  # no figure of a comparison that is not reported
 
 

@@ -7,15 +7,16 @@
     python docs/results/study_v3/derive.py report docs/results/study_v3/countdown \
         --plan docs/results/study_v3/preregistration.json
 
-`collect` writes (or extends: rows of runs it does not see again are kept) ``outcomes.csv.gz`` (method, seed, problem: greedy 0/1, correct of k samples, distinct correct
-samples; the start model as method ``start``) from each run's ``problems.json`` and ``curves.csv.gz`` (every
+`collect` (``collect.py``) writes, or extends (rows of runs it does not see again are kept), ``outcomes.csv.gz``
+(method, seed, problem: greedy 0/1, correct of k samples, distinct correct samples; the start model as method ``start``) from each run's ``problems.json`` and ``curves.csv.gz`` (every
 evaluation of every run: split, step, greedy accuracy, avg@k, pass@k) from each run's ``metrics.jsonl``.
 Several study folders may be given (the tuning folder's validation curves, the final folder's test outcomes).
 The outcomes of `docs/results/pass_at_k.py` (k samples per problem on a prefix of the test split, per run and for
 the start under each evaluation seed) go to ``exploration.csv.gz``.
 
 `report` writes ``report.md``, ``numbers.json`` (every number of the report) and the figures (``figures.py``) into
-the data folder. The test (`tests/test_study_v3_derive.py`) runs both steps on a small fixture. The statistics are those of
+the data folder, and the study's ``report.md`` one level up (per task: the control's verdict, the primary test, a
+link). The test (`tests/test_study_v3_derive.py`) runs both steps on a small fixture. The statistics are those of
 `popo.study.analysis` (two-way bootstrap over seeds and problems, Holm within each family); the plan file fixes
 the arms, the baseline, the primary pair, the metric, the margin and the control's criterion before the data.
 """
@@ -23,9 +24,9 @@ the arms, the baseline, the primary pair, the metric, the margin and the control
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,72 +38,9 @@ from popo.study.analysis import (CURVE_FIELDS, OUTCOME_FIELDS, curve_area, diffe
 from popo.study.stats import holm, mean_ci
 from popo.tracking import read_metrics
 
-OUTCOMES, CURVES, EXPLORATION = "outcomes.csv.gz", "curves.csv.gz", "exploration.csv.gz"
-EXPLORED = "problems-k*-n*.json"  # docs/results/pass_at_k.py's per-run outcomes (k samples per problem)
-
-
-# ------------------------------------------------------------------------------------------------ collect
-
-def _split(config: dict) -> str:
-    return "test" if str(config["data"]["eval_source"]).endswith(":test") else "validation"
-
-
-def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
-    """Write the raw tables of `studies` into `out`; returns (outcome rows, curve rows)."""
-    from popo.study.runs import load_study
-
-    outcomes, curves, explored = [], [], []
-    for study_dir in studies:
-        study = load_study(study_dir)
-        start = study_dir / "start-problems.json"
-        for variant in study.variants:
-            for run in sorted((study_dir / variant.dirname).glob("seed-*")):
-                if not (run / "done.json").is_file():
-                    continue  # unfinished runs are not data
-                seed = int(run.name.removeprefix("seed-"))
-                split = _split(yaml.safe_load((run / "config.yaml").read_text()))
-                for record in read_metrics(run / "metrics.jsonl"):
-                    k = next((int(key.split("@")[1]) for key in record if key.startswith("eval/avg@")), 0)
-                    if "eval/greedy_acc" in record:
-                        curves.append({"task": task, "split": split, "method": variant.name, "seed": seed,
-                                       "step": record["step"], "greedy_acc": record["eval/greedy_acc"],
-                                       "avg": record.get(f"eval/avg@{k}", ""), "pass": record.get(f"eval/pass@{k}", ""),
-                                       "k": k})
-                if (run / "problems.json").is_file():
-                    outcomes += _outcome_rows(json.loads((run / "problems.json").read_text()), task, variant.name, seed)
-                for path in sorted(run.glob(EXPLORED)):
-                    explored += _outcome_rows(json.loads(path.read_text()), task, variant.name, seed)
-        if start.is_file() and not any(r["method"] == "start" for r in outcomes):  # one start: every study
-            outcomes += _outcome_rows(json.loads(start.read_text()), task, "start", 0)  # starts from it
-        for path in sorted(study_dir.glob("start-" + EXPLORED)):  # n500.json, n500-seed-4.json, ...
-            problems = json.loads(path.read_text())  # the start under each evaluation seed it was sampled with
-            explored += _outcome_rows(problems, task, "start", int(problems["run_seed"]))
-    out.mkdir(parents=True, exist_ok=True)
-    outcomes = _merged(out / OUTCOMES, OUTCOME_FIELDS, outcomes, ("task", "method", "seed"))
-    curves = _merged(out / CURVES, CURVE_FIELDS, curves, ("task", "split", "method", "seed"))
-    write_rows(out / OUTCOMES, OUTCOME_FIELDS, outcomes)
-    write_rows(out / CURVES, CURVE_FIELDS, curves)
-    if explored or (out / EXPLORATION).is_file():  # pass@k up to k on a prefix of the test split, 3 seeds an arm
-        explored = _merged(out / EXPLORATION, OUTCOME_FIELDS, explored, ("task", "method", "seed"))
-        write_rows(out / EXPLORATION, OUTCOME_FIELDS, explored)
-    return len(outcomes), len(curves)
-
-
-def _merged(path: Path, fields: tuple[str, ...], new: list[dict], key: tuple[str, ...]) -> list[dict]:
-    """`new` plus the rows already in `path` of every run `new` does not hold (a study spans several
-    sittings, each collecting the runs it finished: the committed tables are the record of what is done)."""
-    if not path.is_file():
-        return new
-    fresh = {tuple(str(r[f]) for f in key) for r in new}
-    kept = [r for r in read_rows(path, fields) if tuple(str(r[f]) for f in key) not in fresh]
-    return kept + new
-
-
-def _outcome_rows(problems: dict, task: str, method: str, seed: int) -> list[dict]:
-    return [{"task": task, "method": method, "seed": seed, "problem": pid, "greedy": int(g), "correct": c,
-             "k": problems["k"], "distinct": d}
-            for pid, g, c, d in zip(problems["ids"], problems["greedy"], problems["correct"],
-                                    problems["distinct_correct"])]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this script's siblings, however it was started
+import figures  # noqa: E402
+from collect import CURVES, EXPLORATION, OUTCOMES, collect  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -352,19 +290,37 @@ def report(folder: Path, plan: dict) -> dict:
         lines, numbers["validation"] = validation_curves(curves, task, plan["arms"])
         sections += ["## Validation curves (tuning phase)\n", *lines, ""]
     tuning = folder / "tuning" / "tuning.json"
-    figures = _figures().draw(folder, numbers, plan, curves, json.loads(tuning.read_text()) if tuning.is_file() else None)
-    sections += ["## Figures\n", *[f"{line}\n" for line in figures]]
+    figures_md = figures.draw(folder, numbers, plan, curves, json.loads(tuning.read_text()) if tuning.is_file() else None)
+    sections += ["## Figures\n", *[f"{line}\n" for line in figures_md]]
     (folder / "report.md").write_text("\n".join(sections))
     (folder / "numbers.json").write_text(json.dumps(numbers, indent=1, default=_plain) + "\n")
     return numbers
 
 
-def _figures():
-    """figures.py beside this script (loaded by path: the script runs from any directory, or from a test)."""
-    spec = importlib.util.spec_from_file_location("study_v3_figures", Path(__file__).with_name("figures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def study_index(root: Path) -> list[str]:
+    """The study's ``report.md``: per task folder with a report, the control's verdict and the primary test, each
+    read from that folder's ``numbers.json``, with a link to the task's full report."""
+    lines = ["# Study v3: report\n", "Pre-registration: [preregistration.md](preregistration.md). Per task, the full "
+             "report, its figures and its raw data sit in the task's folder; `derive.py report <folder>` rewrites "
+             "both that report and this page.\n"]
+    for numbers_file in sorted(root.glob("*/numbers.json")):
+        numbers, task = json.loads(numbers_file.read_text()), numbers_file.parent.name
+        plan, control = numbers["plan"], numbers["control"]
+        interim = f" (interim: {', '.join(numbers['missing_arms'])} not run yet)" if numbers.get("missing_arms") else ""
+        lines += [f"## {task}{interim}\n", f"Full report: [{task}/report.md]({task}/report.md).\n",
+                  f"- Positive control on test ({plan['baseline']} − start, {plan['metric']}@{plan['k']}): "
+                  f"{_fmt(control['avg']['estimate'], True)} [{_fmt(control['avg']['low'], True)}, "
+                  f"{_fmt(control['avg']['high'], True)}]: **{'passed' if control['passed'] else 'failed'}**."]
+        primary = numbers.get("comparisons", {}).get(plan["primary"][0])
+        if primary is None:
+            lines.append("- No method comparison: the control failed.")
+        else:
+            lines.append(f"- Primary test ({' − '.join(plan['primary'])}, {plan['metric']}@{plan['k']}): "
+                         f"{_fmt(primary['estimate'], True)} [{_fmt(primary['low'], True)}, "
+                         f"{_fmt(primary['high'], True)}], Holm p {_p(primary['holm_difference'])}; TOST at "
+                         f"±{plan['margin']:.3f}, Holm p {_p(primary['holm_equivalence'])}: {primary['reading']}.")
+        lines.append("")
+    return lines
 
 
 def _plain(x):
@@ -407,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = json.loads(args.plan.read_text())
         numbers = report(args.folder, plan[args.folder.name] if args.folder.name in plan else plan)
+        (args.folder.parent / "report.md").write_text("\n".join(study_index(args.folder.parent)))
         print(f"{args.folder / 'report.md'}: control {'passed' if numbers['control']['passed'] else 'failed'}")
     return 0
 
