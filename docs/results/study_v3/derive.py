@@ -8,8 +8,9 @@
         --plan docs/results/study_v3/preregistration.json
 
 `collect` (``collect.py``) writes, or extends (rows of runs it does not see again are kept), ``outcomes.csv.gz``
-(method, seed, problem: greedy 0/1, correct of k samples, distinct correct samples; the start model as method ``start``) from each run's ``problems.json`` and ``curves.csv.gz`` (every
-evaluation of every run: split, step, greedy accuracy, avg@k, pass@k) from each run's ``metrics.jsonl``.
+(method, seed, problem: greedy 0/1, correct of k samples, distinct correct samples; the start model as method
+``start``) from each run's ``problems.json`` and ``curves.csv.gz`` (every evaluation of every run: split, step,
+greedy accuracy, avg@k, pass@k) from each run's ``metrics.jsonl``.
 Several study folders may be given (the tuning folder's validation curves, the final folder's test outcomes).
 The outcomes of `docs/results/pass_at_k.py` (k samples per problem on a prefix of the test split, per run and for
 the start under each evaluation seed) go to ``exploration.csv.gz``.
