@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from popo.study.analysis import OUTCOME_FIELDS, read_rows
+from popo.study.analysis import CURVE_FIELDS, OUTCOME_FIELDS, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "docs" / "results" / "study_v3" / "derive.py"
@@ -147,3 +147,32 @@ def test_an_interim_report_names_the_arms_not_run_yet(fixture):
     numbers = json.loads((data / "numbers.json").read_text())
     assert numbers["missing_arms"] == ["raft"] and set(numbers["comparisons"]) == {"popo"}
     assert "**Interim: raft not run yet.**" in (data / "report.md").read_text()
+
+
+def _control_run(root: Path, name: str, avgs: list[float], planned: int):
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"steps": planned}}))
+    records = [{"step": 50 * i, "eval/greedy_acc": 0.4, f"eval/avg@{K}": a, f"eval/pass@{K}": 0.8}
+               for i, a in enumerate(avgs)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_later_control_stage_keeps_the_earlier_stages_rows(tmp_path):
+    """Stage 2 of the control search runs where stage 1's folders are gone: the committed table and raw curves
+    keep stage 1's runs, and a run seen again replaces its old rows."""
+    out = tmp_path / "control"
+    _control_run(tmp_path / "one", "stage1/a", [0.30, 0.35, 0.40], planned=100)
+    _control_run(tmp_path / "one", "stage1/b", [0.30, 0.20], planned=100)  # stopped early
+    _derive("control", tmp_path / "one", "--out", out)
+    _control_run(tmp_path / "two", "stage2/c", [0.30, 0.33, 0.36], planned=100)
+    _control_run(tmp_path / "two", "stage1/b", [0.30, 0.20, 0.10], planned=100)  # b finished since
+    _derive("control", tmp_path / "two", "--out", out)
+    table = (out / "control_search.md").read_text().splitlines()
+    assert table[0].startswith(f"| run | state | avg@{K} at steps")
+    assert [line.split(" | ")[:2] for line in table[2:]] == [
+        ["| stage1/a", "finished"], ["| stage1/b", "finished"], ["| stage2/c", "finished"]]
+    curves = read_rows(out / "curves.csv.gz", CURVE_FIELDS)
+    assert sorted((c["method"], c["step"]) for c in curves if c["method"] == "stage1/b") == [
+        ("stage1/b", 0), ("stage1/b", 50), ("stage1/b", 100)]
+    assert {c["method"] for c in curves} == {"stage1/a", "stage1/b", "stage2/c"}

@@ -51,17 +51,17 @@ def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
             problems = json.loads(path.read_text())  # the start under each evaluation seed it was sampled with
             explored += _outcome_rows(problems, task, "start", int(problems["run_seed"]))
     out.mkdir(parents=True, exist_ok=True)
-    outcomes = _merged(out / OUTCOMES, OUTCOME_FIELDS, outcomes, ("task", "method", "seed"))
-    curves = _merged(out / CURVES, CURVE_FIELDS, curves, ("task", "split", "method", "seed"))
+    outcomes = merged(out / OUTCOMES, OUTCOME_FIELDS, outcomes, ("task", "method", "seed"))
+    curves = merged(out / CURVES, CURVE_FIELDS, curves, ("task", "split", "method", "seed"))
     write_rows(out / OUTCOMES, OUTCOME_FIELDS, outcomes)
     write_rows(out / CURVES, CURVE_FIELDS, curves)
     if explored or (out / EXPLORATION).is_file():  # pass@k up to k on a prefix of the test split, 3 seeds an arm
-        explored = _merged(out / EXPLORATION, OUTCOME_FIELDS, explored, ("task", "method", "seed"))
+        explored = merged(out / EXPLORATION, OUTCOME_FIELDS, explored, ("task", "method", "seed"))
         write_rows(out / EXPLORATION, OUTCOME_FIELDS, explored)
     return len(outcomes), len(curves)
 
 
-def _merged(path: Path, fields: tuple[str, ...], new: list[dict], key: tuple[str, ...]) -> list[dict]:
+def merged(path: Path, fields: tuple[str, ...], new: list[dict], key: tuple[str, ...]) -> list[dict]:
     """`new` plus the rows already in `path` of every run `new` does not hold (a study spans several
     sittings, each collecting the runs it finished: the committed tables are the record of what is done)."""
     if not path.is_file():

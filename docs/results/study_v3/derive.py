@@ -41,7 +41,7 @@ from popo.tracking import read_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this script's siblings, however it was started
 import figures  # noqa: E402
-from collect import CURVES, EXPLORATION, OUTCOMES, collect  # noqa: E402
+from collect import CURVES, EXPLORATION, OUTCOMES, collect, merged  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -176,9 +176,9 @@ def validation_curves(curves: list[dict], task: str, arms: list[str]) -> tuple[l
 def control_search(root: Path, out: Path) -> list[str]:
     """The control search's validation curves: every run folder under `root` (finished or not), its avg@16 at
     each evaluation, and its final greedy accuracy, avg@16 and pass@16; the curves are also written raw
-    (``curves.csv.gz`` in `out`)."""
+    (``curves.csv.gz`` in `out`). Runs already in `out` (its table and raw curves) that `root` does not hold
+    are kept: a later stage can run on a machine that no longer has the earlier stages' folders."""
     curves, lines = [], []
-    header = None
     for metrics in sorted(root.rglob("metrics.jsonl")):
         run = metrics.parent
         name = run.relative_to(root).as_posix()
@@ -190,9 +190,6 @@ def control_search(root: Path, out: Path) -> list[str]:
             curves.append({"task": "countdown", "split": "validation", "method": name, "seed": 0, "step": r["step"],
                            "greedy_acc": r["eval/greedy_acc"], "avg": r[f"eval/avg@{k}"], "pass": r[f"eval/pass@{k}"],
                            "k": k})
-        if header is None:
-            header = [f"| run | state | avg@{k} at steps 0, 50, 100, ... | final step | greedy | avg@{k} | pass@{k} |",
-                      "|" + " --- |" * 7]
         last = evals[-1]
         planned = yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"]
         reached = read_metrics(metrics)[-1]["step"]
@@ -201,8 +198,16 @@ def control_search(root: Path, out: Path) -> list[str]:
                      f" | {last['step']} | {last['eval/greedy_acc']:.3f} | {last[f'eval/avg@{k}']:.3f} | "
                      f"{last[f'eval/pass@{k}']:.3f} |")
     out.mkdir(parents=True, exist_ok=True)
-    write_rows(out / CURVES, CURVE_FIELDS, curves)
-    return (header or []) + lines
+    rows = merged(out / CURVES, CURVE_FIELDS, curves, ("method",))
+    write_rows(out / CURVES, CURVE_FIELDS, rows)
+    k = rows[0]["k"] if rows else "k"
+    header = [f"| run | state | avg@{k} at steps 0, 50, 100, ... | final step | greedy | avg@{k} | pass@{k} |",
+              "|" + " --- |" * 7]
+    table = out / "control_search.md"
+    seen = {line.split(" | ")[0] for line in lines}
+    kept = [line for line in (table.read_text().splitlines() if table.is_file() else [])[2:]
+            if line.startswith("| ") and line.split(" | ")[0] not in seen]
+    return header + sorted(kept + lines, key=lambda line: Path(line.split(" | ")[0][2:]).parts)  # as rglob sorts
 
 
 def power(tuning: Path, plan: dict) -> tuple[list[str], dict]:
