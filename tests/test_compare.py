@@ -187,3 +187,24 @@ def test_a_stopping_study_starts_no_queued_run(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         runs._pool_job(str(tmp_path), variant, 1, 1)
     assert len(started) == 1
+
+
+def test_a_studys_start_is_sampled_under_its_smallest_seed(cache_dir, tmp_path):
+    """Two workers race to evaluate a study's start: whichever run gets there first, the start is sampled as
+    the study's smallest seed samples (study v3's RAFT finals once wrote a start under seed 4, the others 3)."""
+    import popo.study.runs as runs
+    from popo.step_log import SAMPLE_OUTCOMES_KEY
+
+    variant = runs.Variant("popo", ("algo.name=popo",))
+    for name, seed in (("first-is-1", 1), ("first-is-0", 0)):
+        runs.prepare_study(tmp_path / name, None, [*tiny(cache_dir), "train.eval_samples=16"], [variant], [0, 1],
+                           "test")
+        runs._execute(str(tmp_path / name), variant, seed)
+    start = json.loads((tmp_path / "first-is-1" / "start-problems.json").read_text())
+    assert start == json.loads((tmp_path / "first-is-0" / "start-problems.json").read_text())
+
+    def step0(name, seed):  # per problem, the correct samples of the run's own step-0 evaluation (its own seed)
+        return read_metrics(tmp_path / name / "popo" / f"seed-{seed}" / "metrics.jsonl")[0][SAMPLE_OUTCOMES_KEY]
+
+    assert start["correct"] == step0("first-is-0", 0)
+    assert step0("first-is-1", 1) != step0("first-is-0", 0)  # the seeds do sample differently here

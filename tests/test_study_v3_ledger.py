@@ -91,3 +91,22 @@ def test_exploration_outcomes_are_collected_and_reported(tmp_path):
     numbers = json.loads((data / "numbers.json").read_text())
     assert numbers["exploration_deep"]["grpo"]["1"] == pytest.approx(np.mean(grpo) / 8, abs=1e-12)
     assert "pass@j up to 8 on the first 30 test problems" in (data / "report.md").read_text()
+
+
+def test_a_study_with_another_start_keeps_the_committed_one(tmp_path):
+    """Study v3's RAFT finals once sampled the start under another evaluation seed: collecting them must not
+    swap the start every other arm was compared with, and must say so."""
+    rng = np.random.default_rng(2)
+    start = (rng.binomial(4, 0.3, 30).tolist(), rng.binomial(1, 0.4, 30).tolist())
+    other = ([min(4, c + 1) for c in start[0]], start[1])
+    data = tmp_path / "countdown"
+    _study(tmp_path / "one", {"grpo": _draws(rng, 0.5, 0.5)}, "test", start)
+    _derive("collect", tmp_path / "one", "--task", "countdown", "--out", data)
+    _study(tmp_path / "two", {"raft": _draws(rng, 0.5, 0.5)}, "test", other)
+    said = _derive("collect", tmp_path / "two", "--task", "countdown", "--out", data)
+    assert "start differs from the start already in the table" in said
+    rows = read_rows(data / "outcomes.csv.gz", OUTCOME_FIELDS)
+    assert [r["correct"] for r in rows if r["method"] == "start"] == start[0]
+    assert {r["method"] for r in rows} == {"start", "grpo", "raft"}
+    _study(tmp_path / "three", {"popo": _draws(rng, 0.5, 0.5)}, "test", start)  # the same start: nothing said
+    assert "differs" not in _derive("collect", tmp_path / "three", "--task", "countdown", "--out", data)

@@ -51,7 +51,7 @@ def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
             problems = json.loads(path.read_text())  # the start under each evaluation seed it was sampled with
             explored += _outcome_rows(problems, task, "start", int(problems["run_seed"]))
     out.mkdir(parents=True, exist_ok=True)
-    outcomes = merged(out / OUTCOMES, OUTCOME_FIELDS, outcomes, ("task", "method", "seed"))
+    outcomes = merged(out / OUTCOMES, OUTCOME_FIELDS, _kept_start(out / OUTCOMES, outcomes), ("task", "method", "seed"))
     curves = merged(out / CURVES, CURVE_FIELDS, curves, ("task", "split", "method", "seed"))
     write_rows(out / OUTCOMES, OUTCOME_FIELDS, outcomes)
     write_rows(out / CURVES, CURVE_FIELDS, curves)
@@ -59,6 +59,21 @@ def collect(studies: list[Path], task: str, out: Path) -> tuple[int, int]:
         explored = merged(out / EXPLORATION, OUTCOME_FIELDS, explored, ("task", "method", "seed"))
         write_rows(out / EXPLORATION, OUTCOME_FIELDS, explored)
     return len(outcomes), len(curves)
+
+
+def _kept_start(path: Path, outcomes: list[dict]) -> list[dict]:
+    """`outcomes` without its start when the table at `path` already holds a start that differs: every arm is
+    compared with the one start the table was first given, and a study that sampled its start otherwise (another
+    evaluation seed) is named, not silently swapped in."""
+    if not path.is_file():
+        return outcomes
+    committed = {r["problem"]: (r["greedy"], r["correct"], r["distinct"]) for r in read_rows(path, OUTCOME_FIELDS)
+                 if r["method"] == "start"}
+    new = {r["problem"]: (r["greedy"], r["correct"], r["distinct"]) for r in outcomes if r["method"] == "start"}
+    if not committed or not new or new == committed:
+        return outcomes
+    print(f"{path}: a collected study's start differs from the start already in the table; the table's is kept")
+    return [r for r in outcomes if r["method"] != "start"]
 
 
 def merged(path: Path, fields: tuple[str, ...], new: list[dict], key: tuple[str, ...]) -> list[dict]:

@@ -4,7 +4,8 @@ After a run finishes, its final policy is evaluated once more on the run's held-
 protocol, and what each problem got is kept (``problems.json`` in the run folder): the greedy answer's
 correctness, how many of the k samples were correct and how many *distinct* correct samples there were.
 The first run of a study does the same for the initial checkpoint (``start-problems.json`` in the study
-folder; every run starts from that checkpoint). From these the report computes
+folder; every run starts from that checkpoint), sampled as the study's smallest seed samples, so the start does
+not depend on which run gets there first. From these the report computes
 
 - a problem-level bootstrap interval of each paired difference (seeds and problems resampled together,
   `popo.study.stats.bootstrap_difference`), which counts the test set's finite size as well as the seeds;
@@ -15,7 +16,9 @@ folder; every run starts from that checkpoint). From these the report computes
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 from popo.sampling_metrics import pass_at_k
@@ -24,12 +27,16 @@ from popo.study.stats import bootstrap_difference, mean_ci
 PROBLEMS, START_PROBLEMS = "problems.json", "start-problems.json"
 
 
-def evaluate_outcomes(trainer) -> dict:
-    """Per-problem outcomes of `trainer`'s current policy on its held-out split (the run's protocol)."""
-    from popo.rewards.make import make_verifier
+def evaluate_outcomes(trainer, seed: int | None = None) -> dict:
+    """Per-problem outcomes of `trainer`'s current policy on its held-out split: the run's protocol, sampled as
+    the run of seed `seed` would sample it when given (a study's start, whichever run evaluates it)."""
     from popo.evaluate import evaluate
+    from popo.rewards.make import make_verifier
+    from popo.seeds import eval_seed
 
     protocol = trainer.evaluation_protocol()
+    if seed is not None:
+        protocol = dataclasses.replace(protocol, seed=eval_seed(seed))
     verifier = make_verifier(trainer.config, log=lambda message: None)
     try:
         with trainer.models.gathered():
@@ -50,9 +57,9 @@ def outcomes_from_result(result, examples, k: int) -> dict:
             "correct": [int(sum(row)) for row in correct], "distinct_correct": distinct}
 
 
-def write_outcomes(trainer, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(evaluate_outcomes(trainer)))
+def write_outcomes(trainer, path: Path, seed: int | None = None) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs may write a study's start at once
+    tmp.write_text(json.dumps(evaluate_outcomes(trainer, seed)))
     tmp.replace(path)
 
 

@@ -268,9 +268,9 @@ def _execute(study_dir: str, variant: Variant, seed: int) -> dict:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, overwrite=True))
     make = CONTROLS[variant.name.split()[0]].from_config if variant.sft else build_trainer
     trainer = make(config, resume=state == "partial", log=log)
-    start_file = Path(study_dir) / START_PROBLEMS  # the initial checkpoint's per-problem outcomes, once a study
-    if trainer.step == 0 and len(trainer.eval_set) and not start_file.is_file():
-        write_outcomes(trainer, start_file)
+    start_file = Path(study_dir) / START_PROBLEMS  # the initial checkpoint's per-problem outcomes, once a study,
+    if trainer.step == 0 and len(trainer.eval_set) and not start_file.is_file():  # under its smallest seed
+        write_outcomes(trainer, start_file, seed=min(study.seeds))
     trainer.run()
     log_file.close()
     if trainer.stopped_early:  # Ctrl-C (or SIGTERM): the run saved a checkpoint, resumed when the study runs again
