@@ -15,14 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from popo.study.plots import pyplot as _plt
 
 
 def _save(fig, path: Path) -> None:

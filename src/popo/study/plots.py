@@ -10,7 +10,8 @@ from typing import Any
 from popo.study.stats import mean_ci
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use (no import side effect at module load)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +22,7 @@ def _plt():
 
 def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: Path, start_acc: float | None) -> None:
     """The demo's figure: held-out greedy accuracy against rollouts sampled, one line per method."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, history in histories.items():
         points = [(h.get("rollouts_total", 0), h["eval/greedy_acc"]) for h in history if "eval/greedy_acc" in h]
@@ -47,7 +48,7 @@ def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path,
                 limits: tuple[float, float] | None = (0.0, 1.0)) -> None:
     """One line per name through (x, mean, CI half-width) points, with a shaded interval clipped to
     `limits` (an accuracy cannot leave [0, 1], whatever a t interval over few seeds says)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, points in series.items():
         xs, ys, hs = ([p[i] for p in points] for i in range(3))
@@ -71,7 +72,7 @@ def draw_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], 
                 empty_note: str = "no data"):
     """The figure of :func:`plot_panels` (not saved); a panel without any point says `empty_note` in its
     middle rather than staying blank."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels):
         for name, points in series.items():
@@ -94,14 +95,14 @@ def plot_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], 
     """Side-by-side panels of (x, y) lines, one panel per (title, series); empty panels say `empty_note`."""
     fig = draw_panels(panels, xlabel, empty_note=empty_note)
     fig.savefig(path, dpi=90, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def plot_forest(rows: list[tuple[str, list[tuple[float, float]]]], labels: list[str], path: Path, *,
                 start: list[float | None], limits: tuple[float, float] | None = (0.0, 1.0)) -> None:
     """Per variant, mean +- CI of each metric in its own panel (a "forest plot"), the bars clipped to
     `limits`; a dotted line marks the warmed-up start."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(labels), figsize=(3.8 * len(labels), 0.32 * len(rows) + 1.8),
                              squeeze=False, sharey=True)
     ys = list(range(len(rows)))[::-1]
