@@ -106,6 +106,8 @@ def test_collect_then_report_rederives_every_number(fixture):
     assert numbers["validation"]["grpo lr=1e-4"]["area"] == pytest.approx(0.3 + 0.001 * 50, abs=1e-12)
     report = (data / "report.md").read_text()
     assert "The positive control passed on test" in report and "popo (primary)" in report
+    rows = [line.split(" |")[0] for line in report.splitlines() if " lr=" in line]  # by arm, then by the rate
+    assert rows == ["| grpo lr=1e-4", "| grpo lr=1e-3", "| popo lr=1e-4"]
     index = (data.parent / "report.md").read_text()  # the study's page: the verdict and the primary test, linked
     assert "[countdown/report.md](countdown/report.md)" in index and "**passed**" in index
     assert f"{popo['estimate']:+.3f} [{popo['low']:+.3f}, {popo['high']:+.3f}]" in index

@@ -152,11 +152,20 @@ def exploration(rows: list[dict], task: str, arms: list[str], k: int) -> tuple[l
     return lines, numbers
 
 
+def _rate(variant: str) -> float:
+    """The learning rate in a variant's name ("grpo lr=1e-4" -> 1e-4), for ordering rows; inf without one."""
+    for part in variant.split()[1:]:
+        if part.startswith("lr="):
+            return float(part[3:])
+    return float("inf")
+
+
 def validation_curves(curves: list[dict], task: str, arms: list[str]) -> tuple[list[str], dict]:
     """Per arm and learning rate, the area under the validation avg@k curve (mean level over the steps,
     mean over seeds) and the final value: how the budget and the rates were chosen."""
     rows = [c for c in curves if c["task"] == task and c["split"] == "validation" and c["avg"] != ""]
-    variants = sorted({c["method"] for c in rows})
+    variants = sorted({c["method"] for c in rows}, key=lambda v: (arms.index(v.split()[0]) if v.split()[0] in arms
+                                                                  else len(arms), _rate(v), v))
     lines = ["| variant | seeds | final avg@k | area (mean level) |", "| --- | --- | --- | --- |"]
     numbers = {}
     for v in variants:
