@@ -27,19 +27,19 @@ from popo.loading import resolve_model_path
 from popo.study.runs import env_threads, worker_pool
 
 METHODS = ("popo", "grpo")
-# Each method's learning rate as study v3 chose it on the validation split of this task, from 5 rates
-# (3e-6 .. 3e-4): for now from the first tuning seed, the best final validation avg@16 (raw curves in
-# docs/results/study_v3/countdown/tuning/); the 3-seed choice replaces it when study v3's phase 1 finishes
-# (tests/test_demo.py checks whichever is there). The demo itself chooses nothing.
+# Each method's learning rate as study v3 chose it on the validation split of this task: the best mean final
+# validation avg@16 over its three tuning seeds, from 5 rates (3e-6 .. 3e-4; raw curves in
+# docs/results/study_v3/countdown/tuning/, tests/test_demo.py checks the rates against them). The demo itself
+# chooses nothing.
 LEARNING_RATES = {"popo": "1e-4", "grpo": "1e-4"}
 RATES_FROM = "on this task's validation split by study v3 (best mean final avg@16 over its three tuning seeds)"
 COUNTDOWN = ["testbed.task=countdown", "testbed.numbers=3", "testbed.max_number=20", "testbed.warmup_steps=800",
              "testbed.test_size=2000", "testbed.validation_size=500",
              "rollout.max_new_tokens=32"]  # study v3's task; its warm start ships with popo
 STEPS = 500
+"""The demo's budget: steps of 16 prompts x 8 rollouts (study v3's batch)."""
 CONTROL_LIFT = 0.10
 """Study v3's positive-control bar on avg@k (docs/results/study_v3/preregistration.md); the report says who clears it."""
-"""The demo's budget: steps of 16 prompts x 8 rollouts (study v3's batch)."""
 DIAGNOSTIC_PREFIXES = ("distinct_positive_frac", "multi_distinct_frac", "weight_dev_uniform", "grad_share/",
                        "grad_cos/", "grad_cos_positive_nll")
 
