@@ -164,13 +164,11 @@ def validation_curves(curves: list[dict], task: str, arms: list[str]) -> tuple[l
     """Per arm and learning rate, the area under the validation avg@k curve (mean level over the steps,
     mean over seeds) and the final value: how the budget and the rates were chosen."""
     rows = [c for c in curves if c["task"] == task and c["split"] == "validation" and c["avg"] != ""]
-    variants = sorted({c["method"] for c in rows}, key=lambda v: (arms.index(v.split()[0]) if v.split()[0] in arms
-                                                                  else len(arms), _rate(v), v))
+    variants = sorted({c["method"] for c in rows if c["method"].split()[0] in arms},
+                      key=lambda v: (arms.index(v.split()[0]), _rate(v)))  # by arm, then by the rate
     lines = ["| variant | seeds | final avg@k | area (mean level) |", "| --- | --- | --- | --- |"]
     numbers = {}
     for v in variants:
-        if v.split()[0] not in arms:
-            continue
         seeds = sorted({c["seed"] for c in rows if c["method"] == v})
         finals, areas = [], []
         for s in seeds:
