@@ -65,7 +65,7 @@ class DataConfig:
     on_bad_row: str = "error"
     """What to do with a malformed row: error (stop, naming file and line) or skip (count it)."""
     eval_source: str = "auto"
-    """Held-out prompts for periodic evaluation: auto (the testbed's validation split when training on the testbed, else none), `testbed` (its validation split), `testbed:test` (its test split), a local file, or a hub id; empty disables."""
+    """Held-out prompts for periodic evaluation: auto (the testbed's validation split when training on the testbed, else none), `testbed` (its validation split), `testbed:test` (its test split), `testbed:NAME` (a split of testbed.reserved), a local file, or a hub id; empty disables."""
     eval_size: int = 500
     """Number of held-out prompts used by periodic evaluation (0 = all)."""
     max_prompt_tokens: int = 512
@@ -88,6 +88,8 @@ class TestbedConfig:
     """Size of the validation split (data.eval_source=testbed: training-time evaluation, sweeps, tuning)."""
     train_size: int = 20000
     """Number of RL prompts (countdown: at most the size of its RL-train split)."""
+    reserved: str = ""
+    """Countdown: held-out splits carved from the end of the RL-train split and never trained on, as `name:size,...` (e.g. `demo:500,v4-test:2000`); `data.eval_source=testbed:NAME` reads one. Each name keeps its problems whatever names follow it; the warm-up split and the warm start are unchanged."""
     warmup_steps: int = 700
     """Supervised warm-up steps (`popo sft`)."""
     warmup_batch: int = 128

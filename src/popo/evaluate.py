@@ -50,10 +50,13 @@ class EvalResult:
     greedy_lengths: torch.Tensor  # [n] completion tokens
     sample_texts: list[str]  # n * k, problem by problem
     correct: torch.Tensor  # [n, k] float
+    sample_nll: float = float("nan")  # mean -log p of the sampled tokens under the sampling distribution
 
     def summary(self) -> dict[str, float]:
-        """Greedy accuracy, mean greedy length and, with samples, avg@k and unbiased pass@k (means over
-        problems)."""
+        """Greedy accuracy, mean greedy length and, with samples, avg@k, unbiased pass@k (means over
+        problems) and `sample_nll`: the mean negative log-prob of the sampled completions' tokens, the
+        Monte Carlo estimate of the policy's per-token entropy at the sampling temperature (the breadth of
+        what it samples, tracked along a run's trajectory)."""
         result = {"greedy_acc": float(self.greedy_correct.mean()),
                   "mean_length": float(self.greedy_lengths.float().mean())}
         n, k = self.correct.shape
@@ -61,6 +64,8 @@ class EvalResult:
             result[f"avg@{k}"] = float(self.correct.mean())
             counts = self.correct.sum(dim=1).long().tolist()
             result[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in counts) / len(counts)
+            if self.sample_nll == self.sample_nll:
+                result["sample_nll"] = self.sample_nll
         return result
 
 
@@ -73,7 +78,7 @@ def evaluate(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[E
     greedy = engine.generate(prompts, 1, SamplingParams(p.max_new_tokens, temperature=0.0))
     greedy_correct = score_rollouts(verifier, greedy.texts, answers, greedy.truncated,
                                     zero_if_truncated=p.zero_if_truncated, prompts=prompts, examples=examples)
-    texts, correct = [], torch.zeros(len(examples), 0)
+    texts, correct, nll = [], torch.zeros(len(examples), 0), float("nan")
     if p.k > 0:
         sampled = engine.generate(prompts, p.k, SamplingParams(p.max_new_tokens, p.temperature, p.top_p),
                                   prompt_seeds=[row_seed(p.seed, first_index + i) for i in range(len(prompts))])
@@ -81,7 +86,9 @@ def evaluate(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[E
         correct = score_rollouts(verifier, texts, [a for a in answers for _ in range(p.k)], sampled.truncated,
                                  zero_if_truncated=p.zero_if_truncated, prompts=[q for q in prompts for _ in range(p.k)],
                                  examples=[ex for ex in examples for _ in range(p.k)]).view(len(examples), p.k)
-    return EvalResult(greedy.texts, greedy_correct, greedy.lengths, texts, correct)
+        mask = sampled.completion_mask
+        nll = float(-torch.where(mask, sampled.sampling_logprobs, 0.0).sum() / mask.sum().clamp(min=1))
+    return EvalResult(greedy.texts, greedy_correct, greedy.lengths, texts, correct, nll)
 
 
 def evaluate_split(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,

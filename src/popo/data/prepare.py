@@ -16,10 +16,12 @@ def testbed_task(config: Config):
     splits, the verifier, the tokenizer's alphabet and the warm-up cache key."""
     tb = config.testbed
     if tb.task == "countdown":
-        from popo.testbed.countdown_task import CountdownTask
+        from popo.testbed.countdown_task import CountdownTask, parse_reserved
 
         return CountdownTask(numbers=tb.numbers, max_number=tb.max_number, test_size=tb.test_size,
-                             validation_size=tb.validation_size)
+                             validation_size=tb.validation_size, reserved=parse_reserved(tb.reserved))
+    if tb.reserved:
+        raise ConfigError("testbed.reserved: only the countdown testbed has reserved splits (testbed.task=countdown)")
     from popo.testbed.addition import AdditionTask
 
     return AdditionTask(digits=tb.digits, test_size=tb.test_size, validation_size=tb.validation_size)
@@ -45,8 +47,9 @@ def testbed_split(config: Config, source: str, split: str) -> str:
     bare `testbed`, `split`; with `testbed.validation_size=0` (no validation split, the layout before there
     was one) a bare `testbed` asked for validation reads the test split."""
     name = source.partition(":")[2] or split
-    if name not in ("train", "validation", "test"):
-        raise ConfigError(f"unknown testbed split in {source!r}: use testbed, testbed:validation or testbed:test")
+    if name not in ("train", "validation", "test") and name not in reserved_names(config):
+        raise ConfigError(f"unknown testbed split in {source!r}: use testbed, testbed:validation, testbed:test or "
+                          f"a split of testbed.reserved")
     if name == "validation" and config.testbed.validation_size == 0:
         if source != "testbed":
             raise SetupError(f"{source}: the testbed has no validation split (testbed.validation_size=0)")
@@ -59,7 +62,18 @@ def testbed_examples(config: Config, source: str, *, split: str) -> list[Example
     name, task = testbed_split(config, source, split), testbed_task(config)
     if name == "train":
         return task.train_examples(config.testbed.train_size, seed=0)
+    if name in reserved_names(config):
+        return task.reserved_examples(name)
     return task.validation_examples() if name == "validation" else task.test_examples()
+
+
+def reserved_names(config: Config) -> tuple[str, ...]:
+    """The split names of `testbed.reserved` (countdown only; none on other tasks)."""
+    if config.testbed.task != "countdown" or not config.testbed.reserved:
+        return ()
+    from popo.testbed.countdown_task import parse_reserved
+
+    return tuple(name for name, _ in parse_reserved(config.testbed.reserved))
 
 
 def load_examples_for(config: Config, source: str, *, split: str, log: Callable[[str], None]) -> list[Example]:
@@ -100,40 +114,59 @@ def fit_prompts(config: Config, examples: list[Example], tokenizer, *, context: 
                 split: str, log: Callable[[str], None]) -> tuple[list[Example], list[str]]:
     """The rendered prompts and their examples, checked against the tokenizer and the prompt-length cap.
 
-    A prompt holding characters the tokenizer cannot represent (they would become its unknown token, which
-    the testbed's character tokenizer decodes to nothing: the model would see mangled text) is a
-    `DataError` naming file, line and the characters. The cap is `data.max_prompt_tokens`, and the model's
-    context (`context` tokens) less `rollout.max_new_tokens` when that is smaller; a longer prompt is a
-    `DataError` naming file, line and field. With `data.on_bad_row=skip` such prompts are dropped and
-    counted in the log.
+    The cap is `data.max_prompt_tokens`, and the model's context (`context` tokens) less
+    `rollout.max_new_tokens` when that is smaller. A prompt of more characters than the cap can hold
+    (`popo.data.prompt_checks.max_prompt_chars`) is refused before anything is tokenized, so a huge line
+    costs no tokenizer time or memory; the others are tokenized, and one over the cap is refused. A prompt
+    holding characters the tokenizer cannot represent (it would drop them, or turn them into its unknown
+    token: the model would see mangled text) is refused too. Each refusal is a `DataError` naming file, line
+    and field; with `data.on_bad_row=skip` such prompts are dropped and counted in the log.
     """
-    d = config.data
+    from popo.data.prompt_checks import known_characters, max_prompt_chars, unrepresentable
+
+    field = f"field '{config.data.problem_key or 'problem'}'"
+    limit, why = _prompt_limit(config, context)
     prompts = render_prompts(config, examples, tokenizer)
+    most = max_prompt_chars(tokenizer, limit)
+    huge = [i for i, prompt in enumerate(prompts) if len(prompt) > most]
+    if huge:
+        message = (f"{_where(config, source, split, examples[huge[0]])}: {field}: the prompt is "
+                   f"{len(prompts[huge[0]]):,} characters with the template, more than the limit of {limit} tokens "
+                   f"({why}) can hold (at most {most:,} characters: {most // limit} per token for this tokenizer)")
+        examples, prompts = _drop(config, (examples, prompts), set(huge), source, message,
+                                  f"prompts longer than {limit} tokens", log)
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
     bad = unrepresentable(tokenizer, prompts, ids)
     if bad:
         first, chars = next(iter(bad.items()))
-        message = (f"{_where(config, source, split, examples[first])}: field '{d.problem_key or 'problem'}': "
-                   f"characters the tokenizer cannot represent: {chars} (they would reach the model as its "
-                   f"unknown token, silently dropped from the text){_known_characters(tokenizer)}")
-        examples, prompts, ids = _drop(config, examples, prompts, ids, set(bad), source, message,
+        message = (f"{_where(config, source, split, examples[first])}: {field}: characters the tokenizer cannot "
+                   f"represent: {chars} (they would be dropped from the text the model sees, or reach it as the "
+                   f"unknown token){known_characters(tokenizer)}")
+        examples, prompts, ids = _drop(config, (examples, prompts, ids), set(bad), source, message,
                                        "prompts with characters the tokenizer cannot represent", log)
-    limit, why = d.max_prompt_tokens, f"data.max_prompt_tokens={d.max_prompt_tokens}"
-    if context:
-        room = context - config.rollout.max_new_tokens
-        if room < 1:
-            raise SetupError(f"rollout.max_new_tokens={config.rollout.max_new_tokens} leaves no room for a "
-                             f"prompt in the model's context of {context} tokens")
-        if room < limit:
-            limit, why = room, f"model context {context} - rollout.max_new_tokens {config.rollout.max_new_tokens}"
     too_long = [i for i, row in enumerate(ids) if len(row) > limit]
     if not too_long:
         return examples, prompts
-    message = (f"{_where(config, source, split, examples[too_long[0]])}: field '{d.problem_key or 'problem'}': "
+    message = (f"{_where(config, source, split, examples[too_long[0]])}: {field}: "
                f"the prompt is {len(ids[too_long[0]])} tokens with the template, over the limit of {limit} ({why})")
-    examples, prompts, _ = _drop(config, examples, prompts, ids, set(too_long), source, message,
-                                 f"prompts longer than {limit} tokens", log)
+    examples, prompts = _drop(config, (examples, prompts), set(too_long), source, message,
+                              f"prompts longer than {limit} tokens", log)
     return examples, prompts
+
+
+def _prompt_limit(config: Config, context: int | None) -> tuple[int, str]:
+    """(the most tokens a prompt may have, why): `data.max_prompt_tokens`, or the model's context less
+    `rollout.max_new_tokens` when smaller; a SetupError when that leaves no room at all."""
+    d, new = config.data, config.rollout.max_new_tokens
+    limit, why = d.max_prompt_tokens, f"data.max_prompt_tokens={d.max_prompt_tokens}"
+    if context:
+        room = context - new
+        if room < 1:
+            raise SetupError(f"rollout.max_new_tokens={new} leaves no room for a prompt in the model's context of "
+                             f"{context} tokens")
+        if room < limit:
+            limit, why = room, f"model context {context} - rollout.max_new_tokens {new}"
+    return limit, why
 
 
 def _where(config: Config, source: str, split: str, example: Example) -> str:
@@ -146,51 +179,15 @@ def _where(config: Config, source: str, split: str, example: Example) -> str:
     return where.get(example.id, f"{source}: example {example.id!r}")
 
 
-def _drop(config: Config, examples: list[Example], prompts: list[str], ids: list, bad: set[int], source: str,
-          message: str, what: str, log: Callable[[str], None]) -> tuple[list[Example], list[str], list]:
-    """Without the `bad` rows, logged and counted (`data.on_bad_row=skip`); a DataError with `message` else."""
+def _drop(config: Config, columns: tuple[list, ...], bad: set[int], source: str, message: str, what: str,
+          log: Callable[[str], None]) -> tuple[list, ...]:
+    """The parallel lists `columns` (examples, prompts, ...) without the `bad` rows, logged and counted
+    (`data.on_bad_row=skip`); a DataError with `message` else."""
     if config.data.on_bad_row == "error":
         raise DataError(message + "; data.on_bad_row=skip drops such prompts and counts them")
     log_line = f"data: skipped {len(bad)} {what} in {source} (first: {message})"
-    kept = [i for i in range(len(examples)) if i not in bad]
+    kept = [i for i in range(len(columns[0])) if i not in bad]
     if not kept:
         raise SetupError(f"dataset {source!r} has no usable prompt: {log_line}")
     log(log_line)
-    return [examples[i] for i in kept], [prompts[i] for i in kept], [ids[i] for i in kept]
-
-
-def _unknown_id(tokenizer) -> int | None:
-    """The id of the tokenizer's unknown token: the wrapper's, else the one of its `tokenizers` model (the
-    testbed's character tokenizer sets only the latter); None when it has none (byte-level tokenizers)."""
-    if getattr(tokenizer, "unk_token_id", None) is not None:
-        return tokenizer.unk_token_id
-    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
-    name = getattr(model, "unk_token", None)
-    return tokenizer.convert_tokens_to_ids(name) if isinstance(name, str) and name else None
-
-
-def unrepresentable(tokenizer, prompts: list[str], ids: list[list[int]]) -> dict[int, str]:
-    """{prompt index: its characters the tokenizer can only encode as its unknown token, quoted}, for the
-    prompts whose token ids (`ids`) hold the unknown token."""
-    unknown = _unknown_id(tokenizer)
-    if unknown is None:
-        return {}
-    verdict: dict[str, bool] = {}  # character -> encodes to the unknown token on its own
-    out = {}
-    for i, (prompt, row) in enumerate(zip(prompts, ids)):
-        if unknown not in row:
-            continue
-        for ch in set(prompt) - set(verdict):
-            verdict[ch] = unknown in tokenizer(ch, add_special_tokens=False)["input_ids"]
-        chars = sorted(ch for ch in set(prompt) if verdict[ch])
-        out[i] = ", ".join(repr(ch) for ch in chars) if chars else "(some sequence of characters)"
-    return out
-
-
-def _known_characters(tokenizer) -> str:
-    """'; it knows only ...' for a small character-level vocabulary (the testbed's), else ''."""
-    vocab = tokenizer.get_vocab()
-    chars = sorted(t for t in vocab if len(t) == 1)
-    if len(vocab) > 300 or len(chars) < len(vocab) - len(tokenizer.all_special_tokens) - 1:
-        return ""
-    return f"; this tokenizer knows only the characters {''.join(chars)!r} (the testbed model's own)"
+    return tuple([column[i] for i in kept] for column in columns)

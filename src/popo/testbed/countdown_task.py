@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -28,6 +29,23 @@ ALPHABET = "0123456789+-*/=,;>:"
 """The countdown tokenizer's characters (beside pad, eos and bos)."""
 
 Problem = tuple[tuple[int, ...], int]  # (sorted numbers, target)
+BUILT_IN_SPLITS = ("train", "validation", "test", "warmup")
+
+
+def parse_reserved(text: str) -> tuple[tuple[str, int], ...]:
+    """`testbed.reserved` (`name:size,...`) as ((name, size), ...); a clear error for a malformed entry, a
+    repeated name, a built-in split's name or a size below 1."""
+    out: list[tuple[str, int]] = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, size = entry.partition(":")
+        if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name) or not size.isdigit() or int(size) < 1:
+            raise ConfigError(f"testbed.reserved: {entry!r} is not NAME:SIZE (lower-case letters, digits and '-', "
+                              f"a size of at least 1), e.g. demo:500")
+        if name in BUILT_IN_SPLITS or name in dict(out):
+            raise ConfigError(f"testbed.reserved: the split name {name!r} is "
+                              f"{'a built-in split' if name in BUILT_IN_SPLITS else 'given twice'}")
+        out.append((name, int(size)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,9 @@ class CountdownTask:
     seed: int = 0
     test_size: int = 1000
     validation_size: int = 500
+    reserved: tuple[tuple[str, int], ...] = ()
+    """Held-out splits carved from the end of the RL-train split (`parse_reserved`): the first name takes the
+    last problems, the next the ones before them, so a name keeps its problems whatever names follow it."""
     name: str = "countdown"
     alphabet: str = ALPHABET
 
@@ -75,8 +96,16 @@ class CountdownTask:
             raise ConfigError(f"testbed.test_size + testbed.validation_size = {held} leaves too few of the "
                               f"{len(problems)} countdown problems for training (at most half may be held out)")
         rest = problems[held:]
-        return {"test": problems[:self.test_size], "validation": problems[self.test_size:held],
-                "train": rest[0::2], "warmup": rest[1::2]}
+        out = {"test": problems[:self.test_size], "validation": problems[self.test_size:held],
+               "train": rest[0::2], "warmup": rest[1::2]}
+        train, kept = out["train"], len(out["train"])
+        if sum(size for _, size in self.reserved) > kept // 2:
+            raise ConfigError(f"testbed.reserved holds {sum(s for _, s in self.reserved)} problems: at most half of "
+                              f"the {kept} RL-train problems may be reserved")
+        for split, size in self.reserved:
+            out[split], kept = train[kept - size:kept], kept - size
+        out["train"] = train[:kept]
+        return out
 
     def _examples(self, split: str, problems: list[Problem]) -> list[Example]:
         out = []
@@ -94,6 +123,13 @@ class CountdownTask:
     def validation_examples(self) -> list[Example]:
         """The validation split: training-time evaluation and every choice (learning rates, sweeps)."""
         return self._examples("validation", self.splits["validation"])
+
+    def reserved_examples(self, split: str) -> list[Example]:
+        """A split of `reserved`: problems no run trains on, read only by what reserved them."""
+        if split not in dict(self.reserved):
+            raise ConfigError(f"testbed split {split!r} is not reserved (testbed.reserved names "
+                              f"{', '.join(dict(self.reserved)) or 'none'})")
+        return self._examples(split, self.splits[split])
 
     def train_examples(self, count: int, *, seed: int) -> list[Example]:
         """RL prompts: up to `count` problems of the RL-train split, in an order drawn from `seed`."""
