@@ -1,0 +1,112 @@
+"""Study v4's raw tables from finished run folders, and the runs the committed tables still lack.
+
+    python docs/results/study_v4/collect.py collect runs/study-v4/plateau --out docs/results/study_v4/plateau
+    python docs/results/study_v4/collect.py todo docs/results/study_v4/plateau --arms grpo,popo,raft --seeds 0,1,2
+
+`collect` reads every finished run (a ``done.json`` beside its ``metrics.jsonl``) under the study folders given
+and writes, or extends (rows of runs it does not see again are kept), two tables in ``--out``:
+
+- ``trajectories.csv.gz``: a row per (method, config, seed, evaluation step): greedy accuracy, avg@k, pass@k,
+  the sampled per-token entropy, and the rows, tokens and seconds of training before it;
+- ``outcomes.csv.gz``: a row per (method, config, seed, step, problem): greedy 0/1 and correct samples of k.
+
+`todo` prints, one per line, ``ARMS FIRST COUNT`` (a comma-separated set of arms and a range of seeds) for the
+runs whose trajectories the tables do not hold yet, grouping arms that lack the same seeds so one
+`popo compare` keeps every worker busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from popo.study.analysis import read_rows, write_rows
+from popo.study.trajectory import trajectory
+
+TRAJECTORY_FIELDS = ("task", "split", "method", "config", "seed", "step", "greedy_acc", "avg", "pass", "k",
+                     "sample_nll", "rows", "tokens", "seconds")
+OUTCOME_FIELDS = ("task", "method", "config", "seed", "step", "problem", "greedy", "correct", "k")
+TRAJECTORIES, OUTCOMES = "trajectories.csv.gz", "outcomes.csv.gz"
+
+
+def _run_facts(run_dir: Path) -> dict:
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    source = config["data"]["eval_source"]
+    return {"task": config["testbed"]["task"] + str(config["testbed"].get("numbers", "")),
+            "split": source.partition(":")[2] or "validation", "method": run_dir.parent.name.split(" ")[0],
+            "config": "lr=" + f"{float(config['optim']['lr']):.0e}".replace("e-0", "e-"), "seed": int(config["train"]["seed"])}
+
+
+def run_rows(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The two tables' rows of one finished run."""
+    facts, curves, outcomes = _run_facts(run_dir), [], []
+    for p in trajectory(run_dir):
+        curves.append({**facts, "step": p.step, "greedy_acc": p.greedy_acc, "avg": p.avg, "pass": p.pass_k,
+                       "k": p.k, "sample_nll": p.sample_nll, "rows": p.rows, "tokens": p.tokens,
+                       "seconds": round(p.seconds, 3)})
+        ids = [f"{facts['split']}-{i}" for i in range(len(p.greedy))]
+        outcomes += [{**{f: facts[f] for f in ("task", "method", "config", "seed")}, "step": p.step, "problem": q,
+                      "greedy": int(g), "correct": int(c), "k": p.k}
+                     for q, g, c in zip(ids, p.greedy, p.correct or [0] * len(ids))]
+    return curves, outcomes
+
+
+def _key(row: dict) -> tuple:
+    return row["task"], row["method"], row["config"], int(row["seed"])
+
+
+def collect(folders: list[Path], out: Path) -> int:
+    runs = sorted({done.parent for folder in folders for done in Path(folder).rglob("done.json")})
+    new_curves, new_outcomes = [], []
+    for run_dir in runs:
+        curves, outcomes = run_rows(run_dir)
+        new_curves += curves
+        new_outcomes += outcomes
+    seen = {_key(r) for r in new_curves}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fields, new in ((TRAJECTORIES, TRAJECTORY_FIELDS, new_curves), (OUTCOMES, OUTCOME_FIELDS, new_outcomes)):
+        kept = [r for r in (read_rows(out / name, fields) if (out / name).exists() else []) if _key(r) not in seen]
+        write_rows(out / name, fields, sorted(kept + new, key=lambda r: (*_key(r), int(r["step"]), str(r.get("problem", "")))))
+    return len(runs)
+
+
+def todo(data: Path, arms: list[str], seeds: list[int]) -> list[str]:
+    have = {(r["method"], int(r["seed"])) for r in (read_rows(data / TRAJECTORIES, TRAJECTORY_FIELDS)
+                                                    if (data / TRAJECTORIES).exists() else [])}
+    missing: dict[tuple[int, ...], list[str]] = {}
+    for arm in arms:
+        lacking = tuple(s for s in seeds if (arm, s) not in have)
+        if lacking:
+            missing.setdefault(lacking, []).append(arm)
+    lines = []
+    for lacking, group in missing.items():
+        runs, start = [], lacking[0]  # consecutive ranges of seeds
+        for a, b in zip(lacking, lacking[1:] + (None,)):
+            if b != a + 1:
+                lines.append(f"{','.join(group)} {start} {a - start + 1}")
+                start = b
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("folders", nargs="+", type=Path)
+    c.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("todo")
+    t.add_argument("data", type=Path)
+    t.add_argument("--arms", required=True)
+    t.add_argument("--seeds", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        print(json.dumps({"runs": collect(args.folders, args.out), "out": str(args.out)}))
+    else:
+        print("\n".join(todo(args.data, args.arms.split(","), [int(s) for s in args.seeds.split(",")])))
+
+
+if __name__ == "__main__":
+    main()
