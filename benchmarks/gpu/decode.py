@@ -1,10 +1,18 @@
-"""GPU check, part 2: decode throughput of popo's HF engine against `transformers`' `generate` with a static
-KV cache (and with its default dynamic cache), at 64 and 256 rows per call, on the model of part 1.
+"""GPU check, part 2: decode throughput of every sampling path, at 64 and 256 rows per call, on the model of part 1:
+
+- `engine`: popo's HF engine as configured by default (`decode="loop"`: its own loop, finished rows dropped);
+- `engine-static`: popo's HF engine with `decode="generate-static"` (`generate` with a static KV cache, compiled
+  by `transformers` on CUDA, and popo's seeded draw, compiled, as its logits processor);
+- `generate-static` and `generate-dynamic`: a bare `generate` with `transformers`' own sampler and a static
+  (compiled on CUDA) or its default dynamic KV cache.
+
+Both engine paths draw popo's per-row seeded samples and record their log-probs; the bare `generate` calls
+do neither. The default path on CUDA follows this part's latest committed result (docs/gpu-check.md).
 
 Every path gets the same rows: `rows / group` testbed prompts, each repeated `group` times (as in training),
 sampling at temperature 1, top-p 1, no top-k, up to `--new-tokens` tokens. A randomly initialised model
 almost never samples end-of-sequence, so every row decodes the full length and the paths do equal work.
-Per (rows, path): one untimed call of the same shape (the static cache is allocated then), `--repeats`
+Per (rows, path): one untimed call of the same shape (static caches are allocated and compiled then), `--repeats`
 timed calls; the table gives the median. Tokens count up to and including the first end-of-sequence.
 
     python3 benchmarks/gpu/decode.py --model DIR --out OUT/decode          # CUDA, bf16
@@ -23,7 +31,7 @@ sys.path.append(str(Path(__file__).resolve().parents[2] / "src"))  # after site-
 import common  # noqa: E402
 import part_args  # noqa: E402
 
-PATHS = ("engine", "generate-static", "generate-dynamic")
+PATHS = ("engine", "engine-static", "generate-static", "generate-dynamic")
 
 
 def completion_tokens(completion, eos_id: int) -> int:
@@ -33,7 +41,7 @@ def completion_tokens(completion, eos_id: int) -> int:
 
 
 class Decoder:
-    """The three paths on one model; `call(path, rows, seed)` returns the generated token count."""
+    """The paths on one model; `call(path, rows, seed)` returns the generated token count."""
 
     def __init__(self, model_dir: Path, device: str, new_tokens: int, group: int):
         import torch
@@ -47,7 +55,9 @@ class Decoder:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-        self.engine = HFEngine(self.model, self.tokenizer, max_batch_rollouts=10**6)
+        self.engines = {"engine": HFEngine(self.model, self.tokenizer, max_batch_rollouts=10**6),
+                        "engine-static": HFEngine(self.model, self.tokenizer, max_batch_rollouts=10**6,
+                                                  decode="generate-static")}
         self.sampling = SamplingParams(new_tokens, 1.0, 1.0)
         self.problems = [ex.problem for ex in AdditionTask(digits=3, test_size=100).train_examples(1024, seed=0)]
 
@@ -55,8 +65,8 @@ class Decoder:
         import torch
 
         prompts = self.problems[: rows // self.group]
-        if path == "engine":
-            return int(self.engine.generate(prompts, self.group, self.sampling, seed=seed).lengths.sum())
+        if path in self.engines:
+            return int(self.engines[path].generate(prompts, self.group, self.sampling, seed=seed).lengths.sum())
         batch = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
         ids = batch["input_ids"].repeat_interleave(self.group, dim=0).to(self.device)  # [N, P]
         mask = batch["attention_mask"].repeat_interleave(self.group, dim=0).to(self.device)  # [N, P]
@@ -101,8 +111,11 @@ def markdown(report: dict) -> str:
              "n/a" if r["peak_allocated_gib"] is None else r["peak_allocated_gib"]] for r in report["rows"]]
     lines += common.table(["rows", "path", "tokens", "s", "tokens/s", "x generate-static", "peak alloc GiB"], rows)
     lines += ["", "x generate-static: this path's tokens/s over `generate` with a static cache at the same rows.",
-              "`engine` = `popo.rollout.hf.HFEngine.generate` (shared prompt prefill, finished rows dropped, per-row "
-              "seeded sampling and log-probs, decoding to text).", ""]
+              "`engine` = `popo.rollout.hf.HFEngine.generate` as configured by default (its own loop: shared "
+              "prompt prefill, finished rows dropped); `engine-static` = the same with `decode=\"generate-static\"` "
+              "(`generate` with a static cache and popo's compiled seeded draw as its logits processor). Both draw "
+              "per-row seeded samples, record their log-probs and decode to text; the bare `generate` rows use "
+              "`transformers`' own sampler and do neither.", ""]
     return "\n".join(lines)
 
 

@@ -3,13 +3,15 @@ its own keys (seed, step, stream, row, position), never on generator state or on
 
 - `stream_seed(seed, step, stream)`: the seed of one random stream of one training step. A resumed run draws
   what an uninterrupted one would, and no stream's draws shift another's.
-- `row_seed(seed, *keys)`: a 32-bit seed per row (prompt, sample, ...) from a stream's seed; `sample_seed`,
-  `noise_seed` and `step_noise_seeds` (a rank's rows of one step) name the ones a training step uses.
+- `row_seed(seed, *keys)`: a 32-bit seed per row (prompt, sample, ...) from a stream's seed (`row_seeds`: the
+  same on tensors, elementwise); `sample_seed`, `noise_seed` and `step_noise_seeds` (a rank's rows of one
+  step) name the ones a training step uses.
 - The streams: `SAMPLING_STREAM` (a step's rollouts), `NOISE_STREAM` (POPO's per-row target-feature noise),
   `REFILL_STREAM` (dynamic sampling's fresh prompts) and `EVAL_STREAM` (a run's evaluation samples). Stream 2
   was the update's generator, whose draws nothing used; its number is not reused.
 - `counter_uniform` / `normal_noise`: uniform and standard normal draws as pure functions of (row seed,
-  position, column), the basis of the rollout sampler (`popo.rollout.sampling`) and of the target noise.
+  position, column), the basis of the rollout sampler (`popo.rollout.sampling`) and of the target noise. The
+  position may be a tensor: no value then reaches Python, so the draw can run inside a compiled graph.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ def row_seed(seed: int, *keys: int) -> int:
     return h
 
 
+def row_seeds(seeds: torch.Tensor, *keys: torch.Tensor) -> torch.Tensor:
+    """`row_seed` elementwise on integer tensors (broadcast together; int64 out): the same values in one pass.
+    Products wrap modulo 2^64 in int64 where Python's do not, which leaves the low 32 bits, all that is kept,
+    unchanged; so do negative values under `& 0xFFFFFFFF`."""
+    h = seeds.to(torch.int64) & _MASK32
+    for key in keys:
+        h = fmix32(h ^ fmix32((key.to(torch.int64) * 0x9E3779B1 + 0x7F4A7C15) & _MASK32))
+    return h
+
+
 def stream_seed(seed: int, step: int, stream: int) -> int:
     """A seed for one random stream (sampling, dropout-free noise, evaluation, ...) of one training step,
     independent of everything drawn before it: a resumed run draws what an uninterrupted one would."""
@@ -90,11 +102,13 @@ def vocab_keys(vocab: int, device=None) -> torch.Tensor:
     return fmix32(v * 0x9E3779B1 + 0x85EBCA77)
 
 
-def counter_uniform(seeds: torch.Tensor, position: int, vocab: int,
+def counter_uniform(seeds: torch.Tensor, position: int | torch.Tensor, vocab: int,
                     keys: torch.Tensor | None = None) -> torch.Tensor:
     """Uniform(0, 1) draws [R, V] (float32, never 0 or 1), a pure function of (seeds[r], position, v).
+    `position`: an integer or a 0-dim integer tensor (the same draws: only the low 32 bits are hashed).
     `keys`: `vocab_keys(vocab)`, when the caller has it already."""
-    base = fmix32(seeds.to(torch.int64) ^ fmix32(torch.tensor(position * 0x27D4EB2F + 0x165667B1)))  # [R]
+    position = position.to(torch.int64) if isinstance(position, torch.Tensor) else torch.tensor(position)
+    base = fmix32(seeds.to(torch.int64) ^ fmix32(position * 0x27D4EB2F + 0x165667B1))  # [R]
     keys = vocab_keys(vocab, seeds.device) if keys is None else keys
     h = fmix32(base.unsqueeze(1) ^ keys)  # [R, V]
     # 23 bits keep u = (k + 0.5) / 2^23 exactly representable in float32, so 0 < u < 1 strictly

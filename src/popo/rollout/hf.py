@@ -4,7 +4,8 @@ Sampling is done by `popo.rollout.sampling` (Gumbel-max with per-row counter-bas
 records the log-prob of each sampled token under the distribution it was drawn from (temperature and
 top-p applied), so POPO's weights need no extra forward pass and no [rows, steps, vocab] score tensor is
 kept. By default the engine decodes with its own loop (shared prompt prefill, finished rows leave the
-batch; see `HFEngine`), measured against a bare `generate` in benchmarks/generation.py.
+batch; see `HFEngine`), measured against a bare `generate` in benchmarks/generation.py; `decode=
+"generate-static"` samples through `generate` with a static KV cache (compiled on CUDA), the same draws.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokeniz
 
 from popo.rollout.base import Rollouts, SamplingParams
 from popo.rollout.decoder import LeanDecoder
-from popo.rollout.sampling import SeededSampler, gumbel_noise, sampling_logprobs
-from popo.seeds import fmix32, row_seed, vocab_keys
+from popo.rollout.sampling import SeededSampler, draw_scores, seeded_draw
+from popo.seeds import row_seed, row_seeds, vocab_keys
+
+DECODE_PATHS = ("loop", "generate", "generate-static")
 
 
 class HFEngine:
@@ -28,12 +31,22 @@ class HFEngine:
     not once per rollout: their KV cache is computed for the distinct prompts and repeated for the
     prompt's `n` rows, and decoding starts from it (it then runs only the last prompt token per row).
 
-    With `drop_finished_rows` (the default) the engine runs its own decoding loop (`_decode`): a row that
-    has produced end-of-sequence leaves the batch and its KV cache, so later steps only compute the rows
-    still running. `generate` would keep computing finished rows (and padding them) until the longest
-    one ends. The samples are the same either way (`SeededSampler`'s draw depends only on the row's
-    seed and position); False uses `generate` with the sampler as a logits processor. The loop applies
-    only temperature and top-p, not other processors of the model's `generation_config`.
+    `decode` picks how tokens are drawn; every path takes the same draw (`seeded_draw`, which depends only
+    on the row's seed and position), so they sample the same tokens up to float rounding:
+
+    - "loop" (the default, on every device): the engine's own decoding loop (`_decode`). A row that has
+      produced end-of-sequence leaves the batch and its KV cache, so later steps only compute the rows
+      still running. It applies only temperature and top-p, not other processors of the model's
+      `generation_config`. `drop_finished_rows` is True exactly on this path (setting it False picks
+      "generate", its older spelling).
+    - "generate": `generate` with a dynamic KV cache and `SeededSampler` as a logits processor; it keeps
+      computing finished rows (and padding them) until the longest one ends.
+    - "generate-static": the same with a static KV cache, whose decoding step `transformers` compiles
+      (with CUDA graphs) on CUDA; there the sampler's draw is compiled too (`torch.compile` of
+      `draw_scores`, once per engine). No shared prompt prefill on this path.
+
+    Which path is fastest on a GPU is measured by benchmarks/gpu/decode.py; docs/gpu-check.md says why
+    the default is what it is.
 
     With `lean_decode` (the default) the loop steps with `LeanDecoder` where it supports the model
     (Llama-family architectures; see `popo.rollout.decoder`): the same function with far less overhead
@@ -44,12 +57,25 @@ class HFEngine:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
                  max_prompt_tokens: int = 1024, max_batch_rollouts: int = 256, share_prompt_prefill: bool = True,
-                 drop_finished_rows: bool = True, lean_decode: bool = True):
+                 drop_finished_rows: bool = True, lean_decode: bool = True, decode: str = "loop"):
+        if decode not in DECODE_PATHS:
+            raise ValueError(f"decode={decode!r}: expected one of {DECODE_PATHS}")
         self.model, self.tokenizer = model, tokenizer
         self.lean_decode = lean_decode
+        self.decode = "generate" if decode == "loop" and not drop_finished_rows else decode
         self.max_prompt_tokens, self.max_batch_rollouts = max_prompt_tokens, max_batch_rollouts
-        self.share_prompt_prefill, self.drop_finished_rows = share_prompt_prefill, drop_finished_rows
+        self.share_prompt_prefill = share_prompt_prefill
         self._prompt_cache: dict[str, list[int]] = {}
+        self._compiled_draw = None  # torch.compile(draw_scores), made at the first static-cache call on CUDA
+
+    @property
+    def drop_finished_rows(self) -> bool:
+        """Whether ended rows leave the batch: the engine's own loop (`decode == "loop"`)."""
+        return self.decode == "loop"
+
+    @drop_finished_rows.setter
+    def drop_finished_rows(self, value: bool) -> None:
+        self.decode = "loop" if value else "generate"
 
     def _encode(self, prompt: str) -> list[int]:
         ids = self._prompt_cache.get(prompt)
@@ -101,7 +127,7 @@ class HFEngine:
             if lean:
                 stepper, logits = self._lean_prompt(prompt_ids, prompt_mask, n, limit)
             prefix = None
-            if not lean and self.share_prompt_prefill:
+            if not lean and self.share_prompt_prefill and self.decode != "generate-static":
                 prefix = self._prefix_cache(prompt_ids, prompt_mask, n)
             prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # [N, P]
             prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # [N, P]
@@ -110,11 +136,13 @@ class HFEngine:
             if self.drop_finished_rows:
                 completion_ids, logprobs = self._decode(stepper, logits, seed_tensor, sampling)
             else:
-                sampler = SeededSampler(seed_tensor, sampling.temperature, sampling.top_p, prompt_width=width)
+                sampler = SeededSampler(seed_tensor, sampling.temperature, sampling.top_p, prompt_width=width,
+                                        draw=self._draw(device))
+                cache = {"cache_implementation": "static"} if self.decode == "generate-static" else _cache_kwarg(prefix)
                 out = self.model.generate(
                     input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=sampling.max_new_tokens,
                     pad_token_id=pad_id, eos_token_id=eos_id, return_dict_in_generate=True, use_cache=True,
-                    do_sample=False, logits_processor=LogitsProcessorList([sampler]), **_cache_kwarg(prefix))
+                    do_sample=False, logits_processor=LogitsProcessorList([sampler]), **cache)
                 completion_ids = out.sequences[:, width:]  # [N, C]
                 logprobs = torch.stack(sampler.logprobs, dim=1)[:, : completion_ids.shape[1]]  # [N, C]
         finally:  # an error (e.g. out of memory, which the trainer may retry) must not leave eval mode on
@@ -129,6 +157,15 @@ class HFEngine:
         return Rollouts(prompt_ids, prompt_mask.bool(), completion_ids, completion_mask, logprobs,
                         truncated, texts, group_size=n)
 
+    def _draw(self, device: torch.device):
+        """What `SeededSampler` calls: `draw_scores`, compiled on the static-cache path on CUDA (a few fused
+        kernels where the eager ops make some twenty passes over [rows, vocab]; the same function up to float
+        rounding)."""
+        if self.decode != "generate-static" or device.type != "cuda":
+            return draw_scores
+        if self._compiled_draw is None:
+            self._compiled_draw = torch.compile(draw_scores)
+        return self._compiled_draw
 
     def _lean_prompt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, limit: int):
         """`LeanDecoder` over the B distinct prompts [B, P]: all prompt columns but the last run once per
@@ -174,11 +211,9 @@ class HFEngine:
         row_tokens, row_logprobs = tokens.clone(), logprobs.clone()  # [R, C] the running rows' samples
         steps = 0
         for t in range(limit):
-            logp = sampling_logprobs(logits, sampling.temperature, sampling.top_p)  # [R, V]
-            keyed = logp if sampling.temperature <= 0 else logp + gumbel_noise(seeds, t, logp.shape[-1], keys)
-            choice = keyed.argmax(dim=-1)  # [R]
+            choice, logprob = seeded_draw(logits, seeds, t, sampling.temperature, sampling.top_p, keys)  # [R], [R]
             row_tokens[:, t] = choice.masked_fill(done, pad_id)
-            row_logprobs[:, t] = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
+            row_logprobs[:, t] = logprob.masked_fill(done, 0.0)
             steps = t + 1
             done = done | (choice == eos_id)
             finished = int(done.sum())
@@ -242,11 +277,9 @@ class _ModelStepper:
 
 def sample_seeds(prompt_seeds: Sequence[int], n: int) -> torch.Tensor:
     """`row_seed(s, j)` for every prompt seed s and sample index j < n, as one int64 tensor [len * n]
-    (rows prompt by prompt), in one vectorised pass instead of a tensor round trip per row."""
-    mask = 0xFFFFFFFF
-    base = torch.tensor([s & mask for s in prompt_seeds], dtype=torch.int64)  # [B]
-    keys = fmix32((torch.arange(n, dtype=torch.int64) * 0x9E3779B1 + 0x7F4A7C15) & mask)  # [n]
-    return fmix32(base.unsqueeze(1) ^ keys.unsqueeze(0)).flatten()  # [B * n], row_seed's one-key step
+    (rows prompt by prompt), in one vectorised pass (`row_seeds`) instead of a tensor round trip per row."""
+    base = torch.tensor([s & 0xFFFFFFFF for s in prompt_seeds], dtype=torch.int64)  # [B]: any Python int fits
+    return row_seeds(base.unsqueeze(1), torch.arange(n).unsqueeze(0)).flatten()  # [B * n]
 
 
 def _cache_kwarg(cache) -> dict:
