@@ -125,7 +125,11 @@ def test_a_verl_parquet_file_and_a_trl_reward_function_train_unchanged(tmp_path,
         "def short_and_sourced(completions, data_source, reward_model, **kwargs):\n"
         "    return [1.0 if s == 'gsm8k' and len(c) < 100 else 0.0 for c, s in zip(completions, data_source)]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    data = write_verl_parquet(tmp_path / "train.parquet")
+    # the testbed's character tokenizer knows digits and a few signs only: prompts within them (others are refused)
+    rows = [{"data_source": "gsm8k", "ability": "math", "prompt": [{"role": "user", "content": f"{a}+{b}="}],
+             "reward_model": {"style": "rule", "ground_truth": str(a + b)}, "extra_info": {"index": i, "split": "train"}}
+            for i, (a, b) in enumerate([(2, 3), (4, 4)])]
+    data = write_verl_parquet(tmp_path / "train.parquet", rows)
     config = load_config(None, [*tiny_testbed, f"data.source={data}", "data.eval_source=", "train.steps=2",
                                 "rollout.prompts_per_step=2", f"train.out_dir={tmp_path / 'run'}",
                                 "reward.functions=verl_rewards:short_and_sourced", "algo.reward_threshold=0.5"])

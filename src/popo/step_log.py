@@ -172,18 +172,23 @@ def _change_lines(first: dict, last: dict) -> list[str]:
 
 
 def run_summary(records: list[dict], *, wall_s: float, run_dir, checkpoint, target_steps: int | None = None,
-                interrupted: bool = False) -> str:
+                interrupted: bool = False, first_step: int = 0) -> str:
     """The end-of-run lines: held-out numbers at the start and at the end, wall time, where the checkpoint
     is and a command that continues the run. A fall in held-out greedy accuracy is tested problem by
     problem (`paired_change`) and called a warning only when it is more than noise. An `interrupted` run
-    (stopped before `target_steps`) says so, and its last evaluation is not presented as the end."""
+    (stopped before `target_steps`) says so, and its last evaluation is not presented as the end. `wall_s` is this
+    invocation's time, and a run resumed at `first_step` counts the steps it trained since then."""
     import shlex
 
     evals = [r for r in records if any(k.startswith("eval/") for k in r)]
     done = records[-1]["step"] if records else 0
+    resumed = f" (resumed at step {first_step}: {done - first_step} steps in this run)" if first_step else ""
     if interrupted:
         lines = [f"run interrupted at step {done}" + (f" of {target_steps}" if target_steps else "")
-                 + f" after {wall_s:.0f}s, in {run_dir}"]
+                 + f" after {wall_s:.0f}s{resumed}, in {run_dir}"]
+    elif first_step:
+        lines = [f"run finished: {done - first_step} steps in {wall_s:.0f}s (resumed at step {first_step}, now at "
+                 f"step {done}), in {run_dir}"]
     else:
         lines = [f"run finished: {done} steps in {wall_s:.0f}s, in {run_dir}"]
     if evals:
@@ -204,6 +209,11 @@ def run_summary(records: list[dict], *, wall_s: float, run_dir, checkpoint, targ
         lines.append(f"  WARNING: a reward function failed on {failed:.0f} of {scored:.0f} sampled rollouts (their "
                      "reward was set to 0; metrics.jsonl: reward_failures, reward/<name>/failed; the log names "
                      "the first error of each function)")
+    timeouts, retried = (sum(r.get(k, 0) for r in records) for k in ("reward/timeouts", "reward/timeout_retries"))
+    if timeouts or retried:
+        lines.append(f"  verifier: the check of {retried:.0f} rollouts ran out of time and was repeated with a larger "
+                     f"budget; {timeouts:.0f} scored 0 because time ran out for good (metrics.jsonl: "
+                     "reward/timeout_retries, reward/timeouts; a loaded machine slows the verifier)")
     if checkpoint is not None:
         where = shlex.quote(str(run_dir))
         lines.append(f"  checkpoint: {checkpoint}  (evaluate: popo eval --model {checkpoint}/policy)")

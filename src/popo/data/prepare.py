@@ -21,7 +21,8 @@ def testbed_task(config: Config):
         return CountdownTask(numbers=tb.numbers, max_number=tb.max_number, test_size=tb.test_size,
                              validation_size=tb.validation_size, reserved=parse_reserved(tb.reserved))
     if tb.reserved:
-        raise ConfigError("testbed.reserved: only the countdown testbed has reserved splits (testbed.task=countdown)")
+        raise ConfigError(f"testbed.reserved={tb.reserved}: only the countdown testbed has reserved splits "
+                          f"(testbed.task=countdown); set testbed.reserved= (empty) for {tb.task}")
     from popo.testbed.addition import AdditionTask
 
     return AdditionTask(digits=tb.digits, test_size=tb.test_size, validation_size=tb.validation_size)

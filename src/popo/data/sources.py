@@ -51,6 +51,7 @@ __all__ = ["DataError", "LoadReport", "load_examples", "examples_from_rows", "lo
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 MAX_REPORTED_MESSAGES = 5
+MAX_LINE_BYTES = 64 * 2**20  # the longest JSON lines row read (64 MiB); a longer line is a bad row
 
 
 @dataclass
@@ -58,7 +59,8 @@ class LoadReport:
     """What happened while loading: rows seen, examples kept, rows skipped by reason, first messages.
 
     reasons: ``malformed_json``, ``not_utf8``, ``not_an_object``, ``missing_field``, ``empty_field``,
-    ``bad_type``, ``bad_chat``, ``no_boxed_answer``, ``duplicate_id``.
+    ``bad_type``, ``bad_chat``, ``no_boxed_answer``, ``duplicate_id``, ``too_long`` (a JSON lines row over
+    ``MAX_LINE_BYTES``).
     """
 
     source: str
@@ -89,23 +91,42 @@ class LoadReport:
 Located = tuple[str, int, Any]  # (prefix, number, row dict or RowError)
 
 
-def _read_jsonl(path: Path, label: str) -> Iterator[Located]:
-    data = _read_bytes(path)
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        prefix = f"{label}:{number}"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            yield prefix, number, RowError("not_utf8", f"line is not valid UTF-8 (byte {err.start + 1}: {err.reason})")
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as err:
-            yield prefix, number, RowError("malformed_json", f"malformed JSON ({err.msg} at column {err.colno})")
-            continue
-        yield prefix, number, row
+def _read_jsonl(path: Path, label: str, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[Located]:
+    """The rows of a JSON lines file, read a line at a time: a line over ``max_line_bytes`` is a row error
+    (``too_long``) read past in pieces, never held whole, so no line can take the memory a huge one would."""
+    _check_exists(path)
+    try:
+        with path.open("rb") as handle:
+            for number, raw, size in _lines(handle, max_line_bytes):
+                yield f"{label}:{number}", number, _parse_line(raw, size, max_line_bytes)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err.strerror})") from None
+
+
+def _lines(handle, max_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, its bytes without the newline or None when over ``max_bytes``, its size) of each non-blank
+    line of a binary file; a line over the limit is read past 1 MiB at a time."""
+    number = 0
+    while raw := handle.readline(max_bytes + 1):
+        number += 1
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        size = len(line)
+        while size > max_bytes and not raw.endswith(b"\n") and (raw := handle.readline(1 << 20)):
+            size += len(raw) - raw.endswith(b"\n")
+        if size > max_bytes or line.strip():
+            yield number, line if size <= max_bytes else None, size
+
+
+def _parse_line(raw: bytes | None, size: int, max_bytes: int) -> Any:
+    """The JSON value of one line, or the RowError that says why it has none."""
+    if raw is None:
+        return RowError("too_long", f"line is {size:,} bytes, over the limit of {max_bytes:,} bytes a row may hold")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return RowError("not_utf8", f"line is not valid UTF-8 (byte {err.start + 1}: {err.reason})")
+    except json.JSONDecodeError as err:
+        return RowError("malformed_json", f"malformed JSON ({err.msg} at column {err.colno})")
 
 
 def _read_json(path: Path, label: str) -> Iterator[Located]:
@@ -335,10 +356,12 @@ def load_examples(
     answer_key: str | None = None,
     on_bad_row: str = "error",
     limit: int | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> tuple[list[Example], LoadReport]:
     """Load Examples from a local ``.jsonl`` / ``.json`` / ``.parquet`` file or a hub dataset id.
 
     ``split`` and ``config`` only apply to hub datasets. ``limit`` stops after that many examples.
+    ``max_line_bytes`` caps one line of a ``.jsonl`` file (a longer line is a bad row, never read whole).
     Returns the examples and a :class:`LoadReport`; raises :class:`DataError` on a bad row (unless
     ``on_bad_row="skip"``), a missing or unreadable file, or a source without any valid row.
     """
@@ -351,7 +374,7 @@ def load_examples(
         if reader is None:
             raise DataError(f"{text}: unsupported file type (use {', '.join(LOCAL_SUFFIXES)})")
         rows = (_read_parquet(path, text, problem_key, answer_key) if suffix == ".parquet"  # schema checked first
-                else reader(path, text))
+                else _read_jsonl(path, text, max_line_bytes) if suffix == ".jsonl" else reader(path, text))
         return examples_from_rows(rows, label=text, stem=path.stem, **common)
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise DataError(f"{text}: file not found (and not a hub dataset id)")

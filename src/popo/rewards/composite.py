@@ -11,10 +11,11 @@ completion is ``sum_i w_i * r_i`` over the parts, with these rules:
   (not merely that term: a policy must not gain by making a penalty function fail), it is counted
   (``reward/<name>/failed``), and the first failure of each kind of each function is named in the log.
   ``reward_failures`` counts the items whose total was zeroed that way (logged each step);
-* when a function fails on every one of the first ``stop_after`` items scored (default 32: the first step
-  or few; it raises on every call, returns the wrong number of values, times out, ...), the run is not
-  worth continuing: :meth:`score_rows` raises :class:`popo.errors.TrainingHalted` naming the function and
-  its first error. ``stop_after=0`` keeps the old behaviour (count, log once, go on).
+* when a function fails on every one of the first ``stop_after`` items it scores (default 32, counted
+  exactly however many items the first step scores; it raises on every call, returns the wrong number of
+  values, times out, ...), every total reward would be 0, whatever the other parts score: the run is not
+  worth continuing, and :meth:`score_rows` raises :class:`popo.errors.TrainingHalted` naming the function
+  and its first failure. ``stop_after=0`` keeps the old behaviour (count, log once, go on).
 
 User functions receive ``prompts``, ``completions`` and one list per dataset column (the example's
 ``columns``, plus ``answer``, the gold as loaded, when the row has no ``answer`` column). A row whose prompt
@@ -63,7 +64,7 @@ class CompositeReward(VerifierBase):
         self._logged: set[tuple[str, str]] = set()
         self._counts = self._zero_counts()
         self._failed_items = 0  # items whose total a failure zeroed, since the last take_metrics
-        self._first_error: dict[str, str] = {}  # part name -> its first failure, as logged
+        self._first_error: dict[str, str] = {}  # part name -> its first failure (its kind, unless an error)
         self.stop_after = max(0, stop_after)
         self._early: dict[str, list[int]] = {p.name: [0, 0] for p in self.parts}  # name -> [items, failed]
 
@@ -101,21 +102,29 @@ class CompositeReward(VerifierBase):
         return [0.0 if bad else t for t, bad in zip(total, failed)]
 
     def _check_early_failures(self, values: dict[int, list], users: list[RewardPart]) -> None:
-        """Raise when a user function has failed on every one of the first ``stop_after`` items."""
+        """Raise when a user function has failed on every one of the first ``stop_after`` items it scored."""
         for part in users:
             early = self._early.get(part.name)
             if early is None or not self.stop_after:
                 continue
-            early[0] += len(values[id(part)])
-            early[1] += sum(isinstance(v, _Failure) for v in values[id(part)])
+            first = values[id(part)][: self.stop_after - early[0]]  # items past the first stop_after do not count
+            early[0] += len(first)
+            early[1] += sum(isinstance(v, _Failure) for v in first)
             if early[0] < self.stop_after:
                 continue
             del self._early[part.name]  # decided once
             if early[1] == early[0]:
-                raise TrainingHalted(
-                    f"reward function {part.name} failed on every one of the first {early[0]} items (first "
-                    f"error: {self._first_error.get(part.name, 'unknown')}); every reward would be 0 and nothing "
-                    "would be learned. Fix the function (reward.functions), or call it by hand on a few rows")
+                raise TrainingHalted(self._stop_message(part, early[0]))
+
+    def _stop_message(self, part: RewardPart, items: int) -> str:
+        """Why the run stops: `part` failed on each of the first `items` items it scored."""
+        others = [p.name for p in self.parts if p is not part]
+        why = ("every reward would be 0" if not others else
+               f"a failure sets the item's whole reward to 0, so the scores of {', '.join(others)} would count for "
+               "nothing and every reward would be 0")
+        return (f"reward function {part.name} failed on every one of the first {items} items it scored (first "
+                f"failure: {self._first_error.get(part.name, 'unknown')}); {why}, and nothing would be learned. "
+                "Fix the function (reward.functions), or call it by hand on a few rows")
 
     def close(self) -> None:
         for part in self.parts:
@@ -132,12 +141,16 @@ class CompositeReward(VerifierBase):
 
     # -- metrics ---------------------------------------------------------------------------------------
     def take_metrics(self) -> dict[str, float]:
-        """Counts since the last call, as ``reward/<name>/{sum,scored,none,failed}`` (sums over ranks can be
-        added key by key; :func:`reward_metrics` turns them into the logged values)."""
+        """Counts since the last call, as ``reward/<name>/{sum,scored,none,failed}``, plus the built-in verifiers'
+        own counts (e.g. the math verifier's ``reward/timeouts``, added over parts). Sums over ranks can be added
+        key by key; :func:`reward_metrics` turns them into the logged values."""
         counts, self._counts = self._counts, self._zero_counts()
         failed, self._failed_items = self._failed_items, 0
-        return {**{f"reward/{name}/{k}": v for name, c in counts.items() for k, v in c.items()},
-                "reward_failures": float(failed)}
+        out = {f"reward/{name}/{k}": v for name, c in counts.items() for k, v in c.items()}
+        for part in self.parts:
+            for key, value in (part.verifier.take_metrics() if part.verifier is not None else {}).items():
+                out[key] = out.get(key, 0.0) + value
+        return {**out, "reward_failures": float(failed)}
 
     def _zero_counts(self) -> dict[str, dict[str, float]]:
         return {p.name: dict.fromkeys(("sum", "scored", "none", "failed"), 0.0) for p in self.parts}
@@ -171,7 +184,7 @@ class CompositeReward(VerifierBase):
         return out
 
     def _notice(self, part: RewardPart, kind: str, detail: str) -> None:
-        self._first_error.setdefault(part.name, f"{kind}: {detail}")
+        self._first_error.setdefault(part.name, detail if kind == "error" else f"{kind}: {detail}")
         if (part.name, kind) in self._logged:
             return
         self._logged.add((part.name, kind))
@@ -180,10 +193,13 @@ class CompositeReward(VerifierBase):
 
 
 def reward_metrics(counts: dict[str, float]) -> dict[str, float]:
-    """The logged values of summed :meth:`CompositeReward.take_metrics` counts: per part, the mean over
-    scored items (``reward/<name>``) and the numbers of items with None (``/none``) and failures
-    (``/failed``), and ``reward_failures``: the items whose total reward a failure set to 0."""
-    out = {"reward_failures": int(counts.get("reward_failures", 0))}
+    """The logged values of a verifier's summed ``take_metrics`` counts: for a :class:`CompositeReward`, per
+    part, the mean over scored items (``reward/<name>``) and the numbers of items with None (``/none``) and
+    failures (``/failed``), and ``reward_failures``: the items whose total reward a failure set to 0; any other
+    count (the math verifier's ``reward/timeouts``, ...) as the whole number it is."""
+    parts = {key[: -len("/sum")] for key in counts if key.endswith("/sum")}
+    out = {key: int(value) for key, value in counts.items()
+           if key.rpartition("/")[0] not in parts and not key.endswith("/sum")}
     for key in sorted(counts):
         if key.endswith("/sum"):
             base = key[: -len("/sum")]

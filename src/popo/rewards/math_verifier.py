@@ -22,7 +22,10 @@ from popo.rewards.equivalence import soft_timeout_usable, verify_boxes
 from popo.rewards.sandbox import worker_command
 from popo.rewards.workers import PoolRun, WorkerProcess, start_worker, stop_workers
 
-__all__ = ["MathVerifier", "VerifierStats"]
+__all__ = ["METRICS", "MathVerifier", "VerifierStats"]
+
+METRICS = ("reward/timeout_retries", "reward/timeouts")
+"""The counts :meth:`MathVerifier.take_metrics` gives (completions since its last call)."""
 
 
 @dataclass
@@ -31,11 +34,13 @@ class VerifierStats:
 
     items: completions scored; verified: (box, gold) pairs actually checked by math-verify after
     de-duplication; correct: completions that earned 1.0. no_box / unclosed / empty / too_long /
-    too_deep: completions that earned 0 before reaching math-verify, by reason. soft_timeouts: items
-    whose math-verify budget (``timeout_s``) ran out; hard_timeouts: items whose worker overran the
-    hard limit and was killed; crashes: items that made a worker die twice (an item whose worker dies
-    is retried once, alone, on a fresh worker); restarts: workers started to replace a killed or dead
-    one.
+    too_deep: completions that earned 0 before reaching math-verify, by reason. soft_timeouts: checks
+    whose math-verify budget ran out (a first try and its retry count once each); hard_timeouts: checks
+    whose worker overran the hard limit and was killed; retried: items checked again, in a fresh worker
+    with the budget ``retry_timeout_s``, after their first budget ran out; timed_out: items that scored 0
+    because time ran out for good (the retry's budget too, or the hard limit); crashes: items that made a
+    worker die twice (an item whose worker dies is retried once, alone, on a fresh worker); restarts:
+    workers started to replace a killed or dead one.
     """
 
     items: int = 0
@@ -48,6 +53,8 @@ class VerifierStats:
     too_deep: int = 0
     soft_timeouts: int = 0
     hard_timeouts: int = 0
+    retried: int = 0
+    timed_out: int = 0
     crashes: int = 0
     restarts: int = 0
     bad_inputs: int = 0
@@ -67,6 +74,10 @@ class MathVerifier(VerifierBase):
         timeout_s: soft per-item budget inside the worker (math-verify's own SIGALRM timeouts).
         hard_timeout_s: per-item wall-clock limit enforced by the parent, which kills and replaces a
             worker that overruns it; that item gets 0. Default ``1.5 * timeout_s + 2``.
+        retry_timeout_s: an item whose soft budget ran out is checked once more, in a fresh worker, with
+            this budget (hard limit ``1.5 * retry_timeout_s + 2``, at least ``hard_timeout_s``) before it
+            scores 0: a loaded machine can slow math-verify's first parse of a gold past ``timeout_s``,
+            which would turn a correct answer into a negative. Default ``4 * timeout_s``; 0: no retry.
         max_chars: only the last ``max_chars`` characters of a completion are searched for the box.
         max_answer_chars: a box whose content is longer than this earns 0 without being parsed.
         max_depth: a box nested deeper than this ((), [], {} combined) earns 0 without being parsed.
@@ -76,7 +87,9 @@ class MathVerifier(VerifierBase):
         dedup: score identical (box content, gold) pairs of a batch once (see below).
 
     ``score`` de-duplicates identical (box content, gold) pairs within a batch (a group of G rollouts
-    often repeats the same answer), scores each once, and copies the reward. Workers are started in the
+    often repeats the same answer), scores each once, and copies the reward. ``take_metrics`` gives the
+    completions since its last call that were retried (``reward/timeout_retries``) and that scored 0 because
+    time ran out for good (``reward/timeouts``); the trainer logs them each step. Workers are started in the
     constructor and stopped by ``close()``, by leaving a ``with`` block, or when the verifier is garbage
     collected; they also exit on their own when the parent process dies. ``score`` is serialised by a
     lock, so one verifier can be shared between threads.
@@ -88,6 +101,7 @@ class MathVerifier(VerifierBase):
         timeout_s: float = 5.0,
         *,
         hard_timeout_s: float | None = None,
+        retry_timeout_s: float | None = None,
         max_chars: int = DEFAULT_MAX_CHARS,
         max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
         max_depth: int = DEFAULT_MAX_DEPTH,
@@ -107,6 +121,9 @@ class MathVerifier(VerifierBase):
         self.hard_timeout_s = float(hard_timeout_s) if hard_timeout_s is not None else 1.5 * self.timeout_s + 2.0
         if self.hard_timeout_s <= 0:
             raise ValueError(f"hard_timeout_s must be > 0, got {hard_timeout_s}")
+        self.retry_timeout_s = 4 * self.timeout_s if retry_timeout_s is None else float(retry_timeout_s)
+        if self.retry_timeout_s < 0:
+            raise ValueError(f"retry_timeout_s must be >= 0, got {retry_timeout_s}")
         self.max_chars = int(max_chars)
         self.max_answer_chars = int(max_answer_chars)
         self.max_depth = int(max_depth)
@@ -115,6 +132,7 @@ class MathVerifier(VerifierBase):
         self.start_timeout_s = float(start_timeout_s)
         self.dedup = bool(dedup)
         self.stats = VerifierStats()
+        self._counts = dict.fromkeys(METRICS, 0)
         self._lock = threading.Lock()
         self._closed = False
         self._workers: list[WorkerProcess] = []
@@ -151,11 +169,20 @@ class MathVerifier(VerifierBase):
         if self._closed:
             raise RuntimeError("this MathVerifier is closed")
         with self._lock:
-            self._run_pool([], wait_for_start=True)
+            if self._workers:
+                self._run_pool([], wait_for_start=True)
 
-    def _spawn(self) -> WorkerProcess:
+    def take_metrics(self) -> dict[str, float]:
+        """``reward/timeout_retries`` and ``reward/timeouts`` (completions, see the class docstring) since the
+        last call."""
+        with self._lock:
+            counts, self._counts = self._counts, dict.fromkeys(METRICS, 0)
+        return {k: float(v) for k, v in counts.items()}
+
+    def _spawn(self, timeout_s: float | None = None) -> WorkerProcess:
+        budget = repr(self.timeout_s if timeout_s is None else timeout_s)
         return start_worker(lambda cmd_fd, res_fd: worker_command(
-            equivalence.__file__, cmd_fd, res_fd, self.max_memory_mb, repr(self.timeout_s)), self.start_timeout_s)
+            equivalence.__file__, cmd_fd, res_fd, self.max_memory_mb, budget), self.start_timeout_s)
 
     # -- scoring -----------------------------------------------------------------------------------
 
@@ -190,35 +217,69 @@ class MathVerifier(VerifierBase):
         keys = list(jobs)
         stats.verified += len(keys)
         items = [(job, *key[:3]) for job, key in enumerate(keys)]
-        if self.num_workers == 0:
-            soft = self.timeout_s if soft_timeout_usable() else None
-            results = {}
-            for job, content, parts, forms in items:
-                results[job], timed_out = verify_boxes(content, parts, forms, soft)
-                stats.soft_timeouts += timed_out
-        else:
-            results = self._run_pool(items)
+        results, retried, late = self._verify(items)
         for job, key in enumerate(keys):
             reward = results.get(job, 0.0)
             for i in jobs[key]:
                 rewards[i] = reward
             if reward > 0:
                 stats.correct += len(jobs[key])
+            self._counts["reward/timeout_retries"] += len(jobs[key]) * (job in retried)
+            self._counts["reward/timeouts"] += len(jobs[key]) * (job in late)
         return rewards
 
-    def _run_pool(
-        self, items: list[tuple], wait_for_start: bool = False
-    ) -> dict[int, float]:
-        """Score (job, last box, parts, gold forms) items on the workers; returns {job: reward}."""
-        if not self._workers or (not items and not wait_for_start):
-            return {}
+    def _verify(self, items: list[tuple]) -> tuple[dict[int, float], set[int], set[int]]:
+        """({job: reward}, the jobs retried, the jobs out of time for good) of (job, last box, parts, gold forms)
+        items: a job whose soft budget ran out is checked once more with ``retry_timeout_s``, in fresh workers."""
+        results, soft, late = self._attempt(items, self.timeout_s, self._workers, self._spawn, self.hard_timeout_s)
+        retry = [item for item in items if item[0] in soft]
+        if retry and self.retry_timeout_s:
+            budget = self.retry_timeout_s
+            hard = max(self.hard_timeout_s, 1.5 * budget + 2.0)
+            fresh = [self._spawn(budget) for _ in range(min(self.num_workers, len(retry)))]
+            try:
+                again, soft, late_again = self._attempt(retry, budget, fresh, lambda: self._spawn(budget), hard)
+            finally:
+                stop_workers(fresh)
+            results.update(again)
+            late |= late_again
+        else:
+            retry = []
+        late |= soft
+        self.stats.retried += len(retry)
+        self.stats.timed_out += len(late)
+        return results, {item[0] for item in retry}, late
+
+    def _attempt(self, items: list[tuple], budget: float, workers: list[WorkerProcess], spawn,
+                 hard_timeout_s: float) -> tuple[dict[int, float], set[int], set[int]]:
+        """({job: reward}, the jobs whose soft ``budget`` ran out, the jobs killed at the hard limit) of one pass,
+        on ``workers`` (in this process when there are none, with the soft budget on the main thread only)."""
+        if not items:
+            return {}, set(), set()
+        if not workers:
+            soft = budget if soft_timeout_usable() else None
+            results, out_of_time = {}, set()
+            for job, content, parts, forms in items:
+                results[job], timed_out = verify_boxes(content, parts, forms, soft)
+                if timed_out:
+                    out_of_time.add(job)
+            self.stats.soft_timeouts += len(out_of_time)
+            return results, out_of_time, set()
+        run = self._run_pool(items, workers=workers, spawn=spawn, hard_timeout_s=hard_timeout_s)
+        return run.results, run.soft_timed_out, {job for job, why in run.failures.items() if why == "timeout"}
+
+    def _run_pool(self, items: list[tuple], wait_for_start: bool = False, *, workers: list[WorkerProcess] | None = None,
+                  spawn=None, hard_timeout_s: float | None = None) -> PoolRun:
+        """The finished pass scoring (job, last box, parts, gold forms) items on ``workers`` (the pool's own by
+        default); its ``results`` are {job: reward}."""
         run = PoolRun(
-            self._workers, items, spawn=self._spawn, chunk_size=self.chunk_size,
-            hard_timeout_s=self.hard_timeout_s, start_timeout_s=self.start_timeout_s,
-            wait_for_start=wait_for_start,
+            self._workers if workers is None else workers, items, spawn=spawn or self._spawn,
+            chunk_size=self.chunk_size, hard_timeout_s=hard_timeout_s or self.hard_timeout_s,
+            start_timeout_s=self.start_timeout_s, wait_for_start=wait_for_start,
         )
         try:
-            return run.run()
+            run.run()
+            return run
         finally:
             stats = self.stats
             stats.soft_timeouts += run.soft_timeouts

@@ -134,7 +134,8 @@ class PoolRun:
     ``workers`` is the pool's list, in which replaced workers are swapped in place; ``spawn`` starts a new
     worker; ``item_chars`` sizes an item for chunking; ``label`` names the workers in errors. The counters
     ``soft_timeouts``, ``hard_timeouts``, ``crashes`` and ``restarts`` (workers
-    started to replace a killed or dead one) count this pass only.
+    started to replace a killed or dead one) count this pass only; ``soft_timed_out`` holds the jobs whose
+    result came back marked as out of its soft budget.
     """
 
     def __init__(
@@ -161,6 +162,7 @@ class PoolRun:
         self.results: dict[int, Any] = {}
         self.failures: dict[int, str] = {}
         self.soft_timeouts = self.hard_timeouts = self.crashes = self.restarts = 0
+        self.soft_timed_out: set[int] = set()
         self.crashed: set[int] = set()
         self.start_deaths = 0  # workers killed by a signal during start-up in this pass
         # a few chunks per worker keep the load balanced; each holds at most chunk_size items and about
@@ -269,7 +271,9 @@ class PoolRun:
         if kind == "result":
             _, job, value, timed_out = msg
             self.results[job] = value
-            self.soft_timeouts += bool(timed_out)
+            if timed_out:
+                self.soft_timeouts += 1
+                self.soft_timed_out.add(job)
             w.pos += 1
             if w.chunk is None or w.pos >= len(w.chunk):
                 w.chunk = None
