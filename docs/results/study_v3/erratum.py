@@ -159,8 +159,8 @@ def _p(x: float) -> str:
 def render(n: dict) -> str:
     out = ["# Study v3: erratum numbers", "",
            "Made by `python docs/results/study_v3/erratum.py docs/results/study_v3/countdown` from the committed raw "
-           "tables alone (`erratum.json` holds every number). The erratum at the end of "
-           "[`../preregistration.md`](../preregistration.md) quotes them.", "",
+           "tables alone (`erratum.json` holds every number; `frontier.png` draws section 2's trajectories). The "
+           "erratum at the end of [`../preregistration.md`](../preregistration.md) quotes them.", "",
            "## 1. Breadth at matched accuracy (validation, tuning runs, step 500, seeds 0-2)", "",
            "Each arm's final point at each rate against GRPO's curve over rates (the start, then GRPO's final points "
            "at 3e-6 ... 1e-4, its best rate): GRPO's pass@16 interpolated at the arm's avg@16 "
@@ -221,6 +221,32 @@ def render(n: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def draw_frontier(curves: list[dict], path: Path) -> None:
+    """v3's validation trajectories in the (avg@16, pass@16) plane: one colour per arm, one line per rate through
+    its seed-mean points at steps 0, 250 and 500 (the start is every line's first point), the rate at its end."""
+    from popo.study.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 5.4))
+    for i, arm in enumerate(("grpo", *ARMS)):
+        colour = plt.get_cmap("tab10")(i)
+        for j, rate in enumerate(RATES):
+            pts = [[r for r in curves if r["method"] == f"{arm} lr={rate}" and r["step"] == s] for s in (0, 250, 500)]
+            xs, ys = [float(np.mean([r["avg"] for r in p])) for p in pts], [float(np.mean([r["pass"] for r in p])) for p in pts]
+            if xs[-1] < 0.2:  # a run that collapsed (nsr and w-reinforce at 3e-4) would squeeze the plot
+                continue
+            ax.plot(xs, ys, color=colour, marker="o", markersize=3, linewidth=1.4, label=arm if j == 0 else None)
+            ax.annotate(rate, (xs[-1], ys[-1]), fontsize=6, color=colour, xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel("validation avg@16 (sampled accuracy)")
+    ax.set_ylabel("validation pass@16 (breadth)")
+    ax.set_title("Study v3: every arm's trajectory per rate (steps 0, 250, 500; seed means)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path)
@@ -234,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                "greedy_equivalence": greedy_equivalence(finals), "seed_variance": seed_variance(finals)}
     (args.data / "erratum.json").write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
     (args.data / "erratum.md").write_text(render(numbers))
+    draw_frontier(tuning_curves, args.data / "frontier.png")
 
 
 if __name__ == "__main__":
