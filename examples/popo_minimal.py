@@ -91,7 +91,8 @@ def train(c: Config, log=print) -> dict:
     o = c.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     engine = HFEngine(policy, tokenizer, max_prompt_tokens=c.data.max_prompt_tokens,  # samples with `policy` itself
-                      max_batch_rollouts=c.rollout.max_batch_rollouts, lean_decode=c.rollout.lean_decode)
+                      max_batch_rollouts=c.rollout.max_batch_rollouts, lean_decode=c.rollout.lean_decode,
+                      decode=c.rollout.hf_decode)
     sampling = SamplingParams(c.rollout.max_new_tokens, c.rollout.temperature, c.rollout.top_p)
     prompt_order = PromptStream(len(train_examples), B, c.train.seed)  # seeded order, reshuffled each epoch
 

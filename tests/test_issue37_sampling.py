@@ -134,3 +134,13 @@ def test_decode_paths_and_the_older_switch(model_and_tokenizer):
     assert HFEngine(model, tokenizer)._draw(torch.device("cuda")) is draw_scores
     engine.drop_finished_rows = True
     assert engine.decode == "loop"
+
+
+def test_rollout_hf_decode_reaches_the_engine_and_a_wrong_value_is_refused_by_name(model_and_tokenizer):
+    from popo.config import ConfigError, load_config
+    from popo.rollout.make import make_engine
+
+    with pytest.raises(ConfigError, match="rollout.hf_decode"):
+        load_config(None, ["rollout.hf_decode=static"])
+    config = load_config(None, ["rollout.hf_decode=generate-static"])
+    assert make_engine(config, *model_and_tokenizer, model_path="unused").decode == "generate-static"

@@ -118,6 +118,8 @@ class RolloutConfig:
     """Rollout engine: hf (transformers) or vllm (needs `pip install 'popo[vllm]'` and a CUDA GPU)."""
     lean_decode: bool = True
     """hf engine: decode Llama-family models with popo's lean step (same function, less overhead); false uses the model's forward."""
+    hf_decode: str = "loop"
+    """hf engine's decoding path: loop (popo's own), generate (transformers' generate, dynamic cache) or generate-static (a static cache, compiled on CUDA); all draw the same seeded tokens (docs/gpu-check.md: which is fastest where)."""
     vllm_mode: str = "colocate"
     """vLLM: colocate (in the training process, sleeping between rollouts) or server (LoRA only)."""
     vllm_server_url: str = "http://127.0.0.1:8000"

@@ -106,6 +106,9 @@ def _validate_rollout(r: Any, a: Any, lora: Any) -> None:
     _check(r.max_sampling_rounds >= 1, f"rollout.max_sampling_rounds must be >= 1, got {r.max_sampling_rounds}")
     _choice(r.engine, ("hf", "vllm"), "rollout.engine")
     _choice(r.vllm_mode, ("colocate", "server"), "rollout.vllm_mode")
+    from popo.rollout.hf import DECODE_PATHS
+
+    _choice(r.hf_decode, DECODE_PATHS, "rollout.hf_decode")
     _check(0 < r.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
     _check(lora.r >= 0 and lora.alpha > 0 and 0 <= lora.dropout < 1,
            "model.lora.r must be >= 0, model.lora.alpha > 0 and model.lora.dropout in [0, 1)")

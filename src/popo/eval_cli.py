@@ -134,7 +134,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     device = resolve_device(config.model.device)
     model, tokenizer = load_policy(resolve_model_path(config), config, device)
     engine = HFEngine(model, tokenizer, max_prompt_tokens=4096, max_batch_rollouts=config.rollout.max_batch_rollouts,
-                      lean_decode=config.rollout.lean_decode)
+                      lean_decode=config.rollout.lean_decode,
+                      decode=config.rollout.hf_decode)
     context = getattr(model.config, "max_position_embeddings", None)
     results, records, used = {}, [], {}
     for name in [b.strip() for b in args.benchmarks.split(",") if b.strip()]:

@@ -23,4 +23,4 @@ def make_engine(config: Config, policy: torch.nn.Module, tokenizer, model_path: 
     from popo.rollout.hf import HFEngine
 
     return HFEngine(policy, tokenizer, max_prompt_tokens=config.data.max_prompt_tokens,
-                    max_batch_rollouts=r.max_batch_rollouts, lean_decode=r.lean_decode)
+                    max_batch_rollouts=r.max_batch_rollouts, lean_decode=r.lean_decode, decode=r.hf_decode)
