@@ -12,23 +12,20 @@ PHASE=${1:?plateau or collect}
 OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 PAR=(--workers "${WORKERS:-2}" --threads 1 --no-report)
-# v3's task and warm start; v4-test and the demo's split carved from RL-train (never trained on by any v4 run)
-TASK=(testbed.task=countdown testbed.numbers=3 testbed.max_number=20 testbed.warmup_steps=800
-      testbed.test_size=2000 testbed.validation_size=500 testbed.reserved=demo:500,v4-test:1500
-      rollout.max_new_tokens=32)
-PLATEAU_STEPS=2000
-PLATEAU=(train.steps=$PLATEAU_STEPS rollout.prompts_per_step=16 rollout.group_size=8 train.save_every=100
-         train.diag_every=100 data.eval_source=testbed data.eval_size=500 train.eval_every=100
-         train.eval_samples=16 optim.lr=1e-4)
+# Every setting of the plateau runs (v3's task and warm start, testbed.reserved=demo:500,v4-test:1500 so that no v4
+# run trains on v4-test or the demo's split, 2,000 steps x 16 x 8 at lr 1e-4, validation every 100 steps) is pinned
+# in plateau.yaml: the study defaults of `popo compare` do not reach it.
+PLATEAU=$HERE/plateau.yaml
 ARMS=grpo,popo,raft
 SEEDS=0,1,2
-popo sft "${TASK[@]}"  # the shipped warm start (installed, not rebuilt)
+popo sft testbed.task=countdown testbed.numbers=3 testbed.max_number=20 testbed.warmup_steps=800 \
+    testbed.test_size=2000 testbed.validation_size=500  # the shipped warm start (installed, not rebuilt)
 case "$PHASE" in
   plateau)
     mapfile -t TODO < <(python $HERE/collect.py todo "$HERE/plateau" --arms "$ARMS" --seeds "$SEEDS")
     for batch in "${TODO[@]}"; do
       read -r arms first count <<< "$batch"
-      popo compare "${TASK[@]}" "${PLATEAU[@]}" --methods "$arms" --seeds "$count" --seed-start "$first" \
+      popo compare "$PLATEAU" --methods "$arms" --seeds "$count" --seed-start "$first" \
           --out "$OUT/plateau" "${PAR[@]}"
       python $HERE/collect.py collect "$OUT/plateau" --out "$HERE/plateau"
     done ;;
