@@ -24,7 +24,7 @@ def fake_studies(monkeypatch):
         calls.append({"out": str(out), "variants": variants, "seeds": seeds, **kwargs})
 
     def fake_summary(out):
-        return {f"{m} lr={v}": {s: {"greedy_acc": acc + 0.01 * s} for s in range(3)}
+        return {f"{m} lr={v}": {s: {"greedy_acc": acc + 0.01 * s, "avg@16": acc + 0.01 * s} for s in range(3)}
                 for m, by in accuracy.items() for v, acc in by.items()}
 
     monkeypatch.setattr(tune, "run_study", fake_run_study)

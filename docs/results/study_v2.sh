@@ -9,6 +9,9 @@
 # Both halves ran on 2026-11-30 (docs/results.md, docs/results/study_v2/); pass@k was added after they ran and
 # was run with the same command on their finished folders.
 set -euo pipefail
+# the study defaults this script was written against (popo compare/sweep without a CONFIG used them until
+# 2026-12-07; they now follow `popo demo`): every run keeps the settings it had
+BASE=docs/results/study_defaults_v1.yaml
 OUT=${1:-runs/study-v2}
 PAR=(--workers 2 --threads 1 --no-report)
 METHODS=popo,grpo,grpo-kl,dr-grpo,raft,popo-uniform,popo-nosim,popo-noent,popo-frozen,sft-more,sft-solved
@@ -43,13 +46,13 @@ PY
 for task in addition countdown; do
   if [ "$task" = addition ]; then TASK=("${ADDITION[@]}"); else TASK=("${COUNTDOWN[@]}"); fi
   popo sft "${TASK[@]}"                                   # warm-up once per task (cached)
-  popo compare "${SHARED[@]}" "${TASK[@]}" --methods "$METHODS" --tune "$LRS" --tune-seeds 3 --seeds 5 \
+  popo compare "$BASE" "${SHARED[@]}" "${TASK[@]}" --methods "$METHODS" --tune "$LRS" --tune-seeds 3 --seeds 5 \
       --out "$OUT/$task" "${PAR[@]}"
   popo report "$OUT/$task" --baseline popo,grpo
   # equal compute: a study folder of its own (its rollout budget differs), same fresh seeds, test split
   LR=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['popo']['chosen'])" "$OUT/$task/tuning.json")
   STEPS=$(equal_compute_steps "$OUT/$task")
-  popo compare "${SHARED[@]}" "${TASK[@]}" train.steps="$STEPS" optim.lr="$LR" data.eval_source=testbed:test \
+  popo compare "$BASE" "${SHARED[@]}" "${TASK[@]}" train.steps="$STEPS" optim.lr="$LR" data.eval_source=testbed:test \
       --methods popo --seeds 5 --seed-start 3 --out "$OUT/$task-popo-equal-compute" "${PAR[@]}"
   popo report "$OUT/$task-popo-equal-compute"
   # pass@1..256 at the start and the end on the first 200 test problems (exploratory; skips what is done)

@@ -6,6 +6,10 @@ a halted run), without a traceback. Ctrl-C prints one line saying what stopped a
 exits with status 130; a `popo train` stopped by Ctrl-C saves a checkpoint, prints its summary and exits
 with 130 too (stopped by SIGTERM, a scheduler's preemption, it exits 0 after its checkpoint).
 
+Torch runs on one thread in every process a command starts, as the Makefile sets it (the models popo trains on a
+CPU are small, and on shared cores a second OpenMP thread makes steps slower, not faster), unless
+OMP_NUM_THREADS says otherwise (`popo compare --threads N` sets its runs' count).
+
 Like `python -m popo`, the `popo` command imports user modules (`reward.functions=my_rewards:short`)
 from the folder it runs in: `main` puts that folder first on `sys.path` for the command's duration.
 """
@@ -13,10 +17,11 @@ from the folder it runs in: `main` puts that folder first on `sys.path` for the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from popo.config import load_config
 from popo.config_checks import check_reward_modules
@@ -24,6 +29,7 @@ from popo.errors import PopoError, SetupError
 from popo.config_reference import reference_markdown
 
 INTERRUPTED = 130  # exit status after Ctrl-C, as a shell reports a process ended by SIGINT
+THREADS_VARIABLE = "OMP_NUM_THREADS"
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -38,7 +44,9 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="popo", description="Positive-Only Policy Optimization (POPO) and GRPO for RL with verifiable rewards.")
+        prog="popo", description="Positive-Only Policy Optimization (POPO) and GRPO for RL with verifiable rewards.",
+        epilog=f"torch runs on one thread per process unless {THREADS_VARIABLE} is set (e.g. {THREADS_VARIABLE}=4 popo "
+               "train ...)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_parsers(sub)
     _add_eval_parser(sub)
@@ -122,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     added = _import_from_working_folder()
     try:
-        code = _dispatch(args)
+        with one_thread_unless_told():
+            code = _dispatch(args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled
         return code
     except PopoError as err:
@@ -137,6 +146,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if added is not None and added in sys.path:
             sys.path.remove(added)
+
+
+@contextlib.contextmanager
+def one_thread_unless_told() -> Iterator[None]:
+    """Unless OMP_NUM_THREADS is set: for the block, OMP_NUM_THREADS=1 (torch reads it when it loads, here and
+    in every process the command starts) and, if torch is loaded already, one thread; both restored after."""
+    if os.environ.get(THREADS_VARIABLE):  # the user's choice
+        yield
+        return
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    os.environ[THREADS_VARIABLE] = "1"
+    if torch is not None:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        os.environ.pop(THREADS_VARIABLE, None)
+        if torch is not None:
+            torch.set_num_threads(before)
 
 
 def _import_from_working_folder() -> str | None:

@@ -10,6 +10,9 @@
 # runs stage 2's new runs alone (its continuation of stage 1's runs needs their folders): on a machine that
 # no longer has stage 1's folders, `derive.py control` keeps their committed rows.
 set -euo pipefail
+# the study defaults this script was written against (popo compare/sweep without a CONFIG used them until
+# 2026-12-07; they now follow `popo demo`): every run keeps the settings it had
+BASE=docs/results/study_defaults_v1.yaml
 OUT=${1:-runs/study-v3/control}
 STAGES=${2:-1,2}
 PAR=(--workers 2 --threads 1 --no-report)
@@ -25,7 +28,7 @@ popo sft "${TASK[@]}"
 # (10% of the steps), 16 prompts x 8, 400 steps, seed 0. (1e-3 was in the first grid and dropped before it
 # ran, once 3e-4 had collapsed with and without the warm-up: the boundary lies below 3e-4.)
 if [[ ,$STAGES, == *,1,* ]]; then
-popo sweep "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=16 rollout.group_size=8 \
+popo sweep "$BASE" "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=16 rollout.group_size=8 \
     --methods grpo --grid optim.lr=3e-5,1e-4,3e-4 --grid optim.warmup_ratio=0,0.1 --seeds 1 \
     --out "$OUT/stage1" "${PAR[@]}"
 fi
@@ -49,11 +52,11 @@ fi
 # One run a sweep: the batch-32 run (twice the rollouts) on one core, the other two one after the other on
 # the other.
 ONE=(--workers 1 --threads 1 --no-report)
-popo sweep "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=32 rollout.group_size=8 \
+popo sweep "$BASE" "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=32 rollout.group_size=8 \
     --methods grpo --grid optim.lr=1e-4 --seeds 1 --out "$S2/batch32" "${ONE[@]}" &
-popo sweep "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=16 rollout.group_size=8 \
+popo sweep "$BASE" "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=16 rollout.group_size=8 \
     --methods grpo --grid optim.lr=2e-4 --seeds 1 --out "$S2/boundary" "${ONE[@]}"
-popo sweep "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=16 rollout.group_size=8 \
+popo sweep "$BASE" "${TASK[@]}" "${EVAL[@]}" train.steps=400 rollout.prompts_per_step=16 rollout.group_size=8 \
     optim.betas=0.9,0.99 --methods grpo --grid optim.lr=3e-4 --seeds 1 --out "$S2/beta2" "${ONE[@]}"
 wait
 # The table and raw curves of every run (docs/results/study_v3/control/), merged with those already committed.

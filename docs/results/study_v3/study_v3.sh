@@ -12,6 +12,9 @@
 # committed raw tables, see ledger.py) and interrupted ones resume from their last checkpoint within a sitting.
 # Phase 0, the control search that fixed the task and the budget, is control_search.sh.
 set -euo pipefail
+# the study defaults this script was written against (popo compare/sweep without a CONFIG used them until
+# 2026-12-07; they now follow `popo demo`): every run keeps the settings it had
+BASE=docs/results/study_defaults_v1.yaml
 PHASE=${1:?tune, power or final}
 OUT=${OUT:-runs/study-v3}
 HERE=docs/results/study_v3
@@ -44,7 +47,7 @@ case "$PHASE" in
     mapfile -t BATCHES < <(python $HERE/ledger.py todo "$DATA/tuning" --arms "$TUNED" "${LEDGER[@]}")
     for batch in "${BATCHES[@]}"; do
       read -r seed arms rates <<< "$batch"
-      popo sweep "${TASK[@]}" "${TRAIN[@]}" "${VALIDATION[@]}" --methods "$arms" --grid optim.lr="$rates" \
+      popo sweep "$BASE" "${TASK[@]}" "${TRAIN[@]}" "${VALIDATION[@]}" --methods "$arms" --grid optim.lr="$rates" \
           --seeds 1 --seed-start "$seed" --out "$OUT/countdown/tune" "${PAR[@]}"
       python $HERE/derive.py collect "$OUT/countdown/tune" --task countdown --out "$DATA/tuning"
     done
@@ -77,7 +80,7 @@ case "$PHASE" in
     for range in "${RANGES[@]}"; do
       read -r arm first count <<< "$range"
       lr=$(rate "${arm%-nosim}")
-      popo compare "${TASK[@]}" "${TRAIN[@]}" "${TEST[@]}" optim.lr="$lr" --methods "$arm" \
+      popo compare "$BASE" "${TASK[@]}" "${TRAIN[@]}" "${TEST[@]}" optim.lr="$lr" --methods "$arm" \
           --seeds "$count" --seed-start "$first" --out "$OUT/countdown/final-$arm" "${PAR[@]}"
       python $HERE/derive.py collect "$OUT/countdown/final-$arm" --task countdown --out "$DATA"
       explore "$arm"

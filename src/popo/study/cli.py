@@ -10,7 +10,9 @@ from popo.config import ConfigError
 
 
 def _study_arguments(p: argparse.ArgumentParser, default_methods: str, default_out: str) -> None:
-    p.add_argument("config", nargs="?", help="YAML config (optional: default = the demo testbed settings)")
+    p.add_argument("config", nargs="?",
+                   help="YAML config (optional: default = what `popo demo` trains, its task, budget and learning rate, "
+                        "evaluated on the validation split; docs/results/defaults.md lists them)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings shared by every run")
     p.add_argument("--methods", default=default_methods,
                    help=f"comma-separated presets or sft-more (default: {default_methods})")
@@ -18,7 +20,7 @@ def _study_arguments(p: argparse.ArgumentParser, default_methods: str, default_o
     p.add_argument("--seed-start", type=int, default=0, help="first seed (default: 0)")
     p.add_argument("--out", default=default_out, help=f"study folder (default: {default_out})")
     p.add_argument("--workers", type=int, default=1, help="runs trained at the same time (default: 1)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = OMP_NUM_THREADS when set, else 1)")
     p.add_argument("--baseline", default="", help="methods to pair against in the report (default: popo,grpo)")
     p.add_argument("--no-report", action="store_true", help="only train; `popo report OUT` writes it later")
 
@@ -30,9 +32,10 @@ def add_study_parsers(sub) -> None:
                          help="choose each method's value of KEY (e.g. optim.lr) on the validation split first, then "
                               "compare at the chosen values on --seeds fresh seeds and the test split")
     compare.add_argument("--tune-seeds", type=int, default=3, help="seeds per value when tuning (default: 3)")
-    compare.add_argument("--tune-metric", default="greedy_acc",
+    compare.add_argument("--tune-metric", default=None,
                          help="final validation metric the tuning maximises: greedy_acc, avg@K or pass@K with K = "
-                              "train.eval_samples (default: greedy_acc)")
+                              "train.eval_samples (default: avg@K, study v3's choice rule; avg@16 with the default "
+                              "settings)")
     compare.add_argument("--tune-only", action="store_true",
                          help="stop after the tuning phase and tuning.json (the same command without it reads the "
                               "finished tuning and runs the final comparison)")
@@ -97,8 +100,8 @@ def _command_line(args: argparse.Namespace) -> str:
              "--methods", args.methods, "--seeds", str(args.seeds)]
     words += ["--seed-start", str(args.seed_start)] if args.seed_start else []
     words += [w for spec in getattr(args, "grid", []) for w in ("--grid", spec)]
-    words += ["--tune", args.tune, "--tune-seeds", str(args.tune_seeds),
-              "--tune-metric", args.tune_metric] if getattr(args, "tune", "") else []
+    words += ["--tune", args.tune, "--tune-seeds", str(args.tune_seeds)] if getattr(args, "tune", "") else []
+    words += ["--tune-metric", args.tune_metric] if getattr(args, "tune", "") and args.tune_metric else []
     words += [w for item in getattr(args, "final_set", []) for w in ("--final-set", item)]
     words += ["--out", args.out]
     words += ["--workers", str(args.workers)] if args.workers != 1 else []

@@ -8,12 +8,14 @@ variants would differ in budget is refused before anything runs. The seed (`trai
 prompt order, the sampling and the loss noise; the initial weights and the held-out set never change.
 
 A finished run has a ``done.json``; it is skipped when the study is run again (after checking that its
-settings are the ones asked for). An interrupted run resumes from its latest checkpoint. Ctrl-C stops the
-runs in progress at the end of their step, with a checkpoint, and ends the study with `KeyboardInterrupt`
-(the command line turns it into one line and exit status 130); idle worker processes ignore it, and a run a
-worker had already taken from the queue does not start (``OUT/.stopping``, written at the interrupt). SIGTERM
-to the study (a scheduler, `kill`, a shell's background job, which ignores SIGINT) does the same: the workers
-are sent SIGINT.
+settings are the ones asked for). An interrupted run resumes from its latest checkpoint. Ctrl-C or SIGTERM
+stops the runs in progress at the end of their step, with a checkpoint, starts no other run, and ends the study
+with `KeyboardInterrupt` (the command line turns it into one line and exit status 130): `popo.study.pool` says
+how, with `--workers`.
+
+Without a CONFIG file, a study trains what `popo demo` trains (`study_overrides`: its task, warm start, budget,
+evaluation and learning rate, from `popo.study.demo`), evaluated on the validation split, since a study may
+choose (`popo compare --tune` sets each phase's split itself).
 
 This module only trains; `popo.study.report` reads a study folder and writes its report (it imports
 this module, never the other way round).
@@ -21,37 +23,57 @@ this module, never the other way round).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
 import os
 import shlex
-import signal
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 from popo.algorithms import PRESETS
 from popo.config import Config, ConfigError, load_config, to_dict
+from popo.study.pool import job_running, run_in_pool, sigterm_as_ctrl_c
+from popo.study.pool import worker_pool  # noqa: F401 (`popo demo` and docs/results/pass_at_k.py import it from here)
 
 SFT_MORE = "sft-more"
 CONTROL_ARMS = (SFT_MORE, "sft-solved")
 """The supervised control arms (`popo.study.controls`), accepted by `--methods` beside the presets."""
 
 
+STUDY_SETTINGS = {"data.eval_source": "testbed", "train.save_every": "50", "train.keep_last": "1",
+                  "train.progress": "false", "train.tensorboard": "false"}
+"""What a study sets on top of the demo's settings: the validation split (a study may choose), a checkpoint every
+50 steps so that an interrupted run resumes (only the latest kept), quiet runs."""
+NOT_FROM_DEMO = ("train.overwrite",)
+"""Demo settings a study leaves out (it decides itself when a run folder is replaced)."""
+
+
+def demo_learning_rate() -> str:
+    """The learning rate every method of `popo demo` trains at (a study shares one rate over its methods)."""
+    from popo.study.demo import LEARNING_RATES
+
+    rates = set(LEARNING_RATES.values())
+    if len(rates) != 1:
+        raise ConfigError(f"popo demo trains its methods at different learning rates ({LEARNING_RATES}); a study "
+                          "without a CONFIG file shares one: give optim.lr=...")
+    return rates.pop()
+
+
 def study_overrides() -> list[str]:
-    """The default study settings (no CONFIG given): the `popo demo` testbed (3-digit addition, warm-up
-    on easier problems, 150 steps x 32 prompts x 8 rollouts, lr 5e-5, 1000 held-out problems), with
-    k=8 for avg@k / pass@k, quiet runs and a checkpoint every 50 steps so that runs can resume."""
-    return ["model.name=testbed", "data.source=testbed", "data.eval_source=testbed", "data.eval_size=1000",
-            "testbed.digits=3", "rollout.prompts_per_step=32", "rollout.group_size=8", "optim.lr=5e-5",
-            "train.steps=150", "train.eval_every=75", "train.eval_samples=8", "train.diag_every=10",
-            "train.save_every=50", "train.keep_last=1", "train.progress=false", "train.tensorboard=false"]
+    """The default study settings (no CONFIG given): `popo demo`'s task, warm start, budget and evaluation
+    (`popo.study.demo.demo_overrides`) at its learning rate, with `STUDY_SETTINGS` on top (docs/results/defaults.md
+    lists them, generated from here)."""
+    from popo.study.demo import demo_overrides
+
+    settings = dict(item.split("=", 1) for item in demo_overrides(quick=False))
+    for key in NOT_FROM_DEMO:
+        settings.pop(key, None)
+    settings |= {"optim.lr": demo_learning_rate(), **STUDY_SETTINGS}
+    return [f"{key}={value}" for key, value in settings.items()]
 
 
 @dataclass(frozen=True)
@@ -194,39 +216,17 @@ def env_threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS") or 1)
 
 
-def _start_worker(threads: int, jobs_take_interrupts: bool = False) -> None:
-    import torch
-
-    from popo.build import quiet_libraries
-
-    torch.set_num_threads(threads)
-    quiet_libraries()  # no progress bars in the logs
-    if jobs_take_interrupts:  # Ctrl-C reaches every process: an idle worker ignores it (`_pool_job`)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 STOPPING = ".stopping"
-"""File in a study folder while the study is being interrupted: queued runs do not start."""
+"""File in a study folder while the study is being stopped: a run a worker takes then does not start."""
 
 
 def _pool_job(study_dir: str, variant: Variant, seed: int, threads: int) -> dict:
     """`execute_run` in a pool worker, which takes Ctrl-C only while it runs a job (a trainer's own handler
     then stops the run at the end of its step, with a checkpoint); none when the study is being stopped."""
-    if (Path(study_dir) / STOPPING).exists():
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with job_running():
+        if (Path(study_dir) / STOPPING).exists():
+            raise KeyboardInterrupt
         return execute_run(study_dir, variant, seed, threads)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def worker_pool(workers: int, threads: int, *, jobs_take_interrupts: bool = False) -> ProcessPoolExecutor:
-    """`workers` spawned processes, each on `threads` torch threads and without library progress bars (the
-    pool behind `--workers` of `popo compare`, `popo demo` and `docs/results/pass_at_k.py`). With
-    `jobs_take_interrupts`, a worker ignores Ctrl-C except while it runs a `_pool_job`."""
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
-                               initargs=(threads, jobs_take_interrupts))
 
 
 def execute_run(study_dir: str, variant: Variant, seed: int, threads: int) -> dict:
@@ -284,7 +284,9 @@ def _execute(study_dir: str, variant: Variant, seed: int) -> dict:
               "resumed": state == "partial", "budget": rollout_budget(config),
               "initial_checkpoint": resolve_model_path(config, log=lambda _: None),
               "threads": torch.get_num_threads(), "config": _comparable(config)}
-    (run_dir / "done.json").write_text(json.dumps(record, indent=1))
+    partial = run_dir / "done.json.tmp"  # replaced at once: a signal cannot leave half a done.json
+    partial.write_text(json.dumps(record, indent=1))
+    partial.replace(run_dir / "done.json")
     return record
 
 
@@ -328,8 +330,8 @@ def prepare_study(out: Path, config_path: str | None, base_overrides: list[str],
 def run_study(out: str | Path, variants: list[Variant], seeds: list[int], *, config_path: str | None = None,
               overrides: list[str] | None = None, workers: int = 1, threads: int = 0,
               command: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """Run every (variant, seed) not yet done, `workers` at a time (the report is written separately:
-    `popo.study.report.write_study_report`)."""
+    """Run every (variant, seed) not yet done, `workers` at a time (`popo.study.pool`: how a signal stops them;
+    the report is written separately: `popo.study.report.write_study_report`)."""
     out = Path(out)
     base = ([] if config_path else study_overrides()) + list(overrides or [])
     command = command or "popo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -344,48 +346,18 @@ def run_study(out: str | Path, variants: list[Variant], seeds: list[int], *, con
             else:
                 jobs.append((v, seed))
     log(f"{skipped} runs already done (skipped), {len(jobs)} to run")
-    started = time.perf_counter()
+    started, count = time.perf_counter(), itertools.count(1)
 
-    def finished(i: int, rec: dict) -> None:
-        log(f"[{i}/{len(jobs)}] {rec['variant']} seed {rec['seed']}: {rec['wall_s']:.0f}s "
+    def finished(rec: dict) -> None:
+        log(f"[{next(count)}/{len(jobs)}] {rec['variant']} seed {rec['seed']}: {rec['wall_s']:.0f}s "
             f"(elapsed {time.perf_counter() - started:.0f}s)")
 
     if workers <= 1:
-        for i, (v, seed) in enumerate(jobs, 1):
-            finished(i, execute_run(str(out), v, seed, threads))
+        with sigterm_as_ctrl_c():  # SIGINT and SIGTERM: the run in progress saves, no other starts
+            for v, seed in jobs:
+                finished(execute_run(str(out), v, seed, threads))
     elif jobs:
         threads = threads or env_threads()
-        (out / STOPPING).unlink(missing_ok=True)
-        with worker_pool(workers, threads, jobs_take_interrupts=True) as pool, _sigterm_as_interrupt(pool):
-            futures = [pool.submit(_pool_job, str(out), v, seed, threads) for v, seed in jobs]
-            try:
-                for i, future in enumerate(as_completed(futures), 1):
-                    finished(i, future.result())
-            except KeyboardInterrupt:  # runs in progress stop at the end of their step; queued ones never start
-                (out / STOPPING).touch()  # the runs a worker already holds see it and do not start
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            finally:  # after the shutdown: every worker has seen the file or finished
-                (out / STOPPING).unlink(missing_ok=True)
+        run_in_pool(_pool_job, [(str(out), v, seed, threads) for v, seed in jobs], workers=workers, threads=threads,
+                    stop_file=out / STOPPING, finished=finished, log=log)
     return out
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt(pool: ProcessPoolExecutor):
-    """While the pool runs: SIGTERM sends SIGINT to the workers (their runs stop at the end of the step, with a
-    checkpoint) and interrupts the study, as Ctrl-C does. Outside the main thread, nothing changes."""
-    def interrupt(signum, frame):
-        for process in list(getattr(pool, "_processes", {}).values()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGINT)
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -4,7 +4,8 @@ validation split, then compare the methods at their chosen values on fresh seeds
 1. Tuning: every method x value on seeds `0 .. tune_seeds - 1` in ``OUT/tune`` (a study folder of its own),
    evaluated on the validation split (`data.eval_source=testbed`).
 2. Choice: for each method, the value with the highest mean final validation metric over the tuning seeds
-   (`--tune-metric`, greedy accuracy unless told; ties go to the value listed first); written to
+   (`--tune-metric`; unless told avg@K with K = train.eval_samples, study v3's rule, which is avg@16 with the
+   default settings; ties go to the value listed first); written to
    ``OUT/tuning.json`` with every mean, and flagged (``at_edge``, and a warning) when the chosen value is the
    smallest or largest of the grid: the grid then does not bracket the optimum and should be extended.
 3. Final comparison: each method at its chosen value on seeds `tune_seeds .. tune_seeds + seeds - 1`
@@ -22,14 +23,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from popo.config import ConfigError
-from popo.study.runs import Variant, grid_variants, method_variants, parse_grid, run_study
+from popo.config import ConfigError, load_config
+from popo.study.runs import Variant, grid_variants, method_variants, parse_grid, run_study, study_overrides
 
 MIN_TUNE_SEEDS, MIN_FINAL_SEEDS, MIN_VALUES = 3, 5, 3
 FINAL_ONLY_KEYS = ("data.eval_size", "train.eval_every", "train.save_every", "train.diag_every", "train.keep_last")
 """Settings `--final-set` may give the final runs alone: how much and how often they are evaluated and saved,
 never how they train."""
-TUNE_METRIC = "greedy_acc"
 VALIDATION, TEST = "data.eval_source=testbed", "data.eval_source=testbed:test"
 
 
@@ -55,8 +55,23 @@ def check_tuning(spec: str, tune_seeds: int, seeds: int, overrides: list[str]) -
     return key, values
 
 
+def tune_metric(metric: str | None, config_path: str | None, overrides: list[str]) -> str:
+    """The metric the tuning maximises: `metric`, refused unless the runs report it (greedy_acc, or avg@K or
+    pass@K with K = their train.eval_samples); without one, avg@K (study v3's choice rule), greedy_acc when the
+    runs sample nothing."""
+    base = [] if config_path else study_overrides()
+    k = load_config(config_path, [*base, *overrides, VALIDATION]).train.eval_samples
+    reported = ["greedy_acc", *([f"avg@{k}", f"pass@{k}"] if k else [])]
+    if metric is None:
+        return reported[1] if k else reported[0]
+    if metric not in reported:
+        raise ConfigError(f"--tune-metric {metric}: the runs report {', '.join(reported)} (K = train.eval_samples "
+                          f"= {k})")
+    return metric
+
+
 def choose(summary: dict[str, dict[int, dict[str, float]]], variants: list[Variant], method: str,
-           key: str, values: list[str], metric: str = TUNE_METRIC) -> tuple[str, dict[str, float]]:
+           key: str, values: list[str], metric: str = "greedy_acc") -> tuple[str, dict[str, float]]:
     """The value of `key` with the best mean final validation `metric` for `method`, and every mean
     (a value whose runs are missing counts as not tried)."""
     label = key.rsplit(".", 1)[-1]
@@ -84,7 +99,7 @@ def at_edge(value: str, values: list[str]) -> bool:
 
 def run_tuned_comparison(out: str | Path, methods: list[str], spec: str, *, tune_seeds: int, seeds: int,
                          config_path: str | None, overrides: list[str], workers: int, threads: int,
-                         command: str, metric: str = TUNE_METRIC, tune_only: bool = False,
+                         command: str, metric: str | None = None, tune_only: bool = False,
                          final_overrides: list[str] = (), log: Callable[[str], None] = print) -> dict[str, str]:
     """The three phases of the module docstring (`tune_only`: the first two, so that the choice, and the power
     it implies, can be written down and committed before any final run); returns each method's chosen value."""
@@ -93,6 +108,7 @@ def run_tuned_comparison(out: str | Path, methods: list[str], spec: str, *, tune
     out = Path(out)
     key, values = check_tuning(spec, tune_seeds, seeds, overrides)
     final_overrides = check_final_overrides(list(final_overrides))
+    metric = tune_metric(metric, config_path, overrides)
     tuning = grid_variants(methods, [(key, values)])
     run_study(out / "tune", tuning, list(range(tune_seeds)), config_path=config_path,
               overrides=[*overrides, VALIDATION], workers=workers, threads=threads, command=command, log=log)

@@ -17,6 +17,7 @@ import difflib
 import importlib
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,12 @@ class MathReward:
     def close(self) -> None:
         self.verifier.close()
 
+
+# FutureWarnings a run cannot act on: TRL 1.16 itself uses the names of gradient checkpointing that transformers
+# 5.10 renamed to activation checkpointing (its configs default `gradient_checkpointing`; its generation reads
+# `is_gradient_checkpointing` and calls `gradient_checkpointing_disable` / `_enable`): six warnings a run, which
+# the launcher hides, and no other warning
+TRL_DEPRECATIONS = r"`\w*gradient_checkpointing\w*` is deprecated and will be removed in v6"
 
 # what TRL's GRPOTrainer passes to every reward function beside prompts, completions and the dataset columns
 TRL_EXTRAS = ("completion_ids", "trainer_state", "log_extra", "log_metric", "environments")
@@ -178,6 +185,12 @@ def _closest(key: str, valid: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TRL_DEPRECATIONS, category=FutureWarning)
+        return _launch(argv)
+
+
+def _launch(argv: list[str] | None) -> int:
     from transformers import AutoTokenizer
     from trl import get_peft_config
 
