@@ -85,6 +85,7 @@ def training_phase(setup: Setup, rollouts, rewards, group: int, max_length: int,
     """Wall / CPU seconds of one training phase as the trainer runs it, and the rows it forwarded."""
     import torch
 
+    from popo.ema import ema_update_
     from popo.update import update_policy
 
     with common.Clock() as clock:
@@ -97,9 +98,9 @@ def training_phase(setup: Setup, rollouts, rewards, group: int, max_length: int,
         if bool(rows.any()):
             update_policy(setup.models, setup.optimizer, setup.algorithm, setup.cfg, rollouts.select(rows),
                           credit[rows], positive[rows], max_length=max_length, token_budget=token_budget,
-                          grad_clip=1.0, generator=torch.Generator().manual_seed(0))
+                          grad_clip=1.0, row_seeds=torch.arange(rollouts.num_rollouts)[rows])  # noise keys
             if setup.models.target is not None:
-                setup.models.ema_step(setup.cfg.tau)
+                ema_update_(*setup.models.ema_pairs(), setup.cfg.tau)
     return {"wall": clock.wall, "cpu": clock.cpu, "forwarded_rows": forwarded}
 
 

@@ -55,7 +55,9 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def weights(run_dir: Path, step: int, part: str = "policy") -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / part / "model.safetensors")
+    folder = run_dir / "checkpoints" / f"step-{step:06d}"  # the target and the predictor are in popo/
+    return load_file(folder / "policy" / "model.safetensors" if part == "policy"
+                     else folder / "popo" / f"{part}.safetensors")
 
 
 # popo.diagnostics' gradient probes: cosines and norm shares of each loss term's gradient
@@ -85,11 +87,14 @@ def assert_same_records(a: list[dict], b: list[dict], *, sharded: bool = False) 
 
 def assert_same_weights(a: dict, b: dict) -> None:
     """Adam moves a weight by at most about lr (1e-3 here) per step, and a gradient that differs by
-    REORDER_REL relative moves that step by about REORDER_REL * lr = 1e-7; over the 4 steps compared, 1e-5
-    leaves a factor 25 for coordinates whose gradient is near Adam's eps, where the step is least stable."""
+    REORDER_REL relative moves that step by about REORDER_REL * lr = 1e-7 where the gradient is large against
+    Adam's eps. Where it is not, Adam's step m / (sqrt(v) + eps) amplifies an absolute gradient difference by
+    up to lr / eps, so a coordinate with a near-zero gradient may differ by far more: seen 1.02e-5 after 3 steps
+    on an AVX-512 CPU (below 1e-5 on AVX2). The bound, 5e-5, is 20 times below one step's move of lr: a missing
+    or doubled gradient reduction moves weights by about lr and still fails it."""
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-5, worst
+    assert worst < 5e-5, worst
 
 
 @pytest.fixture(scope="module")

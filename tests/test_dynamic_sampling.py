@@ -133,3 +133,28 @@ def test_two_processes_with_dynamic_sampling_equal_one_process(warm_testbed_cach
     a, b = records(one), records(two)
     assert_same_records(a, b)
     assert any(r["sampling/dropped_groups"] > 0 for r in a), "some group should have been refilled"
+
+
+def test_a_resume_continues_rollouts_total_from_the_checkpoint():
+    """The count is part of the checkpoint's state, not re-read from the metrics log: `build.restore` returns it
+    with the log gone, and for a checkpoint without it (written before the count was saved) B x G a step."""
+    import json
+
+    from popo.build import restore
+    from popo.checkpoint import _sha256, latest_checkpoint
+
+    trainer = make_trainer("algo.name=popo", "train.save_every=1")
+    history = trainer.run()
+    (trainer.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    parts = (trainer.models, trainer.optimizer, trainer.scheduler, trainer.engine)
+    step, _, rollouts = restore(trainer.out_dir, *parts, log=lambda message: None)
+    assert step == 2 and rollouts == history[-1]["rollouts_total"] > 2 * 4 * 4  # the refills are counted
+
+    path = latest_checkpoint(trainer.out_dir, log=lambda message: None)
+    state = json.loads((path / "state.json").read_text())
+    del state["rollouts_total"]
+    (path / "state.json").write_text(json.dumps(state))
+    manifest = json.loads((path / "MANIFEST.json").read_text())
+    manifest["state.json"] = {"bytes": (path / "state.json").stat().st_size, "sha256": _sha256(path / "state.json")}
+    (path / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert restore(trainer.out_dir, *parts, log=lambda message: None)[2] == 2 * 4 * 4

@@ -12,25 +12,15 @@ missed temperature or nucleus) moves log-probs by 0.1 or more.
 import pytest
 import torch
 
+from test_engine_decode import model_and_tokenizer  # noqa: F401 (the same tiny model and tokenizer)
+
 from popo.rollout import HFEngine, SamplingParams
 from popo.rollout.hf import sample_seeds
 from popo.rollout.sampling import SeededSampler, draw_scores, seeded_draw
 from popo.seeds import counter_uniform, row_seed, row_seeds, vocab_keys
-from popo.testbed.model import TinyModelSpec, build_tiny_qwen2
-from popo.testbed.tokenizer import build_tokenizer
 
 PROMPTS = ["12+34=", "5+6=", "123+456=", "9+99="]  # different lengths: left padding in the batch
 SETTINGS = [SamplingParams(12, 1.0, 1.0), SamplingParams(12, 0.7, 0.9), SamplingParams(12, 0.0, 1.0)]
-
-
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    tokenizer = build_tokenizer()
-    model = build_tiny_qwen2(tokenizer, TinyModelSpec(hidden_size=32, num_hidden_layers=2, intermediate_size=64),
-                             seed=3)
-    with torch.no_grad():  # make end-of-sequence likely enough that rows finish at different steps
-        model.get_output_embeddings().weight[tokenizer.eos_token_id] *= 4.0
-    return model, tokenizer
 
 
 @pytest.mark.parametrize("sampling", SETTINGS)

@@ -10,6 +10,7 @@ from popo.credit import popo_weights
 from popo.ema import ema_update_, freeze_
 from popo.losses import popo_loss
 from popo.predictor import Predictor
+from popo.step_log import weight_entropy
 
 F64 = torch.float64
 NAN = float("nan")
@@ -73,7 +74,8 @@ def test_hand_values_every_term():
     assert abs(m["ent_loss"] - ENT_LOSS) < 1e-12
     assert abs(m["entropy"] - 4.7 / 9) < 1e-12       # mean positive-token entropy
     assert m["num_positive"] == 3.0 and m["num_positive_tokens"] == 9.0
-    assert abs(m["weight_entropy"] - W_ENT) < 1e-12
+    assert "weight_entropy" not in m  # the step record's, per prompt over the whole batch (popo.step_log)
+    assert abs(weight_entropy(w, w > 0, 3) - W_ENT) < 1e-12
     assert abs(m["loss"] - TOTAL) < 1e-12
     assert all(isinstance(v, float) for v in m.values())
 
@@ -218,9 +220,10 @@ def test_no_positive_batch_is_zero_with_zero_grads():
     feats = torch.nan_to_num(pred)
     w = torch.zeros(6, dtype=F64)
     loss, m = popo_loss(logp, mask, w, predicted_features=predictor(feats), target_features=target,
-                        token_entropy=ent, noise_std=0.02, generator=torch.Generator().manual_seed(0))
+                        token_entropy=ent, noise_std=0.02,
+                        target_noise=torch.randn(target.shape, dtype=F64, generator=torch.Generator().manual_seed(0)))
     assert loss.item() == 0.0 and not torch.isnan(loss)
-    assert m["num_positive"] == 0.0 and m["weight_entropy"] == 0.0
+    assert m["num_positive"] == 0.0 and weight_entropy(w, w > 0, 3) == 0.0
     assert all(not math.isnan(v) for v in m.values())
     loss.backward()  # documented: connected to the graph, all-zero gradients
     for grad in [logp.grad, ent.grad] + [p.grad for p in predictor.parameters()]:
@@ -263,7 +266,7 @@ def test_stop_gradient_to_ema_target_and_predictor_gets_gradient():
     logp = -torch.rand(5, 2, dtype=F64, requires_grad=True)
     loss, _ = popo_loss(logp, torch.ones(5, 2, dtype=torch.bool), torch.full((5,), 0.2, dtype=F64),
                         predicted_features=predictor(online_feats), target_features=target_feats,
-                        noise_std=0.02, generator=torch.Generator().manual_seed(1))
+                        noise_std=0.02, target_noise=torch.randn(5, 3, dtype=F64))
     loss.backward()
     assert target_feats.grad is None
     assert all(p.grad is None for p in target_net.parameters())
@@ -271,7 +274,7 @@ def test_stop_gradient_to_ema_target_and_predictor_gets_gradient():
     assert online.weight.grad is not None and online.weight.grad.abs().sum() > 0
 
 
-def test_noise_draw_matches_generator():
+def test_noise_is_the_callers_draw_scaled_by_noise_std():
     gen = torch.Generator().manual_seed(5)
     n, h = 4, 3
     pred = torch.randn(n, h, generator=gen, dtype=F64)
@@ -279,21 +282,24 @@ def test_noise_draw_matches_generator():
     logp = torch.full((n, 2), -1.0, dtype=F64)
     mask = torch.ones(n, 2, dtype=torch.bool)
     w = torch.tensor([0.5, 0.5, 1.0, 0.0], dtype=F64)
-    loss, m = popo_loss(logp, mask, w, predicted_features=pred, target_features=target,
-                        alpha=1.0, beta=0.0, noise_std=0.5, generator=torch.Generator().manual_seed(7))
-    # The noise is drawn for all N rows passed, in order, from the caller's generator.
     eps = torch.randn(n, h, generator=torch.Generator().manual_seed(7), dtype=F64)
+    loss, m = popo_loss(logp, mask, w, predicted_features=pred, target_features=target,
+                        alpha=1.0, beta=0.0, noise_std=0.5, target_noise=eps)
     cos = F.cosine_similarity(pred, target + 0.5 * eps, dim=-1)
     expected_sim = -(w * cos).sum() / 2.0
     assert abs(m["sim"] - expected_sim.item()) < 1e-12
     # nll: 3 positive rows x 2 tokens of -logp = 1 -> (0.5*2 + 0.5*2 + 1.0*2) / 6 = 2/3
     assert abs(loss.item() - (2 / 3 + expected_sim.item())) < 1e-12
-    # same seed, same loss; different seed, different loss
+    # the same draw, the same loss; another draw, another loss; no draw, no noise (popo.seeds keys the draw)
     again, _ = popo_loss(logp, mask, w, predicted_features=pred, target_features=target, alpha=1.0,
-                         beta=0.0, noise_std=0.5, generator=torch.Generator().manual_seed(7))
+                         beta=0.0, noise_std=0.5, target_noise=eps.clone())
     other, _ = popo_loss(logp, mask, w, predicted_features=pred, target_features=target, alpha=1.0,
-                         beta=0.0, noise_std=0.5, generator=torch.Generator().manual_seed(8))
-    assert again.item() == loss.item() and other.item() != loss.item()
+                         beta=0.0, noise_std=0.5, target_noise=torch.randn(n, h, dtype=F64))
+    none, _ = popo_loss(logp, mask, w, predicted_features=pred, target_features=target, alpha=1.0,
+                        beta=0.0, noise_std=0.5)
+    clean, _ = popo_loss(logp, mask, w, predicted_features=pred, target_features=target, alpha=1.0,
+                         beta=0.0, noise_std=0.0, target_noise=eps)
+    assert again.item() == loss.item() and other.item() != loss.item() and none.item() == clean.item()
 
 
 def test_float32_inputs_and_validation():

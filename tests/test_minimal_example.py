@@ -45,7 +45,7 @@ def close(trainer) -> None:
     """What `Trainer.run` closes at its end (these tests call `train_step` only)."""
     trainer.verifier.close()
     trainer.writer.close()
-    trainer.parts.lock.release()
+    trainer.lock.release()
 
 
 @pytest.fixture(scope="module")

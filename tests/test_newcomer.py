@@ -142,16 +142,16 @@ def test_a_live_process_keeps_a_second_one_out_of_its_run_folder(cache, tmp_path
 ])
 def test_a_full_disk_names_the_last_intact_checkpoint_and_leaves_no_partial_write(cache, tmp_path, monkeypatch,
                                                                                  failure):
-    import popo.models
+    import popo.companions  # writes the target's and predictor's files
 
-    real = popo.models.save_file
+    real = popo.companions.save_file
 
     def full_disk_at_step_2(tensors, filename, *args, **kwargs):
         if "step-000002" in str(filename):
             raise failure
         return real(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(popo.models, "save_file", full_disk_at_step_2)
+    monkeypatch.setattr(popo.companions, "save_file", full_disk_at_step_2)
     run = tmp_path / "full"
     trainer = build_trainer(warm_testbed_config(cache, run, "train.steps=2", "train.save_every=1"), log=quiet)
     with pytest.raises(CheckpointError) as err:

@@ -90,7 +90,7 @@ def update_inputs(setup, *overrides, rewards: list[float] | None = None):
     algorithm = get_algorithm(config.algo.name)
     credit = algorithm.credit(reward, rollouts.mean_logprobs, rollouts.lengths.float(), G, config.algo)
     args = (Models(policy=policy), optimizer, algorithm, config.algo, rollouts, credit, positive)
-    kwargs = dict(max_length=6, grad_clip=1.0, generator=None)
+    kwargs = dict(max_length=6, grad_clip=1.0)
     return policy, optimizer, args, kwargs
 
 

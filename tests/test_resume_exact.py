@@ -53,9 +53,9 @@ if fault == "kill-after-metrics":  # SIGKILL right after the metrics line of ste
 
     tracking.MetricsWriter.write = patched_write
 elif fault == "kill-in-checkpoint":  # SIGKILL half-way through a file of checkpoint `at`
-    import popo.models as models
+    import popo.companions as companions  # the target's and predictor's files
 
-    save_file = models.save_file
+    save_file = companions.save_file
 
     def patched_save_file(tensors, filename, *args, **kwargs):
         save_file(tensors, filename, *args, **kwargs)
@@ -65,7 +65,7 @@ elif fault == "kill-in-checkpoint":  # SIGKILL half-way through a file of checkp
                 f.write(data[: len(data) // 2])
             die()
 
-    models.save_file = patched_save_file
+    companions.save_file = patched_save_file
 elif fault == "slow":  # each step takes a little longer, so an outside signal lands mid-run
     import popo.trainer as trainer
 
@@ -116,7 +116,7 @@ def comparable_metrics(run_dir: Path) -> list[dict]:
 def weights_hashes(run_dir: Path) -> dict[str, str]:
     final = latest_checkpoint(run_dir)
     assert final is not None and final.name == f"step-{STEPS:06d}"
-    files = ["policy/model.safetensors", "target/model.safetensors", "predictor.safetensors"]
+    files = ["policy/model.safetensors", "popo/target.safetensors", "popo/predictor.safetensors"]
     return {name: hashlib.sha256((final / name).read_bytes()).hexdigest() for name in files}
 
 

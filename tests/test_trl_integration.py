@@ -140,7 +140,7 @@ def popo_update(model_dir, start: dict, rollouts: Rollouts, rewards, cfg, *, tok
     optimizer = torch.optim.SGD(models.trainable_parameters(), lr=0.0)
     metrics = update_policy(models, optimizer, algorithm, cfg, rollouts.select(positive), credit[positive],
                             positive[positive], max_length=8, token_budget=token_budget, grad_clip=0.0,
-                            generator=None, row_seeds=seeds[positive])
+                            row_seeds=seeds[positive])
     grads = {f"policy.{n}": p.grad for n, p in models.policy.named_parameters()}
     grads |= {f"predictor.{n}": p.grad for n, p in models.predictor.named_parameters()}
     return metrics, grads
@@ -348,3 +348,32 @@ def test_two_processes_equal_one(model_dir, tmp_path):
 
 if __name__ == "__main__":
     worker(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+@pytest.mark.parametrize("sampled", [True, False], ids=["vllm-logprobs", "generate"])
+def test_plans_weight_sum_is_the_credit_sum(sampled):
+    """W is counted as the prompts with a positive, because with `generate` the weights come from the forward
+    pass (after planning); each prompt's weights sum to one over its positives, so the count is the credit sum
+    (softmax weights: up to rounding)."""
+    from popo.config import AlgoConfig
+    from popo.distributed import Dist
+    from popo.integrations.trl.batches import plan
+
+    gen = torch.Generator().manual_seed(0)
+    n, width = 3 * G, 5
+    mask = torch.rand(n, width, generator=gen) > 0.3
+    mask[:, 0] = True
+    outputs = {"prompt_ids": torch.ones(n, 2, dtype=torch.long), "prompt_mask": torch.ones(n, 2, dtype=torch.long),
+               "completion_ids": torch.randint(3, 9, (n, width), generator=gen), "completion_mask": mask.long()}
+    if sampled:
+        outputs["sampling_per_token_logps"] = -torch.rand(n, width, generator=gen)
+    rewards = torch.tensor([1.0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0])  # the middle prompt has no positive
+    cfg = AlgoConfig(name="popo", weight_mode="softmax")
+    batches, counts = plan(outputs, rewards, group_size=G, algorithm=get_algorithm("popo"), cfg=cfg, parts=2,
+                           dist=Dist(), seed=0, step=0, first_row=0)
+    totals = batches[0].totals
+    assert totals.weight_sum == counts["prompts_with_positive"] == 2.0
+    if sampled:
+        credit = torch.cat([b.credit[b.positive] for b in batches])
+        assert float(credit.sum()) == pytest.approx(totals.weight_sum, abs=1e-6)
+    assert totals.positive_tokens == int(mask[rewards > 0].sum())

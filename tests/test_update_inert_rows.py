@@ -44,7 +44,7 @@ def _step(algorithm, cfg, batch, credit, positive, seed=0, sgd=True):
     before = torch.cat([p.detach().flatten() for p in params])
     optimizer = torch.optim.SGD(params, lr=1.0) if sgd else torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
     metrics = update_policy(Models(policy=model), optimizer, algorithm, cfg, batch, credit, positive,
-                            max_length=7, token_budget=10_000, grad_clip=0.0, generator=None)
+                            max_length=7, token_budget=10_000, grad_clip=0.0)
     return torch.cat([p.detach().flatten() for p in params]) - before, metrics
 
 

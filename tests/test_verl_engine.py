@@ -1,6 +1,6 @@
 """POPO's verl actor engine (popo.integrations.verl.engine) on CPU, against popo's own update: the same loss and
-gradients, positives alone forwarded, two processes equal to one, exact checkpoint resumption, and the
-group filter. verl runs through the CPU platform of tests/verl_cpu.py (FSDP2 over gloo)."""
+gradients, positives alone forwarded, two processes equal to one, exact checkpoint resumption, and
+registration. verl runs through the CPU platform of tests/verl_cpu.py (FSDP2 over gloo)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def _grads(module) -> dict[str, torch.Tensor]:
                          ids=["one-micro-batch", "rows-of-two", "token-budget", "padded-forward"])
 def test_verl_engine_loss_and_gradients_equal_popo_update(model_dir, engine, split):
     from popo.algorithms import get_algorithm
-    from popo.integrations.verl import rows
+    from popo.seeds import content_noise_seeds
     from popo.update import update_policy
 
     data = verl_cpu.verl_batch(PROMPTS, COMPLETIONS, WEIGHTS, **split)
@@ -90,12 +90,13 @@ def test_verl_engine_loss_and_gradients_equal_popo_update(model_dir, engine, spl
     batch = verl_cpu.popo_rollouts(PROMPTS, COMPLETIONS)
     credit = torch.tensor(WEIGHTS)
     keep = credit > 0  # popo's trainer hands its update the positives alone
-    seeds = rows.noise_seeds(rows.content_keys(data["input_ids"]), engine.engine_config.seed, engine.trainer_step())
+    ids = data["input_ids"]
+    seeds = content_noise_seeds(ids.values(), ids.offsets(), engine.engine_config.seed, engine.trainer_step())
     frozen = torch.optim.SGD(models.trainable_parameters(), lr=0.0)  # the update's gradients stay readable
     metrics = update_policy(models, frozen, get_algorithm(engine.algo.name), engine.algo, batch.select(keep), credit[keep],
                             keep[keep], max_length=batch.completion_ids.shape[1],
                             token_budget=10**6 if split.get("micro_rows") == 64 else 12, grad_clip=0.0,
-                            generator=None, row_seeds=seeds[keep])
+                            row_seeds=seeds[keep])
 
     assert abs(sum(out["loss"]) - metrics["loss"]) <= 1e-6
     for mine, theirs in ((_grads(engine.module), _grads(models.policy)),
@@ -198,7 +199,7 @@ def test_verl_engine_checkpoint_round_trip_continues_exactly(model_dir, tmp_path
     for name, start in initial.items():  # one EMA step from the initial copy: target = lerp(start, policy, 1 - tau)
         torch.testing.assert_close(target[name], start.lerp(policy[name], 1 - SETTINGS["tau"]), rtol=0, atol=1e-7)
     first.save_checkpoint(str(tmp_path / "ckpt"), global_step=1)
-    assert (tmp_path / "ckpt" / "popo_world_size_1_rank_0.pt").exists()
+    assert (tmp_path / "ckpt" / "popo" / "world_size_1_rank_0" / "target.safetensors").exists()  # popo.companions
     assert (tmp_path / "ckpt" / "model_world_size_1_rank_0.pt").exists()  # verl's own files, same folder
     _train(first, STEPS[1:], 0, 1, micro_rows=2)
 
@@ -209,31 +210,6 @@ def test_verl_engine_checkpoint_round_trip_continues_exactly(model_dir, tmp_path
     a, b = _states(first), _states(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     assert any(not torch.equal(a[f"policy.{k}"], a[f"target.{k}"]) for k in verl_cpu.full_state(first.module))
-
-
-def test_verl_engine_group_filter_drops_only_groups_without_positive(engine):
-    """`rows_with_signal` keeps a group with any positive (also an all-positive one, which a filter on
-    reward variance would drop) and drops the all-negative ones; training on the kept rows is the same
-    update, bit for bit."""
-    from popo.integrations.verl import rows
-
-    uids = ["a", "b", "a", "c", "b", "c", "d", "d"]
-    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0])  # a mixed, b and d negative, c all positive
-    keep = rows.rows_with_signal(rewards, uids, engine.algo)
-    assert keep.tolist() == [True, False, True, True, False, True, False, False]
-
-    prompts, completions = STEPS[0][0], STEPS[0][1]
-    weights = [0.5, 0.0, 0.0, 0.5, 0.0, 0.5, 0.0, 0.0]
-    results = []
-    for chosen in (range(8), keep.nonzero().flatten().tolist()):
-        engine.optimizer_zero_grad()
-        out = engine.forward_backward_batch(verl_cpu.verl_batch(
-            [prompts[r] for r in chosen], [completions[r] for r in chosen], [weights[r] for r in chosen],
-            micro_rows=2), None)
-        results.append((out["loss"], {**_grads(engine.module), **_grads(engine.predictor)}))
-    (loss_all, grads_all), (loss_kept, grads_kept) = results
-    assert loss_all == loss_kept
-    assert all(torch.equal(grads_all[k], grads_kept[k]) for k in grads_all)
 
 
 def test_verl_engine_registration_and_settings(model_dir):

@@ -82,3 +82,35 @@ def test_importing_verl_loads_the_entry_point_in_a_fresh_process(policy, registe
                          text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [str(registered), str(registered)]
+
+
+def test_verl_has_every_private_name_and_the_engine_reaches_them_only_through_internals():
+    """`internals.PRIVATE_NAMES` is complete: the installed verl has each, and the engine module itself touches
+    no private name of verl's engine classes (its own `self._...` attributes collide with none of verl's)."""
+    import inspect
+    import re
+
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    from popo.integrations.verl import engine, internals
+
+    assert internals.missing_private_names() == []
+    verl_names = set()
+    for klass in FSDPEngineWithLMHead.__mro__:
+        if klass.__module__.startswith("verl."):
+            verl_names |= {name for name in vars(klass) if name.startswith("_") and not name.startswith("__")}
+            verl_names |= set(re.findall(r"\bself\.(_[A-Za-z]\w*)", inspect.getsource(klass)))
+    used = set(re.findall(r"\.(_[A-Za-z]\w*)", inspect.getsource(engine)))
+    assert not used & verl_names, sorted(used & verl_names)
+    assert {name for _, name in internals.PRIVATE_NAMES} <= verl_names | {"_engines"}
+
+
+def test_the_required_verl_settings_are_values_stated_once():
+    """`RULES` is the one statement: `verl_settings` gives values (beta is the run's own), and the engine's check
+    reads the same table."""
+    from popo.integrations.verl.settings import CHECKED_BY_ENGINE, RULES, VERL_SETTINGS, verl_settings
+
+    key = "actor_rollout_ref.actor.entropy_coeff"
+    assert VERL_SETTINGS[key] == AlgoConfig().beta and verl_settings(AlgoConfig(beta=0.3))[key] == 0.3
+    assert set(VERL_SETTINGS) == set(RULES) and all(f"actor_rollout_ref.actor.{k}" in RULES for k in CHECKED_BY_ENGINE)
+    assert not any(isinstance(v, str) and "POPOVerlConfig" in v for v in VERL_SETTINGS.values())

@@ -53,8 +53,7 @@ class LossInputs:
     target: torch.Tensor | None = None  # [n, H] EMA target features (no grad)
     old_logprobs: torch.Tensor | None = None  # [n, C]
     ref_logprobs: torch.Tensor | None = None  # [n, C]
-    generator: torch.Generator | None = None
-    target_noise: torch.Tensor | None = None  # [n, H] standard normal per row; else drawn from `generator`
+    target_noise: torch.Tensor | None = None  # [n, H] standard normal, each row's from its own key (popo.seeds)
 
 
 class Shares(dict[str, float]):
@@ -140,6 +139,9 @@ class Algorithm:
     terms: tuple[tuple[str, str | None], ...] = ()
     """The loss's additive terms as (name, the `algo.*` coefficient that scales it): the first has none; zeroing
     a coefficient removes exactly its term (`popo.diagnostics` splits the gradient by term this way)."""
+    settings: tuple[str, ...] = ()
+    """The `algo.*` keys this loss and its credit read (types, defaults and help are `AlgoConfig`'s): the one list
+    the integrations' settings are generated from (`popo.config_reference.loss_settings`)."""
 
 
 LOSSES: dict[str, Algorithm] = {}
@@ -183,18 +185,20 @@ def _popo_credit(rewards, mean_logprobs, lengths, group_size, cfg: AlgoConfig) -
     needs_target=lambda cfg: cfg.alpha > 0,
     needs_entropy=lambda cfg: cfg.beta > 0,
     group_has_signal=lambda rewards, cfg: (rewards > cfg.reward_threshold).any(1),  # a positive to learn from
-    terms=(("nll", None), ("sim", "alpha"), ("ent", "beta")))
+    terms=(("nll", None), ("sim", "alpha"), ("ent", "beta")),
+    settings=("alpha", "beta", "tau", "tau_schedule", "noise_std", "predictor_width", "predictor_layers",
+              "weight_mode", "weight_temperature", "length_normalize", "reward_threshold", "entropy_scope"))
 def popo_entry(x: LossInputs, cfg: AlgoConfig) -> tuple[torch.Tensor, Shares]:
     """`popo_loss` on one micro-batch. Every metric is batch-normalised; the policy's entropy and the weights'
     entropy are logged by the update and the step record, over all forwarded tokens and per prompt."""
     on_positives = cfg.entropy_scope == "positives"
-    target, noise_std = x.target, cfg.noise_std
-    if x.target_noise is not None and target is not None:  # per-row noise, the same however rows are batched
-        target, noise_std = target + cfg.noise_std * x.target_noise.to(target.dtype), 0.0
+    if x.target is not None and cfg.noise_std > 0 and x.target_noise is None:
+        raise ValueError("POPO's target noise is drawn per row from each row's key: pass the rows' noise seeds "
+                         "(popo.seeds.noise_seed; `row_seeds` of popo.update) or set algo.noise_std=0")
     loss, metrics = popo_loss(
-        x.logprobs, x.mask, x.credit, predicted_features=x.predicted, target_features=target,
+        x.logprobs, x.mask, x.credit, predicted_features=x.predicted, target_features=x.target,
         token_entropy=x.entropy if on_positives else None, alpha=cfg.alpha,
-        beta=cfg.beta if on_positives else 0.0, noise_std=noise_std, generator=x.generator,
+        beta=cfg.beta if on_positives else 0.0, noise_std=cfg.noise_std, target_noise=x.target_noise,
         positive_mask=x.positive, num_positive_tokens=x.totals.positive_tokens,
         weight_sum=x.totals.weight_sum)
     if not on_positives and cfg.beta > 0 and x.entropy is not None:
@@ -232,10 +236,11 @@ _SURROGATE_NEEDS = dict(
     needs_old_logprobs=lambda cfg: cfg.updates_per_batch > 1,
     zero_credit_inert=lambda cfg: cfg.kl_coef == 0,  # -min(rho A, clip(rho) A) is 0 for A = 0
     terms=(("pg", None), ("kl", "kl_coef")))
+_SURROGATE_SETTINGS = ("clip_low", "clip_high", "kl_coef", "kl_estimator", "aggregation", "updates_per_batch")
 
 
 @register_loss(
-    "grpo", credit=_grpo_credit, **_SURROGATE_NEEDS,
+    "grpo", credit=_grpo_credit, **_SURROGATE_NEEDS, settings=(*_SURROGATE_SETTINGS, "scale_by_std"),
     min_group_size=2,  # advantages compare the rollouts of one prompt
     group_has_signal=lambda rewards, cfg: (rewards != rewards[:, :1]).any(1))  # equal rewards: zero advantages
 def grpo_entry(x: LossInputs, cfg: AlgoConfig) -> tuple[torch.Tensor, Shares]:
@@ -255,7 +260,8 @@ def _signed_has_signal(rewards: torch.Tensor, cfg: AlgoConfig) -> torch.Tensor:
     return negative | (rewards > cfg.reward_threshold).any(1) if cfg.positive_weight > 0 else negative
 
 
-@register_loss("reinforce", credit=_signed_credit, **_SURROGATE_NEEDS, group_has_signal=_signed_has_signal)
+@register_loss("reinforce", credit=_signed_credit, **_SURROGATE_NEEDS, group_has_signal=_signed_has_signal,
+               settings=(*_SURROGATE_SETTINGS, "positive_weight", "reward_threshold"))
 def reinforce_entry(x: LossInputs, cfg: AlgoConfig) -> tuple[torch.Tensor, Shares]:
     """REINFORCE with signed, ungrouped credit (Zhu et al. 2025): GRPO's clipped surrogate with +lambda for
     correct and -1 for incorrect rollouts; with one update per batch the ratio is 1 and its gradient is

@@ -22,7 +22,7 @@ from popo.algorithms import get_algorithm
 from popo.checkpoint import clear_partial_writes, latest_checkpoint, load_training_state
 from popo.config import Config, to_dict
 from popo.data.example import column_names
-from popo.data.prepare import fit_prompts, held_out_examples, load_examples_for
+from popo.data.prepare import fit_prompts, held_out_examples, is_testbed, load_examples_for
 from popo.data.stream import PromptStream
 from popo.distributed import Dist
 from popo.errors import SetupError
@@ -82,9 +82,13 @@ def placement(c: Config) -> tuple[torch.device, Dist, Any]:
 
 
 def evaluation_line(c: Config, source: str | None, split: str | None, count: int) -> str:
-    """What the run will evaluate on, or why it evaluates nothing."""
+    """What the run will evaluate on (a testbed or hub source with its split, a local file by its name: it has
+    no splits), or why it evaluates nothing."""
+    from popo.data.sources import LOCAL_SUFFIXES
+
     if source:
-        return f"evaluation: {count} held-out prompts from {source} ({split})"
+        local = not is_testbed(source) and (Path(source).suffix.lower() in LOCAL_SUFFIXES or Path(source).exists())
+        return f"evaluation: {count} held-out prompts from {source}" + ("" if local else f" ({split})")
     if not c.data.eval_source:
         return "evaluation: off (data.eval_source is empty)"
     return (f"evaluation: off (data.source={c.data.source} has no held-out split popo knows; set data.eval_source "
@@ -145,15 +149,16 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     optimizer, scheduler = make_optimizer(models, c)
     engine = make_engine(c, models.policy, tokenizer, model_path)
     stream = PromptStream(len(train_set), c.rollout.prompts_per_step, c.train.seed)
-    step = bad_steps = 0
+    step = bad_steps = rollouts = 0
     # rank 0 owns the run folder from here: a second process is kept out, a replaced run's files go
     lock = claim(Path(c.train.out_dir), resume=resume, overwrite=c.train.overwrite) if dist.is_main else None
     if resume:
-        step, bad_steps = restore(Path(c.train.out_dir), models, optimizer, scheduler, engine, log)
+        step, bad_steps, rollouts = restore(Path(c.train.out_dir), models, optimizer, scheduler, engine, log)
     writer = open_metrics(c, step if resume else None) if dist.is_main else None  # only rank 0 writes
     return Run(config=c, algorithm=algorithm, models=models, optimizer=optimizer, scheduler=scheduler, engine=engine,
                verifier=verifier, train_set=train_set, eval_set=eval_set, stream=stream, tokenizer=tokenizer,
-               dist=dist, writer=writer, start_step=step, bad_steps=bad_steps, log=log, lock=lock)
+               dist=dist, writer=writer, start_step=step, bad_steps=bad_steps, rollouts_total=rollouts, log=log,
+               lock=lock)
 
 
 def build_trainer(config: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> Trainer:
@@ -161,8 +166,10 @@ def build_trainer(config: Config, *, resume: bool = False, log: Callable[[str], 
     return Trainer(build_run(config, resume=resume, log=log))
 
 
-def restore(run_dir: Path, models: Models, optimizer, scheduler, engine, log: Callable[[str], None]) -> tuple[int, int]:
-    """Load the latest intact checkpoint of `run_dir` into the parts; returns (step, consecutive bad steps)."""
+def restore(run_dir: Path, models: Models, optimizer, scheduler, engine,
+            log: Callable[[str], None]) -> tuple[int, int, int]:
+    """Load the latest intact checkpoint of `run_dir` into the parts; returns (step, consecutive bad steps,
+    rollouts sampled so far: B x G a step for a checkpoint older than that count)."""
     clear_partial_writes(run_dir)  # writes a crash or a full disk left unfinished
     path = latest_checkpoint(run_dir, log)
     if path is None:
@@ -179,4 +186,6 @@ def restore(run_dir: Path, models: Models, optimizer, scheduler, engine, log: Ca
         with models.gathered():
             engine.push_weights(models.policy)
     log(f"resumed from {path} at step {state['step']}")
-    return state["step"], state["bad_steps"]
+    c = state["config"]["rollout"]
+    return state["step"], state["bad_steps"], state.get("rollouts_total", state["step"] * c["prompts_per_step"] *
+                                                         c["group_size"])

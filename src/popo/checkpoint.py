@@ -2,8 +2,8 @@
 
 Layout of `RUN_DIR/checkpoints/step-000050/`:
     policy/          the policy (`save_pretrained`, safetensors) and its tokenizer
-    target/          the EMA target (`save_pretrained`), when the algorithm has one
-    predictor.safetensors
+    popo/            the EMA target and the predictor, when the algorithm has them (`popo.companions`, the
+                     format the TRL and verl integrations write too)
     optimizer.pt     optimizer and scheduler state, RNG states
     state.json       step, data position, counters, the resolved config
     MANIFEST.json    size and SHA-256 of every file above, written last
@@ -73,7 +73,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(run_dir: str | Path, step: int, *, snapshot, tokenizer, scheduler, state: dict[str, Any],
                     keep_last: int = 2) -> Path:
     """Write checkpoint `step` atomically and prune all but the newest `keep_last`. `snapshot` is the
-    models' part (`popo.models.Snapshot`: it writes policy/, target/ and the predictor, and holds the
+    models' part (`popo.models.Snapshot`: it writes policy/ and popo/, and holds the
     full optimizer state).
 
     Checkpoints of later steps can only exist when a resume skipped them as damaged: they are removed, so

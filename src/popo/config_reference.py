@@ -11,6 +11,19 @@ from typing import get_type_hints
 from popo.config import Config
 
 
+def loss_settings(loss: str, *, name: str, prefix: str = "") -> type:
+    """A dataclass of the `algo.*` settings the registered `loss` reads (`Algorithm.settings`), each as
+    ``prefix + key`` with `AlgoConfig`'s type, default and help text: the one source of the TRL bridge's
+    `POPOConfig` fields and the verl plugin's `POPOVerlConfig` (no field list is typed out twice)."""
+    from popo.algo_config import AlgoConfig
+    from popo.algorithms import get_algorithm
+
+    hints, docs, defaults = get_type_hints(AlgoConfig), field_docs(AlgoConfig), AlgoConfig()
+    return dataclasses.make_dataclass(name, [
+        (prefix + key, hints[key], dataclasses.field(default=getattr(defaults, key), metadata={"help": docs[key]}))
+        for key in get_algorithm(loss).settings])
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field of a config dataclass."""
     source = inspect.getsource(cls)

@@ -41,7 +41,8 @@ from popo.algorithms import Algorithm
 from popo.distributed import Dist
 from popo.models import Models
 from popo.rollout.base import Rollouts, plan_micro_batches
-from popo.update import batch_totals, global_totals, loss_inputs
+from popo.step_core import batch_totals
+from popo.update import loss_inputs
 
 MAX_GRADIENT_PARAMETERS = 200_000_000
 """Above this many trainable parameters the gradient measurements are skipped (each term holds a copy)."""
@@ -139,7 +140,7 @@ def term_gradients(models: Models, algorithm: Algorithm, cfg, batch: Rollouts, c
     """Flat gradients over the trainable parameters, summed over ranks: `full` (the loss), one per
     switched-on term (they add up to `full`) and `positive_nll` (when the step has a positive)."""
     params = models.trainable_parameters()
-    totals = global_totals(batch_totals(batch, credit, positive, max_length), dist, batch.completion_ids.device)
+    totals = batch_totals(batch.completion_mask, credit, positive, max_length=max_length, dist=dist)
     has_positive = dist.sum_values([float(positive.sum())])[0] > 0
     configs = term_configs(algorithm, cfg)
     flat = {name: torch.zeros(sum(p.numel() for p in params), device=models.device)

@@ -113,6 +113,15 @@ def ema_tau(step: int, total_steps: int, tau: float, schedule: str = "constant")
     raise ValueError(f"unknown EMA schedule {schedule!r}; valid: {EMA_SCHEDULES}")
 
 
+def ema_step_(pairs: tuple[list[Tensor], list[Tensor]], *, step: int, total_steps: int, cfg) -> float:
+    """POPO's EMA step after an optimizer step, the one every framework runs (popo's trainer, TRL, verl): tau
+    from the schedule at `step` of `total_steps` (`ema_tau` with ``cfg.tau`` and ``cfg.tau_schedule``), then
+    `ema_update_` over the matched (target, online) tensors `pairs`. Returns tau."""
+    tau = ema_tau(step, total_steps, cfg.tau, cfg.tau_schedule)
+    ema_update_(*pairs, tau)
+    return tau
+
+
 def freeze_(module: nn.Module) -> nn.Module:
     """Turn off gradients for every parameter and put the module in eval mode."""
     module.requires_grad_(False)

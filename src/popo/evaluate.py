@@ -50,7 +50,12 @@ class EvalResult:
     greedy_lengths: torch.Tensor  # [n] completion tokens
     sample_texts: list[str]  # n * k, problem by problem
     correct: torch.Tensor  # [n, k] float
-    sample_nll: float = float("nan")  # mean -log p of the sampled tokens under the sampling distribution
+    nll_sum: float = 0.0  # -log p of the sampled tokens under the sampling distribution, summed
+    sampled_tokens: int = 0  # how many tokens that sum holds
+
+    @property
+    def sample_nll(self) -> float:
+        return self.nll_sum / self.sampled_tokens if self.sampled_tokens else float("nan")
 
     def summary(self) -> dict[str, float]:
         """Greedy accuracy, mean greedy length and, with samples, avg@k, unbiased pass@k (means over
@@ -78,7 +83,7 @@ def evaluate(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[E
     greedy = engine.generate(prompts, 1, SamplingParams(p.max_new_tokens, temperature=0.0))
     greedy_correct = score_rollouts(verifier, greedy.texts, answers, greedy.truncated,
                                     zero_if_truncated=p.zero_if_truncated, prompts=prompts, examples=examples)
-    texts, correct, nll = [], torch.zeros(len(examples), 0), float("nan")
+    texts, correct, nll, tokens = [], torch.zeros(len(examples), 0), 0.0, 0
     if p.k > 0:
         sampled = engine.generate(prompts, p.k, SamplingParams(p.max_new_tokens, p.temperature, p.top_p),
                                   prompt_seeds=[row_seed(p.seed, first_index + i) for i in range(len(prompts))])
@@ -87,8 +92,8 @@ def evaluate(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[E
                                  zero_if_truncated=p.zero_if_truncated, prompts=[q for q in prompts for _ in range(p.k)],
                                  examples=[ex for ex in examples for _ in range(p.k)]).view(len(examples), p.k)
         mask = sampled.completion_mask
-        nll = float(-torch.where(mask, sampled.sampling_logprobs, 0.0).sum() / mask.sum().clamp(min=1))
-    return EvalResult(greedy.texts, greedy_correct, greedy.lengths, texts, correct, nll)
+        nll, tokens = float(-torch.where(mask, sampled.sampling_logprobs, 0.0).sum()), int(mask.sum())
+    return EvalResult(greedy.texts, greedy_correct, greedy.lengths, texts, correct, nll, tokens)
 
 
 def evaluate_split(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
@@ -109,6 +114,8 @@ def evaluate_split_per_problem(engine: RolloutEngine, prompts: Sequence[str], ex
     result = (evaluate(engine, prompts[lo:hi], examples[lo:hi], verifier, protocol, first_index=lo)
               if hi > lo else None)
     part = result.summary() if result is not None else {}
+    nll = [result.nll_sum, float(result.sampled_tokens)] if result is not None else [0.0, 0.0]
+    part.pop("sample_nll", None)  # a ratio of sums over every rank's tokens, not a mean over problems
     keys = dist.union_keys(list(part))
     greedy = [0.0] * n  # this rank's slice filled in, the others' left 0: the sum over ranks is every problem's
     correct = [0.0] * (n if protocol.k > 0 else 0)
@@ -116,6 +123,8 @@ def evaluate_split_per_problem(engine: RolloutEngine, prompts: Sequence[str], ex
         greedy[lo:hi] = result.greedy_correct.tolist()
         if protocol.k > 0:
             correct[lo:hi] = result.correct.sum(1).tolist()
-    sums = dist.sum_values([part.get(k, 0.0) * (hi - lo) for k in keys] + greedy + correct)
-    return ({k: total / n for k, total in zip(keys, sums)}, sums[len(keys):len(keys) + n],
-            sums[len(keys) + n:])
+    sums = dist.sum_values([part.get(k, 0.0) * (hi - lo) for k in keys] + greedy + correct + nll)
+    scores = {k: total / n for k, total in zip(keys, sums)}
+    if sums[-1]:
+        scores["sample_nll"] = sums[-2] / sums[-1]
+    return scores, sums[len(keys):len(keys) + n], sums[len(keys) + n:-2]

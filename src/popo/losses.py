@@ -57,11 +57,10 @@ features) is computed by the caller; ``f~_i`` (the EMA target's pooled
 features) is detached here.  Choices that differ from, or are not fixed by,
 the paper:
 
-* Noise is drawn with ``torch.randn(target.shape, generator=generator)`` for
-  *every row passed*, in row order, and only when ``noise_std > 0`` and the
-  similarity term is active.  The draw therefore depends on which rows the
-  caller passes: passing only the positives (the intended use) makes the
-  draw a deterministic function of the generator state and the positives.
+* The noise is the caller's draw: ``target_noise`` [N, H] standard normal,
+  scaled by ``noise_std``; popo draws it per row from the row's own key
+  (`popo.seeds.normal_noise`), so it does not depend on which rows share a
+  call.  Without ``target_noise`` no noise is added.
 * Entropy is averaged over the positives' tokens only, with the same ``N+``
   as the NLL, and is not weighted by ``w``; computing it over negatives would
   need their logits and break POPO's "no forward pass on negatives" property.
@@ -70,10 +69,6 @@ the paper:
   sanitised inputs: the loss is an exact zero that is still connected to the
   graph of every tensor passed (``backward()`` works and gives zero gradients,
   never NaN, never an error about a tensor without ``grad_fn``).
-* ``weight_entropy`` metric = ``-sum_{S+} w log w / sum_{S+} w``.  When the
-  rows passed are whole prompts (weights summing to 1 per prompt) this is the
-  mean, over prompts with a positive, of the entropy (nats) of the prompt's
-  weight distribution.
 """
 
 from __future__ import annotations
@@ -240,7 +235,7 @@ def popo_loss(
     alpha: float = 0.1,
     beta: float = 0.01,
     noise_std: float = 0.02,
-    generator: torch.Generator | None = None,
+    target_noise: Tensor | None = None,
     positive_mask: Tensor | None = None,
     num_positive_tokens=None,
     weight_sum=None,
@@ -256,14 +251,15 @@ def popo_loss(
         token_entropy: [N, T] per-token entropy of the current policy.
         alpha / beta: coefficients of L_sim / L_ent (0 disables the term).
         noise_std: sigma of the Gaussian noise added to the target features.
-        generator: torch.Generator for the noise (None: global RNG).
+        target_noise: [N, H] the noise's standard normal draw (None: no noise).
         positive_mask: [N] which rows are positive (default weights > 0).
         num_positive_tokens: global N+ (default: local count).
         weight_sum: global W (default: local sum of positive weights).
 
     Returns:
         (scalar loss, metrics) with metrics loss, nll, sim, cos_sim, entropy, ent_loss,
-        num_positive, num_positive_tokens, weight_entropy.
+        num_positive, num_positive_tokens (the weights' entropy per prompt is the step
+        record's, `popo.step_log.weight_entropy`).
     """
     n = token_logprobs.shape[0]
     if completion_mask.shape != token_logprobs.shape:
@@ -291,7 +287,7 @@ def popo_loss(
     sim = torch.zeros((), dtype=dtype, device=w.device)
     if alpha != 0 and predicted_features is not None and target_features is not None:
         sim = _similarity(predicted_features, target_features, w, pos, noise_std=noise_std,
-                          generator=generator, weight_sum=weight_sum)
+                          target_noise=target_noise, weight_sum=weight_sum)
         loss = loss + alpha * sim
 
     # L_ent
@@ -308,11 +304,11 @@ def popo_loss(
             loss = loss + beta * ent_loss
 
     terms = {"loss": loss, "nll": nll, "sim": sim, "ent_loss": ent_loss}
-    return loss, _popo_metrics(terms, w, pos, tok, ent if token_entropy is not None else None)
+    return loss, _popo_metrics(terms, pos, tok, ent if token_entropy is not None else None)
 
 
 def _similarity(predicted: Tensor, target_features: Tensor, w: Tensor, pos: Tensor, *, noise_std: float,
-                generator: torch.Generator | None, weight_sum) -> Tensor:
+                target_noise: Tensor | None, weight_sum) -> Tensor:
     """POPO's L_sim = -sum_i w_i cos(q(f_i), f_target_i + noise) / W over the positive rows (`popo_loss`)."""
     n = w.shape[0]
     if predicted.shape != target_features.shape or predicted.shape[0] != n:
@@ -321,11 +317,8 @@ def _similarity(predicted: Tensor, target_features: Tensor, w: Tensor, pos: Tens
             f"{tuple(target_features.shape)} must both be [N={n}, H]"
         )
     target = target_features.detach()  # [N, H]
-    if noise_std > 0:
-        noise = torch.randn(
-            target.shape, generator=generator, device=target.device, dtype=target.dtype
-        )  # [N, H]
-        target = target + noise_std * noise  # [N, H]
+    if noise_std > 0 and target_noise is not None:
+        target = target + noise_std * target_noise.to(target.dtype)  # [N, H]
     feat_dtype = _float_dtype(predicted)
     rows = pos.unsqueeze(1)  # [N, 1]
     # Non-positive rows are replaced by a constant all-ones vector (non-zero norm,
@@ -339,12 +332,8 @@ def _similarity(predicted: Tensor, target_features: Tensor, w: Tensor, pos: Tens
 
 
 @torch.no_grad()
-def _popo_metrics(terms: dict[str, Tensor], w: Tensor, pos: Tensor, tok: Tensor,
-                  ent: Tensor | None) -> dict[str, float]:
-    """`popo_loss`'s metrics: its terms, the positives' token-mean entropy, counts and the weights' entropy."""
-    wp = w[pos]  # [N+rows]
-    w_sum_local = wp.sum()
-    w_ent = -torch.special.xlogy(wp, wp).sum() / w_sum_local if wp.numel() else wp.sum()
+def _popo_metrics(terms: dict[str, Tensor], pos: Tensor, tok: Tensor, ent: Tensor | None) -> dict[str, float]:
+    """`popo_loss`'s metrics: its terms, the positives' token-mean entropy and counts."""
     local_tokens = tok.sum()
     return {
         "loss": float(terms["loss"]),
@@ -355,5 +344,4 @@ def _popo_metrics(terms: dict[str, Tensor], w: Tensor, pos: Tensor, tok: Tensor,
         "ent_loss": float(terms["ent_loss"]),
         "num_positive": float(pos.sum()),
         "num_positive_tokens": float(local_tokens),
-        "weight_entropy": float(w_ent) if w_sum_local > 0 else 0.0,
     }

@@ -15,7 +15,8 @@ they are placed, so the update and the trainer never branch on it:
 What the update asks for: no-grad log-probs of the policy and the reference (`policy_logprobs`,
 `reference_logprobs`), pooled target features (`target_features`), the policy's outputs with gradient
 (`online_outputs`) and the predictor's projection (`predict`); then it tells the models to reduce and
-clip the gradients and, after the optimizer step, the trainer asks for an EMA step (`ema_step`).
+clip the gradients and, after the optimizer step, the trainer moves the EMA target over `ema_pairs`
+(`popo.ema.ema_step_`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file
 from torch import nn
 
-from popo import fsdp
+from popo import companions, fsdp
 from popo.distributed import Dist
 from popo.ema import ema_update_, freeze_, matched_tensors
 from popo.errors import SetupError
@@ -218,17 +219,13 @@ class Models:
 
     def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The (target, online) tensors the EMA step moves, matched: the adapter tensors with LoRA, the local
-        shards with FSDP (never gathered), every floating tensor by name otherwise. A caller may match them
-        once and step `popo.ema.ema_update_(*pairs, tau)` itself (the TRL bridge does)."""
+        shards with FSDP (never gathered), every floating tensor by name otherwise; `popo.ema.ema_step_` moves
+        them (a caller may match them once and keep them: the TRL bridge does)."""
         if isinstance(self.target, AdapterEMA):
             return self.target.shadow, self.target.online()
         if self.sharded:
             return fsdp.ema_pairs(self.target, self.policy)
         return matched_tensors(self.target, self.policy)
-
-    def ema_step(self, tau: float) -> None:
-        """target <- tau * target + (1 - tau) * policy, over `ema_pairs`."""
-        ema_update_(*self.ema_pairs(), tau)
 
     # ------------------------------------------------------------------ checkpoints
     def snapshot(self, optimizer: torch.optim.Optimizer, *, keep: bool) -> "Snapshot":
@@ -243,12 +240,30 @@ class Models:
 
     def load(self, folder: Path) -> None:
         """Load the policy, target and predictor of a checkpoint folder (full tensors, cut to this rank's
-        shards when sharded); SetupError when the files do not match the models."""
+        shards when sharded); SetupError when the files do not match the models. A checkpoint written before
+        the companions moved to `popo/` (``target/``, ``predictor.safetensors``) loads too."""
         _load_weights(self.policy, folder / "policy")
+        if (folder / companions.FOLDER).is_dir():
+            self.restore_companions(companions.read(folder / companions.FOLDER, target=self.target is not None,
+                                                 predictor=self.predictor is not None), folder)
+            return
         if self.target is not None:
             _load_weights(self.target, folder / "target")
         if self.predictor is not None:
             self.predictor.load_state_dict(load_file(folder / "predictor.safetensors"))
+
+    def saved_companions(self) -> companions.Companions:
+        """The target's and the predictor's tensors as a checkpoint stores them (`popo.companions`; not sharded:
+        `snapshot` gathers sharded ones)."""
+        return companions.Companions(target=None if self.target is None else _tensors(self.target),
+                                     predictor=None if self.predictor is None else _tensors(self.predictor))
+
+    def restore_companions(self, saved: companions.Companions, where: Path) -> None:
+        """Restore the target and the predictor from `saved` (read from `where`, named in errors)."""
+        if self.target is not None:
+            _load_state(self.target, saved.target, where)
+        if self.predictor is not None:
+            self.predictor.load_state_dict(saved.predictor)
 
     def optimizer_state_for_run(self, optimizer: torch.optim.Optimizer, state: dict) -> dict:
         """A saved (full) optimizer state made loadable here: cut to this rank's shards when sharded."""
@@ -268,34 +283,24 @@ class Snapshot:
     target_state: dict | None = None
 
     def write(self, folder: Path, tokenizer) -> None:
-        """policy/ (weights or LoRA adapter, and the tokenizer), target/, predictor.safetensors."""
+        """policy/ (weights or LoRA adapter, and the tokenizer) and popo/ (the target and the predictor,
+        `popo.companions`; the predictor's AdamW state is in the optimizer's)."""
         self.policy.save_pretrained(folder / "policy", **_state_kwarg(self.policy_state))
         tokenizer.save_pretrained(folder / "policy")
-        if self.target is not None:
-            self.target.save_pretrained(folder / "target", **_state_kwarg(self.target_state))
-        if self.predictor is not None:
-            save_file({k: v.contiguous() for k, v in self.predictor.state_dict().items()},
-                      folder / "predictor.safetensors")
+        target = self.target_state
+        if target is None and self.target is not None:
+            target = _tensors(self.target)
+        companions.write(folder / companions.FOLDER, companions.Companions(
+            target=target, predictor=None if self.predictor is None else _tensors(self.predictor)))
 
 
 def _state_kwarg(state: dict | None) -> dict:
     return {} if state is None else {"state_dict": state}
 
 
-def save_part(part: nn.Module | AdapterEMA, path: Path) -> None:
-    """One part of the models (the EMA target, the predictor) as one safetensors file: with LoRA the
-    target's adapter tensors alone, otherwise the module's tensors (tied ones stored once)."""
-    if isinstance(part, AdapterEMA):
-        part.save_file(path)
-    else:
-        save_model(part, str(path))
-
-
-def load_part(part: nn.Module | AdapterEMA, path: Path) -> tuple[list[str], list[str]]:
-    """Restore a file `save_part` wrote into `part`; returns the (missing, unexpected) tensor names."""
-    if isinstance(part, AdapterEMA):
-        return part.load_state_dict(load_file(path))
-    return load_model(part, str(path), strict=False)
+def _tensors(part: nn.Module | AdapterEMA) -> dict[str, torch.Tensor]:
+    """A part's tensors by name: with LoRA the target's adapter tensors, otherwise the module's state dict."""
+    return dict(zip(part.names, part.shadow)) if isinstance(part, AdapterEMA) else part.state_dict()
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
@@ -306,11 +311,17 @@ def _load_weights(model, folder: Path) -> None:
     state = {}
     for file in sorted(folder.glob("*.safetensors")):
         state.update(load_file(file))
+    _load_state(model, state, folder)
+
+
+def _load_state(model, state: dict[str, torch.Tensor], where: Path) -> None:
+    """Full tensors into `model` (cut to this rank's shards when sharded); SetupError naming `where` when they
+    do not match it (a tied LM head may be absent)."""
     missing, unexpected = (fsdp.load_full_state_dict_(model, state) if fsdp.is_sharded(model)
                            else load_policy_weights(model, state))
     tied = {k for k in missing if "lm_head" in k}
     if set(missing) - tied or unexpected:
-        raise SetupError(f"checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}")
+        raise SetupError(f"checkpoint {where} does not match the model: missing {missing}, unexpected {unexpected}")
 
 
 def _lockstep(plans: list[torch.Tensor], model: nn.Module, dist: Dist | None) -> list[torch.Tensor | None]:

@@ -18,8 +18,7 @@ import torch
 from popo.data.stream import PromptStream
 from popo.distributed import Dist
 from popo.rollout.base import Rollouts
-from popo.rollout.hf import concat_rollouts
-from popo.seeds import REFILL_STREAM, row_seed, sample_seed, stream_seed
+from popo.seeds import refill_order_seed, refill_seed, sample_seed
 
 Draw = Callable[[list[int], list[int]], tuple[Rollouts | None, torch.Tensor]]
 """(prompt indices, prompt seeds) -> (their G rollouts each, or None for no prompt; rewards [len * G])."""
@@ -62,13 +61,13 @@ class GroupSampler:
         groups = [(rollouts, rewards)]  # every group sampled this step, round by round
         source = list(range(len(indices)))  # position k -> the index of its group among all groups sampled
         missing = self._without_signal(rewards)
-        fresh_prompts = PromptStream(self.num_prompts, self.prompts_per_step, stream_seed(self.seed, 0, REFILL_STREAM))
-        rounds, refill_seed = 1, stream_seed(self.seed, step, REFILL_STREAM)
+        fresh_prompts = PromptStream(self.num_prompts, self.prompts_per_step, refill_order_seed(self.seed))
+        rounds = 1
         while rounds < self.max_rounds and self.dist.any(bool(missing)):
             fresh = fresh_prompts.batch(step * (self.max_rounds - 1) + rounds - 1)
             first = sum(len(r) // G for _, r in groups)
             part = draw([fresh[positions[k]] for k in missing],
-                        [row_seed(refill_seed, positions[k], rounds) for k in missing])
+                        [refill_seed(self.seed, step, positions[k], rounds) for k in missing])
             groups.append(part)
             for j, k in enumerate(missing):
                 source[k] = first + j
@@ -89,7 +88,7 @@ class GroupSampler:
         G = self.group_size
         rows = torch.tensor([g * G + j for g in source for j in range(G)])
         rewards = torch.cat([r for _, r in groups])[rows.to(groups[0][1].device)]
-        rollouts = concat_rollouts([x for x, _ in groups if x is not None], pad_id=self.pad_id).select(rows)
+        rollouts = Rollouts.concat([x for x, _ in groups if x is not None], pad_id=self.pad_id).select(rows)
         sampled, kept, unfilled = self.dist.sum_values([sum(len(r) // G for _, r in groups), prompts - unfilled,
                                                         unfilled])
         dropped = int(sampled) - self.prompts_per_step

@@ -5,7 +5,8 @@ its own keys (seed, step, stream, row, position), never on generator state or on
   what an uninterrupted one would, and no stream's draws shift another's.
 - `row_seed(seed, *keys)`: a 32-bit seed per row (prompt, sample, ...) from a stream's seed (`row_seeds`: the
   same on tensors, elementwise); `sample_seed`, `noise_seed` and `step_noise_seeds` (a rank's rows of one
-  step) name the ones a training step uses.
+  step) name the ones a training step uses; `content_noise_seeds` keys the same noise by each row's tokens
+  where rows have no position in a global batch (verl's engine).
 - The streams: `SAMPLING_STREAM` (a step's rollouts), `NOISE_STREAM` (POPO's per-row target-feature noise),
   `REFILL_STREAM` (dynamic sampling's fresh prompts) and `EVAL_STREAM` (a run's evaluation samples). Stream 2
   was the update's generator, whose draws nothing used; its number is not reused.
@@ -16,6 +17,7 @@ its own keys (seed, step, stream, row, position), never on generator state or on
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import torch
@@ -88,6 +90,39 @@ def step_noise_seeds(seed: int, step: int, positions: Sequence[int], group_size:
     (int64), prompt by prompt, `group_size` rows each: a rank's share of the step's noise keys."""
     return torch.tensor([noise_seed(seed, step, p * group_size + j) for p in positions for j in range(group_size)],
                         device=device)
+
+
+def content_noise_seeds(tokens: torch.Tensor, offsets: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """The keys of POPO's target-feature noise [n] (int64) for rows known by their tokens alone, with no position
+    in a global batch (verl moves rows between ranks): row r is ``tokens[offsets[r]:offsets[r + 1]]``, hashed
+    with each token's position, so a row keeps its key wherever it lands (identical rows share one), then
+    keyed like `noise_seed` in step `step`'s noise stream."""
+    values, offsets = tokens.to(torch.int64), offsets.to(torch.int64)
+    lengths = offsets.diff()
+    row = torch.repeat_interleave(torch.arange(lengths.numel(), device=values.device), lengths)
+    position = torch.arange(values.numel(), device=values.device) - offsets[:-1][row]
+    token = fmix32((values * 0x9E3779B1) ^ fmix32(position * 0x85EBCA77 + 0x27D4EB2F))
+    total = torch.zeros(lengths.numel(), dtype=torch.int64, device=values.device).index_add_(0, row, token)
+    keys = fmix32((total & _MASK32) ^ fmix32(lengths))
+    return row_seeds(torch.tensor(stream_seed(seed, step, NOISE_STREAM), device=values.device), keys)
+
+
+def prompt_order(seed: int, epoch: int, size: int) -> list[int]:
+    """The order of a run's `size` training prompts in epoch `epoch` (`popo.data.stream.PromptStream`): a seeded
+    shuffle, a pure function of (seed, epoch)."""
+    order = list(range(size))
+    random.Random(f"{seed}-{epoch}").shuffle(order)
+    return order
+
+
+def refill_order_seed(seed: int) -> int:
+    """The seed of the order in which dynamic sampling draws fresh prompts (the whole run's)."""
+    return stream_seed(seed, 0, REFILL_STREAM)
+
+
+def refill_seed(seed: int, step: int, position: int, round_: int) -> int:
+    """The sampling seed of dynamic sampling's fresh prompt for batch `position` in round `round_` of step `step`."""
+    return row_seed(stream_seed(seed, step, REFILL_STREAM), position, round_)
 
 
 def eval_seed(run_seed: int) -> int:

@@ -13,7 +13,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from popo.data.example import Example
 from popo.data.stream import PromptStream
 from popo.diagnostics import step_diagnostics
 from popo.distributed import Dist
-from popo.ema import ema_tau
+from popo.ema import ema_step_
 from popo.errors import TrainingHalted
 from popo.evaluate import EvalProtocol, evaluate_split_per_problem, run_protocol
 from popo.models import Models
@@ -54,7 +54,8 @@ class PromptSet:
 
 @dataclass
 class Run:
-    """Everything one run is made of. `start_step` and `bad_steps` are where a resumed run continues."""
+    """Everything one run is made of. `start_step`, `bad_steps` and `rollouts_total` (rollouts sampled so far) are
+    where a resumed run continues."""
 
     config: Config
     algorithm: Algorithm
@@ -71,42 +72,21 @@ class Run:
     writer: Any = None  # popo.tracking.MetricsWriter on the rank that logs, else None
     start_step: int = 0
     bad_steps: int = 0
+    rollouts_total: int = 0
     log: Callable[[str], None] = print
     lock: Any = None  # popo.run_dir.RunLock on the rank that writes the run folder
 
 
-def _run_part(name: str) -> property:
-    """A `Trainer` attribute that is the part `name` of its `Run`: read from it, and replacing it replaces the
-    run's part (one copy of every part)."""
-    return property(lambda trainer: getattr(trainer.parts, name),
-                    lambda trainer, value: setattr(trainer.parts, name, value), doc=f"`Run.{name}` of this run.")
-
-
-class Trainer:
-    """Runs the loop over the parts of one run (`parts`, the `Run`). Each part is also an attribute of the
-    trainer that reads and writes the run's one copy (`trainer.engine` is `trainer.parts.engine`)."""
-
-    config = _run_part("config")
-    algorithm = _run_part("algorithm")
-    models = _run_part("models")
-    optimizer = _run_part("optimizer")
-    scheduler = _run_part("scheduler")
-    engine = _run_part("engine")
-    verifier = _run_part("verifier")
-    train_set = _run_part("train_set")
-    eval_set = _run_part("eval_set")
-    stream = _run_part("stream")
-    tokenizer = _run_part("tokenizer")
-    dist = _run_part("dist")
-    writer = _run_part("writer")
-    log = _run_part("log")
+class Trainer(Run):
+    """Runs the loop over the parts of one run: a trainer is its `Run` (built from one, `trainer.engine` is the
+    run's engine) plus the loop's own state; `step`, `bad_steps` and `rollouts_total` move as it trains."""
 
     def __init__(self, run: Run):
         if not isinstance(run.verifier, Verifier):
             raise TypeError(f"{type(run.verifier).__name__} is not a popo.rewards.Verifier (score, score_rows, "
                             "take_metrics, close): subclass popo.rewards.VerifierBase, which defines all but score")
-        self.parts = run
-        self.step, self.bad_steps, self.stop_requested = run.start_step, run.bad_steps, False
+        super().__init__(**{f.name: getattr(run, f.name) for f in fields(Run)})
+        self.step, self.stop_requested = run.start_step, False
         self.stop_signal: int | None = None  # the signal that asked the run to stop (SIGINT: Ctrl-C)
         self.stopped_early = False  # the last `run` ended on a stop request, before train.steps
         self.out_dir = Path(self.config.train.out_dir)
@@ -117,7 +97,6 @@ class Trainer:
             num_prompts=len(self.train_set), dynamic=r.dynamic_sampling, max_rounds=r.max_sampling_rounds,
             has_signal=lambda rewards: self.algorithm.group_has_signal(rewards, self.config.algo),
             pad_id=self.tokenizer.pad_token_id, dist=self.dist)
-        self.sampled_rollouts = self._rollouts_before(self.step)  # dynamic sampling samples more than B x G a step
 
     # ---------------------------------------------------------------- one step of the algorithm
     def train_step(self, step: int) -> dict[str, float]:
@@ -190,17 +169,6 @@ class Trainer:
                               zero_if_truncated=self.config.algo.zero_if_truncated, examples=examples,
                               prompts=prompts).to(self.models.device)
 
-    def _rollouts_before(self, step: int) -> int:
-        """Rollouts sampled before `step`: B x G a step, or what a resumed run's log says it sampled."""
-        if step and self.writer is not None and self.writer.path.is_file():
-            from popo.tracking import read_metrics
-
-            totals = [r["rollouts_total"] for r in read_metrics(self.writer.path)
-                      if r.get("step") == step and "rollouts_total" in r]
-            if totals:
-                return int(totals[-1])
-        return step * self.config.rollout.prompts_per_step * self.config.rollout.group_size
-
     def _take_reward_metrics(self) -> dict[str, float]:
         """The verifier's counts since the last call, summed over ranks (nothing from a verifier that keeps
         none: every rank runs the same verifier, so all ranks skip the sum together)."""
@@ -222,7 +190,7 @@ class Trainer:
         metrics = update_policy(
             self.models, self.optimizer, self.algorithm, c.algo, trained, batch.credit[rows],
             batch.positive[rows], max_length=c.rollout.max_new_tokens, token_budget=c.optim.micro_batch_tokens,
-            grad_clip=c.optim.grad_clip, generator=None, dist=self.dist, row_seeds=batch.noise_seeds[rows])
+            grad_clip=c.optim.grad_clip, dist=self.dist, row_seeds=batch.noise_seeds[rows])
         self.scheduler.step()
         self.bad_steps = self.bad_steps + 1 if metrics["skipped"] else 0
         if metrics["skipped"]:
@@ -230,10 +198,7 @@ class Trainer:
         return {**metrics, "skipped_no_positive": 0.0}
 
     def ema_step(self, step: int) -> float:
-        c = self.config
-        tau = ema_tau(step, c.train.steps, c.algo.tau, c.algo.tau_schedule)
-        self.models.ema_step(tau)
-        return tau
+        return ema_step_(self.models.ema_pairs(), step=step, total_steps=self.config.train.steps, cfg=self.config.algo)
 
     def _probe(self, batch: StepBatch) -> dict[str, float]:
         """Whether the method's components can act on this step (`popo.diagnostics`): diversity of the
@@ -287,7 +252,7 @@ class Trainer:
         return {f"eval/{k}": v for k, v in result.items()}, outcomes
 
     def run(self) -> list[dict]:
-        c, history, started = self.config, [], time.perf_counter()
+        c, history, started, first_step = self.config, [], time.perf_counter(), self.step
         self.stopped_early = False
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         progress = Progress(c.train.steps, self.step, enabled=c.train.progress and self.dist.is_main, log=self.log)
@@ -304,8 +269,9 @@ class Trainer:
                 if last or (c.train.eval_every and self.step % c.train.eval_every == 0):
                     scores, outcomes = self._evaluate_per_problem()
                     record.update(scores)
-                self.sampled_rollouts += record["rollouts"] + record.get("sampling/extra_rollouts", 0)
-                record["rollouts_total"] = self.sampled_rollouts
+                # dynamic sampling samples more than B x G a step
+                self.rollouts_total += record["rollouts"] + record.get("sampling/extra_rollouts", 0)
+                record["rollouts_total"] = self.rollouts_total
                 self._write(record | outcomes)
                 history.append(record)
                 progress.update(record)
@@ -325,21 +291,21 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
             self.verifier.close()
-            if self.parts.lock is not None:
-                self.parts.lock.release()
+            if self.lock is not None:
+                self.lock.release()
         if self.dist.is_main:
-            self.log(self.summary(history, time.perf_counter() - started))
+            self.log(self.summary(history, time.perf_counter() - started, first_step))
         return history
 
-    def summary(self, history: list[dict], wall_s: float) -> str:
-        """The end-of-run summary, over every record of the run (also those before a resume)."""
+    def summary(self, history: list[dict], wall_s: float, first_step: int = 0) -> str:
+        """The end-of-run summary, over every record of the run (also those before a resume, at `first_step`)."""
         from popo.tracking import read_metrics
 
         path = self.out_dir / "metrics.jsonl"
         records = read_metrics(path) if self.writer is not None and path.is_file() else history
         return run_summary(records, wall_s=wall_s, run_dir=self.out_dir, checkpoint=latest_checkpoint(
             self.out_dir, log=lambda message: None), target_steps=self.config.train.steps,
-            interrupted=self.stopped_early)
+            interrupted=self.stopped_early, first_step=first_step)
 
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested, self.stop_signal = True, signum
@@ -357,7 +323,8 @@ class Trainer:
             path = save_checkpoint(
                 self.out_dir, self.step, snapshot=snapshot, tokenizer=self.tokenizer, scheduler=self.scheduler,
                 keep_last=self.config.train.keep_last,
-                state={"bad_steps": self.bad_steps, "data_position": self.step * self.config.rollout.prompts_per_step,
+                state={"bad_steps": self.bad_steps, "rollouts_total": self.rollouts_total,
+                       "data_position": self.step * self.config.rollout.prompts_per_step,
                        "config": to_dict(self.config)})
         self.dist.barrier()
         return path

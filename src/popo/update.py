@@ -9,74 +9,46 @@ swaps, CPU offload) is `popo.models`' business; this module only asks them for o
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import torch
 
+from popo import step_core
 from popo.algorithms import Algorithm, BatchTotals, LossInputs, Shares
 from popo.distributed import Dist, reduce_update_metrics
 from popo.models import Models
 from popo.rollout.base import Rollouts, plan_micro_batches
-from popo.seeds import normal_noise
-
-
-def batch_totals(batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, max_length: int) -> BatchTotals:
-    mask = batch.completion_mask
-    return BatchTotals(
-        sequences=batch.num_rollouts,
-        tokens=int(mask.sum()),
-        positive_tokens=int(mask[positive].sum()),
-        weight_sum=float(credit[positive].sum()),
-        max_length=max_length,
-    )
+from popo.step_core import PolicyArrays
 
 
 def loss_inputs(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit: torch.Tensor | None,
                 positive: torch.Tensor, totals: BatchTotals, *, row_seeds: torch.Tensor | None,
                 forwarded_tokens: int, old: torch.Tensor | None = None, ref: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, credit_from=None) -> tuple[LossInputs, object]:
-    """The one micro-batch path from rows to the loss table's inputs, shared by the update, the diagnostics
-    and the TRL bridge: the target's features (before the policy's forward: a LoRA target swaps adapter
-    tensors), the policy's outputs with gradient, and the per-row target noise keyed on `row_seeds` (the same
-    however rows are split). `forwarded_tokens`: the completion tokens forwarded in the whole batch (all
-    micro-batches and processes), of which this micro-batch holds `token_share`. `credit` None:
-    `credit_from(outputs)` computes it from this forward (TRL's on-policy weights). Returns the inputs and
-    the policy's outputs."""
+                credit_from=None) -> tuple[LossInputs, object]:
+    """The forward passes of one micro-batch through `Models`, shared by the update, the diagnostics and the TRL
+    bridge: the target's features (before the policy's forward: a LoRA target swaps adapter tensors) and the
+    policy's outputs with gradient, turned into the loss table's inputs by `popo.step_core.loss_inputs` (the
+    keywords are its own). `credit` None: `credit_from(outputs)` computes it from this forward (TRL's on-policy
+    weights). Returns the inputs and the policy's outputs."""
     ids, attention, prompt_len = sub.sequences()
-    width = sub.completion_ids.shape[1]
-    entropy_in_loss = algorithm.needs_entropy(cfg)
     target = None
     if models.target is not None:
         target = models.target_features(ids, attention, prompt_len, sub.completion_mask)
-    out = models.online_outputs(ids, attention, prompt_len, entropy_grad=entropy_in_loss)
-    inputs = LossInputs(
-        logprobs=out.logprobs, mask=sub.completion_mask, credit=credit if credit is not None else credit_from(out),
-        positive=positive, totals=totals, token_share=float(sub.completion_mask.sum()) / max(1, forwarded_tokens),
-        entropy=out.entropy if entropy_in_loss else None,
-        old_logprobs=None if old is None else old[:, :width],
-        ref_logprobs=None if ref is None else ref[:, :width], generator=generator)
-    if target is not None:
-        inputs.predicted = models.predict(out.features, sub.completion_mask)
-        if row_seeds is not None:
-            inputs.target_noise = normal_noise(row_seeds, out.features.shape[-1])
-        inputs.target = target
+    out = models.online_outputs(ids, attention, prompt_len, entropy_grad=algorithm.needs_entropy(cfg))
+    arrays = PolicyArrays(out.logprobs, out.entropy, sub.completion_mask, features=out.features, target=target)
+    inputs = step_core.loss_inputs(
+        algorithm, cfg, arrays, credit=credit if credit is not None else credit_from(out), positive=positive,
+        totals=totals, forwarded_tokens=forwarded_tokens, predictor=models.predictor, row_keys=row_seeds, old=old,
+        ref=ref)
     return inputs, out
 
 
 def micro_batch_loss(models: Models, algorithm: Algorithm, cfg, sub: Rollouts, credit: torch.Tensor | None,
                      positive: torch.Tensor, totals: BatchTotals, **inputs) -> tuple[torch.Tensor, Shares]:
-    """One micro-batch's loss (its share of the batch loss, with gradient) and its metrics: the loss table's
-    `Shares` plus `entropy`, the policy's token-mean entropy over every forwarded token (this micro-batch's
-    share of it), and `nonfinite_losses` 1 when the loss is not finite. `inputs`: the keywords of
+    """One micro-batch's loss and metrics (`popo.step_core.loss_and_shares`); `inputs`: the keywords of
     `loss_inputs`. The update and the TRL bridge both run this."""
     x, out = loss_inputs(models, algorithm, cfg, sub, credit, positive, totals, **inputs)
-    loss, shares = algorithm.loss(x, cfg)
-    forwarded = max(1, inputs["forwarded_tokens"])
-    shares.put("entropy", float(torch.where(sub.completion_mask, out.entropy.detach(), 0.0).sum() / forwarded))
-    if not math.isfinite(float(loss.detach())):  # the tensor itself, whatever the metrics say: the step skips
-        shares.put("nonfinite_losses", 1.0)
-    return loss, shares
+    return step_core.loss_and_shares(algorithm, cfg, x, out.entropy, inputs["forwarded_tokens"])
 
 
 def retry_once_on_oom(update):
@@ -126,8 +98,8 @@ def _oom_message(budget: int, retried_with: int | None) -> str:
 @retry_once_on_oom
 def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: Algorithm, cfg,
                   batch: Rollouts, credit: torch.Tensor, positive: torch.Tensor, *, max_length: int,
-                  token_budget: int, grad_clip: float, generator: torch.Generator | None,
-                  dist: Dist | None = None, row_seeds: torch.Tensor | None = None) -> dict[str, float]:
+                  token_budget: int, grad_clip: float, dist: Dist | None = None,
+                  row_seeds: torch.Tensor | None = None) -> dict[str, float]:
     """One or more optimizer updates on `batch` ([n] rows, `credit` [n], `positive` [n] bool).
 
     With `dist` (several processes) the batch is this rank's share: the loss normalisers are summed
@@ -139,7 +111,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
     made the update skip) and `trained_rollouts` / `trained_tokens`.
     """
     dist = dist or Dist()
-    totals = global_totals(batch_totals(batch, credit, positive, max_length), dist, batch.completion_ids.device)
+    totals = step_core.batch_totals(batch.completion_mask, credit, positive, max_length=max_length, dist=dist)
     batch, credit, positive, row_seeds, share_tokens = drop_inert_rows(
         algorithm, cfg, batch, credit, positive, row_seeds, totals.tokens, dist)
     plans = plan_micro_batches(batch, token_budget)
@@ -158,7 +130,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
             loss, micro = micro_batch_loss(
                 models, algorithm, cfg, batch.select(rows), credit[rows], positive[rows], totals,
                 old=None if old is None else old[rows], ref=None if ref is None else ref[rows],
-                generator=generator, row_seeds=None if row_seeds is None else row_seeds[rows],
+                row_seeds=None if row_seeds is None else row_seeds[rows],
                 forwarded_tokens=share_tokens)
             loss.backward()
             shares.add(micro)
@@ -175,22 +147,18 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
 
 def optimizer_step(models: Models, optimizer: torch.optim.Optimizer, params: list, metrics: Shares, *,
                    grad_clip: float, dist: Dist, empty: bool) -> dict[str, float]:
-    """Reduce the accumulated gradients and metrics over ranks, clip, and step when everything is finite;
-    adds `grad_norm` and `skipped` to the metrics."""
+    """Reduce the accumulated gradients and metrics over ranks, then clip and step or skip
+    (`popo.step_core.clip_and_step`); adds `grad_norm` and `skipped` to the metrics."""
     if empty:  # every row was inert: the zero gradient a full forward would have given
         for p in params:
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad
     models.reduce_gradients_(params, dist)  # every rank now holds (its shard of) the one-process gradient
     metrics = dict(reduce_update_metrics(metrics, dist))  # the batch's values, to which the step adds
-    grad_norm = models.clip_gradients_(params, grad_clip if grad_clip > 0 else float("inf"), dist)
-    finite = (bool(torch.isfinite(grad_norm)) and all(math.isfinite(v) for v in metrics.values())
-              and not metrics.get("nonfinite_losses"))
+    grad_norm, stepped = step_core.clip_and_step(
+        params, [optimizer], max_norm=grad_clip, clip=lambda ps, norm: models.clip_gradients_(ps, norm, dist),
+        finite=step_core.metrics_finite(metrics))
     metrics["grad_norm"] = float(grad_norm)
-    metrics["skipped"] = 0.0 if finite else 1.0
-    if finite:
-        optimizer.step()
-    else:
-        optimizer.zero_grad(set_to_none=True)
+    metrics["skipped"] = 0.0 if stepped else 1.0
     return metrics
 
 
@@ -210,15 +178,3 @@ def drop_inert_rows(algorithm: Algorithm, cfg, batch: Rollouts, credit: torch.Te
         batch, credit, positive = batch.select(keep), credit[keep], positive[keep]
         row_seeds = None if row_seeds is None else row_seeds[keep]
     return batch, credit, positive, row_seeds, int(dist.sum_values([float(batch.completion_mask.sum())])[0])
-
-
-def global_totals(totals: BatchTotals, dist: Dist, device: torch.device) -> BatchTotals:
-    """The batch counts summed over ranks (the one-process counts of the whole batch)."""
-    if dist.world == 1:
-        return totals
-    seqs, tokens, pos_tokens, weight_sum = dist.sum_values(
-        [totals.sequences, totals.tokens, totals.positive_tokens, totals.weight_sum])
-    return BatchTotals(sequences=int(seqs), tokens=int(tokens), positive_tokens=int(pos_tokens),
-                       weight_sum=weight_sum, max_length=totals.max_length)
-
-

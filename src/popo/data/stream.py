@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import random
-
 from popo.errors import SetupError
+from popo.seeds import prompt_order
 
 
 class PromptStream:
@@ -17,9 +16,7 @@ class PromptStream:
         self.size, self.batch_size, self.seed = size, batch_size, seed
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(self.size))
-        random.Random(f"{self.seed}-{epoch}").shuffle(order)
-        return order
+        return prompt_order(self.seed, epoch, self.size)
 
     def batch(self, step: int) -> list[int]:
         positions = range(step * self.batch_size, (step + 1) * self.batch_size)

@@ -55,6 +55,29 @@ class Rollouts:
         total = torch.where(self.completion_mask, self.sampling_logprobs, 0.0).sum(dim=1)
         return total / self.lengths.clamp(min=1)
 
+    @classmethod
+    def concat(cls, parts: list["Rollouts"], *, pad_id: int) -> "Rollouts":
+        """Join batches row-wise, re-padding prompts on the left and completions on the right."""
+        if len(parts) == 1:
+            return parts[0]
+        width_p = max(p.prompt_ids.shape[1] for p in parts)
+        width_c = max(p.completion_ids.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+            extra = width - t.shape[1]
+            return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
+
+        return cls(
+            prompt_ids=torch.cat([pad(p.prompt_ids, width_p, pad_id, True) for p in parts]),
+            prompt_mask=torch.cat([pad(p.prompt_mask, width_p, False, True) for p in parts]),
+            completion_ids=torch.cat([pad(p.completion_ids, width_c, pad_id, False) for p in parts]),
+            completion_mask=torch.cat([pad(p.completion_mask, width_c, False, False) for p in parts]),
+            sampling_logprobs=torch.cat([pad(p.sampling_logprobs, width_c, 0.0, False) for p in parts]),
+            truncated=torch.cat([p.truncated for p in parts]),
+            texts=[t for p in parts for t in p.texts],
+            group_size=parts[0].group_size,
+        )
+
     def select(self, rows: torch.Tensor) -> "Rollouts":
         """The rollouts at `rows` (a bool mask [N] or index tensor), with padding columns trimmed."""
         index = rows.nonzero().flatten() if rows.dtype == torch.bool else rows

@@ -108,7 +108,7 @@ class HFEngine:
         for start in range(0, len(encoded), per_call):
             seeds = sample_seeds(prompt_seeds[start:start + per_call], n)  # [row_seed(s, j) for s, j]
             parts.append(self._generate_batch(encoded[start:start + per_call], n, sampling, seeds))
-        return concat_rollouts(parts, pad_id=self.tokenizer.pad_token_id)
+        return Rollouts.concat(parts, pad_id=self.tokenizer.pad_token_id)
 
     def _generate_batch(self, encoded: list[list[int]], n: int, sampling: SamplingParams,
                         seeds: torch.Tensor) -> Rollouts:
@@ -291,26 +291,3 @@ def _cache_kwarg(cache) -> dict:
     from transformers import LlamaModel
 
     return {"cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values": cache}
-
-
-def concat_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
-    """Join batches row-wise, re-padding prompts on the left and completions on the right."""
-    if len(parts) == 1:
-        return parts[0]
-    width_p = max(p.prompt_ids.shape[1] for p in parts)
-    width_c = max(p.completion_ids.shape[1] for p in parts)
-
-    def pad(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
-        extra = width - t.shape[1]
-        return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
-
-    return Rollouts(
-        prompt_ids=torch.cat([pad(p.prompt_ids, width_p, pad_id, True) for p in parts]),
-        prompt_mask=torch.cat([pad(p.prompt_mask, width_p, False, True) for p in parts]),
-        completion_ids=torch.cat([pad(p.completion_ids, width_c, pad_id, False) for p in parts]),
-        completion_mask=torch.cat([pad(p.completion_mask, width_c, False, False) for p in parts]),
-        sampling_logprobs=torch.cat([pad(p.sampling_logprobs, width_c, 0.0, False) for p in parts]),
-        truncated=torch.cat([p.truncated for p in parts]),
-        texts=[t for p in parts for t in p.texts],
-        group_size=parts[0].group_size,
-    )

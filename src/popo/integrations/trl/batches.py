@@ -24,11 +24,15 @@ from dataclasses import dataclass
 
 import torch
 
-from popo.algorithms import Algorithm, BatchTotals
+from popo.algorithms import Algorithm, BatchTotals, Shares
 from popo.distributed import Dist
 from popo.errors import SetupError
+from popo.logprobs import masked_mean
+from popo.models import Models
 from popo.rollout.base import Rollouts
 from popo.seeds import noise_seed  # the target noise's keys: both trainers draw the same
+from popo.step_core import batch_totals
+from popo.update import micro_batch_loss
 
 
 @dataclass
@@ -51,6 +55,20 @@ class MicroBatch:
         full[self.slots] = mean_logprobs.detach()  # the negatives' entries are never read
         credit = algorithm.credit(self.group_rewards, full, self.group_lengths.float(), self.rows.group_size, cfg)
         return credit[self.slots]
+
+    def loss(self, models: Models, algorithm: Algorithm, cfg) -> tuple[torch.Tensor, Shares]:
+        """The loss of these rows (with gradient) and its metrics (`Shares`, added up over the window), by popo's
+        own micro-batch path (`popo.update.micro_batch_loss`: the same forward passes and core as popo's
+        trainer); without rows an exact zero and no metrics (the gradient sum still counts this process). With
+        no precomputed credit, the weights come from this forward's own log-probs (on-policy: the sampler's)."""
+        rows = self.rows
+        if rows.num_rollouts == 0:
+            return torch.zeros((), device=models.device, requires_grad=True), Shares()
+        return micro_batch_loss(
+            models, algorithm, cfg, rows, self.credit, self.positive, self.totals, row_seeds=self.row_seeds,
+            forwarded_tokens=self.forwarded_tokens,
+            credit_from=lambda out: self.credit_from(masked_mean(out.logprobs.detach(), rows.completion_mask),
+                                                     algorithm, cfg))
 
 
 def to_rollouts(outputs: dict, group_size: int) -> tuple[Rollouts, bool]:
@@ -109,11 +127,11 @@ def plan(outputs: dict, rewards: torch.Tensor, *, group_size: int, algorithm: Al
     credit = algorithm.credit(rewards, rollouts.mean_logprobs, lengths.float(), G, cfg) if sampled else None
     mask = rollouts.completion_mask
     groups_with_positive = positive.view(-1, G).any(dim=1)
-    sums = dist.sum_values([int(train.sum()), int(mask[train].sum()), int(mask[positive].sum()),
-                            int(groups_with_positive.sum()), int(positive.sum()), n])
-    # each prompt's weights sum to one over its positives, so the weight sum is the count of such prompts
-    totals = BatchTotals(sequences=int(sums[0]), tokens=int(sums[1]), positive_tokens=int(sums[2]),
-                         weight_sum=sums[3], max_length=int(mask.shape[1]))
+    # W: each prompt's weights sum to one over its positives, so the weight sum is the count of such prompts;
+    # counted, since with `generate` the weights come from the forward pass (`MicroBatch.credit_from`)
+    totals = batch_totals(mask[train], None, positive[train], max_length=int(mask.shape[1]), dist=dist,
+                          weight_sum=float(groups_with_positive.sum()))
+    sums = dist.sum_values([int(groups_with_positive.sum()), int(positive.sum()), n])
     seeds = torch.zeros(n, dtype=torch.int64, device=mask.device)
     rows = train.nonzero().flatten().tolist()  # only the training rows' noise is ever drawn
     seeds[rows] = torch.tensor([noise_seed(seed, step, first_row + i) for i in rows], dtype=torch.int64,
@@ -134,7 +152,7 @@ def plan(outputs: dict, rewards: torch.Tensor, *, group_size: int, algorithm: Al
             rows=rollouts.select(index), positive=positive[index],
             credit=None if credit is None else credit[index], slots=slots, group_rewards=rewards[group_rows],
             group_lengths=lengths[group_rows], row_seeds=seeds[index], totals=totals,
-            forwarded_tokens=int(sums[1])))
-    counts = {"positives": sums[4], "rollouts": sums[5], "rows_forwarded": sums[0],
-              "prompts_with_positive": sums[3]}
+            forwarded_tokens=totals.tokens))
+    counts = {"positives": sums[1], "rollouts": sums[2], "rows_forwarded": float(totals.sequences),
+              "prompts_with_positive": sums[0]}
     return batches, counts

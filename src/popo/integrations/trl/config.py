@@ -19,13 +19,11 @@ from dataclasses import dataclass, field, fields
 from trl import GRPOConfig
 
 from popo.config import AlgoConfig, Config, validate
-from popo.config_reference import field_docs
+from popo.config_reference import loss_settings
 from popo.errors import ConfigError
 
 POPO_LOSS_TYPE = "popo"  # the `loss_type` that selects POPO; every other one is TRL's own
 PREFIX = "popo_"
-_DEFAULTS = AlgoConfig()
-_DOCS = field_docs(AlgoConfig)
 
 # TRL settings POPO does not use, with the value that leaves them off: any other value is an error with
 # loss_type="popo" rather than a setting that is silently ignored.
@@ -39,32 +37,16 @@ _NEUTRAL = {
 }
 
 
-def _popo(name: str, **kwargs):
-    """A POPOConfig field for `algo.<name>`: popo's default and its help text."""
-    return field(default=getattr(_DEFAULTS, name), metadata={"help": _DOCS[name]}, **kwargs)
-
-
 @dataclass
-class POPOConfig(GRPOConfig):
-    """`GRPOConfig` with POPO's fields (`popo_*`, see the module docstring) and `loss_type="popo"`."""
+class POPOConfig(GRPOConfig, loss_settings("popo", name="POPOSettings", prefix=PREFIX)):
+    """`GRPOConfig` with POPO's fields (`popo_*`, generated from the settings popo's loss-table entry declares,
+    see the module docstring) and `loss_type="popo"`."""
 
     loss_type: str = field(
         default=POPO_LOSS_TYPE,
         metadata={"help": "'popo' trains with POPO (positives only, popo's loss); any of TRL's loss types "
                           "('dapo', 'grpo', 'dr_grpo', ...) runs TRL's GRPOTrainer code unchanged."},
     )
-    popo_alpha: float = _popo("alpha")
-    popo_beta: float = _popo("beta")
-    popo_tau: float = _popo("tau")
-    popo_tau_schedule: str = _popo("tau_schedule")
-    popo_noise_std: float = _popo("noise_std")
-    popo_weight_mode: str = _popo("weight_mode")
-    popo_weight_temperature: float = _popo("weight_temperature")
-    popo_length_normalize: bool = _popo("length_normalize")
-    popo_predictor_width: int = _popo("predictor_width")
-    popo_predictor_layers: int = _popo("predictor_layers")
-    popo_reward_threshold: float = _popo("reward_threshold")
-    popo_entropy_scope: str = _popo("entropy_scope")
 
     def __post_init__(self):
         super().__post_init__()

@@ -7,13 +7,17 @@ samples, scores and logs the completions (vLLM or `generate`, reward functions, 
 - `_prepare_inputs`: after TRL's `_generate_and_score_completions`, the generation batch becomes POPO
   micro-batches (`batches.plan`): positives only, with normalisers summed over the whole batch and all
   processes;
-- `compute_loss`: popo's loss on one micro-batch (`loss.micro_batch_loss`), forwarding its rows only;
+- `compute_loss`: popo's loss on one micro-batch (`batches.MicroBatch.loss`, popo's own micro-batch path),
+  forwarding its rows only;
 - `training_step`: at the end of the accumulation window the gradients of the policy and the predictor
   are summed over processes (a process without positives adds zeros) and POPO's metrics logged;
-- `_clip_grad_norm`: the policy and the predictor are clipped together;
-- after each optimizer step (a hook on the optimizer) the EMA target moves towards the policy;
+- `_clip_grad_norm`: the policy and the predictor are clipped together, and a non-finite loss, metric or
+  norm drops their gradients so TRL's optimizer step moves nothing (`popo.step_core.clip_and_step`);
+- after each optimizer step (a hook on the optimizer) the EMA target moves towards the policy
+  (`popo.ema.ema_step_`);
 - `_save_checkpoint` / `_load_optimizer_and_scheduler`: the target and the predictor travel with TRL's
-  checkpoints (`checkpoint.py`); the predictor's optimizer state is in TRL's optimizer.
+  checkpoints in `checkpoint-N/popo/` (`popo.companions`, the format popo's trainer and verl's engine write
+  too); the predictor's optimizer state is in TRL's optimizer.
 
 A generation batch without any positive anywhere leaves every gradient unset, so the optimizer step
 changes nothing and the target does not move (popo's trainer skips such a step the same way).
@@ -29,16 +33,16 @@ from accelerate.utils import DistributedType
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
+from popo import companions
 from popo.algorithms import Algorithm, Shares, get_algorithm
 from popo.config import AlgoConfig
 from popo.distributed import Dist, reduce_update_metrics
-from popo.ema import ema_tau, ema_update_
+from popo.ema import ema_step_
 from popo.errors import ConfigError, SetupError
 from popo.integrations.trl.batches import MicroBatch, plan
-from popo.integrations.trl.checkpoint import load_companions, save_companions
 from popo.integrations.trl.config import POPO_LOSS_TYPE, POPOConfig
-from popo.integrations.trl.loss import micro_batch_loss
 from popo.models import Models
+from popo.step_core import clip_and_step, metrics_finite
 
 
 @dataclass
@@ -54,6 +58,8 @@ class PopoState:
     rewards_per_func: torch.Tensor | None = None  # the last `_calculate_rewards` result, all processes
     window: Shares = field(default_factory=Shares)  # metrics of the window's micro-batches, added up
     window_rows: int = 0  # training rows of the window's generation batch, all processes
+    finite: bool = True  # the window's losses and metrics, over all processes, allow a step
+    stepped: bool = False  # the last optimizer step moved the parameters (all finite, gradients kept)
     generation: tuple | None = None  # (TRL's outputs, rewards) of the last generation batch, this process
 
 
@@ -136,7 +142,7 @@ class POPOTrainer(GRPOTrainer):
         if return_outputs:
             raise ValueError("POPOTrainer does not support returning outputs")
         p = self.popo
-        loss, metrics = micro_batch_loss(p.models, p.algorithm, p.cfg, inputs)
+        loss, metrics = inputs.loss(p.models, p.algorithm, p.cfg)
         if self.model.training:
             p.window.add(metrics)
         else:
@@ -152,7 +158,9 @@ class POPOTrainer(GRPOTrainer):
             p = self.popo
             if p.window_rows:  # no training row anywhere: gradients stay unset, the step changes nothing
                 p.dist.sum_grads(p.params)
-            self._log_popo(reduce_update_metrics(p.window, p.dist), "train")
+            metrics = reduce_update_metrics(p.window, p.dist)
+            p.finite = metrics_finite(metrics)
+            self._log_popo(metrics, "train")
             p.window = Shares()
         return loss
 
@@ -171,32 +179,42 @@ class POPOTrainer(GRPOTrainer):
         return optimizer
 
     def _popo_after_step(self, *_) -> None:
-        """The EMA step after an optimizer step that had something to learn from."""
+        """The EMA step after an optimizer step that had something to learn from and moved the parameters."""
         p = self.popo
-        if p.models.target is None or not p.window_rows:
+        if p.models.target is None or not p.window_rows or not p.stepped:
             return
-        tau = ema_tau(self.state.global_step, self.state.max_steps, p.cfg.tau, p.cfg.tau_schedule)
-        ema_update_(*p.ema_pairs, tau)  # what `Models.ema_step` does, without matching names every step
+        tau = ema_step_(p.ema_pairs, step=self.state.global_step, total_steps=self.state.max_steps, cfg=p.cfg)
         self._metrics["train"]["popo/tau"].append(tau)
 
     def _clip_grad_norm(self, model):
         if self.popo is None:
             return super()._clip_grad_norm(model)
-        return self.accelerator.clip_grad_norm_(self.popo.params, self.args.max_grad_norm)
+        return self._popo_clip(self.args.max_grad_norm)
 
     def _get_grad_norm(self, model, grad_norm=None):
-        if self.popo is not None and grad_norm is None:
-            grad_norm = self.accelerator.clip_grad_norm_(self.popo.params, float("inf"))
+        if self.popo is not None and grad_norm is None:  # max_grad_norm 0: the norm only
+            grad_norm = self._popo_clip(0.0)
         return super()._get_grad_norm(model, grad_norm)
+
+    def _popo_clip(self, max_norm: float):
+        """popo's clip-and-step rule before TRL's optimizer step: the policy and the predictor clipped together,
+        their gradients dropped (so TRL's step leaves them) when a loss, metric or the norm is not finite."""
+        p = self.popo
+        norm, p.stepped = clip_and_step(p.params, (), max_norm=max_norm, clip=self.accelerator.clip_grad_norm_,
+                                        finite=p.finite)
+        return norm
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.popo is not None and self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            save_companions(self.popo.models, folder)
+            companions.write(companions.folder(folder), self.popo.models.saved_companions())
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if self.popo is not None and checkpoint is not None:
-            load_companions(self.popo.models, checkpoint)
+            where = companions.folder(checkpoint)
+            models = self.popo.models
+            models.restore_companions(companions.read(where, target=models.target is not None,
+                                                      predictor=models.predictor is not None), where)

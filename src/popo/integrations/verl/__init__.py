@@ -5,9 +5,11 @@ process through the ``verl.plugins`` entry point, `autoload`), and enters into v
 
 - the advantage estimator ``"popo"`` (`advantage.popo_advantage`): POPO's per-row credit from verl's
   token-level rewards and group ids (``algorithm.adv_estimator=popo``);
-- the policy loss ``"popo"`` (`loss.popo_policy_loss`): POPO's weighted NLL on verl's tensor layout
-  (``actor_rollout_ref.actor.policy_loss.loss_mode=popo``), the whole objective for runs on verl's own engine;
+- the policy loss ``"popo"`` (`loss.popo_policy_loss`): the name ``actor_rollout_ref.actor.policy_loss.loss_mode=popo``
+  selects; POPO's engine computes the loss itself, and verl's own engine calling it is refused (it would train
+  POPO without its similarity term), with the engine setting to use;
 - the actor engine (`engine.POPOFSDPEngine`, switched on by ``fsdp_config._target_=...POPOEngineConfig``):
   forwards only the positives, holds the EMA target sharded like the policy and the predictor, adds the
-  similarity term, keeps ranks in lockstep, and checkpoints them with verl's files (`rows`: its batch layout).
+  similarity term, keeps ranks in lockstep, and checkpoints them with verl's files (`rows`: its batch layout;
+  `internals`: the private verl names it uses, checked at registration).
 """

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from popo.credit import popo_weights
+from popo.logprobs import masked_mean
 
 
 def _groups(index: Sequence[Any] | None, rows: int) -> list[list[int]]:
@@ -46,13 +47,6 @@ def _groups(index: Sequence[Any] | None, rows: int) -> list[list[int]]:
     for row, uid in enumerate(index):
         members.setdefault(uid, []).append(row)
     return list(members.values())
-
-
-def mean_token_logprobs(logprobs: Tensor, response_mask: Tensor) -> Tensor:
-    """[bs, T] token log-probs -> [bs] mean over each row's response tokens (masked positions never read)."""
-    mask = response_mask.bool()
-    total = torch.where(mask, logprobs, 0.0).sum(dim=-1)  # [bs]
-    return total / mask.sum(dim=-1).clamp_min(1).to(total.dtype)
 
 
 @torch.no_grad()
@@ -121,7 +115,7 @@ def popo_advantage(
     rewards = token_level_rewards.sum(dim=-1)  # [bs]
     mean_lp = None
     if old_log_probs is not None and settings.weight_mode == "softmax":
-        mean_lp = mean_token_logprobs(old_log_probs.detach(), mask)
+        mean_lp = masked_mean(old_log_probs.detach(), mask)  # [bs] over each row's response tokens
     weights = popo_row_weights(
         rewards, index, weight_mode=settings.weight_mode, weight_temperature=settings.weight_temperature,
         reward_threshold=settings.reward_threshold, length_normalize=settings.length_normalize,

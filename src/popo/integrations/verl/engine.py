@@ -8,23 +8,26 @@ A mini-batch (`forward_backward_batch`, per data-parallel rank; `rows` reads ver
 2. the positives alone are split into micro-batches (verl's token-balanced split or fixed rows); a rank with
    fewer micro-batches than another runs idle ones (`rows.idle_micro_batch`: a synthetic zero-weight row) so
    every rank joins every FSDP collective, also when it has no positive at all;
-3. per micro-batch: the EMA target's pooled features (no gradient; the target is sharded like the policy),
-   the policy's forward through verl's own input/output preparation with its final hidden states captured,
-   the predictor on their pooled mean, and popo's loss-table entry (`popo.algorithms`) on those inputs:
+3. per micro-batch: the EMA target's pooled features (no gradient; the target is sharded like the policy)
+   and the policy's forward through verl's own input/output preparation with its final hidden states
+   captured (`_forward`), then popo's micro-batch core (`popo.step_core`, the same as popo's trainer and the
+   TRL bridge run): the predictor on the pooled features, the per-row target noise and the loss-table entry,
    weighted NLL + alpha * similarity + beta * entropy, normalised by the global N+ and W;
 4. each loss is multiplied by the data-parallel size, because verl's FSDP2 averages gradients over ranks
    while popo's shares add up (verl's own losses do the same); the predictor's gradients are summed over
    ranks and divided by that size, so both equal the one-process gradient of the whole mini-batch.
 
-`optimizer_step` clips the policy and the predictor together (popo's `fsdp.clip_gradients_`), steps both
-(the predictor's own AdamW follows the policy's learning rate) and then the EMA (`ema_update_` on the local
-shards, tau from `ema_tau` at verl's trainer step). A mini-batch without a positive anywhere changes nothing.
-Checkpoints add ``popo_world_size_{W}_rank_{r}.pt`` (target shard, predictor, its optimizer) beside verl's
-files in the same folder; loading needs the same world size, as verl's own shards do.
+`optimizer_step` clips the policy and the predictor together and steps both or neither
+(`popo.step_core.clip_and_step`; the predictor's own AdamW follows the policy's learning rate), then the EMA
+on the local shards (`popo.ema.ema_step_`, at the engine's own count of trainer steps, `trainer_step`). A
+mini-batch without a positive anywhere, or with a non-finite loss or norm, changes nothing.
+Checkpoints add POPO's companions (`popo.companions`, the format popo's trainer and TRL write: target shard,
+predictor, its optimizer, the step count) in ``popo/world_size_{W}_rank_{r}/`` beside verl's files; loading
+needs the same world size, as verl's own shards do.
 
 The engine is plain verl unless its engine config is a `POPOEngineConfig` and it trains (the reference
 model and log-prob passes run verl's code unchanged). Noise on the target features is keyed on each row's
-tokens and the trainer step (`rows.noise_seeds`), so it does not depend on how rows are split. The update
+tokens and the trainer step (`popo.seeds.content_noise_seeds`), so it does not depend on how rows are split. The update
 reads the policy at temperature 1 (popo's loss is on the policy itself), whatever ``rollout.temperature``
 sampled the rollouts; verl's own losses use the rollout temperature.
 
@@ -38,7 +41,6 @@ Switching it on (Hydra, with `register_engine()` run in every worker process, e.
 
 from __future__ import annotations
 
-import os
 import types
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -54,15 +56,16 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine.utils import postprocess_batch_func
 from verl.workers.utils.padding import no_padding_2_padding
 
-from popo import fsdp
-from popo.algorithms import BatchTotals, LossInputs, get_algorithm
+from popo import companions, fsdp, step_core
+from popo.algorithms import BatchTotals, Shares, get_algorithm
 from popo.distributed import Dist
-from popo.ema import ema_tau, ema_update_, freeze_
-from popo.integrations.verl import rows
-from popo.integrations.verl.settings import LOSS_NAME, POPOVerlConfig
+from popo.ema import ema_step_, ema_update_, freeze_
+from popo.integrations.verl import internals, rows
+from popo.integrations.verl.settings import POPOVerlConfig, check_actor_settings
 from popo.logprobs import masked_mean
 from popo.predictor import Predictor
-from popo.seeds import normal_noise
+from popo.seeds import content_noise_seeds
+from popo.step_core import PolicyArrays
 
 _DECODER_METHOD = "popo_decoder_hidden"
 """The method added to the target's root FSDP unit: its decoder alone (no LM head), run as a forward."""
@@ -111,13 +114,15 @@ class POPOFSDPEngine(FSDPEngineWithLMHead):
         super().__init__(model_config, engine_config, optimizer_config, checkpoint_config)
         self._target = self._predictor = self._predictor_optimizer = None
         self._stepping = False  # whether the last mini-batch had a positive row anywhere
+        self._steps = 0  # verl trainer steps taken (scheduler steps): the EMA schedule's and the noise's step
+        self._losses_finite = True  # every micro-batch loss of the last mini-batch finite, on every rank
         settings = engine_config.settings() if isinstance(engine_config, POPOEngineConfig) else None
         self._algo = None if settings is None or engine_config.forward_only else settings.algo()
         if self._algo is None:
             return
         if engine_config.strategy != "fsdp2":
             raise ValueError(f"POPO's verl engine needs actor.strategy=fsdp2, not {engine_config.strategy!r}")
-        if self.ulysses_sequence_parallel_size > 1 or self._is_lora:
+        if self.ulysses_sequence_parallel_size > 1 or self.model_config.lora_rank > 0:
             raise NotImplementedError("POPO's verl engine supports neither Ulysses sequence parallelism nor LoRA")
         self._algorithm = get_algorithm(self._algo.name)
 
@@ -138,7 +143,7 @@ class POPOFSDPEngine(FSDPEngineWithLMHead):
             return
         self._dist = Dist(rank=self.get_data_parallel_rank(), world=self.get_data_parallel_size(),
                           device=torch.device(get_device_name()))
-        if self.scaler is not None or self._qat_enabled:
+        if self.scaler is not None or getattr(getattr(self.engine_config, "qat", None), "enable", False):
             raise NotImplementedError("POPO's verl engine supports neither fp16 loss scaling nor QAT")
         if self._algorithm.needs_target(self._algo):
             self._build_companions()
@@ -146,13 +151,13 @@ class POPOFSDPEngine(FSDPEngineWithLMHead):
     def _build_companions(self) -> None:
         """The EMA target (built and sharded by verl's own code, so exactly like the policy, then set to the
         policy's weights and frozen), the predictor (the same on every rank) and the predictor's AdamW."""
-        target = freeze_(self._build_fsdp_module(self._build_module()))
+        target = freeze_(internals.build_sharded_copy(self))
         ema_update_(*fsdp.ema_pairs(target, self.module), 0.0)  # tau = 0: an exact copy of the policy's shards
         setattr(target, _DECODER_METHOD, types.MethodType(_decoder_hidden, target))
         from torch.distributed.fsdp import register_fsdp_forward_method
 
         register_fsdp_forward_method(target, _DECODER_METHOD)
-        if self._is_offload_param:
+        if self.is_param_offload_enabled:
             offload_fsdp_model_to_cpu(target)
         self._target = target
         hf = self.model_config.hf_config
@@ -184,7 +189,7 @@ class POPOFSDPEngine(FSDPEngineWithLMHead):
         # popo's loss is on the policy itself (temperature 1), whatever temperature sampled the rollouts
         tu.assign_non_tensor(data, sp_size=1, calculate_entropy=True, temperature=1.0)
         credit, positive, mask = rows.positive_rows(data)
-        totals = rows.global_totals(credit, positive, mask, self._dist)
+        totals = step_core.batch_totals(mask, credit, positive, max_length=mask.shape[1], dist=self._dist)
         chosen = positive.nonzero().flatten().cpu()  # the positives, selected before any micro-batching
         planned = [] if chosen.numel() == 0 else rows.micro_batches(
             tu.index_select_tensor_dict(data, chosen),
@@ -193,60 +198,67 @@ class POPOFSDPEngine(FSDPEngineWithLMHead):
             rows=int(tu.get_non_tensor_data(data, "micro_batch_size_per_gpu", 1) or 1))
         count = self._dist.max_int(len(planned))
         self._stepping = totals.positive_tokens > 0
-        step = self.trainer_step()
-        outputs = []
+        step, outputs, nonfinite = self.trainer_step(), [], 0.0
         for index in range(count):
             micro = planned[index] if index < len(planned) else rows.idle_micro_batch(data)
-            with self._gradient_sync_context(is_last_micro_batch=index == count - 1):
-                loss, metrics = self._popo_micro_batch(micro, totals, step)
+            with internals.gradient_sync(self, last=index == count - 1):
+                loss, shares, forwarded = self._popo_micro_batch(micro, totals, step)
                 loss.backward()
+            nonfinite += shares.get("nonfinite_losses", 0.0)
+            metrics = {f"popo/{key}": self._metric(value) for key, value in shares.items()}
+            metrics["popo/forwarded_rows"] = self._metric(forwarded)
             metrics["popo/idle_passes"] = self._metric(float(index >= len(planned)))
             outputs.append({"loss": float(loss.detach()), "metrics": metrics})
-        if self._predictor is not None and count:
-            self._reduce_predictor_grads()
+        if count:  # every rank has the same count: the collectives are joined by all or none
+            self._losses_finite = self._dist.sum_values([nonfinite])[0] == 0
+            if self._predictor is not None:
+                self._reduce_predictor_grads()
         return postprocess_batch_func(output_lst=outputs, indices=None, data=data)
 
-    def _popo_micro_batch(self, micro, totals: BatchTotals, step: int) -> tuple[torch.Tensor, dict]:
-        """One micro-batch's loss (its share of the mini-batch's POPO loss, times the data-parallel size,
-        with gradient) and its metrics."""
+    def _popo_micro_batch(self, micro, totals: BatchTotals, step: int) -> tuple[torch.Tensor, Shares, float]:
+        """One micro-batch through popo's micro-batch core (`popo.step_core`): its loss (its share of the
+        mini-batch's POPO loss, times the data-parallel size, with gradient), its `Shares` and its rows."""
         micro = micro.to(get_device_id())
         credit, positive, mask = rows.positive_rows(micro)
+        mask = mask & positive.unsqueeze(1)  # the idle stand-in row counts no token
+        arrays = self._forward(micro, mask)
+        keys = None
+        if arrays.target is not None:
+            ids = micro["input_ids"]
+            keys = content_noise_seeds(ids.values(), ids.offsets(), self.engine_config.seed, step)
+        x = step_core.loss_inputs(self._algorithm, self._algo, arrays, credit=credit, positive=positive,
+                                  totals=totals, forwarded_tokens=totals.positive_tokens, predictor=self._predictor,
+                                  row_keys=keys)
+        loss, shares = step_core.loss_and_shares(self._algorithm, self._algo, x, arrays.entropy,
+                                                 totals.positive_tokens)
+        return loss * self._dist.world, shares, float(positive.sum())
+
+    def _forward(self, micro, mask: torch.Tensor) -> PolicyArrays:
+        """The target's pooled features (no gradient) and the policy's log-probs, entropies and per-token features
+        on a micro-batch, through verl's own input and output preparation, in popo's [n, R] layout."""
         inputs, output_args = self.prepare_model_inputs(micro_batch=micro)
         unpadded = bool(tu.get_non_tensor_data(micro, "use_remove_padding", True))
         pad = int(output_args.get("pad_size", 0) or 0)
-        autocast = (nullcontext() if self._autocast_dtype == torch.float32
-                    else torch.autocast(device_type=get_device_name(), dtype=self._autocast_dtype))
+
+        def response(hidden: torch.Tensor) -> torch.Tensor:  # [n, R, H]: the state at each response token
+            return rows.response_hidden(rows.packed_hidden(hidden, micro, remove_padding=unpadded, pad_size=pad), micro)
+
+        dtype = internals.autocast_dtype(self)
+        autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device_type=get_device_name(), dtype=dtype)
         with autocast:
             target = None
             if self._target is not None:
                 with torch.no_grad():
                     hidden = getattr(self._target, _DECODER_METHOD)(**inputs)
                     fsdp.reshard_all(self._target)  # no backward follows: free the root's gathered weights
-                    features = rows.response_hidden(rows.packed_hidden(hidden, micro, remove_padding=unpadded,
-                                                                       pad_size=pad), micro)
-                    target = masked_mean(features, mask).float()
+                    target = masked_mean(response(hidden), mask).float()
             with _captured_output(self.module.get_decoder()) as captured:
                 raw = self.module(**inputs, use_cache=False)
             out = self.prepare_model_outputs(output=raw, output_args=output_args, micro_batch=micro,
                                              logits_processor_func=None)
-        entropy = no_padding_2_padding(out["entropy"], micro)
-        x = LossInputs(logprobs=no_padding_2_padding(out["log_probs"], micro), mask=mask, credit=credit,
-                       positive=positive, totals=totals,
-                       token_share=float(mask[positive].sum()) / max(1, totals.positive_tokens),
-                       entropy=entropy if self._algorithm.needs_entropy(self._algo) else None)
-        if target is not None:
-            features = rows.response_hidden(rows.packed_hidden(captured[-1], micro, remove_padding=unpadded,
-                                                               pad_size=pad), micro)
-            x.predicted = self._predictor(masked_mean(features, mask).float())
-            x.target = target
-            seeds = rows.noise_seeds(rows.content_keys(micro["input_ids"]), self.engine_config.seed, step)
-            x.target_noise = normal_noise(seeds, target.shape[-1]).to(target.device)
-        loss, shares = self._algorithm.loss(x, self._algo)
-        trained = mask & positive.unsqueeze(1)
-        shares.put("entropy", float(torch.where(trained, entropy.detach(), 0.0).sum()) / max(1, totals.positive_tokens))
-        metrics = {f"popo/{key}": self._metric(value) for key, value in shares.items()}
-        metrics["popo/forwarded_rows"] = self._metric(float(positive.sum()))
-        return loss * self._dist.world, metrics
+        return PolicyArrays(no_padding_2_padding(out["log_probs"], micro),
+                            no_padding_2_padding(out["entropy"], micro), mask,
+                            features=response(captured[-1]) if target is not None else None, target=target)
 
     def _metric(self, value: float):
         """A per-micro-batch value for verl's metric lists: verl averages over ranks and adds over
@@ -273,8 +285,13 @@ class POPOFSDPEngine(FSDPEngineWithLMHead):
         return self._dist.sum_(t.to(self._dist.device)).to(t.device)
 
     def trainer_step(self) -> int:
-        """verl's trainer step (its scheduler steps once per step): the EMA schedule's and the noise's step."""
-        return int(self.lr_scheduler.last_epoch) if self.lr_scheduler is not None else 0
+        """verl's trainer step, counted by popo (`lr_scheduler_step`, checkpointed with the companions): the
+        EMA schedule's and the noise's step."""
+        return self._steps
+
+    def lr_scheduler_step(self):
+        self._steps += 1  # verl's worker steps the scheduler once per trainer step
+        return super().lr_scheduler_step()
 
     def optimizer_zero_grad(self):
         super().optimizer_zero_grad()
@@ -282,94 +299,69 @@ class POPOFSDPEngine(FSDPEngineWithLMHead):
             self._predictor_optimizer.zero_grad(set_to_none=True)
 
     def optimizer_step(self):
-        """Clip the policy's and the predictor's gradients together, step both, then the EMA; nothing moves
-        when the mini-batch had no positive anywhere or a gradient is not finite. Returns the norm."""
+        """Clip the policy's and the predictor's gradients together, step both, then the EMA
+        (`popo.step_core.clip_and_step`, `popo.ema.ema_step_`); nothing moves when the mini-batch had no positive
+        anywhere or a loss or the norm is not finite. Returns the norm."""
         if not self.popo_active:
             return super().optimizer_step()
         if not self._stepping:
             return 0.0
-        params = [*self.module.parameters(), *(self._predictor.parameters() if self._predictor is not None else ())]
-        norm = fsdp.clip_gradients_(params, float(self.optimizer_config.clip_grad), self._sum_over_ranks)
-        if not torch.isfinite(norm):
-            self.optimizer_zero_grad()
-            return float(norm)
-        self.optimizer.step()
-        if self._predictor_optimizer is not None:
+        params, optimizers = list(self.module.parameters()), [self.optimizer]
+        if self._predictor is not None:  # its AdamW follows the policy's learning rate
+            params += list(self._predictor.parameters())
             for group in self._predictor_optimizer.param_groups:
                 group["lr"] = self.optimizer.param_groups[0]["lr"]
-            self._predictor_optimizer.step()
-        if self._target is not None:
-            tau = ema_tau(self.trainer_step(), int(self.optimizer_config.total_training_steps or 0),
-                          self._algo.tau, self._algo.tau_schedule)
-            ema_update_(*fsdp.ema_pairs(self._target, self.module), tau)
+            optimizers.append(self._predictor_optimizer)
+        norm, stepped = step_core.clip_and_step(
+            params, optimizers, max_norm=float(self.optimizer_config.clip_grad), finite=self._losses_finite,
+            clip=lambda ps, max_norm: fsdp.clip_gradients_(ps, max_norm, self._sum_over_ranks))
+        if stepped and self._target is not None:
+            ema_step_(fsdp.ema_pairs(self._target, self.module), step=self.trainer_step(),
+                      total_steps=int(self.optimizer_config.total_training_steps or 0), cfg=self._algo)
         return float(norm)
 
     # ------------------------------------------------------------------ placement and checkpoints
     def to(self, device: str, model: bool = True, optimizer: bool = True, grad: bool = True):
         super().to(device=device, model=model, optimizer=optimizer, grad=grad)
         target = getattr(self, "_target", None)
-        if target is None or not model or self._uses_fsdp2_cpu_offload_policy:
+        if target is None or not model or internals.weights_offloaded_by_fsdp(self):
             return
         if device == get_device_name():
             load_fsdp_model_to_gpu(target)
         elif device == "cpu":
             offload_fsdp_model_to_cpu(target)
 
-    def companions_path(self, folder: str) -> str:
-        """This rank's file of POPO's companions in a checkpoint folder."""
-        return os.path.join(folder, f"popo_world_size_{self._dist.world}_rank_{self._dist.rank}.pt")
+    def companions_path(self, checkpoint: str):
+        """This rank's folder of POPO's companions in a checkpoint folder (`popo.companions`, per rank)."""
+        return companions.folder(checkpoint, rank=self._dist.rank, world=self._dist.world)
 
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None, **kwargs):
         super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep, **kwargs)
         if self._target is None or local_path is None:
             return
         fsdp.reshard_all(self._target)
-        state = {"target": {k: fsdp.local(v).detach().cpu().clone() for k, v in self._target.state_dict().items()},
-                 "predictor": self._predictor.state_dict(),
-                 "predictor_optimizer": self._predictor_optimizer.state_dict()}
-        torch.save(state, self.companions_path(local_path))
+        companions.write(self.companions_path(local_path), companions.Companions(
+            target={k: fsdp.local(v).detach().cpu().clone() for k, v in self._target.state_dict().items()},
+            predictor=self._predictor.state_dict(), predictor_optimizer=self._predictor_optimizer.state_dict(),
+            state={"steps": self._steps}))
         torch.distributed.barrier()
 
     def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=True, **kwargs):
         super().load_checkpoint(local_path, hdfs_path, del_local_after_load, **kwargs)
         if self._target is None or local_path is None:
             return
-        path = self.companions_path(local_path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} is missing: POPO's target and predictor are saved beside verl's files "
-                                    "by POPOFSDPEngine (same world size); this checkpoint has none")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        where = self.companions_path(local_path)
+        saved = companions.read(where, target=True, predictor=True, predictor_optimizer=True)
         fsdp.reshard_all(self._target)
         own = self._target.state_dict()
-        if set(own) != set(state["target"]):
-            raise KeyError(f"{path}: target tensors do not match the model")
+        if set(own) != set(saved.target):
+            raise KeyError(f"{where}: target tensors do not match the model (same world size needed)")
         with torch.no_grad():
             for name, tensor in own.items():
-                fsdp.local(tensor).copy_(state["target"][name])
-        self._predictor.load_state_dict(state["predictor"])
-        self._predictor_optimizer.load_state_dict(state["predictor_optimizer"])
-
-
-def check_actor_settings(loss_function, algo) -> None:
-    """Refuse verl actor settings that contradict POPO's update (read from the actor config verl binds to
-    its loss function, when there is one): another loss mode, a KL loss, several epochs per batch, or an
-    entropy coefficient other than POPO's beta."""
-    config = getattr(loss_function, "keywords", {}).get("config") if loss_function is not None else None
-    if config is None:
-        return
-    mode = config.policy_loss.get("loss_mode", None)
-    problems = []
-    if mode != LOSS_NAME:
-        problems.append(f"actor.policy_loss.loss_mode={mode!r} (POPO's engine needs {LOSS_NAME!r})")
-    if config.get("use_kl_loss", False):
-        problems.append("actor.use_kl_loss=true (POPO has no reference model)")
-    if int(config.get("ppo_epochs", 1)) != 1:
-        problems.append(f"actor.ppo_epochs={config.get('ppo_epochs')} (POPO updates once per batch)")
-    if float(config.get("entropy_coeff", 0.0)) != float(algo.beta):
-        problems.append(f"actor.entropy_coeff={config.get('entropy_coeff')} differs from POPO's beta={algo.beta} "
-                        "(the engine uses beta; set both alike)")
-    if problems:
-        raise ValueError("verl settings incompatible with POPO's engine: " + "; ".join(problems))
+                fsdp.local(tensor).copy_(saved.target[name])
+        self._predictor.load_state_dict(saved.predictor)
+        self._predictor_optimizer.load_state_dict(saved.predictor_optimizer)
+        self._steps = int(saved.state["steps"])
 
 
 def register_engine() -> type[POPOFSDPEngine]:
@@ -379,7 +371,8 @@ def register_engine() -> type[POPOFSDPEngine]:
     unless its config is a `POPOEngineConfig`). Idempotent; ValueError when another class holds the key."""
     device, vendor = get_device_name(), get_vendor()
     key = (device, vendor)
-    table = EngineRegistry._engines.get("language_model", {})  # verl 0.9.1's registry: type -> backend -> key
+    internals.check_verl()
+    table = internals.engine_table()
     held = {backend: table.get(backend, {}).get(key) for backend in ("fsdp", "fsdp2")}
     taken = {backend: cls for backend, cls in held.items() if cls is not None and cls is not POPOFSDPEngine}
     if taken:

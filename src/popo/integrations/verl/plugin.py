@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import warnings
 
+from popo.integrations.verl.internals import TESTED_VERL, check_verl
 from popo.integrations.verl.settings import ESTIMATOR_NAME, LOSS_NAME, VERL_SETTINGS, POPOVerlConfig
 
 __all__ = ["ESTIMATOR_NAME", "LOSS_NAME", "TESTED_VERL", "VERL_SETTINGS", "POPOVerlConfig", "register"]
-
-TESTED_VERL = ">=0.9.1,<0.10"  # keep in step with requirements/verl.txt and docs/integrations.md
 
 
 def register() -> None:
     """Enter the estimator ``"popo"`` and the policy loss ``"popo"`` into verl's registries (idempotent).
 
-    Raises ValueError when another function already holds either name; warns on a verl outside
-    `TESTED_VERL` (the engine subclass overrides verl internals that change between releases)."""
+    Refuses (SetupError, before registering anything) a verl that lacks one of the private names popo's engine
+    uses (`internals.check_verl`); raises ValueError when another function already holds either name; warns
+    on a verl outside `TESTED_VERL` (the engine subclass overrides verl internals that change between
+    releases)."""
     import verl
     from packaging.specifiers import SpecifierSet
+
+    check_verl()
     from verl.trainer.ppo import core_algos
 
     if verl.__version__ not in SpecifierSet(TESTED_VERL):

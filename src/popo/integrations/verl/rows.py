@@ -9,32 +9,23 @@ estimator: the row's POPO weight on each response token); scalar settings (``tem
 
 What this module answers:
 
-- which rows are positive and the batch's global counts (`positive_rows`, `global_totals`): POPO's N+ and W
-  summed over all ranks, so each rank's loss is its share of the one-process loss;
+- which rows are positive and their credit (`positive_rows`; the global counts are `popo.step_core.batch_totals`);
 - the micro-batches of the positives (`micro_batches`) and the stand-in a rank runs when it has fewer
   (`idle_micro_batch`): a synthetic two-token row with zero weight, never a negative rollout;
 - the policy's pooled features on the response tokens (`packed_hidden`, `response_hidden`), as popo's
-  `popo.logprobs.completion_outputs` takes them (the final hidden state at each completion token);
-- the per-row key of the target-feature noise (`content_keys`, `noise_seeds`): a hash of the row's tokens,
-  so the draw is the same however rows are split into micro-batches or ranks;
-- which groups carry a signal (`rows_with_signal`): popo's loss-table `group_has_signal`, per verl ``uid``.
+  `popo.logprobs.completion_outputs` takes them (the final hidden state at each completion token).
+
+The per-row key of the target-feature noise is `popo.seeds.content_noise_seeds` of the rows' tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from popo.algorithms import BatchTotals, get_algorithm
-from popo.algo_config import AlgoConfig
-from popo.distributed import Dist
-from popo.integrations.verl.loss import row_credit
-from popo.seeds import NOISE_STREAM, fmix32, row_seed, stream_seed
-
-_MASK32 = 0xFFFFFFFF
+from popo.logprobs import masked_mean
 
 
 def padded(t: Tensor) -> Tensor:
@@ -46,17 +37,8 @@ def positive_rows(data) -> tuple[Tensor, Tensor, Tensor]:
     """(credit [n], positive [n] bool, response mask [n, R] bool) of a mini-batch: a row's credit is its POPO
     weight (the estimator's advantage on its tokens); it is positive when the weight is > 0."""
     mask = padded(data["response_mask"]).bool()
-    credit = row_credit(padded(data["advantages"]).float(), mask)
+    credit = masked_mean(padded(data["advantages"]).float(), mask)  # the weight on each of the row's tokens
     return credit, credit > 0, mask
-
-
-def global_totals(credit: Tensor, positive: Tensor, mask: Tensor, dist: Dist) -> BatchTotals:
-    """The mini-batch's counts summed over the data-parallel ranks (one collective): rows, response tokens,
-    positive tokens (N+) and positive weight (W), in float64 so the sums are exact."""
-    rows, tokens, pos_tokens, weight = dist.sum_values(
-        [mask.shape[0], float(mask.sum()), float(mask[positive].sum()), float(credit[positive].double().sum())])
-    return BatchTotals(sequences=int(rows), tokens=int(tokens), positive_tokens=int(pos_tokens),
-                       weight_sum=weight, max_length=mask.shape[1])
 
 
 def micro_batches(data, *, dynamic: bool, max_tokens: int, rows: int) -> list:
@@ -118,43 +100,3 @@ def response_hidden(packed: Tensor, micro_batch) -> Tensor:
     from verl.workers.utils.padding import no_padding_2_padding
 
     return no_padding_2_padding(torch.roll(packed, shifts=-1, dims=0), micro_batch)
-
-
-def content_keys(input_ids: Tensor) -> Tensor:
-    """[n] int64 keys in [0, 2^32): a hash of each row's token ids and their positions (jagged [n, ~] input),
-    so a row keeps its key wherever it lands. Identical rows share a key."""
-    values = input_ids.values().to(torch.int64)
-    offsets = input_ids.offsets().to(torch.int64)
-    lengths = offsets.diff()
-    row = torch.repeat_interleave(torch.arange(lengths.numel(), device=values.device), lengths)
-    position = torch.arange(values.numel(), device=values.device) - offsets[:-1][row]
-    token = fmix32((values * 0x9E3779B1) ^ fmix32(position * 0x85EBCA77 + 0x27D4EB2F))
-    total = torch.zeros(lengths.numel(), dtype=torch.int64, device=values.device).index_add_(0, row, token)
-    return fmix32((total & _MASK32) ^ fmix32(lengths))
-
-
-def noise_seeds(keys: Tensor, seed: int, step: int) -> Tensor:
-    """popo's per-row noise seeds (`popo.seeds.row_seed` of the step's noise stream) keyed by `keys`."""
-    base = stream_seed(seed, step, NOISE_STREAM)
-    return torch.tensor([row_seed(base, int(k)) for k in keys.tolist()], dtype=torch.int64)
-
-
-def rows_with_signal(rewards: Tensor, uids: Sequence[Any], cfg: AlgoConfig) -> Tensor:
-    """[n] bool: the rows whose group (verl ``uid``) can move the policy, by the loss table's
-    `group_has_signal` for `cfg.name` (POPO: a group with at least one positive; an all-negative group has
-    zero weight everywhere and adds nothing). Groups may differ in size and need not be adjacent."""
-    n = rewards.shape[0]
-    if len(uids) != n:
-        raise ValueError(f"{len(uids)} uids for {n} rows")
-    members: dict[Any, list[int]] = {}
-    for row, uid in enumerate(uids):
-        members.setdefault(uid, []).append(row)
-    has_signal = get_algorithm(cfg.name).group_has_signal
-    keep = torch.zeros(n, dtype=torch.bool)
-    by_size: dict[int, list[list[int]]] = {}
-    for group in members.values():
-        by_size.setdefault(len(group), []).append(group)
-    for groups in by_size.values():
-        index = torch.tensor(groups)  # [B, G]
-        keep[index] = has_signal(rewards[index], cfg).unsqueeze(1).expand_as(index)
-    return keep

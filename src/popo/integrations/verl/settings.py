@@ -1,63 +1,79 @@
 """POPO's settings for a verl run (`POPOVerlConfig`, the ``algorithm.popo`` section) and the verl settings a
-POPO run needs (`VERL_SETTINGS`); registration is `popo.integrations.verl.plugin`.
+POPO run needs (`RULES`, `verl_settings`, `check_actor_settings`); registration is `popo.integrations.verl.plugin`.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from popo.algo_config import AlgoConfig
-from popo.config_reference import field_docs
+from popo.config_reference import loss_settings
 
 ESTIMATOR_NAME = "popo"
 LOSS_NAME = "popo"
 
-VERL_SETTINGS = {
-    "algorithm.adv_estimator": ESTIMATOR_NAME,
-    "algorithm.use_kl_in_reward": False,  # the estimator reads outcome rewards; a KL penalty would change them
-    "actor_rollout_ref.actor.policy_loss.loss_mode": LOSS_NAME,
-    "actor_rollout_ref.actor.loss_agg_mode": "token-mean",  # POPO's NLL and entropy are token means over N+
-    "actor_rollout_ref.actor.use_kl_loss": False,  # POPO has no reference model
-    "actor_rollout_ref.actor.ppo_epochs": 1,  # one update per generation batch
-    "actor_rollout_ref.actor.entropy_coeff": "POPOVerlConfig.beta",  # verl adds the entropy term (see loss.py)
-    "actor_rollout_ref.actor.strategy": "fsdp2",  # POPO's engine subclasses verl's FSDP2 engine
-    "actor_rollout_ref.actor.fsdp_config._target_": "popo.integrations.verl.engine.POPOEngineConfig",
+_ACTOR = "actor_rollout_ref.actor."
+
+RULES: dict[str, tuple[Any, str]] = {
+    "algorithm.adv_estimator": (ESTIMATOR_NAME, "POPO's credit"),
+    "algorithm.use_kl_in_reward": (False, "the estimator reads outcome rewards; a KL penalty would change them"),
+    _ACTOR + "policy_loss.loss_mode": (LOSS_NAME, "POPO's engine computes POPO's loss"),
+    _ACTOR + "loss_agg_mode": ("token-mean", "POPO's NLL and entropy are token means over N+"),
+    _ACTOR + "use_kl_loss": (False, "POPO has no reference model"),
+    _ACTOR + "ppo_epochs": (1, "POPO updates once per generation batch"),
+    _ACTOR + "entropy_coeff": (lambda algo: algo.beta, "POPO's beta: the engine uses beta, set both alike"),
+    _ACTOR + "strategy": ("fsdp2", "POPO's engine subclasses verl's FSDP2 engine"),
+    _ACTOR + "fsdp_config._target_": ("popo.integrations.verl.engine.POPOEngineConfig", "POPO's engine"),
 }
-"""verl settings a POPO run needs (`loss.popo_policy_loss` rejects the aggregation and rollout correction
-it cannot honour; `engine.check_actor_settings` refuses the actor's when POPO's engine trains)."""
+"""The verl settings a POPO run needs: key -> (value, or a function of POPO's `algo` settings; why). Stated
+once: `verl_settings` lists them, `check_actor_settings` refuses the actor's that POPO's engine can read."""
+
+CHECKED_BY_ENGINE = ("policy_loss.loss_mode", "use_kl_loss", "ppo_epochs", "entropy_coeff")
+"""The `RULES` under ``actor_rollout_ref.actor.`` in the actor config verl binds to its loss function."""
 
 
-def _popo_field(name: str) -> Any:
-    """A field with the default and help text of popo's own ``algo.<name>`` (`popo.algo_config.AlgoConfig`)."""
-    docs = field_docs(AlgoConfig)
-    return field(default=getattr(AlgoConfig(), name), metadata={"help": docs[name]})
+def verl_settings(algo: AlgoConfig | None = None) -> dict[str, Any]:
+    """The verl settings a POPO run with `algo` (default: POPO's defaults) needs, by key."""
+    algo = algo or AlgoConfig(name="popo")
+    return {key: value(algo) if callable(value) else value for key, (value, _) in RULES.items()}
+
+
+VERL_SETTINGS = verl_settings()
+"""`verl_settings` at POPO's defaults (what the recipe, configs/verl/qwen2.5-math-7b-popo.sh, sets)."""
+
+
+def check_actor_settings(loss_function, algo: AlgoConfig) -> None:
+    """Refuse verl actor settings that contradict POPO's update (`RULES` in `CHECKED_BY_ENGINE`, read from the
+    actor config verl binds to its loss function, when there is one): another loss mode, a KL loss, several
+    epochs per batch, or an entropy coefficient other than POPO's beta."""
+    config = getattr(loss_function, "keywords", {}).get("config") if loss_function is not None else None
+    if config is None:
+        return
+    wanted, problems = verl_settings(algo), []
+    for key in CHECKED_BY_ENGINE:
+        want, (_, why) = wanted[_ACTOR + key], RULES[_ACTOR + key]
+        got = config
+        for part in key.split("."):
+            got = got.get(part, None) if hasattr(got, "get") else getattr(got, part, None)
+        if got is not None and type(want)(got) != want:  # (a setting verl's config lacks is not checked)
+            problems.append(f"actor.{key}={got!r} (POPO needs {want!r}: {why})")
+    if problems:
+        raise ValueError("verl settings incompatible with POPO's engine: " + "; ".join(problems))
 
 
 @dataclass
-class POPOVerlConfig:
-    """POPO's settings for verl, the ``algorithm.popo`` section: the fields of popo's ``algo`` section that a
-    verl run uses, with popo's defaults and help text (``dataclasses.fields(POPOVerlConfig)[i].metadata``).
+class POPOVerlConfig(loss_settings("popo", name="POPOVerlSettings")):
+    """POPO's settings for verl, the ``algorithm.popo`` section: the `algo` settings popo's loss-table entry
+    declares (`popo.algorithms.Algorithm.settings`), with popo's types, defaults and help text
+    (``dataclasses.fields(POPOVerlConfig)[i].metadata``), generated from that one list.
 
     The estimator reads reward_threshold, weight_mode, weight_temperature and length_normalize; beta is
     verl's ``actor.entropy_coeff``; alpha, tau, tau_schedule, noise_std and the predictor's shape belong to
     the engine that holds the EMA target and the predictor (``actor.fsdp_config.popo``, `engine.POPOEngineConfig`).
     """
-
-    alpha: float = _popo_field("alpha")
-    beta: float = _popo_field("beta")
-    tau: float = _popo_field("tau")
-    tau_schedule: str = _popo_field("tau_schedule")
-    noise_std: float = _popo_field("noise_std")
-    predictor_width: int = _popo_field("predictor_width")
-    predictor_layers: int = _popo_field("predictor_layers")
-    weight_mode: str = _popo_field("weight_mode")
-    weight_temperature: float = _popo_field("weight_temperature")
-    length_normalize: bool = _popo_field("length_normalize")
-    reward_threshold: float = _popo_field("reward_threshold")
-    entropy_scope: str = _popo_field("entropy_scope")
 
     def __post_init__(self) -> None:
         from popo.config import Config, validate  # popo's own checks on the same values
