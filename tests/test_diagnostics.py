@@ -128,7 +128,8 @@ def test_diagnostics_do_not_change_the_run(warm_testbed_cache, tmp_path, one_thr
 
 
 def test_the_demo_reports_the_diagnostics_means():
-    from popo.study.demo import demo_diagnostics, diagnostic_means
+    from popo.study.demo import diagnostic_means
+    from popo.study.demo_report import demo_diagnostics
 
     records = [{"step": 1, "grad_share/nll": 0.9, "distinct_positive_frac": 0.5, "loss": 1.0},
                {"step": 2, "loss": 0.5}, {"step": 3, "grad_share/nll": 0.7}]

@@ -30,6 +30,12 @@ def test_a_compare_folder_gives_trajectories_a_table_and_a_figure(tmp_path, warm
     assert all(line.count("|") == header.count("|") for line in lines[lines.index(header):] if line.startswith("| popo"))
     path = frontier_report.draw_frontier(sets, tmp_path / "frontier.png")
     assert path is None or path.stat().st_size > 0
+    # `popo report` (and compare's report) carries the section
+    from popo.study.report import write_study_report
+
+    text = write_study_report(tmp_path, log=lambda message: None).read_text()
+    section = text[text.index("## Frontier"):text.index("## Training diagnostics")]
+    assert "Matched comparisons against grpo" in section and "| popo | lr=1e-3 |" in section
 
 
 def test_no_baseline_runs_gives_the_table_without_comparisons():

@@ -22,7 +22,7 @@ FIGURE = "frontier.png"
 
 def _method_config(variant: str, run_dir: Path) -> tuple[str, str]:
     method, _, setting = variant.partition(" ")
-    if setting:
+    if setting or not (run_dir / "config.yaml").is_file():
         return method, setting
     import yaml
 
@@ -135,3 +135,24 @@ def draw_frontier(sets: list[Trajectories], path: str | Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def frontier_section(out: str | Path, baselines: list[str]) -> str:
+    """The report's "Frontier" section for the study folder `out` (and its ``frontier.png``): the trajectories'
+    table and figure and the matched comparisons against the first of `baselines` that ran (grpo first when it
+    did). Runs need at least two evaluations with samples (`train.eval_every`, `train.eval_samples`)."""
+    sets = study_trajectories(out)
+    head = "## Frontier\n\n"
+    if not sets or all(len(t.steps) < 2 for t in sets):
+        return head + ("Needs at least two evaluations with samples per run (`train.eval_every` below `train.steps`, "
+                       "`train.eval_samples` > 0): none here.\n\n")
+    methods = {t.method for t in sets}
+    baseline = next((b for b in ["grpo", *baselines] if b in methods), sorted(methods)[0])
+    figure = draw_frontier(sets, Path(out) / FIGURE)
+    lines = ["Each method's evaluations in the plane of sampled accuracy (avg@k) and breadth (pass@k), from the "
+             "start; a method that stops further along the trade-off shows more of one and less of the other, so "
+             "the comparisons below put both methods at the same avg@k (or the same compute) first "
+             "(docs/frontier.md says how to read them).", ""]
+    if figure is not None:
+        lines += [f"![frontier]({FIGURE})", ""]
+    return head + "\n".join(lines + frontier_lines(sets, baseline)) + "\n\n"

@@ -25,6 +25,8 @@ from popo.sampling_metrics import pass_at_k
 from popo.study.stats import bootstrap_difference, mean_ci
 
 PROBLEMS, START_PROBLEMS = "problems.json", "start-problems.json"
+START_NOTE = ("The start's pass@j is the mean over its step-0 evaluations (its seeds column counts them), the\n"
+              "start of the Results table; its distinct count is from one of them (`start-problems.json`).\n")
 
 
 def evaluate_outcomes(trainer, seed: int | None = None) -> dict:
@@ -91,16 +93,24 @@ def distinct_per_solved(outcomes: list[dict]) -> float:
     return sum(solved) / len(solved) if solved else float("nan")
 
 
-def exploration_table(start: dict | None, runs: dict[str, dict[int, dict]]) -> list[str]:
+def exploration_table(start: dict | None, runs: dict[str, dict[int, dict]],
+                      start_correct: list[list[int]] | None = None) -> list[str]:
     """Markdown rows: pass@j at the start and per variant at the end (mean over seeds), and distinct
-    correct solutions per solved problem (pooled over seeds)."""
+    correct solutions per solved problem (pooled over seeds). With `start_correct` (each start evaluation's
+    correct samples per problem, as the report's Results table averages them) the start's pass@j is the mean
+    over those evaluations; its distinct count is always `start`'s (one evaluation)."""
     sample = start or next((o for by in runs.values() for o in by.values()), None)
     if sample is None or not sample["k"]:
         return []
     js = list(pass_curve(sample))
     lines = ["| variant | seeds | " + " | ".join(f"pass@{j}" for j in js) + " | distinct correct / solved |",
              "|" + " --- |" * (3 + len(js))]
-    if start is not None:
+    if start_correct:
+        curves = [pass_curve({"k": sample["k"], "correct": [int(x) for x in c]}) for c in start_correct]
+        distinct = f"{distinct_per_solved([start]):.2f}" if start is not None else "-"
+        lines.append(f"| *start* | {len(curves)} | " + " | ".join(f"{sum(c[j] for c in curves) / len(curves):.3f}"
+                                                            for j in js) + f" | {distinct} |")
+    elif start is not None:
         curve = pass_curve(start)
         lines.append("| *start* | - | " + " | ".join(f"{curve[j]:.3f}" for j in js) +
                      f" | {distinct_per_solved([start]):.2f} |")
@@ -134,9 +144,10 @@ def bootstrap_rows(runs: dict[str, dict[int, dict]], baseline: str, *, resamples
     return lines
 
 
-def outcome_section(out: Path, run_dirs: dict[str, dict[int, Path]], baselines: list[str]) -> str:
+def outcome_section(out: Path, run_dirs: dict[str, dict[int, Path]], baselines: list[str],
+                    start_correct: list[list[int]] | None = None) -> str:
     """The report's per-problem subsection for the study folder `out` and its runs' folders, or '' when
-    no run recorded its problems."""
+    no run recorded its problems; `start_correct` as for `exploration_table`."""
     start, outcomes = load_outcomes(out, run_dirs)
     if not outcomes:
         return ""
@@ -151,6 +162,6 @@ and problems together (2000 resamples): it counts the finite test set as well as
 Unbiased pass@j from the k samples of the final evaluation of each run (mean over seeds), against the
 initial checkpoint: a method that narrows exploration gains at small j and loses at large j. The last
 column is the mean number of distinct correct completions among the k samples of a solved problem.
-
-{chr(10).join(exploration_table(start, outcomes))}
+{START_NOTE if start_correct else ""}
+{chr(10).join(exploration_table(start, outcomes, start_correct))}
 """

@@ -1,11 +1,11 @@
-"""The study figures (matplotlib, Agg backend, imported on first use): the demo's learning curve, and for
-`popo report` curves with shaded confidence intervals, side-by-side diagnostic panels and a forest plot,
+"""The study figures (matplotlib, Agg backend, imported on first use): the demo's learning curve and its
+trajectories in the (avg@k, pass@k) plane, and for `popo report` curves with shaded confidence intervals, a
+grid of diagnostic panels and a forest plot,
 with `study_plots`, which draws all of the report's figures from its runs' metrics records."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from popo.study.stats import mean_ci
 
@@ -20,23 +20,81 @@ def pyplot():
     return plt
 
 
-def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: Path, start_acc: float | None) -> None:
-    """The demo's figure: held-out greedy accuracy against rollouts sampled, one line per method."""
+DEMO_METRICS = (("greedy", "greedy accuracy"), ("avg", "avg@{k}"), ("pass", "pass@{k}"))
+"""The demo's per-evaluation metrics: key in its trajectory points, and label (k: samples per problem)."""
+
+
+def plot_learning_curves(trajectories: dict[str, list[dict]], path: Path, k: int) -> None:
+    """The demo's learning curve (`draw_learning_curves`), saved to `path`."""
+    fig = draw_learning_curves(trajectories, k)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
+def draw_learning_curves(trajectories: dict[str, list[dict]], k: int):
+    """The demo's learning curve (not saved): greedy accuracy, avg@k and pass@k on its held-out split against
+    training steps, one panel per metric and one line per method, shaded by the 95% interval over problems of
+    each evaluation. `trajectories` maps a method to its evaluations: ``{"step": s, metric: [mean, low, high]}``."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, history in histories.items():
-        points = [(h.get("rollouts_total", 0), h["eval/greedy_acc"]) for h in history if "eval/greedy_acc" in h]
-        if start_acc is not None:
-            points = [(0, start_acc)] + [p for p in points if p[0] > 0]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
-    ax.set_xlabel("rollouts sampled")
-    ax.set_ylabel("held-out greedy accuracy")
-    ax.set_title("RL from the warmed-up testbed model")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    metrics = [(key, label.format(k=k)) for key, label in DEMO_METRICS
+               if all(key in p for points in trajectories.values() for p in points)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.9 * len(metrics), 3.4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
+        for method, points in trajectories.items():
+            steps = [p["step"] for p in points]
+            line, = ax.plot(steps, [p[key][0] for p in points], marker="o", markersize=3, label=method)
+            ax.fill_between(steps, [p[key][1] for p in points], [p[key][2] for p in points],
+                            color=line.get_color(), alpha=0.18, linewidth=0)
+        ax.set_title(label, fontsize=11)
+        ax.set_xlabel("training step", fontsize=10)
+        ax.tick_params(labelsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out (demo split)", fontsize=10)
+    axes[0][0].legend(fontsize=9)
+    fig.suptitle("mean over problems at each evaluation, shaded 95% interval over problems", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_tradeoff(trajectories: dict[str, list[dict]], path: Path, k: int) -> None:
+    """The demo's trade-off figure (`draw_tradeoff`), saved to `path`."""
+    fig = draw_tradeoff(trajectories, k)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
+def _bars(points: list[dict], key: str) -> list[list[float]]:
+    """Error-bar lengths (below, above) of `key`'s [mean, low, high] at each point."""
+    return [[p[key][0] - p[key][1] for p in points], [p[key][2] - p[key][0] for p in points]]
+
+
+def draw_tradeoff(trajectories: dict[str, list[dict]], k: int):
+    """The demo's trade-off figure (not saved): each method's evaluations in the (avg@k, pass@k) plane in step
+    order, arrows from one evaluation to the next, the step beside each point, bars for the 95% intervals over
+    problems, and the start (step 0, shared by every method) as a star."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    start = next(iter(trajectories.values()))[0]
+    for method, points in trajectories.items():
+        xs, ys = [p["avg"][0] for p in points], [p["pass"][0] for p in points]
+        line, = ax.plot(xs, ys, marker="o", markersize=4, linewidth=0, label=method)
+        color = line.get_color()
+        ax.errorbar(xs, ys, xerr=_bars(points, "avg"), yerr=_bars(points, "pass"), fmt="none", ecolor=color,
+                    alpha=0.3, linewidth=0.8)
+        for a, b in zip(zip(xs, ys), list(zip(xs, ys))[1:]):
+            ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle="->", color=color, linewidth=1.3))
+        for p, x, y in zip(points[1:], xs[1:], ys[1:]):
+            ax.annotate(str(p["step"]), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
+    ax.plot([start["avg"][0]], [start["pass"][0]], marker="*", markersize=15, color="black", linewidth=0,
+            label="start (step 0, shared)", zorder=5)
+    ax.set_xlabel(f"avg@{k}: sampled accuracy", fontsize=10)
+    ax.set_ylabel(f"pass@{k}: problems solved by at least one of {k} samples", fontsize=10)
+    ax.set_title("where each method went: evaluations labelled by step\n(bars: 95% intervals over problems)",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def _clipped(value: float, limits: tuple[float, float] | None) -> float:
@@ -69,30 +127,44 @@ def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path,
 
 
 def draw_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], xlabel: str, *,
-                empty_note: str = "no data"):
-    """The figure of :func:`plot_panels` (not saved); a panel without any point says `empty_note` in its
-    middle rather than staying blank."""
+                empty_note: str = "no data", columns: int = 2):
+    """The figure of :func:`plot_panels` (not saved): a grid of `columns` panels per row, so that it stays
+    legible at page width; a panel without any point says `empty_note` in its middle rather than staying
+    blank. The legend goes in the grid's first spare cell when there is one, else on the first panel with
+    lines."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (title, series) in zip(axes[0], panels):
+    columns = max(1, min(columns, len(panels)))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.3 * rows), squeeze=False)
+    cells = list(axes.ravel())
+    for ax, (title, series) in zip(cells, panels):
         for name, points in series.items():
             ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1.2, label=name)
         if not any(series.values()):
-            ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center", fontsize=10,
                     color="grey")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    with_lines = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
-    if with_lines:
-        with_lines[0].legend(fontsize=6, ncol=2)
+    spare = cells[len(panels):]
+    for ax in spare[1:]:
+        fig.delaxes(ax)
+    with_lines = [ax for ax in cells[:len(panels)] if ax.get_legend_handles_labels()[0]]
+    if spare:
+        spare[0].axis("off")
+        if with_lines:
+            spare[0].legend(*with_lines[0].get_legend_handles_labels(), loc="center", fontsize=9,
+                            ncol=1 + len(with_lines[0].get_legend_handles_labels()[0]) // 8)
+    elif with_lines:
+        with_lines[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
 
 def plot_panels(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: Path, xlabel: str, *,
                 empty_note: str = "no data") -> None:
-    """Side-by-side panels of (x, y) lines, one panel per (title, series); empty panels say `empty_note`."""
+    """A grid of panels of (x, y) lines (`draw_panels`), one per (title, series); empty ones say `empty_note`."""
     fig = draw_panels(panels, xlabel, empty_note=empty_note)
     fig.savefig(path, dpi=90, bbox_inches="tight")
     pyplot().close(fig)
@@ -180,19 +252,16 @@ def _diagnostic_panels(rl: dict[str, dict[int, list[dict]]]) -> list[tuple[str, 
 
 
 def study_plots(out: Path, runs: dict, done: dict, rows: list, metrics: list[str], start_means: list[float]) -> None:
-    """The report's figures: final metrics (forest plot), learning curves against rollouts and seconds, and
-    the training diagnostics. Only variants without a space in their name (no sweep points) get curves."""
+    """The report's figures, every variant in each (a sweep's points included): final metrics (forest plot),
+    learning curves against rollouts and seconds, and the training diagnostics of the RL variants."""
     start = start_means[0]
-    main = {n: s for n, s in runs.items() if " " not in n}
     plot_forest([(n, [(ci.mean, ci.half_width) for ci in cis]) for n, _, cis in rows], metrics,
                 out / "final_accuracy.png", start=start_means)
-    if main:
-        plot_curves({n: _curve(s, "greedy_acc", 0) for n, s in main.items()}, out / "curve_rollouts.png",
-                    xlabel="rollouts sampled (sft-more: RL-equivalent budget)", ylabel="held-out greedy accuracy",
-                    title="mean over seeds, shaded 95% CI", baseline=start)
-        plot_curves({n: _curve(s, "greedy_acc", 1) for n, s in main.items()}, out / "curve_walltime.png",
-                    xlabel="training seconds (evaluation excluded)", ylabel="held-out greedy accuracy",
-                    title="mean over seeds, shaded 95% CI", baseline=start)
-        rl = {n: s for n, s in main.items() if not next(iter(done[n].values())).get("sft")}
-        plot_panels(_diagnostic_panels(rl), out / "diagnostics.png", "step",
-                    empty_note="no data (diag_every > steps)")
+    plot_curves({n: _curve(s, "greedy_acc", 0) for n, s in runs.items()}, out / "curve_rollouts.png",
+                xlabel="rollouts sampled (sft-more: RL-equivalent budget)", ylabel="held-out greedy accuracy",
+                title="mean over seeds, shaded 95% CI", baseline=start)
+    plot_curves({n: _curve(s, "greedy_acc", 1) for n, s in runs.items()}, out / "curve_walltime.png",
+                xlabel="training seconds (evaluation excluded)", ylabel="held-out greedy accuracy",
+                title="mean over seeds, shaded 95% CI", baseline=start)
+    rl = {n: s for n, s in runs.items() if not next(iter(done[n].values())).get("sft")}
+    plot_panels(_diagnostic_panels(rl), out / "diagnostics.png", "step", empty_note="no data (diag_every > steps)")

@@ -1,5 +1,5 @@
 """Study reports: `popo report RUN_DIR` writes report.md of a compare/sweep study from its runs' metrics files
-only (`popo.study.demo` writes the `popo demo` report with the same line helpers). `write_study_report` joins
+only (`popo.study.demo_report` writes the `popo demo` report with the same line helpers). `write_study_report` joins
 one function per section: setup, results (mean +- 95% CI over seeds), paired comparisons by seed (Holm-corrected
 paired t-tests, Cohen's d_z, TOST equivalence and the per-problem tables of `popo.study.outcomes`), learning
 curves, training diagnostics, compute, and how to reproduce. `popo.study.plots` draws the figures.
@@ -18,14 +18,16 @@ import torch
 import transformers
 
 from popo.config import Config, load_config
+from popo.step_log import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY
 from popo.study.outcomes import outcome_section
 from popo.study.plots import step_seconds, study_plots
+from popo.study.frontier_report import frontier_section
 from popo.study.runs import Study, load_study
 from popo.study.stats import Interval, binomial_se, equivalence_test, holm, mean_ci, paired_test
 from popo.tracking import read_metrics
 
-SECTIONS = ("## Setup", "## Results", "## Paired comparisons", "## Learning curves", "## Training diagnostics",
-            "## Compute", "## Reproduce")
+SECTIONS = ("## Setup", "## Results", "## Paired comparisons", "## Learning curves", "## Frontier",
+            "## Training diagnostics", "## Compute", "## Reproduce")
 
 
 def task_line(config: Config) -> str:
@@ -211,12 +213,14 @@ depend on the load.
 """
 
 
-def results_table(rows: list, metrics: list[str], start_means: list[float], log: Callable[[str], None]) -> list[str]:
-    """The final metrics table (mean ± 95% CI over seeds) with the start's row, and the below-start warning."""
+def results_table(rows: list, metrics: list[str], start_means: list[float], log: Callable[[str], None],
+                  start_count: int = 1) -> list[str]:
+    """The final metrics table (mean ± 95% CI over seeds) with the start's row (the mean over its `start_count`
+    evaluations, counted in the seeds column), and the below-start warning."""
     start = start_means[0]
     table = ["| variant | seeds | " + " | ".join(f"{m} (mean ± 95% CI)" for m in metrics) + " |",
              "|" + " --- |" * (2 + len(metrics))]
-    table.append("| *start (step 0)* | - | " + " | ".join(f"{v:.3f}" for v in start_means) + " |")
+    table.append(f"| *start (step 0)* | {start_count} | " + " | ".join(f"{v:.3f}" for v in start_means) + " |")
     table += [f"| {n} | {c} | " + " | ".join(_fmt(ci) for ci in cis) + " |" for n, c, cis in rows]
     if (below := below_start_warning(rows, start)):
         table.append("\n" + below)
@@ -237,20 +241,28 @@ def report_metrics(config: Config) -> list[str]:
     return ["greedy_acc", f"avg@{k}", f"pass@{k}"] if k > 0 else ["greedy_acc"]
 
 
-def step0_evals(runs: dict[str, dict[int, list[dict]]]) -> list[dict[str, float]]:
-    """Every finished run's step-0 evaluation ({} for a run that did not evaluate step 0)."""
-    return [start_eval(records) for by_seed in runs.values() for records in by_seed.values()]
+def start_evaluations(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
+    """The finished runs' step-0 records (scores, per-problem outcomes), each evaluation once (runs of one seed
+    sample the start alike): the report's start is their mean, in its Results and pass@j tables alike."""
+    out: dict[str, dict] = {}
+    for records in (records for by_seed in runs.values() for records in by_seed.values()):
+        first = next((r for r in records if r.get("step") == 0 and "eval/greedy_acc" in r), None)
+        if first is not None:
+            scores = {k: v for k, v in first.items() if k.startswith("eval/") and "time" not in k}
+            key = json.dumps([first.get(OUTCOMES_KEY), first.get(SAMPLE_OUTCOMES_KEY), scores], sort_keys=True)
+            out.setdefault(key, first)
+    return list(out.values())
 
 
 def mean_start_metrics(runs: dict[str, dict[int, list[dict]]], metrics: list[str]) -> list[float]:
-    """Each metric at step 0, averaged over the runs that evaluated step 0 (0.0 when none did)."""
-    starts = [s for s in step0_evals(runs) if s]
+    """Each metric at step 0, averaged over the start's evaluations (`start_evaluations`; 0.0 when none)."""
+    starts = [start_eval([r]) for r in start_evaluations(runs)]
     return [sum(s[m] for s in starts) / max(1, len(starts)) for m in metrics]
 
 
 def same_start_line(runs: dict[str, dict[int, list[dict]]], done: dict[str, dict[int, dict]]) -> str:
     """The setup's "Same start" item: initial checkpoints, and whether all step-0 greedy accuracies agree."""
-    greedy = sorted({round(s["greedy_acc"], 6) for s in step0_evals(runs) if s})
+    greedy = sorted({round(r["eval/greedy_acc"], 6) for r in start_evaluations(runs)})
     initial = sorted({d["initial_checkpoint"] for by in done.values() for d in by.values()})
     same = (f"yes: every run's step-0 greedy accuracy is {greedy[0]:.3f}" if len(greedy) == 1
             else f"NO: step-0 greedy accuracies differ ({greedy})")
@@ -283,13 +295,16 @@ Variants (on top of the shared settings):
 """
 
 
-def results_section(rows: list, metrics: list[str], start_means: list[float], log: Callable[[str], None]) -> str:
+def results_section(rows: list, metrics: list[str], start_means: list[float], log: Callable[[str], None],
+                    start_count: int = 1) -> str:
     """The "Results" section: the final metrics table of `results_table` and the forest plot."""
     return f"""## Results
 
-Final held-out metrics, mean ± 95% confidence interval over seeds (Student t, n − 1 degrees of freedom):
+Final held-out metrics, mean ± 95% confidence interval over seeds (Student t, n − 1 degrees of freedom). The
+start's row is the mean over its {start_count} step-0 evaluation(s) (each run evaluates the start under its own
+seed before training; runs that sample it alike count once), the same start as in the pass@j table below:
 
-{chr(10).join(results_table(rows, metrics, start_means, log))}
+{chr(10).join(results_table(rows, metrics, start_means, log, start_count))}
 
 ![final accuracy](final_accuracy.png)
 
@@ -315,7 +330,8 @@ its own), and otherwise as **inconclusive**: p ≥ 0.05 alone never reads as "ma
 something only if the baseline itself moved from the start by more than the margin (a positive control):
 compare its row with the start's above before reading one.
 {chr(10).join(paired)}
-{outcome_section(out, run_dirs, baselines)}
+{outcome_section(out, run_dirs, baselines, [r[SAMPLE_OUTCOMES_KEY] for r in start_evaluations(runs)
+                                             if SAMPLE_OUTCOMES_KEY in r])}
 
 """
 
@@ -359,8 +375,9 @@ def write_study_report(out: str | Path, *, baselines: list[str] | None = None,
     rows = results_rows(runs, metrics)
     study_plots(out, runs, done, rows, metrics, start_means)
     text = "".join([f"# Study report: {out}\n\n", setup_section(study, config, runs, done, unfinished),
-                    results_section(rows, metrics, start_means, log),
-                    paired_section(out, study, runs, baselines, metrics), LEARNING_CURVES_TEXT, DIAGNOSTICS_TEXT,
+                    results_section(rows, metrics, start_means, log, len(start_evaluations(runs))),
+                    paired_section(out, study, runs, baselines, metrics), LEARNING_CURVES_TEXT,
+                    frontier_section(out, baselines), DIAGNOSTICS_TEXT,
                     compute_section(runs, done), reproduce_section(out, study, done)])
     (out / "report.md").write_text(text)
     log(f"report: {out / 'report.md'}")

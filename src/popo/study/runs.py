@@ -54,7 +54,7 @@ NOT_FROM_DEMO = ("train.overwrite",)
 
 def demo_learning_rate() -> str:
     """The learning rate every method of `popo demo` trains at (a study shares one rate over its methods)."""
-    from popo.study.demo import LEARNING_RATES
+    from popo.study.demo_settings import LEARNING_RATES
 
     rates = set(LEARNING_RATES.values())
     if len(rates) != 1:
@@ -67,7 +67,7 @@ def study_overrides() -> list[str]:
     """The default study settings (no CONFIG given): `popo demo`'s task, warm start, budget and evaluation
     (`popo.study.demo.demo_overrides`) at its learning rate, with `STUDY_SETTINGS` on top (docs/results/defaults.md
     lists them, generated from here)."""
-    from popo.study.demo import demo_overrides
+    from popo.study.demo_settings import demo_overrides
 
     settings = dict(item.split("=", 1) for item in demo_overrides(quick=False))
     for key in NOT_FROM_DEMO:
