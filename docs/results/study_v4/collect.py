@@ -1,7 +1,8 @@
 """Study v4's raw tables from finished run folders, and the runs the committed tables still lack.
 
     python docs/results/study_v4/collect.py collect runs/study-v4/plateau --out docs/results/study_v4/plateau
-    python docs/results/study_v4/collect.py todo docs/results/study_v4/plateau --arms grpo,popo,raft --seeds 0,1,2
+    python docs/results/study_v4/collect.py todo docs/results/study_v4/plateau --arms grpo,popo,raft --seeds 0,1,2 \
+        --config lr=1e-4
 
 `collect` reads every finished run (a ``done.json`` beside its ``metrics.jsonl``) under the study folders given
 and writes, or extends (rows of runs it does not see again are kept), two tables in ``--out``:
@@ -10,7 +11,8 @@ and writes, or extends (rows of runs it does not see again are kept), two tables
   the sampled per-token entropy, and the rows, tokens and seconds of training before it;
 - ``outcomes.csv.gz``: a row per (method, config, seed, step, problem): greedy 0/1 and correct samples of k.
 
-`todo` prints, one per line, ``ARMS FIRST COUNT`` (a comma-separated set of arms and a range of seeds) for the
+A run's method is its ``algo.name`` and its configuration its learning rate (``lr=1e-4``). `todo` prints, one per
+line, ``ARMS FIRST COUNT`` (a comma-separated set of arms and a range of seeds) for the
 runs whose trajectories the tables do not hold yet, grouping arms that lack the same seeds so one
 `popo compare` keeps every worker busy.
 """
@@ -36,7 +38,7 @@ def _run_facts(run_dir: Path) -> dict:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     source = config["data"]["eval_source"]
     return {"task": config["testbed"]["task"] + str(config["testbed"].get("numbers", "")),
-            "split": source.partition(":")[2] or "validation", "method": run_dir.parent.name.split(" ")[0],
+            "split": source.partition(":")[2] or "validation", "method": config["algo"]["name"],
             "config": "lr=" + f"{float(config['optim']['lr']):.0e}".replace("e-0", "e-"), "seed": int(config["train"]["seed"])}
 
 
@@ -73,17 +75,17 @@ def collect(folders: list[Path], out: Path) -> int:
     return len(runs)
 
 
-def todo(data: Path, arms: list[str], seeds: list[int]) -> list[str]:
-    have = {(r["method"], int(r["seed"])) for r in (read_rows(data / TRAJECTORIES, TRAJECTORY_FIELDS)
-                                                    if (data / TRAJECTORIES).exists() else [])}
+def todo(data: Path, arms: list[str], seeds: list[int], config: str) -> list[str]:
+    have = {(r["method"], str(r["config"]), int(r["seed"]))
+            for r in (read_rows(data / TRAJECTORIES, TRAJECTORY_FIELDS) if (data / TRAJECTORIES).exists() else [])}
     missing: dict[tuple[int, ...], list[str]] = {}
     for arm in arms:
-        lacking = tuple(s for s in seeds if (arm, s) not in have)
+        lacking = tuple(s for s in seeds if (arm, config, s) not in have)
         if lacking:
             missing.setdefault(lacking, []).append(arm)
     lines = []
     for lacking, group in missing.items():
-        runs, start = [], lacking[0]  # consecutive ranges of seeds
+        start = lacking[0]  # consecutive ranges of seeds
         for a, b in zip(lacking, lacking[1:] + (None,)):
             if b != a + 1:
                 lines.append(f"{','.join(group)} {start} {a - start + 1}")
@@ -101,11 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("data", type=Path)
     t.add_argument("--arms", required=True)
     t.add_argument("--seeds", required=True)
+    t.add_argument("--config", default="lr=1e-4", help="the configuration the runs need (default lr=1e-4)")
     args = parser.parse_args(argv)
     if args.command == "collect":
         print(json.dumps({"runs": collect(args.folders, args.out), "out": str(args.out)}))
     else:
-        print("\n".join(todo(args.data, args.arms.split(","), [int(s) for s in args.seeds.split(",")])))
+        print("\n".join(todo(args.data, args.arms.split(","), [int(s) for s in args.seeds.split(",")], args.config)))
 
 
 if __name__ == "__main__":

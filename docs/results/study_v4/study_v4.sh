@@ -3,12 +3,13 @@
 # fresh test split (v4-test), a harder task, POPO's components.
 #
 #   bash docs/results/study_v4/study_v4.sh plateau   # a: grpo, popo, raft at 1e-4, seeds 0-2, 2,000 steps (validation)
+#   bash docs/results/study_v4/study_v4.sh rates     # a (addendum 1): grpo at 1e-5 and 3e-5, the same runs otherwise
 #   bash docs/results/study_v4/study_v4.sh collect   # the finished runs' raw tables into docs/results/study_v4/plateau/
 #
 # Resumable: finished runs are skipped within a sitting (their folders) and across sittings (the committed raw
 # tables: `frontier.py todo`); an interrupted run resumes from its last checkpoint within a sitting.
 set -euo pipefail
-PHASE=${1:?plateau or collect}
+PHASE=${1:?plateau, rates or collect}
 OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 PAR=(--workers "${WORKERS:-2}" --threads 1 --no-report)
@@ -22,14 +23,24 @@ popo sft testbed.task=countdown testbed.numbers=3 testbed.max_number=20 testbed.
     testbed.test_size=2000 testbed.validation_size=500  # the shipped warm start (installed, not rebuilt)
 case "$PHASE" in
   plateau)
-    mapfile -t TODO < <(python $HERE/collect.py todo "$HERE/plateau" --arms "$ARMS" --seeds "$SEEDS")
+    mapfile -t TODO < <(python $HERE/collect.py todo "$HERE/plateau" --arms "$ARMS" --seeds "$SEEDS" --config lr=1e-4)
     for batch in "${TODO[@]}"; do
       read -r arms first count <<< "$batch"
       popo compare "$PLATEAU" --methods "$arms" --seeds "$count" --seed-start "$first" \
           --out "$OUT/plateau" "${PAR[@]}"
       python $HERE/collect.py collect "$OUT/plateau" --out "$HERE/plateau"
     done ;;
+  rates)  # GRPO's trajectories at lower rates, so that b's matched GRPO is chosen over rates and steps
+    for lr in 1e-5 3e-5; do
+      mapfile -t TODO < <(python $HERE/collect.py todo "$HERE/plateau" --arms grpo --seeds "$SEEDS" --config "lr=$lr")
+      for batch in "${TODO[@]}"; do
+        read -r arms first count <<< "$batch"
+        popo compare "$PLATEAU" optim.lr=$lr --methods "$arms" --seeds "$count" --seed-start "$first" \
+            --out "$OUT/plateau-grpo-$lr" "${PAR[@]}"
+        python $HERE/collect.py collect "$OUT/plateau-grpo-$lr" --out "$HERE/plateau"
+      done
+    done ;;
   collect)
-    python $HERE/collect.py collect "$OUT/plateau" --out "$HERE/plateau" ;;
-  *) echo "unknown phase $PHASE: plateau or collect" >&2; exit 2 ;;
+    python $HERE/collect.py collect "$OUT"/plateau* --out "$HERE/plateau" ;;
+  *) echo "unknown phase $PHASE: plateau, rates or collect" >&2; exit 2 ;;
 esac

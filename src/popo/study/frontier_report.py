@@ -68,7 +68,8 @@ def _f(x: float) -> str:
 def _interval(m) -> str:
     if m.estimate != m.estimate:
         return "B never reaches A's avg@k | | "
-    return f"{_f(m.estimate)} | [{_f(m.low)}, {_f(m.high)}] | {m.p_difference:.3f}"
+    p = "< 0.001" if m.p_difference < 0.001 else f"{m.p_difference:.3f}"
+    return f"{_f(m.estimate)} | [{_f(m.low)}, {_f(m.high)}] | {p}"
 
 
 def frontier_lines(sets: list[Trajectories], baseline: str, *, resamples: int = 1000) -> list[str]:
