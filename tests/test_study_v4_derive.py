@@ -1,6 +1,6 @@
 """Study v4's plateau rule and its ledger of finished runs (docs/results/study_v4/derive.py, collect.py)."""
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +9,17 @@ import pytest
 HERE = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_v4"
 
 
+def load(name: str):
+    """docs/results/study_v4/`name`.py under a name of its own (study v3's scripts have the same file names)."""
+    spec = importlib.util.spec_from_file_location(f"test_study_v4_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def v4():
-    sys.path.insert(0, str(HERE))
-    try:
-        import collect
-        import derive
-    finally:
-        sys.path.remove(str(HERE))
-    return derive, collect
+    return load("derive"), load("collect")
 
 
 def test_levels_average_three_evaluations_and_the_rule_finds_where_the_rise_stops(v4):
