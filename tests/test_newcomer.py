@@ -184,6 +184,7 @@ def test_unknown_benchmark_is_an_error_line(tmp_path, capsys):
     tok = build_tokenizer()
     build_tiny_qwen2(tok).save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
+    capsys.readouterr()  # saving may draw a progress bar on stderr (unless an earlier test turned them off)
     assert main(["eval", "--model", str(tmp_path / "m"), "--benchmarks", "math-500", "--out",
                  str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
