@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from popo.study.analysis import read_rows, write_rows
+from popo.study.frontier_report import rate_label
 from popo.study.trajectory import trajectory
 
 TRAJECTORY_FIELDS = ("task", "split", "method", "config", "seed", "step", "greedy_acc", "avg", "pass", "k",
@@ -39,7 +40,7 @@ def _run_facts(run_dir: Path) -> dict:
     source = config["data"]["eval_source"]
     return {"task": config["testbed"]["task"] + str(config["testbed"].get("numbers", "")),
             "split": source.partition(":")[2] or "validation", "method": config["algo"]["name"],
-            "config": "lr=" + f"{float(config['optim']['lr']):.0e}".replace("e-0", "e-"), "seed": int(config["train"]["seed"])}
+            "config": rate_label(float(config["optim"]["lr"])), "seed": int(config["train"]["seed"])}
 
 
 def run_rows(run_dir: Path) -> tuple[list[dict], list[dict]]:

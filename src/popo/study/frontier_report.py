@@ -15,9 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from popo.study.frontier import Trajectories, best_avg, matched_compute, matched_pass, mean_curve
+from popo.study.runs import Variant
 from popo.study.trajectory import trajectory
 
 FIGURE = "frontier.png"
+
+
+def rate_label(lr: float) -> str:
+    """A learning rate as a configuration's label: ``lr=1e-4`` (one significant digit, no leading zero)."""
+    return "lr=" + f"{lr:.0e}".replace("e-0", "e-")
 
 
 def _method_config(variant: str, run_dir: Path) -> tuple[str, str]:
@@ -27,7 +33,7 @@ def _method_config(variant: str, run_dir: Path) -> tuple[str, str]:
     import yaml
 
     lr = float(yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"])
-    return method, "lr=" + f"{lr:.0e}".replace("e-0", "e-")
+    return method, rate_label(lr)
 
 
 def study_trajectories(out: str | Path) -> list[Trajectories]:
@@ -38,7 +44,7 @@ def study_trajectories(out: str | Path) -> list[Trajectories]:
     groups: dict[tuple[str, str], dict[int, list]] = {}
     for variant in study.get("variants", []):
         name = variant["name"]
-        folder = out / "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in name.replace(" ", "_"))
+        folder = out / Variant(name, ()).dirname
         for run_dir in sorted(folder.glob("seed-*")):
             if not (run_dir / "done.json").exists():
                 continue
