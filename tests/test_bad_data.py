@@ -153,8 +153,8 @@ def test_trainer_checks_prompt_length_against_the_testbed_context(tmp_path, tiny
 BAD_CONFIG = [
     (["optim.lr=-1e-6"], "optim.lr must be positive, got -1e-06"),
     (["optim.lr=0"], "optim.lr must be positive, got 0.0"),
-    (["algo.tau=1.5"], "algo.tau must lie in [0, 1], got 1.5"),
-    (["algo.tau=-0.01"], "algo.tau must lie in [0, 1], got -0.01"),
+    (["algo.tau=1.5"], "algo.tau must be in [0, 1], got 1.5"),
+    (["algo.tau=-0.01"], "algo.tau must be in [0, 1], got -0.01"),
     (["algo.name=grpo", "rollout.group_size=1"], "algo.name=grpo needs rollout.group_size >= 2"),
     (["algo.name=dr-grpo", "rollout.group_size=1"], "algo.name=dr-grpo needs rollout.group_size >= 2"),
     (["algo.name=grop"], "algo.name='grop' is not valid (did you mean 'grpo'?)"),
@@ -184,7 +184,7 @@ def test_bad_config_value_rejected_before_any_model_loads(tmp_path, capsys, no_m
 def test_bad_yaml_values_are_rejected_too(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("algo:\n  name: popo\n  tau: .nan\noptim:\n  lr: 1e-4\n")
-    with pytest.raises(ConfigError, match=r"algo.tau must lie in \[0, 1\], got nan"):
+    with pytest.raises(ConfigError, match=r"algo.tau must be in \[0, 1\], got nan"):
         load_config(path)
     path.write_text("algo:\n  nmae: grpo\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'algo.nmae' \(did you mean 'algo.name'\?\)"):

@@ -156,7 +156,7 @@ def test_equivalence_readings_are_holm_corrected_over_the_tosts():
     """Two variants whose TOSTs against the baseline give raw p 0.038 and 0.019. Holm over the two gives 0.038
     and 0.038: both equivalent. With a third variant whose TOST fails (p = 1), Holm over the three gives 0.057
     (3 x 0.019) and 0.077 (2 x 0.038): inconclusive, where uncorrected TOSTs would read equivalent."""
-    from popo.study.report import paired_table
+    from popo.study.paired_report import paired_table
 
     base = [0.30, 0.32, 0.31, 0.29, 0.33]
     offsets = [0.004, -0.006, 0.01, -0.004, 0.002]

@@ -142,7 +142,7 @@ def test_problem_level_bootstrap():
 
 
 def test_report_readings_use_holm_tost_and_the_primary_comparison():
-    from popo.study.report import paired_table
+    from popo.study.paired_report import paired_table
 
     def runs_of(values):
         return {s: [{"step": 1, "eval/greedy_acc": v}] for s, v in enumerate(values)}

@@ -235,7 +235,7 @@ def test_other_loss_types_run_trl_code(model_dir, tmp_path, one_thread, loss_typ
 
 # ---------------------------------------------------------------- settings, import, launcher
 def test_settings_popo_cannot_honour_are_errors(model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="popo_tau must lie in"):
+    with pytest.raises(ConfigError, match="popo_tau must be in"):
         make_config(tmp_path, popo_tau=1.5)
     with pytest.raises(ConfigError, match="beta=0.04 is not supported with loss_type='popo'"):
         make_config(tmp_path, beta=0.04)

@@ -3,23 +3,26 @@ trains on, which extra model passes it needs, and its loss. The trainer looks ev
 never branches on a name.
 
 A loss enters the table through `register_loss`, a decorator on a named function of `(LossInputs,
-AlgoConfig)` that also states the algorithm's credit and needs (in the spirit of verl's
-`register_policy_loss`). Its metrics come back as `Shares`: each is the micro-batch's share of the batch's
+settings)` that also states the algorithm's credit, its needs and its typed settings class (one of the
+classes `popo.algo_config.AlgoConfig` is made of; in the spirit of verl's `register_policy_loss`). Its metrics come back as `Shares`: each is the micro-batch's share of the batch's
 value, so they add up over micro-batches and processes and no list of names decides how one is averaged.
 
 Presets are configurations only (no loss code of their own): each maps to a registered loss and a set of
-`algo.*` values, which the YAML file and command-line overrides can still change.
+its settings' values (checked against that class when registered), which the YAML file and command-line
+overrides can still change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
 
-from popo.algo_config import AlgoConfig
+from popo.algo_config import AlgoConfig, GRPOSettings, OutcomeSettings, POPOSettings, ReinforceSettings
+from popo.field_rules import field_problems
 from popo.losses import aggregate_tokens, grpo_loss, popo_loss
 from popo.credit import grpo_advantages, popo_weights, signed_rewards
 
@@ -139,9 +142,15 @@ class Algorithm:
     terms: tuple[tuple[str, str | None], ...] = ()
     """The loss's additive terms as (name, the `algo.*` coefficient that scales it): the first has none; zeroing
     a coefficient removes exactly its term (`popo.diagnostics` splits the gradient by term this way)."""
-    settings: tuple[str, ...] = ()
-    """The `algo.*` keys this loss and its credit read (types, defaults and help are `AlgoConfig`'s): the one list
-    the integrations' settings are generated from (`popo.config_reference.loss_settings`)."""
+    settings: type = OutcomeSettings
+    """The typed settings this loss and its credit read (a dataclass `AlgoConfig` derives from): its fields
+    are the `algo.*` keys the loss reads, the one source of the integrations' settings
+    (`popo.config_reference.loss_settings`) and of the reference's "read by" column."""
+
+    @property
+    def setting_names(self) -> tuple[str, ...]:
+        """The `algo.*` keys this loss reads."""
+        return tuple(f.name for f in fields(self.settings))
 
 
 LOSSES: dict[str, Algorithm] = {}
@@ -152,12 +161,17 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
 def register_loss(name: str, *, credit: Credit, **needs: Any) -> Callable[[Loss], Loss]:
-    """Decorator: enter the decorated `(LossInputs, AlgoConfig) -> (loss, Shares)` function in the loss table
+    """Decorator: enter the decorated `(LossInputs, settings) -> (loss, Shares)` function in the loss table
     as `name`, with its `credit` assignment and the `Algorithm` fields in `needs`; `algo.name=<name>` then
-    selects it. A name is registered once."""
+    selects it. A name is registered once. Its `settings` class must be one `AlgoConfig` is made of (the
+    `algo` section holds every key a loss may read)."""
     def enter(loss: Loss) -> Loss:
         if name in LOSSES or name in PRESETS:
             raise ValueError(f"loss {name!r} is already registered")
+        settings = needs.get("settings", OutcomeSettings)
+        if not (isinstance(settings, type) and issubclass(AlgoConfig, settings)):
+            raise ValueError(f"loss {name!r}: settings={settings!r} is not one of the settings classes "
+                             "popo.algo_config.AlgoConfig is made of")
         LOSSES[name] = Algorithm(name=name, credit=credit, loss=loss, **needs)
         PRESETS[name] = (name, {})
         return loss
@@ -165,15 +179,22 @@ def register_loss(name: str, *, credit: Credit, **needs: Any) -> Callable[[Loss]
 
 
 def register_preset(name: str, loss: str, **settings: Any) -> None:
-    """A preset: the registered `loss` with `algo.*` `settings`."""
+    """A preset: the registered `loss` with `settings`, each a field of that loss's settings class with a value
+    its type, choices and range allow."""
     if loss not in LOSSES or name in PRESETS:
         raise ValueError(f"preset {name!r}: unknown loss {loss!r} or name already taken")
+    declared = LOSSES[loss].settings
+    unknown = sorted(set(settings) - {f.name for f in fields(declared)})
+    problems = [f"{key} is not a setting of {loss} ({declared.__name__})" for key in unknown]
+    problems += field_problems(replace(declared(), **settings), "algo.") if not unknown else []
+    if problems:
+        raise ValueError(f"preset {name!r}: " + "; ".join(problems))
     PRESETS[name] = (loss, settings)
 
 
 # ------------------------------------------------------------------------------------------------ POPO
 
-def _popo_credit(rewards, mean_logprobs, lengths, group_size, cfg: AlgoConfig) -> torch.Tensor:
+def _popo_credit(rewards, mean_logprobs, lengths, group_size, cfg: POPOSettings) -> torch.Tensor:
     return popo_weights(mean_logprobs, rewards, group_size, mode=cfg.weight_mode,
                         temperature=cfg.weight_temperature, threshold=cfg.reward_threshold,
                         lengths=lengths, length_normalize=cfg.length_normalize)
@@ -185,10 +206,8 @@ def _popo_credit(rewards, mean_logprobs, lengths, group_size, cfg: AlgoConfig) -
     needs_target=lambda cfg: cfg.alpha > 0,
     needs_entropy=lambda cfg: cfg.beta > 0,
     group_has_signal=lambda rewards, cfg: (rewards > cfg.reward_threshold).any(1),  # a positive to learn from
-    terms=(("nll", None), ("sim", "alpha"), ("ent", "beta")),
-    settings=("alpha", "beta", "tau", "tau_schedule", "noise_std", "predictor_width", "predictor_layers",
-              "weight_mode", "weight_temperature", "length_normalize", "reward_threshold", "entropy_scope"))
-def popo_entry(x: LossInputs, cfg: AlgoConfig) -> tuple[torch.Tensor, Shares]:
+    terms=(("nll", None), ("sim", "alpha"), ("ent", "beta")), settings=POPOSettings)
+def popo_entry(x: LossInputs, cfg: POPOSettings) -> tuple[torch.Tensor, Shares]:
     """`popo_loss` on one micro-batch. Every metric is batch-normalised; the policy's entropy and the weights'
     entropy are logged by the update and the step record, over all forwarded tokens and per prompt."""
     on_positives = cfg.entropy_scope == "positives"
@@ -212,11 +231,11 @@ def popo_entry(x: LossInputs, cfg: AlgoConfig) -> tuple[torch.Tensor, Shares]:
 
 # ------------------------------------------------------------------------------------------------ GRPO
 
-def _grpo_credit(rewards, mean_logprobs, lengths, group_size, cfg: AlgoConfig) -> torch.Tensor:
+def _grpo_credit(rewards, mean_logprobs, lengths, group_size, cfg: GRPOSettings) -> torch.Tensor:
     return grpo_advantages(rewards, group_size, scale_by_std=cfg.scale_by_std)
 
 
-def _clipped_surrogate(x: LossInputs, cfg: AlgoConfig) -> tuple[torch.Tensor, Shares]:
+def _clipped_surrogate(x: LossInputs, cfg: GRPOSettings | ReinforceSettings) -> tuple[torch.Tensor, Shares]:
     """`grpo_loss` on one micro-batch, whatever the credit: the losses are batch-normalised, the KL, clip
     fraction and mean ratio are token means over the micro-batch."""
     old = x.old_logprobs if x.old_logprobs is not None else x.logprobs.detach()
@@ -236,33 +255,32 @@ _SURROGATE_NEEDS = dict(
     needs_old_logprobs=lambda cfg: cfg.updates_per_batch > 1,
     zero_credit_inert=lambda cfg: cfg.kl_coef == 0,  # -min(rho A, clip(rho) A) is 0 for A = 0
     terms=(("pg", None), ("kl", "kl_coef")))
-_SURROGATE_SETTINGS = ("clip_low", "clip_high", "kl_coef", "kl_estimator", "aggregation", "updates_per_batch")
 
 
 @register_loss(
-    "grpo", credit=_grpo_credit, **_SURROGATE_NEEDS, settings=(*_SURROGATE_SETTINGS, "scale_by_std"),
+    "grpo", credit=_grpo_credit, **_SURROGATE_NEEDS, settings=GRPOSettings,
     min_group_size=2,  # advantages compare the rollouts of one prompt
     group_has_signal=lambda rewards, cfg: (rewards != rewards[:, :1]).any(1))  # equal rewards: zero advantages
-def grpo_entry(x: LossInputs, cfg: AlgoConfig) -> tuple[torch.Tensor, Shares]:
+def grpo_entry(x: LossInputs, cfg: GRPOSettings) -> tuple[torch.Tensor, Shares]:
     """GRPO: the clipped surrogate on group-normalised advantages."""
     return _clipped_surrogate(x, cfg)
 
 
 # ------------------------------------------------------------------------------------------------ REINFORCE
 
-def _signed_credit(rewards, mean_logprobs, lengths, group_size, cfg: AlgoConfig) -> torch.Tensor:
+def _signed_credit(rewards, mean_logprobs, lengths, group_size, cfg: ReinforceSettings) -> torch.Tensor:
     return signed_rewards(rewards, positive_weight=cfg.positive_weight, threshold=cfg.reward_threshold)
 
 
-def _signed_has_signal(rewards: torch.Tensor, cfg: AlgoConfig) -> torch.Tensor:
+def _signed_has_signal(rewards: torch.Tensor, cfg: ReinforceSettings) -> torch.Tensor:
     # a negative always has credit -1; a positive has credit only when positive_weight > 0
     negative = (rewards <= cfg.reward_threshold).any(1)
     return negative | (rewards > cfg.reward_threshold).any(1) if cfg.positive_weight > 0 else negative
 
 
 @register_loss("reinforce", credit=_signed_credit, **_SURROGATE_NEEDS, group_has_signal=_signed_has_signal,
-               settings=(*_SURROGATE_SETTINGS, "positive_weight", "reward_threshold"))
-def reinforce_entry(x: LossInputs, cfg: AlgoConfig) -> tuple[torch.Tensor, Shares]:
+               settings=ReinforceSettings)
+def reinforce_entry(x: LossInputs, cfg: ReinforceSettings) -> tuple[torch.Tensor, Shares]:
     """REINFORCE with signed, ungrouped credit (Zhu et al. 2025): GRPO's clipped surrogate with +lambda for
     correct and -1 for incorrect rollouts; with one update per batch the ratio is 1 and its gradient is
     REINFORCE's. NSR's positives (credit 0) are never forwarded (`zero_credit_inert`), and no group

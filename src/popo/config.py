@@ -11,13 +11,16 @@ import ast
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from popo.algo_config import AlgoConfig
 from popo.config_checks import suggest as _suggest, validate
 from popo.errors import ConfigError
+
+HFDecode = Literal["loop", "generate", "generate-static"]
+"""The hf engine's decoding paths (`popo.rollout.hf.HFEngine`)."""
 
 
 @dataclass
@@ -36,8 +39,8 @@ class LoraSettings:
 class ModelConfig:
     name: str = "testbed"
     """Model to train: `testbed` (the embedded tiny Qwen2, warmed up and cached), a local folder, or a hub id."""
-    dtype: str = "float32"
-    """Parameter dtype: float32, bfloat16 or float16."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype."""
     device: str = "auto"
     """Device: auto (CUDA when available), cpu, cuda, cuda:N."""
     attn_implementation: str | None = None
@@ -62,7 +65,7 @@ class DataConfig:
     """Column holding the problem (default: problem, question or prompt)."""
     answer_key: str | None = None
     """Column holding the answer (default: answer, or the last \\boxed{} of solution)."""
-    on_bad_row: str = "error"
+    on_bad_row: Literal["error", "skip"] = "error"
     """What to do with a malformed row: error (stop, naming file and line) or skip (count it)."""
     eval_source: str = "auto"
     """Held-out prompts for periodic evaluation: auto (the testbed's validation split when training on the testbed, else none), `testbed` (its validation split), `testbed:test` (its test split), `testbed:NAME` (a split of testbed.reserved), a local file, or a hub id; empty disables."""
@@ -74,7 +77,7 @@ class DataConfig:
 
 @dataclass
 class TestbedConfig:
-    task: str = "addition"
+    task: Literal["addition", "countdown"] = "addition"
     """Testbed task: addition (column-sum scratchpad, one solution) or countdown (reach a target with + - * /, many solutions)."""
     digits: int = 3
     """Addition: digits of each operand in RL and test problems (the warm-up uses 1..digits)."""
@@ -114,13 +117,13 @@ class RolloutConfig:
     """Nucleus sampling threshold."""
     max_batch_rollouts: int = 256
     """Rows per generate call."""
-    engine: str = "hf"
+    engine: Literal["hf", "vllm"] = "hf"
     """Rollout engine: hf (transformers) or vllm (needs `pip install 'popo[vllm]'` and a CUDA GPU)."""
     lean_decode: bool = True
     """hf engine: decode Llama-family models with popo's lean step (same function, less overhead); false uses the model's forward."""
-    hf_decode: str = "loop"
+    hf_decode: HFDecode = "loop"
     """hf engine's decoding path: loop (popo's own), generate (transformers' generate, dynamic cache) or generate-static (a static cache, compiled on CUDA); all draw the same seeded tokens (docs/gpu-check.md: which is fastest where)."""
-    vllm_mode: str = "colocate"
+    vllm_mode: Literal["colocate", "server"] = "colocate"
     """vLLM: colocate (in the training process, sleeping between rollouts) or server (LoRA only)."""
     vllm_server_url: str = "http://127.0.0.1:8000"
     """vLLM server mode: base URL of the `vllm serve` process."""
@@ -156,8 +159,8 @@ class OptimConfig:
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
-    schedule: str = "constant"
-    """Learning-rate schedule after warmup: constant or cosine."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule after warmup."""
     warmup_ratio: float = 0.0
     """Fraction of steps with a linear warmup."""
     grad_clip: float = 1.0
@@ -220,8 +223,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{where}: a value is required")
-    if target is str:
-        return str(value)
+    if target is str or (get_origin(target) is Literal and all(isinstance(a, str) for a in get_args(target))):
+        return str(value)  # (a choice is checked by validation, with the closest valid value)
     if get_origin(target) is tuple and get_args(target)[0] is str:  # a list of names: YAML list, "a,b" or "[a, b]"
         items = value.strip().strip("[]").split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):

@@ -10,6 +10,7 @@ import importlib.util
 from typing import Any
 
 from popo.errors import ConfigError
+from popo.field_rules import field_problems
 
 
 def suggest(key: str, options: list[str], prefix: str = "") -> str:
@@ -29,7 +30,10 @@ def _choice(value: str, options: tuple[str, ...], where: str) -> None:
 
 
 def validate(config: Any) -> None:
-    """Reject bad values before any model is loaded."""
+    """Reject bad values before any model is loaded: every field's own type, choice and range (stated where it
+    is declared, `popo.field_rules`), then the rules that relate several fields."""
+    problems = field_problems(config)
+    _check(not problems, problems[0] if problems else "")
     _validate_algo(config.algo)
     _validate_optim(config.optim)
     _validate_data(config)
@@ -40,31 +44,12 @@ def validate(config: Any) -> None:
 
 def _validate_algo(a: Any) -> None:
     from popo.algorithms import PRESETS
-    from popo.credit import WEIGHT_MODES
-    from popo.ema import EMA_SCHEDULES
-    from popo.losses import AGGREGATIONS, KL_ESTIMATORS
 
     _choice(a.name, tuple(PRESETS), "algo.name")
-    _check(0.0 <= a.tau <= 1.0, f"algo.tau must lie in [0, 1], got {a.tau}")
-    _check(a.alpha >= 0 and a.beta >= 0, "algo.alpha and algo.beta must be >= 0")
-    _check(a.noise_std >= 0, f"algo.noise_std must be >= 0, got {a.noise_std}")
-    _check(a.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {a.kl_coef}")
-    _check(a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0")
-    _check(a.weight_temperature > 0, "algo.weight_temperature must be positive")
-    _check(a.updates_per_batch >= 1, "algo.updates_per_batch must be >= 1")
-    _check(a.positive_weight >= 0, f"algo.positive_weight must be >= 0, got {a.positive_weight}")
-    _choice(a.tau_schedule, EMA_SCHEDULES, "algo.tau_schedule")
-    _choice(a.weight_mode, WEIGHT_MODES, "algo.weight_mode")
-    _choice(a.entropy_scope, ("positives", "all"), "algo.entropy_scope")
-    _choice(a.kl_estimator, KL_ESTIMATORS, "algo.kl_estimator")
-    _choice(a.aggregation, AGGREGATIONS, "algo.aggregation")
-    _check(a.predictor_width >= 0, f"algo.predictor_width must be >= 0, got {a.predictor_width}")
-    _check(a.predictor_layers >= 1, f"algo.predictor_layers must be >= 1, got {a.predictor_layers}")
 
 
 def _validate_optim(o: Any) -> None:
     _check(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
-    _choice(o.schedule, ("constant", "cosine"), "optim.schedule")
     _check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
     _check(o.grad_clip >= 0 and o.micro_batch_tokens > 0, "optim.grad_clip >= 0 and micro_batch_tokens > 0")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
@@ -74,13 +59,10 @@ def _validate_optim(o: Any) -> None:
 
 def _validate_data(config: Any) -> None:
     """The model's dtype, the data and the testbed."""
-    _choice(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
-    _choice(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
     _check(config.data.eval_size >= 0, f"data.eval_size must be >= 0, got {config.data.eval_size}")
     _check(config.data.max_prompt_tokens >= 1,
            f"data.max_prompt_tokens must be >= 1, got {config.data.max_prompt_tokens}")
     tb = config.testbed
-    _choice(tb.task, ("addition", "countdown"), "testbed.task")
     _check(2 <= tb.numbers <= 4, f"testbed.numbers must be in 2..4, got {tb.numbers}")
     _check(tb.validation_size >= 0 and tb.test_size >= 1, "testbed.validation_size must be >= 0 and test_size >= 1")
     for where, value in (("testbed.digits", tb.digits), ("testbed.max_number", tb.max_number)):
@@ -88,9 +70,11 @@ def _validate_data(config: Any) -> None:
 
 
 def _validate_train(t: Any) -> None:
+    from popo.tracking import TRACKERS
+
     for name in t.report_to:
-        _choice(name, ("tensorboard", "wandb", "mlflow", "none"), "train.report_to")
-        _check(name not in ("wandb", "mlflow") or importlib.util.find_spec(name) is not None,
+        _choice(name, (*TRACKERS, "none"), "train.report_to")
+        _check(name in ("tensorboard", "none") or importlib.util.find_spec(name) is not None,  # (a dependency)
                f"train.report_to={name} needs the {name} package: pip install 'popo[{name}]'")
     _check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
     _check(t.keep_last >= 1 and t.max_bad_steps >= 1, "train.keep_last and max_bad_steps must be >= 1")
@@ -104,11 +88,6 @@ def _validate_rollout(r: Any, a: Any, lora: Any) -> None:
     from popo.algorithms import get_algorithm
 
     _check(r.max_sampling_rounds >= 1, f"rollout.max_sampling_rounds must be >= 1, got {r.max_sampling_rounds}")
-    _choice(r.engine, ("hf", "vllm"), "rollout.engine")
-    _choice(r.vllm_mode, ("colocate", "server"), "rollout.vllm_mode")
-    from popo.rollout.hf import DECODE_PATHS
-
-    _choice(r.hf_decode, DECODE_PATHS, "rollout.hf_decode")
     _check(0 < r.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
     _check(lora.r >= 0 and lora.alpha > 0 and 0 <= lora.dropout < 1,
            "model.lora.r must be >= 0, model.lora.alpha > 0 and model.lora.dropout in [0, 1)")

@@ -9,26 +9,53 @@ import re
 from typing import get_type_hints
 
 from popo.config import Config
+from popo.field_rules import choices, range_text
 
 
 def loss_settings(loss: str, *, name: str, prefix: str = "") -> type:
-    """A dataclass of the `algo.*` settings the registered `loss` reads (`Algorithm.settings`), each as
-    ``prefix + key`` with `AlgoConfig`'s type, default and help text: the one source of the TRL bridge's
+    """A dataclass of the settings the registered `loss` reads (its `Algorithm.settings` class), each as
+    ``prefix + key`` with that class's type, default and help text (its rule in words: the integrations check
+    the values with popo's own `validate`, and TRL's argument parser takes only ``help`` metadata): the one source of the TRL bridge's
     `POPOConfig` fields and the verl plugin's `POPOVerlConfig` (no field list is typed out twice)."""
-    from popo.algo_config import AlgoConfig
     from popo.algorithms import get_algorithm
 
-    hints, docs, defaults = get_type_hints(AlgoConfig), field_docs(AlgoConfig), AlgoConfig()
+    declared = get_algorithm(loss).settings
+    hints, docs, defaults = get_type_hints(declared), field_docs(declared), declared()
     return dataclasses.make_dataclass(name, [
-        (prefix + key, hints[key], dataclasses.field(default=getattr(defaults, key), metadata={"help": docs[key]}))
-        for key in get_algorithm(loss).settings])
+        (prefix + f.name, hints[f.name],
+         dataclasses.field(default=getattr(defaults, f.name), metadata={"help": _help(docs[f.name], f, hints[f.name])}))
+        for f in dataclasses.fields(declared)])
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a config dataclass."""
-    source = inspect.getsource(cls)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(
-        r'^\s+(\w+): [^\n]*\n\s+"""(.*?)"""', source, flags=re.M | re.S)}
+    """The docstring written under each field of a config dataclass and of the dataclasses it derives from."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update({m.group(1): " ".join(m.group(2).split()) for m in re.finditer(
+                r'^\s+(\w+): [^\n]*\n\s+"""(.*?)"""', inspect.getsource(klass), flags=re.M | re.S)})
+    return docs
+
+
+def _rule(f: dataclasses.Field, hint: object) -> str:
+    """A field's rule as the reference prints it: its choices or its range ('' for neither)."""
+    allowed = choices(hint)
+    return f"One of {', '.join(map(str, allowed))}." if allowed else (
+        f"Must be {range_text(f.metadata)}." if range_text(f.metadata) else "")
+
+
+def _help(doc: str, f: dataclasses.Field, hint: object) -> str:
+    return " ".join(part for part in (doc, _rule(f, hint)) if part)
+
+
+def _readers(key: str) -> str:
+    """For an `algo.*` key: the registered losses whose settings declare it (for `name`: every valid name)."""
+    from popo.algorithms import LOSSES, PRESETS
+
+    if key == "name":
+        return f"One of {', '.join(PRESETS)}."
+    names = [name for name, entry in LOSSES.items() if key in entry.setting_names]
+    return f"Read by {', '.join(names)}." if names else ""
 
 
 def _reference_rows(cls: type, prefix: str) -> list[str]:
@@ -38,7 +65,9 @@ def _reference_rows(cls: type, prefix: str) -> list[str]:
             rows.extend(_reference_rows(hints[f.name], f"{prefix}{f.name}."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"| `{prefix}{f.name}` | `{default}` | {docs.get(f.name, '')} |")
+        readers = _readers(f.name) if prefix == "algo." else ""
+        rows.append(f"| `{prefix}{f.name}` | `{default}` | {_help(docs.get(f.name, ''), f, hints[f.name])}"
+                    f"{' ' + readers if readers else ''} |")
     return rows
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from popo import companions, fsdp
 from popo.distributed import Dist
-from popo.ema import ema_update_, freeze_, matched_tensors
+from popo.ema import freeze_, matched_tensors
 from popo.errors import SetupError
 from popo.lora import AdapterEMA, AdapterOff, companion, is_peft, load_policy_weights
 from popo.logprobs import CompletionOutputs, completion_outputs, masked_mean

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import get_args
 
 import torch
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
+from popo.config import HFDecode
 from popo.rollout.base import Rollouts, SamplingParams
 from popo.rollout.decoder import LeanDecoder
 from popo.rollout.sampling import SeededSampler, draw_scores, seeded_draw
 from popo.seeds import row_seed, row_seeds, vocab_keys
 
-DECODE_PATHS = ("loop", "generate", "generate-static")
+DECODE_PATHS = get_args(HFDecode)
 
 
 class HFEngine:

@@ -7,7 +7,6 @@ curves, training diagnostics, compute, and how to reproduce. `popo.study.plots` 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Callable
@@ -18,13 +17,12 @@ import torch
 import transformers
 
 from popo.config import Config, load_config
-from popo.step_log import OUTCOMES_KEY, SAMPLE_OUTCOMES_KEY
-from popo.study.outcomes import outcome_section
-from popo.study.plots import step_seconds, study_plots
 from popo.study.frontier_report import frontier_section
+from popo.study.paired_report import paired_section
+from popo.study.plots import step_seconds, study_plots
+from popo.study.run_records import final_eval, load_runs, mean_start_metrics, start_evaluations
 from popo.study.runs import Study, load_study
-from popo.study.stats import Interval, binomial_se, equivalence_test, holm, mean_ci, paired_test
-from popo.tracking import read_metrics
+from popo.study.stats import Interval, binomial_se, mean_ci
 
 SECTIONS = ("## Setup", "## Results", "## Paired comparisons", "## Learning curves", "## Frontier",
             "## Training diagnostics", "## Compute", "## Reproduce")
@@ -43,43 +41,10 @@ def environment_line() -> str:
             f"{transformers.__version__}, {platform.machine()} with {torch.get_num_threads()} threads")
 
 
-def load_runs(out: Path, study: Study) -> tuple[dict[str, dict[int, list[dict]]], dict[str, dict[int, dict]],
-                                                list[str]]:
-    """Finished runs' metrics and done records by variant and seed, and the unfinished runs' folders."""
-    runs: dict[str, dict[int, list[dict]]] = {}
-    done: dict[str, dict[int, dict]] = {}
-    unfinished = []
-    for v in study.variants:
-        for seed in study.seeds:
-            run_dir = out / v.dirname / f"seed-{seed}"
-            if (run_dir / "done.json").is_file():
-                runs.setdefault(v.name, {})[seed] = read_metrics(run_dir / "metrics.jsonl")
-                done.setdefault(v.name, {})[seed] = json.loads((run_dir / "done.json").read_text())
-            elif run_dir.is_dir():
-                unfinished.append(str(run_dir))
-    return runs, done, unfinished
-
-
-def final_eval(records: list[dict]) -> dict[str, float]:
-    last = [r for r in records if "eval/greedy_acc" in r]
-    return {k.removeprefix("eval/"): v for k, v in last[-1].items() if k.startswith("eval/")} if last else {}
-
-
-def start_eval(records: list[dict]) -> dict[str, float]:
-    first = [r for r in records if r.get("step") == 0 and "eval/greedy_acc" in r]
-    return {k.removeprefix("eval/"): v for k, v in first[0].items() if k.startswith("eval/")} if first else {}
-
-
 def _fmt(ci: Interval, digits: int = 3) -> str:
     if ci.half_width != ci.half_width:
         return f"{ci.mean:.{digits}f}"
     return f"{ci.mean:.{digits}f} ± {ci.half_width:.{digits}f}"
-
-
-def _signed(ci: Interval) -> str:
-    if ci.half_width != ci.half_width:
-        return f"{ci.mean:+.3f}"
-    return f"{ci.mean:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]"
 
 
 def results_rows(runs: dict[str, dict[int, list[dict]]], metrics: list[str]) -> list[tuple[str, int, list[Interval]]]:
@@ -89,58 +54,6 @@ def results_rows(runs: dict[str, dict[int, list[dict]]], metrics: list[str]) -> 
         rows.append((name, len(finals), [mean_ci([f[m] for f in finals if m in f] or [float("nan")])
                                          for m in metrics]))
     return rows
-
-
-EQUIVALENCE_MARGIN = 0.02
-"""TOST margin: "equivalent" claims |difference| < 0.02 (two points of accuracy) at the 5% level."""
-PRIMARY = ("popo", "grpo")
-"""The pre-declared primary comparison (treatment, baseline): reported without multiplicity correction."""
-
-
-def _p(value: float) -> str:
-    return "-" if value != value else "<0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def paired_table(runs: dict[str, dict[int, list[dict]]], baseline: str, metrics: list[str]) -> list[str]:
-    """Every variant against `baseline`, paired by seed. For each metric the rows form one family whose
-    p-values are Holm-corrected (the primary comparison, `PRIMARY`, keeps its raw p); a difference is read
-    as higher or lower when the corrected p < 0.05, as equivalent when TOST rejects a difference of
-    `EQUIVALENCE_MARGIN` or more after Holm's correction over the metric's TOSTs (a second family), else as
-    inconclusive."""
-    header = "| variant | seeds | " + " | ".join(f"Δ {m} [95% CI] | p (Holm) | d_z" for m in metrics) + " | reading |"
-    lines = [header, "|" + " --- |" * (3 + 3 * len(metrics))]
-    base = runs[baseline]
-    rows = [(name, sorted(set(by_seed) & set(base))) for name, by_seed in runs.items() if name != baseline]
-    rows = [(name, seeds) for name, seeds in rows if seeds]
-    cells: dict[str, list[str]] = {name: [] for name, _ in rows}
-    readings: dict[str, list[str]] = {name: [] for name, _ in rows}
-    for m in metrics:
-        values = {name: ([final_eval(runs[name][s])[m] for s in seeds], [final_eval(base[s])[m] for s in seeds])
-                  for name, seeds in rows}
-        tests = {name: paired_test(*values[name]) for name, _ in rows}
-        family = [name for name, _ in rows if (name, baseline) != PRIMARY]
-        adjusted = dict(zip(family, holm([tests[n].p_value for n in family])[0]))
-        tosts = {name: equivalence_test(*values[name], margin=EQUIVALENCE_MARGIN) for name, _ in rows}
-        tost_holm = dict(zip([n for n, _ in rows], holm([tosts[n].p_value for n, _ in rows])[0]))
-        for name, seeds in rows:
-            result = tests[name]
-            p = result.p_value if (name, baseline) == PRIMARY else adjusted[name]
-            dz = "-" if result.d_z != result.d_z else f"{result.d_z:+.2f}"
-            cells[name].append(f"{_signed(result.ci)} | {_p(p)}{' (primary)' if (name, baseline) == PRIMARY else ''}"
-                               f" | {dz}")
-            if len(seeds) < 2:
-                readings[name].append(f"{m}: one seed, no test")
-            elif p < 0.05:
-                readings[name].append(f"{m}: {'higher' if result.mean_diff > 0 else 'lower'}")
-            elif tost_holm[name] < 0.05:
-                tost_p = _p(tost_holm[name])
-                readings[name].append(f"{m}: equivalent within ±{EQUIVALENCE_MARGIN} "
-                                      f"(TOST Holm p {tost_p if tost_p.startswith('<') else '= ' + tost_p})")
-            else:
-                readings[name].append(f"{m}: inconclusive")
-    for name, seeds in rows:
-        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells[name]) + f" | {'; '.join(readings[name])} |")
-    return lines
 
 
 def forwarded(record: dict, what: str) -> float:
@@ -241,25 +154,6 @@ def report_metrics(config: Config) -> list[str]:
     return ["greedy_acc", f"avg@{k}", f"pass@{k}"] if k > 0 else ["greedy_acc"]
 
 
-def start_evaluations(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
-    """The finished runs' step-0 records (scores, per-problem outcomes), each evaluation once (runs of one seed
-    sample the start alike): the report's start is their mean, in its Results and pass@j tables alike."""
-    out: dict[str, dict] = {}
-    for records in (records for by_seed in runs.values() for records in by_seed.values()):
-        first = next((r for r in records if r.get("step") == 0 and "eval/greedy_acc" in r), None)
-        if first is not None:
-            scores = {k: v for k, v in first.items() if k.startswith("eval/") and "time" not in k}
-            key = json.dumps([first.get(OUTCOMES_KEY), first.get(SAMPLE_OUTCOMES_KEY), scores], sort_keys=True)
-            out.setdefault(key, first)
-    return list(out.values())
-
-
-def mean_start_metrics(runs: dict[str, dict[int, list[dict]]], metrics: list[str]) -> list[float]:
-    """Each metric at step 0, averaged over the start's evaluations (`start_evaluations`; 0.0 when none)."""
-    starts = [start_eval([r]) for r in start_evaluations(runs)]
-    return [sum(s[m] for s in starts) / max(1, len(starts)) for m in metrics]
-
-
 def same_start_line(runs: dict[str, dict[int, list[dict]]], done: dict[str, dict[int, dict]]) -> str:
     """The setup's "Same start" item: initial checkpoints, and whether all step-0 greedy accuracies agree."""
     greedy = sorted({round(r["eval/greedy_acc"], 6) for r in start_evaluations(runs)})
@@ -307,31 +201,6 @@ seed before training; runs that sample it alike count once), the same start as i
 {chr(10).join(results_table(rows, metrics, start_means, log, start_count))}
 
 ![final accuracy](final_accuracy.png)
-
-"""
-
-
-def paired_section(out: Path, study: Study, runs: dict[str, dict[int, list[dict]]], baselines: list[str],
-                   metrics: list[str]) -> str:
-    """The "Paired comparisons" section: how to read it, one `paired_table` per baseline, per-problem tables."""
-    paired = []
-    for b in baselines:
-        paired += [f"\nAgainst **{b}** (variant minus {b}, paired by seed):\n", *paired_table(runs, b, metrics)]
-    run_dirs = {v.name: {s: out / v.dirname / f"seed-{s}" for s in study.seeds} for v in study.variants}
-    return f"""## Paired comparisons
-
-Same seeds, same prompts, same initial checkpoint: differences with a 95% CI over seeds, paired t-test
-p-value and Cohen's d_z (mean difference / SD of the differences; not given below 3 seeds). The primary
-comparison, declared before any run, is popo − grpo (its raw p is shown); in every table the other
-comparisons of a metric form one family whose p-values are Holm-corrected. A difference is read as
-higher or lower at a corrected p < 0.05, as **equivalent** only when a TOST rejects a difference of
-±{EQUIVALENCE_MARGIN} or more at the 5% level after Holm's correction over the metric's TOSTs (a family of
-its own), and otherwise as **inconclusive**: p ≥ 0.05 alone never reads as "matches". An equivalence means
-something only if the baseline itself moved from the start by more than the margin (a positive control):
-compare its row with the start's above before reading one.
-{chr(10).join(paired)}
-{outcome_section(out, run_dirs, baselines, [r[SAMPLE_OUTCOMES_KEY] for r in start_evaluations(runs)
-                                             if SAMPLE_OUTCOMES_KEY in r])}
 
 """
 

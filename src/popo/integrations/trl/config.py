@@ -1,7 +1,7 @@
 """`POPOConfig`: TRL's `GRPOConfig` plus POPO's settings.
 
 Every POPO field is `popo_<name>` for the `algo.<name>` key of popo's own configuration
-(`popo.config.AlgoConfig`), with the same default and help text, so a recipe reads the same in both
+(`popo.algo_config.POPOSettings`), with the same default and help text, so a recipe reads the same in both
 trainers. The prefix keeps them apart from TRL's fields of similar names: TRL's `beta` is its KL
 coefficient, `popo_beta` is POPO's entropy weight; TRL's `temperature` is the sampling temperature,
 `popo_weight_temperature` the temperature of POPO's weight softmax.
@@ -38,7 +38,7 @@ _NEUTRAL = {
 
 
 @dataclass
-class POPOConfig(GRPOConfig, loss_settings("popo", name="POPOSettings", prefix=PREFIX)):
+class POPOConfig(GRPOConfig, loss_settings("popo", name="POPOTRLFields", prefix=PREFIX)):
     """`GRPOConfig` with POPO's fields (`popo_*`, generated from the settings popo's loss-table entry declares,
     see the module docstring) and `loss_type="popo"`."""
 
