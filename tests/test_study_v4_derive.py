@@ -46,3 +46,74 @@ def test_todo_lists_what_the_tables_lack_by_arm_configuration_and_seed(v4, tmp_p
     assert collect.todo(tmp_path, ["grpo", "popo", "raft"], [0, 1, 2], "lr=1e-4") == ["grpo 2 1", "popo 1 2",
                                                                                       "raft 0 3"]
     assert collect.todo(tmp_path, ["grpo"], [0, 1, 2], "lr=1e-5") == ["grpo 0 3"]
+
+
+def test_the_tests_of_a_on_a_fixture_whose_answers_are_known(v4):
+    """POPO equal to GRPO is equivalent (difference exactly 0); RAFT two correct samples of 16 above GRPO on
+    every problem is different by exactly 0.125 and reaches GRPO's level earlier."""
+    derive, _ = v4
+    from popo.study.frontier import Trajectories
+
+    steps = np.arange(0, 2100, 100)
+    rng = np.random.default_rng(0)
+    base = np.clip(rng.integers(0, 7, size=(3, 1, 40)) + (steps[None, :, None] // 200), 0, 14).astype(float)
+    compute = {name: np.tile(steps * 64.0, (3, 1)) for name in ("rows", "tokens", "seconds")}
+
+    def arm(method, correct):
+        return Trajectories(method, derive.CONFIG, (0, 1, 2), steps, correct, 16, compute)
+
+    sets = [arm("grpo", base), arm("popo", base.copy()), arm("raft", base + 2)]
+    lines, numbers = derive.tests_a(sets, resamples=400)
+    popo, raft = numbers["tests"]["popo"], numbers["tests"]["raft"]
+    assert popo["estimate"] == 0 and popo["low"] == popo["high"] == 0 and popo["verdict"] == "equivalent"
+    assert raft["estimate"] == pytest.approx(0.125, abs=1e-12) and raft["verdict"] == "different"
+    assert raft["low"] == pytest.approx(0.125, abs=1e-12)  # the same shift on every problem: no spread
+    level = derive.levels(steps, base.mean((0, 2)) / 16)[2000]
+    assert numbers["target"] == pytest.approx(level - derive.MARGIN, abs=1e-12)
+    reach = numbers["reach"]
+    assert reach[f"raft {derive.CONFIG}"]["step"] < reach[f"grpo {derive.CONFIG}"]["step"]
+    assert reach[f"popo {derive.CONFIG}"] == reach[f"grpo {derive.CONFIG}"]
+    assert any(line.startswith("| raft − grpo | +0.1250") for line in lines)
+
+
+def _sets_for_b(derive, popo_count: float):
+    """POPO flat at `popo_count` correct of 16; GRPO 1e-4 reaches avg@16 0.5 at step 800 and stays, with half
+    the problems at 16 and half at 0 (pass@16 0.5); GRPO 1e-5 is 0.003 above 0.5 at step 1000 only, every
+    problem solved (pass@16 1); GRPO 3e-5 stays at 2 of 16."""
+    from popo.study.frontier import Trajectories
+
+    steps, problems = np.arange(0, 2100, 100), 60
+    compute = {name: np.tile(steps * 64.0, (3, 1)) for name in ("rows", "tokens", "seconds")}
+    half = np.array([16.0] * 30 + [0.0] * 30)
+    fast = np.stack([np.minimum(e, 8) / 8 * half for e in range(len(steps))])  # [E, P]
+    slow = np.full((len(steps), problems), 2.0)
+    slow[10] = [8.0] * 57 + [9.0] * 3
+    flat = np.full((len(steps), problems), popo_count)
+
+    def arm(method, config, per_step):
+        return Trajectories(method, config, (0, 1, 2), steps, np.tile(per_step, (3, 1, 1)), 16, compute)
+
+    return [arm("grpo", "lr=1e-4", fast), arm("grpo", "lr=1e-5", slow), arm("grpo", "lr=3e-5", np.full_like(slow, 2.0)),
+            arm("popo", "lr=1e-4", flat), arm("raft", "lr=1e-4", flat)]
+
+
+@pytest.mark.parametrize("v3_upper, seeds", [(5e-4, 10), (7e-4, 15), (1e-3, 20), (1e-2, 20)])
+def test_part_bs_choice_and_power_on_a_fixture(v4, v3_upper, seeds):
+    """Two GRPO points lie within the tie band of POPO's 0.5: the one with more breadth (1e-5 at step 1000) is
+    chosen; with no seed, interaction or residual variance in the fixture, the seeds follow v3's bound alone:
+    MDE = 2.8016 sqrt(2 v / S) against 0.03."""
+    derive, _ = v4
+    lines, b = derive.choose_b(_sets_for_b(derive, 8.0), v3_upper)
+    assert (b["s_P"], b["a_P"], b["grpo_config"], b["s_G"], b["how"]) == (200, 0.5, "lr=1e-5", 1000, "matched")
+    assert b["a_G"] == pytest.approx(0.503125) and b["pass_G"] == 1.0
+    assert b["interaction"] == 0 and b["residual"] == 0 and b["seed_variance"] == v3_upper
+    assert b["mde"][10] == pytest.approx(2.80158 * (2 * v3_upper / 10) ** 0.5, rel=1e-5)
+    assert b["seeds"] == seeds and any(f"Final seeds per arm: {seeds}" in line for line in lines)
+
+
+def test_part_b_falls_back_to_grpos_plateau_when_no_grpo_point_is_near(v4):
+    derive, _ = v4
+    _, b = derive.choose_b(_sets_for_b(derive, 15.0), 5e-4)  # POPO at 0.9375: GRPO never within 0.0288
+    assert b["grpo_config"] == "lr=1e-4" and b["how"].startswith("no GRPO configuration")
+    # avg@16 = min(step / 100, 8) / 16: L(900) = 7.67 / 16 still rises to L(1200) = 8 / 16 by 0.021, L(1000) is flat
+    assert b["s_G"] == b["grpo_stop"] == 1000 and b["a_G"] == 0.5

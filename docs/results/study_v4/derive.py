@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from popo.study.analysis import read_rows
+from popo.study.analysis import (Components, difference_se, interaction_variance, minimum_detectable, pass_at,
+                                 read_rows, two_way_bootstrap, variance_components)
+from popo.study.stats import holm
 from popo.study.frontier import Trajectories, from_tables, mean_curve
 from popo.study.frontier_report import draw_frontier, frontier_lines
 
@@ -39,6 +41,9 @@ OUTCOME_FIELDS, OUTCOMES = _collect.OUTCOME_FIELDS, _collect.OUTCOMES
 TRAJECTORY_FIELDS, TRAJECTORIES = _collect.TRAJECTORY_FIELDS, _collect.TRAJECTORIES
 
 SEEDS, RISE, WINDOW, MARGIN = 3, 0.005, 300, 0.028812  # the pre-registration's plateau rule and v3's margin
+CONFIG = "lr=1e-4"  # v3's rate: a's tests compare the arms there
+TIE, TEST_PROBLEMS, SEED_OPTIONS = 0.005, 1500, (10, 15, 20)  # b's choice rule and power rule
+GRPO_CONFIGS = ("lr=1e-5", "lr=3e-5", "lr=1e-4")  # addendum 1: b's matched GRPO is chosen over these
 
 
 def levels(steps: np.ndarray, avg: np.ndarray) -> dict[int, float]:
@@ -81,10 +86,115 @@ def arm_rows(sets: list[Trajectories]) -> tuple[list[str], dict]:
     return lines, numbers
 
 
-def plateau_report(data: Path) -> dict:
+def tests_a(sets: list[Trajectories], *, resamples: int = 10_000) -> tuple[list[str], dict]:
+    """The pre-registered tests of a at v3's rate: POPO − GRPO and RAFT − GRPO in validation avg@16 at the last
+    step (each seed paired by index, problems by id; two-way bootstrap), Holm over the two differences and,
+    separately, over the two TOSTs at ±MARGIN; and each arm's compute to reach GRPO's L(last) − MARGIN."""
+    by = {t.method: t for t in sets if t.config == CONFIG}
+    base = by["grpo"]
+    last = int(base.steps[-1])
+    target = levels(base.steps, mean_curve(base, base.k)[0])[last] - MARGIN
+    tests = {arm: two_way_bootstrap(by[arm].correct[:, by[arm].index(last)] / by[arm].k,
+                                    base.correct[:, base.index(last)] / base.k, margin=MARGIN, resamples=resamples)
+             for arm in ("popo", "raft")}
+    p_diff, reject_diff = holm([t.p_difference for t in tests.values()])
+    p_equiv, reject_equiv = holm([t.p_equivalence for t in tests.values()])
+    lines = [f"## The tests of a (validation, step {last}, {CONFIG}; {resamples:,} resamples)", "",
+             "| comparison | avg@16 difference [95%] | p (diff.) | Holm p | TOST p (±0.0288) | Holm p | verdict |",
+             "|" + " --- |" * 7]
+    numbers: dict = {"step": last, "target": target, "tests": {}, "reach": {}}
+    for i, (arm, t) in enumerate(tests.items()):
+        verdict = {(True, True): "different, within the margin", (True, False): "different",
+                   (False, True): "equivalent", (False, False): "inconclusive"}[(reject_diff[i], reject_equiv[i])]
+        lines.append(f"| {arm} − grpo | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}] | {t.p_difference:.4f} | "
+                     f"{p_diff[i]:.4f} | {t.p_equivalence:.4f} | {p_equiv[i]:.4f} | {verdict} |")
+        numbers["tests"][arm] = {"estimate": t.estimate, "low": t.low, "high": t.high, "p_diff": t.p_difference,
+                                 "holm_diff": p_diff[i], "p_equiv": t.p_equivalence, "holm_equiv": p_equiv[i],
+                                 "verdict": verdict}
+    lines += ["", f"Compute to reach GRPO's L({last}) − 0.0288 = {target:.4f} in seed-mean validation avg@16 (rows "
+              "and tokens through forward+backward, seed means, at the first evaluation at or above it):", ""]
+    for t in sets:
+        avg = mean_curve(t, t.k)[0]
+        hit = np.flatnonzero(avg >= target)
+        if len(hit):
+            e = int(hit[0])
+            rows, tokens = float(t.compute["rows"][:, e].mean()), float(t.compute["tokens"][:, e].mean())
+            numbers["reach"][t.label] = {"step": int(t.steps[e]), "rows": rows, "tokens": tokens}
+            lines.append(f"- {t.label}: step {int(t.steps[e])}, {rows:,.0f} rows, {tokens:,.0f} tokens")
+        else:
+            numbers["reach"][t.label] = None
+            lines.append(f"- {t.label}: not within {int(t.steps[-1])} steps")
+    return lines + [""], numbers
+
+
+def v3_seed_upper() -> float:
+    """The upper 95% chi-square bound of the seed variance of pass@16 in v3's finals, the larger of GRPO's and
+    POPO's (`../study_v3/erratum.py` writes it)."""
+    v3 = json.loads((Path(__file__).resolve().parents[1] / "study_v3" / "countdown" / "erratum.json").read_text())
+    return max(v3["seed_variance"][f"{arm} pass@16"]["upper95"] for arm in ("grpo", "popo"))
+
+
+def choose_b(sets: list[Trajectories], v3_seed_upper: float, *, problems: int = TEST_PROBLEMS) -> tuple[list[str], dict]:
+    """Part b's choices on validation (the pre-registration's b and addendum 1): POPO's stopping step s_P (its
+    plateau step, the last step if still rising) and avg@16 a_P there; GRPO's matched (rate, step) over every
+    GRPO configuration and evaluation step, the closest seed-mean avg@16 to a_P, ties within TIE broken by the
+    highest seed-mean pass@16 (GRPO 1e-4's plateau instead when none comes within MARGIN); RAFT's plateau step;
+    and the number of final seeds S by the power rule: seed variance of pass@16 the larger of v3's upper bound
+    (`v3_seed_upper`) and the plateau runs' estimate at the chosen points, interaction and residual from the same
+    points, S the smallest of SEED_OPTIONS whose minimum detectable pass@16 difference is at most 0.03."""
+    by = {(t.method, t.config): t for t in sets}
+    popo, raft = by[("popo", CONFIG)], by[("raft", CONFIG)]
+
+    def stop(t: Trajectories) -> int:
+        step = plateau_step(levels(t.steps, mean_curve(t, t.k)[0]))
+        return int(t.steps[-1]) if step is None else step
+
+    s_p = stop(popo)
+    a_p = float(mean_curve(popo, popo.k)[0][popo.index(s_p)])
+    candidates = []
+    for t in (t for t in sets if t.method == "grpo"):
+        avg, breadth = mean_curve(t, t.k)
+        candidates += [(abs(float(avg[e]) - a_p), -float(breadth[e]), t.config, int(t.steps[e]), float(avg[e]),
+                        float(breadth[e])) for e in range(len(t.steps))]
+    closest = min(c[0] for c in candidates)
+    if closest <= MARGIN:
+        near = [c for c in candidates if c[0] <= closest + TIE]
+        _, _, config, s_g, a_g, p_g = min(near, key=lambda c: (c[1], c[0]))
+        how = "matched"
+    else:
+        base = by[("grpo", CONFIG)]
+        config, s_g = CONFIG, stop(base)
+        a_g, p_g = (float(v[base.index(s_g)]) for v in mean_curve(base, base.k))
+        how = f"no GRPO configuration comes within {MARGIN} of a_P: GRPO {CONFIG} at its plateau"
+    grpo = by[("grpo", config)]
+    x = pass_at(popo.correct[:, popo.index(s_p)], popo.k, 16)
+    y = pass_at(grpo.correct[:, grpo.index(s_g)], grpo.k, 16)
+    cx, cy = variance_components(x), variance_components(y)
+    seed_var = max(v3_seed_upper, cx.seed, cy.seed)
+    comp = Components(seed_var, 0.0, max(cx.residual, cy.residual))
+    interaction = interaction_variance(x, y)
+    mde = {s: minimum_detectable(difference_se(comp, interaction, s, problems)) for s in SEED_OPTIONS}
+    seeds = next((s for s in SEED_OPTIONS if mde[s] <= 0.03), SEED_OPTIONS[-1])
+    numbers = {"s_P": s_p, "a_P": a_p, "grpo_config": config, "s_G": s_g, "a_G": a_g, "pass_G": p_g, "how": how,
+               "raft_stop": stop(raft), "grpo_stop": stop(grpo), "seed_variance": seed_var,
+               "v3_seed_upper": v3_seed_upper, "plateau_seed": [cx.seed, cy.seed], "interaction": interaction,
+               "residual": comp.residual, "mde": mde, "seeds": seeds}
+    lines = ["## Part b's choices (validation; the pre-registration's rule and addendum 1)", "",
+             f"- POPO {CONFIG} stops at step {s_p} (a_P = {a_p:.4f} validation avg@16); RAFT at {stop(raft)}.",
+             f"- GRPO's matched configuration: {config} at step {s_g} (avg@16 {a_g:.4f}, pass@16 {p_g:.4f}; {how});"
+             f" its run continues to step {max(s_g, stop(grpo))} (its plateau step is {stop(grpo)}).",
+             f"- Power: pass@16 seed variance {seed_var:.2e} (the larger of v3's upper bound {v3_seed_upper:.2e} and "
+             f"these runs' {cx.seed:.2e} / {cy.seed:.2e}), arm x problem {interaction:.2e}, residual "
+             f"{comp.residual:.2e} (from 16 validation samples, where pass@16 is 0 or 1: larger than the residual of pass@16 "
+             "estimated from 64 test samples, so the seeds are, if anything, more than needed); minimum detectable pass@16 difference on {problems:,} problems: "
+             + ", ".join(f"{s} seeds {m:.4f}" for s, m in mde.items()) + f". **Final seeds per arm: {seeds}.**", ""]
+    return lines, numbers
+
+
+def plateau_report(data: Path, *, resamples: int = 10_000) -> dict:
     sets = from_tables(read_rows(data / TRAJECTORIES, TRAJECTORY_FIELDS), read_rows(data / OUTCOMES, OUTCOME_FIELDS))
     table, numbers = arm_rows(sets)
-    complete = all(len(t.seeds) == SEEDS for t in sets) and {t.method for t in sets} >= {"grpo", "popo", "raft"}
+    complete = {t.method for t in sets if t.config == CONFIG and len(t.seeds) == SEEDS} >= {"grpo", "popo", "raft"}
     figure = draw_frontier(sets, data / "frontier.png")
     text = ["# Study v4, part a: plateau (validation)", "",
             "Made by `python docs/results/study_v4/derive.py plateau docs/results/study_v4/plateau` from "
@@ -96,10 +206,17 @@ def plateau_report(data: Path) -> dict:
              "do not run.** Intervals below resample the problems (and the seeds there are)."), "", *table, ""]
     if figure is not None:
         text += ["![frontier](frontier.png)", ""]
+    tested, chosen = {}, {}
+    if complete:
+        lines, tested = tests_a(sets, resamples=resamples)
+        text += lines
+    if complete and {t.config for t in sets if t.method == "grpo" and len(t.seeds) == SEEDS} >= set(GRPO_CONFIGS):
+        lines, chosen = choose_b(sets, v3_seed_upper())
+        text += lines
     text += frontier_lines(sets, "grpo", resamples=1000)
     (data / "report.md").write_text("\n".join(text) + "\n")
-    (data / "numbers.json").write_text(json.dumps({"complete": complete, "arms": numbers}, indent=1,
-                                                  sort_keys=True) + "\n")
+    (data / "numbers.json").write_text(json.dumps({"complete": complete, "arms": numbers, "a": tested, "b": chosen}, indent=1,
+                                                  sort_keys=True, default=float) + "\n")
     return numbers
 
 
@@ -108,8 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plateau")
     p.add_argument("data", type=Path)
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of a's tests")
     args = parser.parse_args(argv)
-    print(json.dumps(plateau_report(args.data), indent=1))
+    print(json.dumps(plateau_report(args.data, resamples=args.resamples), indent=1))
 
 
 if __name__ == "__main__":
