@@ -117,3 +117,18 @@ def test_part_b_falls_back_to_grpos_plateau_when_no_grpo_point_is_near(v4):
     assert b["grpo_config"] == "lr=1e-4" and b["how"].startswith("no GRPO configuration")
     # avg@16 = min(step / 100, 8) / 16: L(900) = 7.67 / 16 still rises to L(1200) = 8 / 16 by 0.021, L(1000) is flat
     assert b["s_G"] == b["grpo_stop"] == 1000 and b["a_G"] == 0.5
+
+
+@pytest.mark.parametrize("passes, chosen", [((0.25, 0.45, 0.70), 800), ((0.31, 0.45, 0.7), 400),
+                                            ((0.1, 0.2, 0.65), None)])
+def test_cs_warm_up_is_the_shortest_in_the_band(v4, tmp_path, passes, chosen):
+    import json
+
+    derive, _ = v4
+    for steps, breadth in zip((1600, 400, 800), (passes[2], passes[0], passes[1])):  # file order is not step order
+        (tmp_path / f"warmup-{steps}.json").write_text(json.dumps(
+            {"results": {"testbed": {"greedy_acc": 0.1, "avg@16": breadth / 3, "pass@16": breadth}}}))
+    assert derive.warmups(tmp_path) == chosen
+    table = (tmp_path / "report.md").read_text()
+    assert table.index("| 400 |") < table.index("| 800 |") < table.index("| 1600 |")
+    assert (f"Chosen: {chosen} warm-up steps" if chosen else "No warm-up length") in table

@@ -1,6 +1,7 @@
 """Study v4's numbers, re-derived from its committed raw tables alone.
 
     python docs/results/study_v4/derive.py plateau docs/results/study_v4/plateau   # report.md, numbers.json, frontier.png
+    python docs/results/study_v4/derive.py warmups docs/results/study_v4/task_c/warmups   # c's phase 0: the warm-up
 
 Part a (the pre-registration's "a. Plateau"): for every (method, configuration), the seed-mean validation avg@16
 trajectory, the level L(s) (the mean over seeds and over the evaluations at s − 200, s − 100 and s), the plateau
@@ -220,13 +221,40 @@ def plateau_report(data: Path, *, resamples: int = 10_000) -> dict:
     return numbers
 
 
+def warmups(folder: Path, band: tuple[float, float] = (0.30, 0.60)) -> int | None:
+    """Part c, phase 0: each warm-up length's validation scores (``warmup-STEPS.json`` of `popo eval`) as
+    report.md in `folder`; the chosen length is the first (shortest) whose pass@16 lies in `band`, or None."""
+    rows, chosen = [], None
+    for path in sorted(folder.glob("warmup-*.json"), key=lambda q: int(q.stem.split("-")[1])):
+        steps, scores = int(path.stem.split("-")[1]), json.loads(path.read_text())["results"]["testbed"]
+        breadth = scores["pass@16"]
+        if chosen is None and band[0] <= breadth <= band[1]:
+            chosen = steps
+        rows.append(f"| {steps} | {scores['greedy_acc']:.3f} | {scores['avg@16']:.3f} | {breadth:.3f} |")
+    verdict = (f"**Chosen: {chosen} warm-up steps**, the first whose pass@16 lies in [{band[0]}, {band[1]}]."
+               if chosen is not None else f"**No warm-up length gives a pass@16 in [{band[0]}, {band[1]}].**")
+    (folder / "report.md").write_text("\n".join([
+        "# Study v4, part c, phase 0: warm-up length (validation, exploratory)", "",
+        "Made by `python docs/results/study_v4/derive.py warmups docs/results/study_v4/task_c/warmups` from the "
+        "`popo eval` files beside it: countdown with 4 numbers in 1-20, 500 validation problems, greedy and 16 "
+        "samples at temperature 1, at most 48 new tokens.", "",
+        "| warm-up steps | greedy | avg@16 | pass@16 |", "| --- | --- | --- | --- |", *rows, "", verdict, ""]))
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plateau")
     p.add_argument("data", type=Path)
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of a's tests")
+    w = sub.add_parser("warmups", help="part c, phase 0: the warm-up table and the chosen length (its last line)")
+    w.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "warmups":
+        chosen = warmups(args.folder)
+        print(chosen if chosen is not None else "none")
+        raise SystemExit(0 if chosen is not None else 1)
     print(json.dumps(plateau_report(args.data, resamples=args.resamples), indent=1))
 
 
