@@ -132,3 +132,23 @@ def test_cs_warm_up_is_the_shortest_in_the_band(v4, tmp_path, passes, chosen):
     table = (tmp_path / "report.md").read_text()
     assert table.index("| 400 |") < table.index("| 800 |") < table.index("| 1600 |")
     assert (f"Chosen: {chosen} warm-up steps" if chosen else "No warm-up length") in table
+
+
+def test_along_the_trajectories_a_copy_of_grpo_is_matched_at_zero(v4):
+    """POPO identical to GRPO, with the same compute: at every step its matched pass@16 and its avg@16 at equal
+    rows differ from GRPO's by exactly 0 (or GRPO never reaches the point: '-'); the intervals are not 0, since
+    each method's seeds are resampled on their own, and they cover 0."""
+    derive, _ = v4
+    from popo.study.frontier import Trajectories
+
+    steps = np.arange(0, 600, 100)
+    rng = np.random.default_rng(1)
+    grpo = np.sort(rng.integers(0, 17, size=(3, len(steps), 30)), axis=1).astype(float)  # rising per problem
+    compute = {name: np.tile(steps * 64.0, (3, 1)) for name in ("rows", "tokens", "seconds")}
+    sets = [Trajectories(m, derive.CONFIG, (0, 1, 2), steps, grpo.copy(), 16, compute) for m in ("grpo", "popo")]
+    lines, numbers = derive.along_steps(sets, resamples=50)
+    assert sorted(numbers) == [f"popo {s}" for s in (100, 200, 300, 400, 500)]
+    for row in numbers.values():
+        assert row["matched_rows"] == 0 and row["rows_low"] <= 0 <= row["rows_high"]
+        assert row["matched_pass"] == 0 or row["matched_pass"] != row["matched_pass"]
+    assert sum(line.startswith("| popo |") for line in lines) == 5

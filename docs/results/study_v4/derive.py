@@ -23,7 +23,7 @@ import numpy as np
 from popo.study.analysis import (Components, difference_se, interaction_variance, minimum_detectable, pass_at,
                                  read_rows, two_way_bootstrap, variance_components)
 from popo.study.stats import holm
-from popo.study.frontier import Trajectories, from_tables, mean_curve
+from popo.study.frontier import Trajectories, from_tables, matched_compute, matched_pass, mean_curve
 from popo.study.frontier_report import draw_frontier, frontier_lines
 
 
@@ -128,6 +128,35 @@ def tests_a(sets: list[Trajectories], *, resamples: int = 10_000) -> tuple[list[
     return lines + [""], numbers
 
 
+def along_steps(sets: list[Trajectories], *, resamples: int = 1000) -> tuple[list[str], dict]:
+    """POPO's and RAFT's matched comparisons against GRPO at every evaluation step of theirs (the
+    pre-registration's "at every evaluation step of the A method"): pass@16 minus GRPO's at the same avg@16 (over
+    every GRPO configuration's trajectory) and avg@16 minus GRPO's at equal rows (GRPO at the same rate)."""
+    grpo = [t for t in sets if t.method == "grpo"]
+    same_rate = next(t for t in grpo if t.config == CONFIG)
+    lines = [f"## Along the trajectories (validation; {resamples:,} resamples each, uncorrected: descriptive)", "",
+             "At each evaluation of POPO and RAFT at " + CONFIG + ": its seed-mean point, its pass@16 minus GRPO's best "
+             "pass@16 at the same avg@16 (read off every GRPO configuration that reaches it; '-' where none does), and "
+             "its avg@16 minus GRPO " + CONFIG + "'s at the same rows through forward+backward.", "",
+             "| A | step | avg@16 | pass@16 | pass@16 − GRPO's at that avg@16 [95%] | avg@16 − GRPO's at equal rows [95%] |",
+             "|" + " --- |" * 6]
+    numbers: dict = {}
+    for t in (t for t in sets if t.method in ("popo", "raft") and t.config == CONFIG):
+        avg, breadth = mean_curve(t, t.k)
+        for e, step in enumerate(t.steps.tolist()):
+            if step == 0:
+                continue
+            m = matched_pass(t, grpo, j=t.k, a_step=step, resamples=resamples)
+            c = matched_compute(t, same_rate, a_step=step, resamples=resamples)
+            numbers[f"{t.method} {step}"] = {"avg": float(avg[e]), "pass": float(breadth[e]), "matched_pass": m.estimate,
+                                             "pass_low": m.low, "pass_high": m.high, "matched_rows": c.estimate,
+                                             "rows_low": c.low, "rows_high": c.high}
+            shown = "-" if m.estimate != m.estimate else f"{m.estimate:+.3f} [{m.low:+.3f}, {m.high:+.3f}]"
+            lines.append(f"| {t.method} | {step} | {avg[e]:.3f} | {breadth[e]:.3f} | {shown} | "
+                         f"{c.estimate:+.3f} [{c.low:+.3f}, {c.high:+.3f}] |")
+    return lines + [""], numbers
+
+
 def v3_seed_upper() -> float:
     """The upper 95% chi-square bound of the seed variance of pass@16 in v3's finals, the larger of GRPO's and
     POPO's (`../study_v3/erratum.py` writes it)."""
@@ -207,16 +236,19 @@ def plateau_report(data: Path, *, resamples: int = 10_000) -> dict:
              "do not run.** Intervals below resample the problems (and the seeds there are)."), "", *table, ""]
     if figure is not None:
         text += ["![frontier](frontier.png)", ""]
-    tested, chosen = {}, {}
+    tested, chosen, stepwise = {}, {}, {}
     if complete:
         lines, tested = tests_a(sets, resamples=resamples)
+        text += lines
+    if complete:
+        lines, stepwise = along_steps(sets)
         text += lines
     if complete and {t.config for t in sets if t.method == "grpo" and len(t.seeds) == SEEDS} >= set(GRPO_CONFIGS):
         lines, chosen = choose_b(sets, v3_seed_upper())
         text += lines
     text += frontier_lines(sets, "grpo", resamples=1000)
     (data / "report.md").write_text("\n".join(text) + "\n")
-    (data / "numbers.json").write_text(json.dumps({"complete": complete, "arms": numbers, "a": tested, "b": chosen}, indent=1,
+    (data / "numbers.json").write_text(json.dumps({"complete": complete, "arms": numbers, "a": tested, "along": stepwise, "b": chosen}, indent=1,
                                                   sort_keys=True, default=float) + "\n")
     return numbers
 
