@@ -152,3 +152,39 @@ def test_along_the_trajectories_a_copy_of_grpo_is_matched_at_zero(v4):
         assert row["matched_rows"] == 0 and row["rows_low"] <= 0 <= row["rows_high"]
         assert row["matched_pass"] == 0 or row["matched_pass"] != row["matched_pass"]
     assert sum(line.startswith("| popo |") for line in lines) == 5
+
+
+def test_the_docs_quote_part_as_committed_numbers():
+    """README and docs/results.md quote a's tests as the committed numbers.json gives them (derive.py writes it
+    from the raw tables; test_plateau_report_rederives checks that)."""
+    import json
+
+    a = json.loads((HERE / "plateau" / "numbers.json").read_text())["a"]
+    root = HERE.parents[2]
+
+    def signed(x: float) -> str:
+        return f"{x:+.3f}".replace("-", "−")
+
+    popo, raft = a["tests"]["popo"], a["tests"]["raft"]
+    quoted = f"{signed(popo['estimate'])} [{signed(popo['low'])}, {signed(popo['high'])}]"
+    assert quoted in (root / "docs" / "results.md").read_text()
+    assert f"[{signed(popo['low'])}, {signed(popo['high'])}]" in (root / "README.md").read_text()
+    assert f"{signed(raft['estimate'])} [{signed(raft['low'])}, {signed(raft['high'])}]" in (
+        root / "docs" / "results.md").read_text()
+    assert popo["verdict"] == raft["verdict"] == "different" and a["reach"]["popo lr=1e-4"] is None
+
+
+def test_as_tests_rederive_from_the_raw_tables(v4):
+    """a's tests from the committed raw tables give the committed numbers.json's (derive.py plateau writes both;
+    the along-the-trajectories tables, 40 bootstraps, are left to the script)."""
+    import json
+
+    derive, _ = v4
+    from popo.study.analysis import read_rows
+    from popo.study.frontier import from_tables
+
+    data = HERE / "plateau"
+    sets = from_tables(read_rows(data / derive.TRAJECTORIES, derive.TRAJECTORY_FIELDS),
+                       read_rows(data / derive.OUTCOMES, derive.OUTCOME_FIELDS))
+    _, numbers = derive.tests_a(sets)
+    assert json.loads(json.dumps(numbers)) == json.loads((data / "numbers.json").read_text())["a"]
