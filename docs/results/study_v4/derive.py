@@ -216,7 +216,7 @@ def choose_b(sets: list[Trajectories], v3_seed_upper: float, *, problems: int = 
              f"- Power: pass@16 seed variance {seed_var:.2e} (the larger of v3's upper bound {v3_seed_upper:.2e} and "
              f"these runs' {cx.seed:.2e} / {cy.seed:.2e}), arm x problem {interaction:.2e}, residual "
              f"{comp.residual:.2e} (from 16 validation samples, where pass@16 is 0 or 1: larger than the residual of pass@16 "
-             "estimated from 64 test samples, so the seeds are, if anything, more than needed); minimum detectable pass@16 difference on {problems:,} problems: "
+             f"estimated from 64 test samples, so the seeds are, if anything, more than needed); minimum detectable pass@16 difference on {problems:,} problems: "
              + ", ".join(f"{s} seeds {m:.4f}" for s, m in mde.items()) + f". **Final seeds per arm: {seeds}.**", ""]
     return lines, numbers
 
