@@ -188,3 +188,36 @@ def test_as_tests_rederive_from_the_raw_tables(v4):
                        read_rows(data / derive.OUTCOMES, derive.OUTCOME_FIELDS))
     _, numbers = derive.tests_a(sets)
     assert json.loads(json.dumps(numbers)) == json.loads((data / "numbers.json").read_text())["a"]
+
+
+def test_collect_extends_an_older_table_with_the_later_columns(v4, tmp_path, warm_testbed_cache, one_thread):
+    """A table written before `start_kl` existed keeps its rows (nan there); a run with `train.eval_start_kl`
+    adds its own with the KL; the outcomes table is unchanged in form."""
+    import math
+
+    from popo.build import build_trainer
+    from popo.study.analysis import read_rows, write_rows
+    from tests.conftest import warm_testbed_config
+
+    _, collect = v4
+    data = tmp_path / "tables"
+    data.mkdir()
+    old = dict(task="countdown3", split="validation", method="grpo", config="lr=1e-4", seed=0, step=0, greedy_acc=0.4,
+               avg=0.3, k=16, sample_nll=0.1, rows=0, tokens=0, seconds=0.0)
+    old["pass"] = 0.8
+    write_rows(data / collect.TRAJECTORIES, collect.TRAJECTORY_FIELDS, [old])
+    write_rows(data / collect.OUTCOMES, collect.OUTCOME_FIELDS, [dict(
+        task="countdown3", method="grpo", config="lr=1e-4", seed=0, step=0, problem="validation-0", greedy=1, correct=3,
+        k=16)])
+    run = tmp_path / "study" / "popo" / "seed-0"
+    config = warm_testbed_config(warm_testbed_cache, run, "train.eval_every=3", "train.eval_samples=2",
+                                 "train.eval_start_kl=true")
+    build_trainer(config, log=lambda m: None).run()
+    (run / "done.json").write_text("{}")
+    assert collect.collect([tmp_path / "study"], data) == 1
+    rows = read_rows(data / collect.TRAJECTORIES, collect.TRAJECTORY_FIELDS + collect.LATER_FIELDS)
+    before = [r for r in rows if r["method"] == "grpo"]
+    after = [r for r in rows if r["method"] == "popo"]
+    assert len(before) == 1 and math.isnan(before[0]["start_kl"]) and before[0]["avg"] == 0.3
+    assert [r["step"] for r in after] == [0, 3] and after[0]["start_kl"] < 1e-9 < after[1]["start_kl"]
+    assert len(read_rows(data / collect.OUTCOMES, collect.OUTCOME_FIELDS)) == 1 + 2 * 20  # 20 problems x 2 evals

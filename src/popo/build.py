@@ -25,7 +25,7 @@ from popo.data.example import column_names
 from popo.data.prepare import fit_prompts, held_out_examples, is_testbed, load_examples_for
 from popo.data.stream import PromptStream
 from popo.distributed import Dist
-from popo.errors import SetupError
+from popo.errors import ConfigError, SetupError
 from popo.models import Models
 from popo.rewards.make import make_verifier
 from popo.rollout.make import make_engine
@@ -124,6 +124,9 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     algorithm = get_algorithm(c.algo.name)
     torch.manual_seed(c.train.seed)
     device, dist, sharding = placement(c)
+    if sharding and c.train.eval_start_kl:
+        raise ConfigError("train.eval_start_kl is not supported with FSDP sharding (the evaluation's slices are not "
+                          "in lockstep across ranks): set it to false")
     check_run_dir(Path(c.train.out_dir), resume=resume, overwrite=c.train.overwrite)  # before any work
     train_examples = load_examples_for(c, c.data.source, split=c.data.split, log=log)
     eval_source, eval_split, eval_examples = held_out_examples(c, log)
@@ -140,7 +143,8 @@ def build_run(config: Config, *, resume: bool = False, log: Callable[[str], None
     eval_set = PromptSet(*fit_prompts(c, eval_examples, tokenizer, context=context, source=eval_source,
                                       split=eval_split, log=log))
     models = Models.build(policy, with_target=algorithm.needs_target(c.algo),
-                          with_reference=algorithm.needs_reference(c.algo), predictor_width=c.algo.predictor_width,
+                          with_reference=algorithm.needs_reference(c.algo) or c.train.eval_start_kl,
+                          predictor_width=c.algo.predictor_width,
                           predictor_layers=c.algo.predictor_layers, device=device, sharding=sharding,
                           offload_companions=c.model.offload_companions)
     if (line := models.describe_sharding(dist)) is not None:

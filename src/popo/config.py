@@ -183,6 +183,8 @@ class TrainConfig:
     """Evaluate on the held-out split every N steps (0 disables; the last step is always evaluated)."""
     eval_samples: int = 4
     """k for sampled avg@k / pass@k in periodic evaluation."""
+    eval_start_kl: bool = False
+    """At each evaluation also log eval/start_kl: KL(policy || start) per sampled token (k3 estimate on the eval samples, which must be drawn at temperature 1 and top_p 1). Keeps a frozen copy of the starting weights (LoRA: the adapters switched off; with model.offload_companions, in CPU memory); not with FSDP sharding."""
     diag_every: int = 10
     """Every N steps log diagnostics: diversity of the positives, gradient share of each loss term, KL(online||target), implicit negatives (0 disables)."""
     save_every: int = 50

@@ -40,6 +40,10 @@ def validate(config: Any) -> None:
     _validate_reward(config.reward)
     _validate_train(config.train)
     _validate_rollout(config.rollout, config.algo, config.model.lora)
+    _check(not config.train.eval_start_kl or (config.train.eval_samples > 0 and config.rollout.temperature in (0, 1)
+                                              and config.rollout.top_p == 1),
+           "train.eval_start_kl estimates KL(policy || start) from the evaluation's samples: it needs "
+           "train.eval_samples > 0 and sampling from the policy itself (rollout.temperature=1, rollout.top_p=1)")
 
 
 def _validate_algo(a: Any) -> None:

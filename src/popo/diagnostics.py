@@ -145,7 +145,7 @@ def term_gradients(models: Models, algorithm: Algorithm, cfg, batch: Rollouts, c
     configs = term_configs(algorithm, cfg)
     flat = {name: torch.zeros(sum(p.numel() for p in params), device=models.device)
             for name in ("full", *configs, *(["positive_nll"] if has_positive else []))}
-    ref = models.reference_logprobs(batch, token_budget, dist) if models.reference is not None else None
+    ref = models.reference_logprobs(batch, token_budget, dist) if algorithm.needs_reference(cfg) else None
     positive_tokens = max(1, totals.positive_tokens)
     for rows in plan_micro_batches(batch, token_budget):
         # the noise is keyed on the rows, so every term's loss below sees the same draw

@@ -8,7 +8,7 @@ multi-process run) draws exactly what the whole evaluation would for those examp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +16,7 @@ import torch
 from popo.data.example import Example
 from popo.distributed import Dist
 from popo.rewards.scoring import score_rollouts
-from popo.rollout.base import RolloutEngine, SamplingParams
+from popo.rollout.base import RolloutEngine, Rollouts, SamplingParams
 from popo.sampling_metrics import pass_at_k
 from popo.seeds import eval_seed, row_seed
 
@@ -52,6 +52,7 @@ class EvalResult:
     correct: torch.Tensor  # [n, k] float
     nll_sum: float = 0.0  # -log p of the sampled tokens under the sampling distribution, summed
     sampled_tokens: int = 0  # how many tokens that sum holds
+    start_kl_sum: float = float("nan")  # k3 estimate of KL(policy || start) summed over those tokens (nan: not asked)
 
     @property
     def sample_nll(self) -> float:
@@ -71,19 +72,28 @@ class EvalResult:
             result[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in counts) / len(counts)
             if self.sample_nll == self.sample_nll:
                 result["sample_nll"] = self.sample_nll
+            if self.sampled_tokens and self.start_kl_sum == self.start_kl_sum:
+                result["start_kl"] = self.start_kl_sum / self.sampled_tokens
         return result
 
 
+StartLogprobs = Callable[[Rollouts], torch.Tensor]
+"""Sampled rollouts -> their per-token log-probs [n, C] under the starting policy (`Models.reference_logprobs`)."""
+
+
 def evaluate(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
-             protocol: EvalProtocol, *, first_index: int = 0) -> EvalResult:
+             protocol: EvalProtocol, *, first_index: int = 0, start_logprobs: StartLogprobs | None = None
+             ) -> EvalResult:
     """Greedy and sampled completions of `prompts`, scored against `examples`' answers. Example i is
-    sampled from `row_seed(protocol.seed, first_index + i)` (`first_index`: where this slice starts)."""
+    sampled from `row_seed(protocol.seed, first_index + i)` (`first_index`: where this slice starts). With
+    `start_logprobs`, the samples' KL to the start is estimated too (k3 per token: exp(r) - 1 - r with r the
+    start's minus the policy's log-prob, unbiased and never negative)."""
     p = protocol
     answers = [ex.answer for ex in examples]
     greedy = engine.generate(prompts, 1, SamplingParams(p.max_new_tokens, temperature=0.0))
     greedy_correct = score_rollouts(verifier, greedy.texts, answers, greedy.truncated,
                                     zero_if_truncated=p.zero_if_truncated, prompts=prompts, examples=examples)
-    texts, correct, nll, tokens = [], torch.zeros(len(examples), 0), 0.0, 0
+    texts, correct, nll, tokens, start_kl = [], torch.zeros(len(examples), 0), 0.0, 0, float("nan")
     if p.k > 0:
         sampled = engine.generate(prompts, p.k, SamplingParams(p.max_new_tokens, p.temperature, p.top_p),
                                   prompt_seeds=[row_seed(p.seed, first_index + i) for i in range(len(prompts))])
@@ -93,7 +103,10 @@ def evaluate(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[E
                                  examples=[ex for ex in examples for _ in range(p.k)]).view(len(examples), p.k)
         mask = sampled.completion_mask
         nll, tokens = float(-torch.where(mask, sampled.sampling_logprobs, 0.0).sum()), int(mask.sum())
-    return EvalResult(greedy.texts, greedy_correct, greedy.lengths, texts, correct, nll, tokens)
+        if start_logprobs is not None:
+            r = start_logprobs(sampled).to(sampled.sampling_logprobs.dtype) - sampled.sampling_logprobs
+            start_kl = float(torch.where(mask, torch.expm1(r) - r, 0.0).sum())
+    return EvalResult(greedy.texts, greedy_correct, greedy.lengths, texts, correct, nll, tokens, start_kl)
 
 
 def evaluate_split(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
@@ -105,17 +118,20 @@ def evaluate_split(engine: RolloutEngine, prompts: Sequence[str], examples: Sequ
 
 
 def evaluate_split_per_problem(engine: RolloutEngine, prompts: Sequence[str], examples: Sequence[Example], verifier,
-                               protocol: EvalProtocol, dist: Dist) -> tuple[dict[str, float], list[float], list[float]]:
+                               protocol: EvalProtocol, dist: Dist, *, start_logprobs: StartLogprobs | None = None
+                               ) -> tuple[dict[str, float], list[float], list[float]]:
     """`evaluate_split`'s numbers and, beside them, every problem's greedy reward and its number of correct samples
     (all ranks' slices, in example order; the counts are empty without samples), so two evaluations of the same
     problems can be compared problem by problem."""
     n, rank, world = len(examples), dist.rank, dist.world
     lo, hi = rank * n // world, (rank + 1) * n // world
-    result = (evaluate(engine, prompts[lo:hi], examples[lo:hi], verifier, protocol, first_index=lo)
-              if hi > lo else None)
+    result = (evaluate(engine, prompts[lo:hi], examples[lo:hi], verifier, protocol, first_index=lo,
+                       start_logprobs=start_logprobs) if hi > lo else None)
     part = result.summary() if result is not None else {}
-    nll = [result.nll_sum, float(result.sampled_tokens)] if result is not None else [0.0, 0.0]
-    part.pop("sample_nll", None)  # a ratio of sums over every rank's tokens, not a mean over problems
+    kl = [] if start_logprobs is None else [result.start_kl_sum if result is not None else 0.0]
+    nll = kl + ([result.nll_sum, float(result.sampled_tokens)] if result is not None else [0.0, 0.0])
+    for ratio in ("sample_nll", "start_kl"):  # ratios of sums over every rank's tokens, not means over problems
+        part.pop(ratio, None)
     keys = dist.union_keys(list(part))
     greedy = [0.0] * n  # this rank's slice filled in, the others' left 0: the sum over ranks is every problem's
     correct = [0.0] * (n if protocol.k > 0 else 0)
@@ -127,4 +143,6 @@ def evaluate_split_per_problem(engine: RolloutEngine, prompts: Sequence[str], ex
     scores = {k: total / n for k, total in zip(keys, sums)}
     if sums[-1]:
         scores["sample_nll"] = sums[-2] / sums[-1]
-    return scores, sums[len(keys):len(keys) + n], sums[len(keys) + n:-2]
+        if kl:
+            scores["start_kl"] = sums[-3] / sums[-1]
+    return scores, sums[len(keys):len(keys) + n], sums[len(keys) + n:len(sums) - len(nll)]

@@ -242,10 +242,13 @@ class Trainer(Run):
         trackers: the end-of-run summary's paired test and the studies' per-problem tables read them)."""
         if not len(self.eval_set):
             return {}, {}
+        budget = self.config.optim.micro_batch_tokens  # the start is the reference `Models.build` kept for it
+        start_logprobs = ((lambda batch: self.models.reference_logprobs(batch, budget))
+                          if self.config.train.eval_start_kl else None)
         with self.models.gathered():  # weights gathered once for the generation
             result, greedy, correct = evaluate_split_per_problem(
                 self.engine, self.eval_set.prompts, self.eval_set.examples, self.verifier, self.evaluation_protocol(),
-                self.dist)
+                self.dist, start_logprobs=start_logprobs)
         outcomes = {OUTCOMES_KEY: [_plain_number(v) for v in greedy]}
         if correct:
             outcomes[SAMPLE_OUTCOMES_KEY] = [_plain_number(v) for v in correct]

@@ -116,7 +116,7 @@ def update_policy(models: Models, optimizer: torch.optim.Optimizer, algorithm: A
         algorithm, cfg, batch, credit, positive, row_seeds, totals.tokens, dist)
     plans = plan_micro_batches(batch, token_budget)
     old = models.policy_logprobs(batch, token_budget, dist) if algorithm.needs_old_logprobs(cfg) else None
-    ref = models.reference_logprobs(batch, token_budget, dist) if models.reference is not None else None
+    ref = models.reference_logprobs(batch, token_budget, dist) if algorithm.needs_reference(cfg) else None
     params = models.trainable_parameters()
     rounds = models.rounds(plans, dist)
     metrics: dict[str, float] = {}

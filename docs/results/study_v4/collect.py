@@ -8,7 +8,8 @@
 and writes, or extends (rows of runs it does not see again are kept), two tables in ``--out``:
 
 - ``trajectories.csv.gz``: a row per (method, config, seed, evaluation step): greedy accuracy, avg@k, pass@k,
-  the sampled per-token entropy, and the rows, tokens and seconds of training before it;
+  the sampled per-token entropy, the rows, tokens and seconds of training before it, and the samples' KL to the
+  start (``start_kl``, runs with `train.eval_start_kl`; nan otherwise);
 - ``outcomes.csv.gz``: a row per (method, config, seed, step, problem): greedy 0/1 and correct samples of k.
 
 A run's method is its ``algo.name`` and its configuration its learning rate (``lr=1e-4``). `todo` prints, one per
@@ -29,6 +30,7 @@ from popo.study.trajectory import trajectory
 
 TRAJECTORY_FIELDS = ("task", "split", "method", "config", "seed", "step", "greedy_acc", "avg", "pass", "k",
                      "sample_nll", "rows", "tokens", "seconds")
+LATER_FIELDS = ("start_kl",)  # columns added after the first tables: written always, nan for runs without them
 OUTCOME_FIELDS = ("task", "method", "config", "seed", "step", "problem", "greedy", "correct", "k")
 TRAJECTORIES, OUTCOMES = "trajectories.csv.gz", "outcomes.csv.gz"
 
@@ -49,7 +51,7 @@ def run_rows(run_dir: Path) -> tuple[list[dict], list[dict]]:
     for p in trajectory(run_dir):
         curves.append({**facts, "step": p.step, "greedy_acc": p.greedy_acc, "avg": p.avg, "pass": p.pass_k,
                        "k": p.k, "sample_nll": p.sample_nll, "rows": p.rows, "tokens": p.tokens,
-                       "seconds": round(p.seconds, 3)})
+                       "seconds": round(p.seconds, 3), "start_kl": p.start_kl})
         ids = [f"{facts['split']}-{i}" for i in range(len(p.greedy))]
         outcomes += [{**{f: facts[f] for f in ("task", "method", "config", "seed")}, "step": p.step, "problem": q,
                       "greedy": int(g), "correct": int(c), "k": p.k}
@@ -72,7 +74,9 @@ def collect(folders: list[Path], out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, fields, new in ((TRAJECTORIES, TRAJECTORY_FIELDS, new_curves), (OUTCOMES, OUTCOME_FIELDS, new_outcomes)):
         kept = [r for r in (read_rows(out / name, fields) if (out / name).exists() else []) if _key(r) not in seen]
-        write_rows(out / name, fields, sorted(kept + new, key=lambda r: (*_key(r), int(r["step"]), str(r.get("problem", "")))))
+        written = fields + (LATER_FIELDS if name == TRAJECTORIES else ())
+        rows = [{**{f: float("nan") for f in written}, **r} for r in kept + new]
+        write_rows(out / name, written, sorted(rows, key=lambda r: (*_key(r), int(r["step"]), str(r.get("problem", "")))))
     return len(runs)
 
 

@@ -3,7 +3,8 @@
 A training run logs one record per step to ``metrics.jsonl`` (`popo.trainer`): the rows and tokens that went
 through forward+backward (``trained_rollouts``, ``trained_tokens``) and the step's timings (``time/*``), and,
 at each evaluation, greedy accuracy, avg@k, pass@k, the sampled per-token entropy (``eval/sample_nll``) and
-every problem's greedy reward and number of correct samples. `trajectory` turns that log into one point per
+every problem's greedy reward and number of correct samples (and, with `train.eval_start_kl`, the samples' KL
+to the start). `trajectory` turns that log into one point per
 evaluation with the compute cumulated up to it: what a frontier (pass@k against avg@k) and a matched-compute
 comparison are drawn from (`popo.study.frontier`).
 """
@@ -34,6 +35,7 @@ class EvalPoint:
     seconds: float  # the steps' wall time (sampling, verifying, updating; evaluations excluded)
     greedy: list[float] = field(repr=False, default_factory=list)  # per problem, 0/1
     correct: list[float] = field(repr=False, default_factory=list)  # per problem, correct samples of k
+    start_kl: float = float("nan")  # KL(policy || start) per sampled token (`train.eval_start_kl`; nan when off)
 
 
 def _last_per_step(records: list[dict]) -> dict[int, dict]:
@@ -64,5 +66,6 @@ def trajectory(run_dir: str | Path) -> list[EvalPoint]:
                                 avg=float(record.get(f"eval/avg@{k}", nan)), pass_k=float(record.get(f"eval/pass@{k}", nan)),
                                 sample_nll=float(record.get("eval/sample_nll", nan)), rows=rows, tokens=tokens,
                                 seconds=seconds, greedy=list(record.get(OUTCOMES_KEY, [])),
-                                correct=list(record.get(SAMPLE_OUTCOMES_KEY, []))))
+                                correct=list(record.get(SAMPLE_OUTCOMES_KEY, [])),
+                                start_kl=float(record.get("eval/start_kl", nan))))
     return points
