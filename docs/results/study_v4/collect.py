@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "collect":
         print(json.dumps({"runs": collect(args.folders, args.out), "out": str(args.out)}))
     else:
-        print("\n".join(todo(args.data, args.arms.split(","), [int(s) for s in args.seeds.split(",")], args.config)))
+        for line in todo(args.data, args.arms.split(","), [int(s) for s in args.seeds.split(",")], args.config):
+            print(line)  # nothing at all when every run is there (a blank line would be read as a batch)
 
 
 if __name__ == "__main__":

@@ -128,20 +128,24 @@ def tests_a(sets: list[Trajectories], *, resamples: int = 10_000) -> tuple[list[
     return lines + [""], numbers
 
 
-def along_steps(sets: list[Trajectories], *, resamples: int = 1000) -> tuple[list[str], dict]:
+def along_steps(sets: list[Trajectories], *, configs: dict[str, str] | None = None, base: str = CONFIG,
+                resamples: int = 1000) -> tuple[list[str], dict]:
     """POPO's and RAFT's matched comparisons against GRPO at every evaluation step of theirs (the
     pre-registration's "at every evaluation step of the A method"): pass@16 minus GRPO's at the same avg@16 (over
-    every GRPO configuration's trajectory) and avg@16 minus GRPO's at equal rows (GRPO at the same rate)."""
+    every GRPO configuration's trajectory) and avg@16 minus GRPO's at equal rows (GRPO at `base`). `configs`: each
+    A method's configuration (part a: both at v3's rate; part c: each at its tuned rate)."""
+    configs = configs if configs is not None else {"popo": CONFIG, "raft": CONFIG}
     grpo = [t for t in sets if t.method == "grpo"]
-    same_rate = next(t for t in grpo if t.config == CONFIG)
+    same_rate = next(t for t in grpo if t.config == base)
     lines = [f"## Along the trajectories (validation; {resamples:,} resamples each, uncorrected: descriptive)", "",
-             "At each evaluation of POPO and RAFT at " + CONFIG + ": its seed-mean point, its pass@16 minus GRPO's best "
-             "pass@16 at the same avg@16 (read off every GRPO configuration that reaches it; '-' where none does), and "
-             "its avg@16 minus GRPO " + CONFIG + "'s at the same rows through forward+backward.", "",
+             "At each evaluation of " + ", ".join(f"{m} {c}" for m, c in configs.items()) + ": its seed-mean point, "
+             "its pass@16 minus GRPO's best pass@16 at the same avg@16 (read off every GRPO configuration that reaches "
+             "it; '-' where none does), and its avg@16 minus GRPO " + base + "'s at the same rows through "
+             "forward+backward.", "",
              "| A | step | avg@16 | pass@16 | pass@16 − GRPO's at that avg@16 [95%] | avg@16 − GRPO's at equal rows [95%] |",
              "|" + " --- |" * 6]
     numbers: dict = {}
-    for t in (t for t in sets if t.method in ("popo", "raft") and t.config == CONFIG):
+    for t in (t for t in sets if configs.get(t.method) == t.config):
         avg, breadth = mean_curve(t, t.k)
         for e, step in enumerate(t.steps.tolist()):
             if step == 0:

@@ -23,6 +23,7 @@ case "$PHASE" in
       model=$(popo sft "${TASK[@]}" testbed.warmup_steps=$steps | tail -1)
       popo eval --model "$model" --benchmarks testbed --samples 16 --temperature 1.0 --top-p 1.0 \
           --max-new-tokens 48 --zero-if-truncated --seed 0 --out "$out" "${TASK[@]}" testbed.warmup_steps=$steps
+      gzip -9 -n -f "${out%.json}.records.jsonl"  # per-problem samples, committed compressed
     done ;;
   grpo)
     steps=$(python $HERE/derive.py warmups "$HERE/task_c/warmups" | tail -1)

@@ -29,7 +29,8 @@ MANIFEST = "MANIFEST.json"
 
 # The configurations whose warm-up is shipped (each is `popo sft` overrides on top of the defaults):
 # the default `popo train` (addition), `testbed.task=countdown`, the demo's start (study v3's 3-number
-# countdown with numbers up to 20, 800 steps) and `popo demo --quick` (3-number countdown, 200 steps). They must match
+# countdown with numbers up to 20, 800 steps), `popo demo --quick` (3-number countdown, 200 steps) and study v4's part c
+# (4-number countdown, 800 steps; docs/results/study_v4/task_c.sh). The demo's must match
 # `popo.study.demo` (tests/test_shipped_warm_starts.py checks that every one of them resolves to a shipped copy).
 SHIPPED = {
     "addition": [],
@@ -38,6 +39,8 @@ SHIPPED = {
              "testbed.test_size=2000", "testbed.validation_size=500"],  # study v3's task (and the demo's)
     "demo-quick": ["testbed.task=countdown", "testbed.numbers=3", "testbed.test_size=300", "testbed.validation_size=200",
                    "testbed.warmup_steps=200"],
+    "study-v4-c": ["testbed.task=countdown", "testbed.numbers=4", "testbed.max_number=20", "testbed.warmup_steps=800",
+                   "testbed.test_size=2000", "testbed.validation_size=500"],  # study v4's harder task (part c)
 }
 
 

@@ -1,0 +1,170 @@
+"""Study v4, part c (4-number countdown), re-derived from its committed raw tables alone.
+
+    python docs/results/study_v4/derive_c.py phase0 docs/results/study_v4/task_c/phase0   # last line: the budget
+    python docs/results/study_v4/derive_c.py tuning docs/results/study_v4/task_c/tuning   # last line: what is next
+
+`phase0` (exploratory, one seed): GRPO's trajectory at each probe rate, the best rate (highest final validation
+avg@16) and its rise L(last) − L(last − 300) (L as in part a), and the step budget of c's tuning and finals: 500
+steps, or 1,000 when the best rate still rises by at least 0.005 over those 300 steps (the pre-registration's c,
+phase 0; addendum 2).
+
+`tuning`: each arm's seed-mean final avg@16 and pass@16 per rate, its choice (the highest mean final avg@16; an
+edge choice names the rate that extends the grid), GRPO's positive control (addendum 2: its tuned rate's final
+avg@16 minus the same runs' step-0 avg@16, paired by seed and problem, passes when the estimate is at least
+max(0.5 x the start's avg@16, 0.05) and the lower 95% bound is above 0), and once POPO or RAFT have their tuned
+runs, the frontier and their matched comparisons against GRPO over all its rates and steps (part a's
+`along_steps`). Its last line says what runs next: ``extend ARM RATE``, ``control-failed``, ``arms ARMS`` (the
+arms whose tuning runs are still missing) or ``tuned``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from popo.study.analysis import read_rows, two_way_bootstrap
+from popo.study.frontier import Trajectories, from_tables, mean_curve
+from popo.study.frontier_report import draw_frontier, frontier_lines
+
+
+def _sibling(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"study_v4_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_derive = _sibling("derive")
+_collect = _derive._collect
+TRAJECTORY_FIELDS, TRAJECTORIES = _collect.TRAJECTORY_FIELDS, _collect.TRAJECTORIES
+OUTCOME_FIELDS, OUTCOMES = _collect.OUTCOME_FIELDS, _collect.OUTCOMES
+
+SHORT, LONG = 500, 1000  # phase 0's budget rule
+GRID = ("lr=1e-5", "lr=3e-5", "lr=1e-4", "lr=3e-4")  # c's tuning grid; an edge choice extends it by 3x
+EXTEND = {"lr=1e-5": "lr=3e-6", "lr=3e-4": "lr=1e-3"}
+ARMS, SEEDS, FLOOR = ("grpo", "popo", "raft"), 3, 0.05  # tuning arms, tuning seeds, the control's absolute floor
+
+
+def _sets(data: Path) -> list[Trajectories]:
+    return from_tables(read_rows(data / TRAJECTORIES, TRAJECTORY_FIELDS), read_rows(data / OUTCOMES, OUTCOME_FIELDS))
+
+
+def _rate(config: str) -> float:
+    return float(config.split("=")[1])
+
+
+def phase0(data: Path) -> int:
+    """report.md in `data` and the step budget (500 or 1,000)."""
+    rows = read_rows(data / TRAJECTORIES, TRAJECTORY_FIELDS)
+    table = ["| rate | step | greedy | avg@16 | pass@16 | KL to the start (per token) |", "|" + " --- |" * 6]
+    for r in sorted(rows, key=lambda r: (_rate(r["config"]), int(r["step"]))):
+        kl = r.get("start_kl", float("nan"))
+        table.append(f"| {r['config']} | {r['step']} | {r['greedy_acc']:.3f} | {r['avg']:.4f} | {r['pass']:.3f} | "
+                     + ("-" if kl != kl else f"{kl:.3f}") + " |")
+    sets = _sets(data)
+    best = max(sets, key=lambda t: mean_curve(t, t.k)[0][-1])
+    level = _derive.levels(best.steps, mean_curve(best, best.k)[0])
+    last = int(best.steps[-1])
+    rise = level[last] - level[last - _derive.WINDOW]
+    budget = LONG if rise >= _derive.RISE else SHORT
+    (data / "report.md").write_text("\n".join([
+        "# Study v4, part c, phase 0: GRPO's probe (validation, one seed, exploratory)", "",
+        "Made by `python docs/results/study_v4/derive_c.py phase0 docs/results/study_v4/task_c/phase0` from the raw "
+        "tables beside it: GRPO on the 800-step warm start of 4-number countdown, 500 steps of 16 x 8, evaluated on "
+        "the 500 validation problems (greedy and 16 samples) every 100 steps.", "", *table, "",
+        f"Best rate: {best.config} (final avg@16 {mean_curve(best, best.k)[0][-1]:.4f}); L({last}) − "
+        f"L({last - _derive.WINDOW}) = {rise:+.4f} (L: the mean of the evaluations at s − 200, s − 100 and s). "
+        f"**Budget of c's tuning and finals: {budget:,} steps** ({'still rising by' if budget == LONG else 'below'} "
+        f"{_derive.RISE} over 300 steps).", ""]))
+    return budget
+
+
+def choices(sets: list[Trajectories]) -> tuple[list[str], dict]:
+    """Each arm's rate table and choice over the configurations with all tuning seeds."""
+    lines = ["| method | rate | seeds | final step | final avg@16 | final pass@16 |", "|" + " --- |" * 6]
+    chosen: dict = {}
+    for arm in ARMS:
+        mine = sorted((t for t in sets if t.method == arm), key=lambda t: _rate(t.config))
+        for t in mine:
+            avg, breadth = mean_curve(t, t.k)
+            lines.append(f"| {arm} | {t.config} | {len(t.seeds)} | {int(t.steps[-1])} | {avg[-1]:.4f} | "
+                         f"{breadth[-1]:.3f} |")
+        full = [t for t in mine if len(t.seeds) >= SEEDS]
+        if {t.config for t in full} >= set(GRID):
+            top = max(full, key=lambda t: mean_curve(t, t.k)[0][-1])
+            edge = EXTEND.get(top.config)
+            edge = edge if edge not in {t.config for t in full} else None  # an extended grid's new edge stops there
+            chosen[arm] = {"config": top.config, "avg": float(mean_curve(top, top.k)[0][-1]),
+                           "pass": float(mean_curve(top, top.k)[1][-1]), "extend": edge}
+    return lines, chosen
+
+
+def control(t: Trajectories, *, resamples: int = 10_000) -> dict:
+    """GRPO's positive control at its tuned configuration (addendum 2)."""
+    start = t.correct[:, t.index(0)] / t.k
+    test = two_way_bootstrap(t.correct[:, t.index(None)] / t.k, start, resamples=resamples)
+    threshold = max(0.5 * float(start.mean()), FLOOR)
+    return {"config": t.config, "start": float(start.mean()), "threshold": threshold, "lift": test.estimate,
+            "low": test.low, "high": test.high, "passed": bool(test.estimate >= threshold and test.low > 0)}
+
+
+def tuning(data: Path, *, resamples: int = 10_000) -> str:
+    sets = _sets(data)
+    table, chosen = choices(sets)
+    text = ["# Study v4, part c: tuning (validation)", "",
+            "Made by `python docs/results/study_v4/derive_c.py tuning docs/results/study_v4/task_c/tuning` from the raw "
+            "tables beside it. Seed means at the last evaluation; the choice maximises the mean final avg@16 "
+            "(pre-registration, c; addendum 2).", "", *table, ""]
+    numbers: dict = {"choices": chosen}
+    for arm, c in chosen.items():
+        text.append(f"- {arm}: **{c['config']}** (avg@16 {c['avg']:.4f}, pass@16 {c['pass']:.3f})"
+                    + (f"; an edge of the grid: {c['extend']} runs next" if c["extend"] else "") + ".")
+    nxt = "arms grpo"
+    grpo = chosen.get("grpo")
+    if grpo and grpo["extend"]:
+        nxt = f"extend grpo {grpo['extend']}"
+    elif grpo:
+        ctl = control(next(t for t in sets if t.method == "grpo" and t.config == grpo["config"]), resamples=resamples)
+        numbers["control"] = ctl
+        text += ["", f"**Positive control** (GRPO {ctl['config']}, final minus step 0, paired by seed and problem, "
+                 f"{resamples:,} resamples): avg@16 {ctl['start']:.4f} → lift {ctl['lift']:+.4f} [{ctl['low']:+.4f}, "
+                 f"{ctl['high']:+.4f}] against the threshold {ctl['threshold']:.3f}: "
+                 + ("**passed**." if ctl["passed"] else "**failed: c stops here** (pre-registration, c).")]
+        missing = [arm for arm in ARMS[1:] if arm not in chosen]
+        extend = [f"{arm} {c['extend']}" for arm, c in chosen.items() if c["extend"]]
+        nxt = ("control-failed" if not ctl["passed"] else f"extend {extend[0]}" if extend
+               else f"arms {','.join(missing)}" if missing else "tuned")
+    if grpo and len(chosen) > 1 and "control" in numbers and numbers["control"]["passed"]:
+        configs = {arm: c["config"] for arm, c in chosen.items() if arm != "grpo" and not c["extend"]}
+        lines, along = _derive.along_steps(sets, configs=configs, base=grpo["config"])
+        numbers["along"] = along
+        text += ["", *lines]
+    figure = draw_frontier(sets, data / "frontier.png")
+    if figure is not None:
+        text += ["", "![frontier](frontier.png)"]
+    text += ["", *frontier_lines(sets, "grpo", resamples=1000), "", f"Next: `{nxt}`.", ""]
+    (data / "report.md").write_text("\n".join(text))
+    (data / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True,
+                                                  default=lambda x: None if x != x else float(x)) + "\n")
+    return nxt
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("phase0").add_argument("data", type=Path)
+    t = sub.add_parser("tuning")
+    t.add_argument("data", type=Path)
+    t.add_argument("--resamples", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    if args.command == "phase0":
+        print(phase0(args.data))
+    else:
+        print(tuning(args.data, resamples=args.resamples) if (args.data / TRAJECTORIES).exists() else "arms grpo")
+
+
+if __name__ == "__main__":
+    main()

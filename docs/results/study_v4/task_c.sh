@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Study v4, part c after phase 0 (pre-registration "c. A task where breadth decides something", addendum 2):
+# tuning on validation, GRPO first. Each round asks `derive_c.py tuning` what runs next (from the committed raw
+# tables in $HERE/task_c/tuning), trains it, collects it and asks again, until every arm is tuned or GRPO's
+# positive control fails (then c stops, as pre-registered):
+#   arms ARMS       the arms still missing tuning runs: GRPO alone until its control is read, then POPO and RAFT,
+#                   each over the grid 1e-5, 3e-5, 1e-4, 3e-4 x seeds 0-2;
+#   extend ARM LR   an arm whose choice lies on an edge of the grid: the next rate out (3e-6 or 1e-3).
+# Every run: task_c.yaml on the 800-step warm start, train.steps = phase 0's budget (derive_c.py phase0).
+#
+#   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh tune
+#
+# Resumable: runs already in the committed tables are skipped (`collect.py todo`); a run interrupted within a
+# sitting resumes from its last checkpoint (its folder under $OUT).
+set -euo pipefail
+PHASE=${1:?tune}
+OUT=${OUT:-runs/study-v4}
+HERE=docs/results/study_v4
+DATA=$HERE/task_c/tuning
+SEEDS=0,1,2
+[ "$PHASE" = tune ] || { echo "unknown phase $PHASE: tune" >&2; exit 2; }
+popo sft testbed.task=countdown testbed.numbers=4 testbed.max_number=20 testbed.warmup_steps=800 \
+    testbed.test_size=2000 testbed.validation_size=500  # the shipped warm start of c (installed, not rebuilt)
+STEPS=$(python $HERE/derive_c.py phase0 $HERE/task_c/phase0 | tail -1)
+RUN=(popo sweep $HERE/task_c.yaml train.steps="$STEPS" --workers "${WORKERS:-2}" --threads 1 --no-report)
+while true; do
+  next=$(python $HERE/derive_c.py tuning "$DATA" | tail -1)
+  echo "c tuning, next: $next"
+  case "$next" in
+    "arms "*) arms=${next#arms }; rates=(1e-5 3e-5 1e-4 3e-4) ;;
+    "extend "*) read -r _ arms rate <<< "$next"; rates=("${rate#lr=}") ;;
+    tuned|control-failed) break ;;
+    *) echo "derive_c.py tuning said: $next" >&2; exit 1 ;;
+  esac
+  todo=()
+  for lr in "${rates[@]}"; do
+    mapfile -t lines < <(python $HERE/collect.py todo "$DATA" --arms "$arms" --seeds "$SEEDS" --config "lr=$lr")
+    for line in "${lines[@]}"; do todo+=("$lr $line"); done
+  done
+  [ ${#todo[@]} -gt 0 ] || { echo "nothing left to run for: $next" >&2; exit 1; }
+  if [ ${#todo[@]} -eq ${#rates[@]} ] && ! printf '%s\n' "${todo[@]}" | grep -qv " 0 3$"; then
+    # every rate lacks every seed: one sweep over the grid keeps both workers busy to the end
+    grid=$(IFS=,; echo "${rates[*]}")
+    "${RUN[@]}" --methods "$arms" --seeds 3 --seed-start 0 --grid optim.lr="$grid" --out "$OUT/task-c-tune-$arms"
+  else
+    for batch in "${todo[@]}"; do
+      read -r lr batch_arms first count <<< "$batch"
+      "${RUN[@]}" optim.lr="$lr" --methods "$batch_arms" --seeds "$count" --seed-start "$first" \
+          --out "$OUT/task-c-tune-$batch_arms-$lr"
+    done
+  fi
+  python $HERE/collect.py collect "$OUT"/task-c-tune-* --out "$DATA"
+done
