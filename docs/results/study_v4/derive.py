@@ -214,9 +214,12 @@ def choose_b(sets: list[Trajectories], v3_seed_upper: float, *, problems: int = 
                "v3_seed_upper": v3_seed_upper, "plateau_seed": [cx.seed, cy.seed], "interaction": interaction,
                "residual": comp.residual, "mde": mde, "seeds": seeds}
     lines = ["## Part b's choices (validation; the pre-registration's rule and addendum 1)", "",
-             f"- POPO {CONFIG} stops at step {s_p} (a_P = {a_p:.4f} validation avg@16); RAFT at {stop(raft)}.",
+             f"- POPO {CONFIG} stops at step {s_p} (a_P = {a_p:.4f} validation avg@16, pass@16 "
+             f"{float(mean_curve(popo, popo.k)[1][popo.index(s_p)]):.4f}); RAFT at {stop(raft)}.",
              f"- GRPO's matched configuration: {config} at step {s_g} (avg@16 {a_g:.4f}, pass@16 {p_g:.4f}; {how});"
-             f" its run continues to step {max(s_g, stop(grpo))} (its plateau step is {stop(grpo)}).",
+             f" its run continues to step {max(s_g, stop(grpo))} ("
+             + (f"its plateau step is {plateau}" if (plateau := plateau_step(levels(grpo.steps, mean_curve(grpo, grpo.k)[0])))
+                is not None else f"it is still rising at step {int(grpo.steps[-1])}") + ").",
              f"- Power: pass@16 seed variance {seed_var:.2e} (the larger of v3's upper bound {v3_seed_upper:.2e} and "
              f"these runs' {cx.seed:.2e} / {cy.seed:.2e}), arm x problem {interaction:.2e}, residual "
              f"{comp.residual:.2e} (from 16 validation samples, where pass@16 is 0 or 1: larger than the residual of pass@16 "
