@@ -181,6 +181,8 @@ class TrainConfig:
     """Run directory: metrics.jsonl, TensorBoard events, checkpoints."""
     eval_every: int = 50
     """Evaluate on the held-out split every N steps (0 disables; the last step is always evaluated)."""
+    eval_steps: tuple[int, ...] = ()
+    """Also evaluate at exactly these steps (0: the start, even with eval_every 0), e.g. eval_every=0 eval_steps=1500: a study's finals read their test split at the steps the pre-registration names and nowhere else."""
     eval_samples: int = 4
     """k for sampled avg@k / pass@k in periodic evaluation."""
     eval_start_kl: bool = False
@@ -244,6 +246,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if get_origin(target) is tuple:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
+        if get_args(target)[0] is int:  # steps, counts: whole numbers
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                               for v in value):
+                raise ConfigError(f"{where}: expected a list of whole numbers, got {value!r}")
+            return tuple(value)
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
             raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
         return tuple(float(v) for v in value)

@@ -85,6 +85,8 @@ def _validate_train(t: Any) -> None:
     for where, value in (("train.save_every", t.save_every), ("train.eval_every", t.eval_every),
                          ("train.diag_every", t.diag_every), ("train.eval_samples", t.eval_samples)):
         _check(value >= 0, f"{where} must be >= 0, got {value}")
+    outside = [s for s in t.eval_steps if not 0 <= s <= t.steps]
+    _check(not outside, f"train.eval_steps must lie in [0, train.steps={t.steps}], got {outside}")
 
 
 def _validate_rollout(r: Any, a: Any, lora: Any) -> None:

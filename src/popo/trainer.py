@@ -260,7 +260,7 @@ class Trainer(Run):
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         progress = Progress(c.train.steps, self.step, enabled=c.train.progress and self.dist.is_main, log=self.log)
         try:
-            if self.step == 0 and c.train.eval_every > 0:
+            if self.step == 0 and (c.train.eval_every > 0 or 0 in c.train.eval_steps):
                 scores, outcomes = self._evaluate_per_problem()
                 record = {"step": 0, "rollouts": 0, **scores}
                 self._write(record | outcomes)
@@ -269,7 +269,8 @@ class Trainer(Run):
                 record = self.train_step(self.step)
                 self.step += 1
                 last, outcomes = self.step == c.train.steps, {}
-                if last or (c.train.eval_every and self.step % c.train.eval_every == 0):
+                if (last or (c.train.eval_every and self.step % c.train.eval_every == 0)
+                        or self.step in c.train.eval_steps):
                     scores, outcomes = self._evaluate_per_problem()
                     record.update(scores)
                 # dynamic sampling samples more than B x G a step

@@ -2,6 +2,7 @@
 
     python docs/results/study_v4/derive.py plateau docs/results/study_v4/plateau   # report.md, numbers.json, frontier.png
     python docs/results/study_v4/derive.py warmups docs/results/study_v4/task_c/warmups   # c's phase 0: the warm-up
+    python docs/results/study_v4/derive.py finals-plan docs/results/study_v4/plateau   # b's final runs, per arm
 
 Part a (the pre-registration's "a. Plateau"): for every (method, configuration), the seed-mean validation avg@16
 trajectory, the level L(s) (the mean over seeds and over the evaluations at s − 200, s − 100 and s), the plateau
@@ -281,6 +282,15 @@ def warmups(folder: Path, band: tuple[float, float] = (0.30, 0.60)) -> int | Non
     return chosen
 
 
+def finals_plan(numbers: dict) -> list[str]:
+    """b's final runs from b's committed choice (``numbers.json``'s "b"), one line per arm: ``ARM CONFIG STEPS
+    EVAL_STEPS SEEDS`` (test evaluations at step 0 and EVAL_STEPS besides the last; seeds 100 on)."""
+    b = numbers["b"]
+    grpo_last = max(b["s_G"], b["grpo_stop"])
+    return [f"popo {CONFIG} {b['s_P']} 0 {b['seeds']}", f"raft {CONFIG} {b['raft_stop']} 0 {b['seeds']}",
+            f"grpo {b['grpo_config']} {grpo_last} 0{',' + str(b['s_G']) if b['s_G'] != grpo_last else ''} {b['seeds']}"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,7 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of a's tests")
     w = sub.add_parser("warmups", help="part c, phase 0: the warm-up table and the chosen length (its last line)")
     w.add_argument("folder", type=Path)
+    f = sub.add_parser("finals-plan", help="part b: each arm's final runs, from the plateau folder's numbers.json")
+    f.add_argument("data", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "finals-plan":
+        print("\n".join(finals_plan(json.loads((args.data / "numbers.json").read_text()))))
+        return
     if args.command == "warmups":
         chosen = warmups(args.folder)
         print(chosen if chosen is not None else "none")

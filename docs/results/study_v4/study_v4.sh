@@ -4,12 +4,13 @@
 #
 #   bash docs/results/study_v4/study_v4.sh plateau   # a: grpo, popo, raft at 1e-4, seeds 0-2, 2,000 steps (validation)
 #   bash docs/results/study_v4/study_v4.sh rates     # a (addendum 1): grpo at 1e-5 and 3e-5, the same runs otherwise
+#   bash docs/results/study_v4/study_v4.sh finals    # b: the final runs on v4-test (addendum 3), tables in finals/
 #   bash docs/results/study_v4/study_v4.sh collect   # the finished runs' raw tables into docs/results/study_v4/plateau/
 #
 # Resumable: finished runs are skipped within a sitting (their folders) and across sittings (the committed raw
 # tables: `frontier.py todo`); an interrupted run resumes from its last checkpoint within a sitting.
 set -euo pipefail
-PHASE=${1:?plateau, rates or collect}
+PHASE=${1:?plateau, rates, finals or collect}
 OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 PAR=(--workers "${WORKERS:-2}" --threads 1 --no-report)
@@ -40,7 +41,21 @@ case "$PHASE" in
         python $HERE/collect.py collect "$OUT/plateau-grpo-$lr" --out "$HERE/plateau"
       done
     done ;;
+  finals)  # b (addendum 3): fresh seeds from 100, each arm's steps and test evaluations from b's committed choice
+    TEST=(data.eval_source=testbed:v4-test data.eval_size=1500 train.eval_samples=64 train.eval_every=0)
+    mapfile -t PLAN < <(python $HERE/derive.py finals-plan "$HERE/plateau")
+    for spec in "${PLAN[@]}"; do
+      read -r arm config steps at seeds <<< "$spec"
+      mapfile -t TODO < <(python $HERE/collect.py todo "$HERE/finals" --arms "$arm" \
+          --seeds "$(seq -s, 100 $((99 + seeds)))" --config "$config")
+      for batch in "${TODO[@]}"; do
+        read -r arms first count <<< "$batch"
+        popo compare "$PLATEAU" "optim.${config}" train.steps="$steps" train.eval_steps="$at" "${TEST[@]}" \
+            --methods "$arms" --seeds "$count" --seed-start "$first" --out "$OUT/finals-$arm" "${PAR[@]}"
+        python $HERE/collect.py collect "$OUT/finals-$arm" --out "$HERE/finals"
+      done
+    done ;;
   collect)
     python $HERE/collect.py collect "$OUT"/plateau* --out "$HERE/plateau" ;;
-  *) echo "unknown phase $PHASE: plateau, rates or collect" >&2; exit 2 ;;
+  *) echo "unknown phase $PHASE: plateau, rates, finals or collect" >&2; exit 2 ;;
 esac
