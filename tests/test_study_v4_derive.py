@@ -221,3 +221,18 @@ def test_collect_extends_an_older_table_with_the_later_columns(v4, tmp_path, war
     assert len(before) == 1 and math.isnan(before[0]["start_kl"]) and before[0]["avg"] == 0.3
     assert [r["step"] for r in after] == [0, 3] and after[0]["start_kl"] < 1e-9 < after[1]["start_kl"]
     assert len(read_rows(data / collect.OUTCOMES, collect.OUTCOME_FIELDS)) == 1 + 2 * 20  # 20 problems x 2 evals
+
+
+@pytest.mark.parametrize("s_g, grpo_stop, grpo_line", [(1500, 2000, "grpo lr=1e-5 2000 0,1500 15"),
+                                                       (1800, 1200, "grpo lr=1e-5 1800 0 15")])
+def test_bs_final_runs_follow_the_committed_choice(v4, s_g, grpo_stop, grpo_line):
+    """GRPO trains to the later of its matched step and its plateau and is evaluated at both; POPO and RAFT at
+    their stopping steps; the committed choice gives addendum 3's runs."""
+    import json
+
+    derive, _ = v4
+    b = {"s_P": 2000, "raft_stop": 1600, "grpo_config": "lr=1e-5", "s_G": s_g, "grpo_stop": grpo_stop, "seeds": 15}
+    assert derive.finals_plan({"b": b}) == ["popo lr=1e-4 2000 0 15", "raft lr=1e-4 1600 0 15", grpo_line]
+    committed = json.loads((HERE / "plateau" / "numbers.json").read_text())
+    assert derive.finals_plan(committed) == ["popo lr=1e-4 2000 0 15", "raft lr=1e-4 1600 0 15",
+                                             "grpo lr=1e-5 2000 0,1500 15"]
