@@ -54,7 +54,8 @@ case "$PHASE" in
             --methods "$arms" --seeds "$count" --seed-start "$first" --out "$OUT/finals-$arm" "${PAR[@]}"
         python $HERE/collect.py collect "$OUT/finals-$arm" --out "$HERE/finals"
       done
-    done ;;
+    done
+    python $HERE/derive_b.py "$HERE/finals" ;;  # b's tests (derive_b.py), once every seed is in
   collect)
     python $HERE/collect.py collect "$OUT"/plateau* --out "$HERE/plateau" ;;
   *) echo "unknown phase $PHASE: plateau, rates, finals or collect" >&2; exit 2 ;;

@@ -1,0 +1,64 @@
+"""Study v4, part b's tests (docs/results/study_v4/derive_b.py) on raw tables whose answers are known, written
+before any final run exists."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_v4"
+CHOICE = {"s_P": 2000, "raft_stop": 1600, "s_G": 1500, "grpo_stop": 2000, "grpo_config": "lr=1e-5", "seeds": 3}
+
+
+@pytest.fixture(scope="module")
+def b():
+    spec = importlib.util.spec_from_file_location("test_study_v4_derive_b", HERE / "derive_b.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(b, folder: Path, arms: dict[tuple[str, int], np.ndarray]) -> None:
+    from popo.study.analysis import write_rows
+
+    rows = [dict(task="countdown3", method=m, config="lr=1e-4", seed=100 + s, step=step, problem=f"v4-test-{p}",
+                 greedy=int(n >= 32), correct=int(n), k=64)
+            for (m, step), correct in arms.items() for s, per in enumerate(correct) for p, n in enumerate(per)]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_rows(folder / b.OUTCOMES, b.OUTCOME_FIELDS, rows)
+
+
+def grpo_counts(seeds: int = 3, problems: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 65, size=(seeds, problems)).astype(float)
+
+
+def test_a_copy_is_equivalent_and_a_shifted_arm_is_not_matched(b, tmp_path):
+    """POPO = GRPO@1500 sample for sample: every difference exactly 0, matched, equivalent within ±0.03. RAFT 8
+    more correct of 64 on every problem: avg@64 +0.125 exactly, outside the ±0.0288 match, so its pass@16 gain
+    is not read as breadth."""
+    g = grpo_counts()
+    raft = np.minimum(g + 8, 64)
+    write(b, tmp_path, {("grpo", 1500): g, ("grpo", 2000): g, ("popo", 2000): g.copy(), ("raft", 1600): raft})
+    lines, numbers = b.tests_b(tmp_path, CHOICE, resamples=300)
+    popo, raft_t = numbers["tests"]["popo"], numbers["tests"]["raft"]
+    assert popo["pass16"] == 0 and popo["low"] == popo["high"] == 0 and popo["matched"]
+    assert popo["reading"] == "equivalent within ±0.03"
+    assert raft_t["avg64"] == pytest.approx(float((raft - g).mean()) / 64, abs=1e-12) and not raft_t["matched"]
+    assert raft_t["reading"] == "not at matched accuracy: no breadth claim"
+    assert "popo − grpo@2000 pass@16" in numbers["secondary"] and any("| popo@2000 − grpo@1500 |" in x for x in lines)
+
+
+def test_nothing_is_tested_until_every_seed_is_in(b, tmp_path):
+    g = grpo_counts()
+    write(b, tmp_path, {("grpo", 1500): g, ("popo", 2000): g[:2], ("raft", 1600): g})
+    lines, numbers = b.tests_b(tmp_path, CHOICE, resamples=100)
+    assert numbers == {"complete": False} and "popo 2 of 3" in lines[0]
+
+
+def test_pass16_is_the_unbiased_estimate_from_64_samples(b):
+    """One problem, 1 correct of 64: pass@16 = 1 − C(63, 16) / C(64, 16) = 16 / 64."""
+    from popo.study.analysis import pass_at
+
+    assert pass_at(np.array([[1.0]]), b.K, 16)[0, 0] == pytest.approx(0.25, abs=1e-12)
