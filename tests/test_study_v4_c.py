@@ -19,8 +19,9 @@ def c():
     return module
 
 
-def write_tables(c, folder: Path, runs: dict[tuple[str, str], np.ndarray]) -> None:
-    """`runs`: (method, config) -> correct samples of 16, [seeds, evaluations at STEPS, problems]."""
+def write_tables(c, folder: Path, runs: dict[tuple[str, str], np.ndarray], spread: float = float("nan")) -> None:
+    """`runs`: (method, config) -> correct samples of 16, [seeds, evaluations at STEPS, problems]; `spread`: the
+    weight_dev column of every evaluation after step 0."""
     from popo.study.analysis import write_rows
 
     curves, outcomes = [], []
@@ -30,11 +31,12 @@ def write_tables(c, folder: Path, runs: dict[tuple[str, str], np.ndarray]) -> No
                 curves.append(dict(task="countdown4", split="validation", method=method, config=config, seed=seed,
                                    step=step, greedy_acc=0.0, avg=float(row.mean() / 16), k=16, sample_nll=0.1,
                                    rows=step * 128, tokens=step * 4000, seconds=step * 0.5, start_kl=0.0,
+                                   weight_dev=spread if step else float("nan"),
                                    **{"pass": float((row > 0).mean())}))
                 outcomes += [dict(task="countdown4", method=method, config=config, seed=seed, step=step,
                                   problem=f"validation-{p}", greedy=0, correct=int(n), k=16) for p, n in enumerate(row)]
     folder.mkdir(parents=True, exist_ok=True)
-    write_rows(folder / c.TRAJECTORIES, c.TRAJECTORY_FIELDS + ("start_kl",), curves)
+    write_rows(folder / c.TRAJECTORIES, c.TRAJECTORY_FIELDS + ("start_kl", "weight_dev"), curves)
     write_rows(folder / c.OUTCOMES, c.OUTCOME_FIELDS, outcomes)
 
 
@@ -99,3 +101,24 @@ def test_an_extended_edge_is_chosen_over_and_popo_and_raft_are_compared_once_tun
     assert c.tuning(tmp_path, resamples=200) == "tuned"
     report = (tmp_path / "report.md").read_text()
     assert "## Along the trajectories" in report and "| popo | 500 |" in report and "| raft | 500 |" in report
+
+
+def test_components_compare_each_setting_with_popos_default_at_its_tuned_rate(c, tmp_path):
+    """d: α = 0 identical to the default gives matched differences of exactly 0; α = 1 two samples of 16 above it
+    on every problem at every evaluation after the start gives +0.125 avg@16 at equal rows; the weight spread
+    is the mean of the logged values."""
+    import json
+
+    tuning, parts = tmp_path / "tuning", tmp_path / "components"
+    default = ramp(2, 4)
+    write_tables(c, tuning, {("popo", "lr=3e-5"): default, ("popo", "lr=1e-4"): ramp(0, 1)}, spread=0.002)
+    (tuning / "numbers.json").write_text(json.dumps({"choices": {"popo": {"config": "lr=3e-5"}}}))
+    higher = default + 2 * (STEPS > 0)[None, :, None]
+    write_tables(c, parts, {("popo", "lr=3e-5 alpha=0 weight_temperature=1 tau=0.995"): default.copy(),
+                            ("popo", "lr=3e-5 alpha=1 weight_temperature=1 tau=0.995"): higher}, spread=0.004)
+    numbers = c.components(parts, tuning, resamples=100)
+    same, more = (numbers[f"lr=3e-5 alpha={a} weight_temperature=1 tau=0.995"] for a in (0, 1))
+    assert same["matched_rows"] == 0 and same["matched_pass"] == 0
+    assert more["matched_rows"] == pytest.approx(0.125, abs=1e-12) and more["weight_dev"] == pytest.approx(0.004)
+    assert numbers[c.default_label("lr=3e-5")]["weight_dev"] == pytest.approx(0.002)
+    assert "(default)" in (parts / "report.md").read_text() and "lr=1e-4" not in json.dumps(numbers)

@@ -220,6 +220,11 @@ def test_collect_extends_an_older_table_with_the_later_columns(v4, tmp_path, war
     after = [r for r in rows if r["method"] == "popo"]
     assert len(before) == 1 and math.isnan(before[0]["start_kl"]) and before[0]["avg"] == 0.3
     assert [r["step"] for r in after] == [0, 3] and after[0]["start_kl"] < 1e-9 < after[1]["start_kl"]
+    assert math.isnan(before[0]["weight_dev"]) and math.isnan(after[0]["weight_dev"])  # no diagnostics at step 0
+    assert 0 <= after[1]["weight_dev"] < 1  # POPO's softmax weights' distance from uniform, logged at step 3
+    assert collect.collect([tmp_path / "study"], tmp_path / "labelled", ("algo.alpha", "algo.tau")) == 1
+    labelled = read_rows(tmp_path / "labelled" / collect.TRAJECTORIES, collect.TRAJECTORY_FIELDS)
+    assert {r["config"] for r in labelled} == {f"{after[0]['config']} alpha=0.1 tau=0.995"}
     assert len(read_rows(data / collect.OUTCOMES, collect.OUTCOME_FIELDS)) == 1 + 2 * 20  # 20 problems x 2 evals
 
 

@@ -9,7 +9,8 @@ and writes, or extends (rows of runs it does not see again are kept), two tables
 
 - ``trajectories.csv.gz``: a row per (method, config, seed, evaluation step): greedy accuracy, avg@k, pass@k,
   the sampled per-token entropy, the rows, tokens and seconds of training before it, and the samples' KL to the
-  start (``start_kl``, runs with `train.eval_start_kl`; nan otherwise);
+  start (``start_kl``, runs with `train.eval_start_kl`; nan otherwise), and the spread of the credit weights over
+  each prompt's positives logged at that step (``weight_dev``: `weight_dev_uniform`; nan where not logged);
 - ``outcomes.csv.gz``: a row per (method, config, seed, step, problem): greedy 0/1 and correct samples of k.
 
 A run's method is its ``algo.name`` and its configuration its learning rate (``lr=1e-4``). `todo` prints, one per
@@ -30,28 +31,46 @@ from popo.study.trajectory import trajectory
 
 TRAJECTORY_FIELDS = ("task", "split", "method", "config", "seed", "step", "greedy_acc", "avg", "pass", "k",
                      "sample_nll", "rows", "tokens", "seconds")
-LATER_FIELDS = ("start_kl",)  # columns added after the first tables: written always, nan for runs without them
+LATER_FIELDS = ("start_kl", "weight_dev")  # columns added after the first tables: always written, nan where absent
 OUTCOME_FIELDS = ("task", "method", "config", "seed", "step", "problem", "greedy", "correct", "k")
 TRAJECTORIES, OUTCOMES = "trajectories.csv.gz", "outcomes.csv.gz"
 
 
-def _run_facts(run_dir: Path) -> dict:
+def _run_facts(run_dir: Path, label: tuple[str, ...] = ()) -> dict:
+    """The run's task, split, method, seed and configuration: ``lr=1e-4``, followed by ``name=value`` for each
+    setting in `label` (``algo.alpha`` gives ``alpha=0.3``): part d's runs differ in more than their rate."""
     import yaml
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     source = config["data"]["eval_source"]
+    settings = []
+    for key in label:
+        section, name = key.split(".", 1)
+        settings.append(f"{name}={config[section][name]:g}")
     return {"task": config["testbed"]["task"] + str(config["testbed"].get("numbers", "")),
             "split": source.partition(":")[2] or "validation", "method": config["algo"]["name"],
-            "config": rate_label(float(config["optim"]["lr"])), "seed": int(config["train"]["seed"])}
+            "config": " ".join([rate_label(float(config["optim"]["lr"])), *settings]),
+            "seed": int(config["train"]["seed"])}
 
 
-def run_rows(run_dir: Path) -> tuple[list[dict], list[dict]]:
+def _weight_spread(run_dir: Path) -> dict[int, float]:
+    """Step -> `weight_dev_uniform` (how far the credit weights over a prompt's positives are from uniform), at
+    the steps the run logged diagnostics; methods without such weights log none."""
+    from popo.tracking import read_metrics
+
+    return {int(r["step"]): float(r["weight_dev_uniform"]) for r in read_metrics(run_dir / "metrics.jsonl")
+            if "step" in r and "weight_dev_uniform" in r}
+
+
+def run_rows(run_dir: Path, label: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
     """The two tables' rows of one finished run."""
-    facts, curves, outcomes = _run_facts(run_dir), [], []
+    facts, curves, outcomes = _run_facts(run_dir, label), [], []
+    spread = _weight_spread(run_dir)
     for p in trajectory(run_dir):
         curves.append({**facts, "step": p.step, "greedy_acc": p.greedy_acc, "avg": p.avg, "pass": p.pass_k,
                        "k": p.k, "sample_nll": p.sample_nll, "rows": p.rows, "tokens": p.tokens,
-                       "seconds": round(p.seconds, 3), "start_kl": p.start_kl})
+                       "seconds": round(p.seconds, 3), "start_kl": p.start_kl,
+                       "weight_dev": spread.get(p.step, float("nan"))})
         ids = [f"{facts['split']}-{i}" for i in range(len(p.greedy))]
         outcomes += [{**{f: facts[f] for f in ("task", "method", "config", "seed")}, "step": p.step, "problem": q,
                       "greedy": int(g), "correct": int(c), "k": p.k}
@@ -63,11 +82,11 @@ def _key(row: dict) -> tuple:
     return row["task"], row["method"], row["config"], int(row["seed"])
 
 
-def collect(folders: list[Path], out: Path) -> int:
+def collect(folders: list[Path], out: Path, label: tuple[str, ...] = ()) -> int:
     runs = sorted({done.parent for folder in folders for done in Path(folder).rglob("done.json")})
     new_curves, new_outcomes = [], []
     for run_dir in runs:
-        curves, outcomes = run_rows(run_dir)
+        curves, outcomes = run_rows(run_dir, label)
         new_curves += curves
         new_outcomes += outcomes
     seen = {_key(r) for r in new_curves}
@@ -104,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     c = sub.add_parser("collect")
     c.add_argument("folders", nargs="+", type=Path)
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--label", default="", help="settings named in each run's configuration besides its rate, "
+                                                "comma-separated (part d: algo.alpha,algo.weight_temperature,algo.tau)")
     t = sub.add_parser("todo")
     t.add_argument("data", type=Path)
     t.add_argument("--arms", required=True)
@@ -111,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--config", default="lr=1e-4", help="the configuration the runs need (default lr=1e-4)")
     args = parser.parse_args(argv)
     if args.command == "collect":
-        print(json.dumps({"runs": collect(args.folders, args.out), "out": str(args.out)}))
+        label = tuple(k for k in args.label.split(",") if k)
+        print(json.dumps({"runs": collect(args.folders, args.out, label), "out": str(args.out)}))
     else:
         for line in todo(args.data, args.arms.split(","), [int(s) for s in args.seeds.split(",")], args.config):
             print(line)  # nothing at all when every run is there (a blank line would be read as a batch)

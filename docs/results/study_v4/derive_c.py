@@ -2,6 +2,7 @@
 
     python docs/results/study_v4/derive_c.py phase0 docs/results/study_v4/task_c/phase0   # last line: the budget
     python docs/results/study_v4/derive_c.py tuning docs/results/study_v4/task_c/tuning   # last line: what is next
+    python docs/results/study_v4/derive_c.py components docs/results/study_v4/task_c/components   # part d
 
 `phase0` (exploratory, one seed): GRPO's trajectory at each probe rate, the best rate (highest final validation
 avg@16) and its rise L(last) − L(last − 300) (L as in part a), and the step budget of c's tuning and finals: 500
@@ -15,6 +16,11 @@ max(0.5 x the start's avg@16, 0.05) and the lower 95% bound is above 0), and onc
 runs, the frontier and their matched comparisons against GRPO over all its rates and steps (part a's
 `along_steps`). Its last line says what runs next: ``extend ARM RATE``, ``control-failed``, ``arms ARMS`` (the
 arms whose tuning runs are still missing) or ``tuned``.
+
+`components` (part d, exploratory: no test, no correction): POPO at its tuned rate with one of α, T_w or τ moved
+from its default (the default's runs are POPO's tuning runs at that rate): each setting's final avg@16 and
+pass@16, the mean spread of its credit weights (`weight_dev_uniform` over the logged steps), and its pass@16 at
+the default's avg@16 and avg@16 at the default's rows, both matched along the default's trajectory.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import json
 from pathlib import Path
 
 from popo.study.analysis import read_rows, two_way_bootstrap
-from popo.study.frontier import Trajectories, from_tables, mean_curve
+from popo.study.frontier import Trajectories, from_tables, matched_compute, matched_pass, mean_curve
 from popo.study.frontier_report import draw_frontier, frontier_lines
 
 
@@ -152,6 +158,66 @@ def tuning(data: Path, *, resamples: int = 10_000) -> str:
     return nxt
 
 
+DEFAULTS = {"alpha": 0.1, "weight_temperature": 1.0, "tau": 0.995}  # POPO's defaults (popo.algo_config)
+
+
+def setting_label(rate: str, setting: str = "") -> str:
+    """The configuration label that `collect.py --label algo.alpha,algo.weight_temperature,algo.tau` gives POPO at
+    `rate` (``lr=3e-5``) with `setting` (``algo.alpha=0``; empty: the default) moved from its default."""
+    values = dict(DEFAULTS)
+    if setting:
+        key, value = setting.split("=")
+        values[key.split(".", 1)[1]] = float(value)
+    return " ".join([rate, *(f"{k}={v:g}" for k, v in values.items())])
+
+
+def default_label(rate: str) -> str:
+    return setting_label(rate)
+
+
+def components(data: Path, tuning: Path, *, resamples: int = 1000) -> dict:
+    """Part d's table (report.md, numbers.json in `data`) against POPO's default at its tuned rate."""
+    rate = json.loads((tuning / "numbers.json").read_text())["choices"]["popo"]["config"]
+    default = next(t for t in _sets(tuning) if t.method == "popo" and t.config == rate)
+    default = Trajectories("popo", default_label(rate), default.seeds, default.steps, default.correct, default.k,
+                           default.compute)
+    rows = read_rows(data / TRAJECTORIES, TRAJECTORY_FIELDS)  # weight_dev: a later column (nan or absent: none)
+    tuned_rows = read_rows(tuning / TRAJECTORIES, TRAJECTORY_FIELDS)
+    rows += [dict(r, config=default.config) for r in tuned_rows if r["method"] == "popo" and r["config"] == rate]
+    sets = [t for t in _sets(data) if t.method == "popo" and t.config != default.config] + [default]
+    lines = ["| setting | seeds | final avg@16 | final pass@16 | weight spread (mean) | pass@16 − default's at that "
+             "avg@16 [95%] | avg@16 − default's at equal rows [95%] |", "|" + " --- |" * 7]
+    numbers: dict = {"rate": rate}
+    for t in sorted(sets, key=lambda t: t.config):
+        avg, breadth = mean_curve(t, t.k)
+        spread = [r["weight_dev"] for r in rows if r["config"] == t.config and r.get("weight_dev") == r.get("weight_dev")
+                  and isinstance(r.get("weight_dev"), float)]
+        row = {"seeds": len(t.seeds), "avg": float(avg[-1]), "pass": float(breadth[-1]),
+               "weight_dev": float(sum(spread) / len(spread)) if spread else float("nan")}
+        shown = ["-", "-"]
+        if t is not default:
+            m = matched_pass(t, [default], j=t.k, resamples=resamples)
+            c = matched_compute(t, default, resamples=resamples)
+            row |= {"matched_pass": m.estimate, "pass_low": m.low, "pass_high": m.high, "matched_rows": c.estimate,
+                    "rows_low": c.low, "rows_high": c.high}
+            shown = ["-" if m.estimate != m.estimate else f"{m.estimate:+.3f} [{m.low:+.3f}, {m.high:+.3f}]",
+                     f"{c.estimate:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"]
+        numbers[t.config] = row
+        lines.append(f"| {t.config}{' (default)' if t is default else ''} | {len(t.seeds)} | {avg[-1]:.4f} | "
+                     f"{breadth[-1]:.3f} | {row['weight_dev']:.4f} | {shown[0]} | {shown[1]} |")
+    figure = draw_frontier(sets, data / "frontier.png")
+    (data / "report.md").write_text("\n".join([
+        "# Study v4, part d: do POPO's components act? (validation, exploratory)", "",
+        "Made by `python docs/results/study_v4/derive_c.py components docs/results/study_v4/task_c/components` from "
+        "the raw tables beside it and POPO's tuning runs (its default). One setting moved at a time from α = 0.1, "
+        f"T_w = 1, τ = 0.995, POPO at {rate}; seed means at the last evaluation; intervals: two-way bootstrap over "
+        f"seeds and problems, {resamples:,} resamples, no correction (exploratory, as pre-registered).", "", *lines,
+        "", *(["![frontier](frontier.png)", ""] if figure is not None else [])]))
+    (data / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True,
+                                                  default=lambda x: None if x != x else float(x)) + "\n")
+    return numbers
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,9 +225,19 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("tuning")
     t.add_argument("data", type=Path)
     t.add_argument("--resamples", type=int, default=10_000)
+    lab = sub.add_parser("label", help="part d: a run's configuration label (RATE SETTING)")
+    lab.add_argument("rate")
+    lab.add_argument("setting", nargs="?", default="")
+    d = sub.add_parser("components")
+    d.add_argument("data", type=Path)
+    d.add_argument("--tuning", type=Path, default=Path(__file__).resolve().parent / "task_c" / "tuning")
     args = parser.parse_args(argv)
     if args.command == "phase0":
         print(phase0(args.data))
+    elif args.command == "label":
+        print(setting_label(args.rate, args.setting))
+    elif args.command == "components":
+        print(json.dumps(components(args.data, args.tuning), indent=1, default=float))
     else:
         print(tuning(args.data, resamples=args.resamples) if (args.data / TRAJECTORIES).exists() else "arms grpo")
 

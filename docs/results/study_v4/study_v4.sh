@@ -6,11 +6,12 @@
 #   bash docs/results/study_v4/study_v4.sh rates     # a (addendum 1): grpo at 1e-5 and 3e-5, the same runs otherwise
 #   bash docs/results/study_v4/study_v4.sh finals    # b: the final runs on v4-test (addendum 3), tables in finals/
 #   bash docs/results/study_v4/study_v4.sh collect   # the finished runs' raw tables into docs/results/study_v4/plateau/
+#   bash docs/results/study_v4/study_v4.sh report    # every v4 report from the committed tables (a, b, c, d)
 #
 # Resumable: finished runs are skipped within a sitting (their folders) and across sittings (the committed raw
 # tables: `frontier.py todo`); an interrupted run resumes from its last checkpoint within a sitting.
 set -euo pipefail
-PHASE=${1:?plateau, rates, finals or collect}
+PHASE=${1:?plateau, rates, finals, collect or report}
 OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 PAR=(--workers "${WORKERS:-2}" --threads 1 --no-report)
@@ -58,5 +59,16 @@ case "$PHASE" in
     python $HERE/derive_b.py "$HERE/finals" ;;  # b's tests (derive_b.py), once every seed is in
   collect)
     python $HERE/collect.py collect "$OUT"/plateau* --out "$HERE/plateau" ;;
-  *) echo "unknown phase $PHASE: plateau, rates, finals or collect" >&2; exit 2 ;;
+  report)  # every report, table and figure of v4 from the committed raw tables alone
+    python $HERE/derive.py plateau "$HERE/plateau" > /dev/null
+    python $HERE/derive.py warmups "$HERE/task_c/warmups" > /dev/null
+    python $HERE/derive_c.py phase0 "$HERE/task_c/phase0" > /dev/null
+    for part in tuning components; do
+      if [ -f "$HERE/task_c/$part/trajectories.csv.gz" ]; then
+        python $HERE/derive_c.py $part "$HERE/task_c/$part" > /dev/null
+      fi
+    done
+    if [ -f "$HERE/finals/outcomes.csv.gz" ]; then python $HERE/derive_b.py "$HERE/finals" > /dev/null; fi
+    echo "reports written under $HERE" ;;
+  *) echo "unknown phase $PHASE: plateau, rates, finals, collect or report" >&2; exit 2 ;;
 esac

@@ -9,20 +9,43 @@
 # Every run: task_c.yaml on the 800-step warm start, train.steps = phase 0's budget (derive_c.py phase0).
 #
 #   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh tune
+#   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh components   # d, once POPO is tuned
+#
+# d (exploratory): POPO at its tuned rate with one of alpha, T_w (algo.weight_temperature) or tau moved from its
+# default (0.1, 1, 0.995) to each pre-registered value, seeds 0-2; the default's runs are POPO's tuning runs.
+# Tables in $HERE/task_c/components (configurations labelled with the three settings); `derive_c.py components`.
 #
 # Resumable: runs already in the committed tables are skipped (`collect.py todo`); a run interrupted within a
 # sitting resumes from its last checkpoint (its folder under $OUT).
 set -euo pipefail
-PHASE=${1:?tune}
+PHASE=${1:?tune or components}
 OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 DATA=$HERE/task_c/tuning
 SEEDS=0,1,2
-[ "$PHASE" = tune ] || { echo "unknown phase $PHASE: tune" >&2; exit 2; }
+case "$PHASE" in tune|components) ;; *) echo "unknown phase $PHASE: tune or components" >&2; exit 2 ;; esac
 popo sft testbed.task=countdown testbed.numbers=4 testbed.max_number=20 testbed.warmup_steps=800 \
     testbed.test_size=2000 testbed.validation_size=500  # the shipped warm start of c (installed, not rebuilt)
 STEPS=$(python $HERE/derive_c.py phase0 $HERE/task_c/phase0 | tail -1)
 RUN=(popo sweep $HERE/task_c.yaml train.steps="$STEPS" --workers "${WORKERS:-2}" --threads 1 --no-report)
+if [ "$PHASE" = components ]; then
+  [ "$(python $HERE/derive_c.py tuning "$DATA" | tail -1)" = tuned ] || { echo "d runs once c is tuned" >&2; exit 1; }
+  rate=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["choices"]["popo"]["config"])' "$DATA/numbers.json")
+  PARTS=$HERE/task_c/components
+  for setting in algo.alpha=0 algo.alpha=0.3 algo.alpha=1 algo.weight_temperature=0.1 algo.weight_temperature=0.3 \
+                 algo.tau=0.9 algo.tau=0.99; do
+    config=$(python $HERE/derive_c.py label "$rate" "$setting")
+    mapfile -t TODO < <(python $HERE/collect.py todo "$PARTS" --arms popo --seeds "$SEEDS" --config "$config")
+    for batch in "${TODO[@]}"; do
+      read -r _ first count <<< "$batch"
+      "${RUN[@]}" optim.lr="${rate#lr=}" "$setting" --methods popo --seeds "$count" --seed-start "$first" \
+          --out "$OUT/task-c-d-${setting//=/-}"
+      python $HERE/collect.py collect "$OUT"/task-c-d-* --out "$PARTS" --label algo.alpha,algo.weight_temperature,algo.tau
+    done
+  done
+  python $HERE/derive_c.py components "$PARTS"
+  exit 0
+fi
 while true; do
   next=$(python $HERE/derive_c.py tuning "$DATA" | tail -1)
   echo "c tuning, next: $next"
