@@ -1,7 +1,6 @@
 """Study v4, part b's tests (docs/results/study_v4/derive_b.py) on raw tables whose answers are known, written
 before any final run exists."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,9 @@ CHOICE = {"s_P": 2000, "raft_stop": 1600, "s_G": 1500, "grpo_stop": 2000, "grpo_
 
 @pytest.fixture(scope="module")
 def b():
-    spec = importlib.util.spec_from_file_location("test_study_v4_derive_b", HERE / "derive_b.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from popo.study.analysis import load_script
+
+    return load_script(HERE / "derive_b.py", "test_study_v4_derive_b")
 
 
 def write(b, folder: Path, arms: dict[tuple[str, int], np.ndarray]) -> None:

@@ -1,7 +1,6 @@
 """Study v4, part c's rules (docs/results/study_v4/derive_c.py): phase 0's step budget, the tuning choice with
 its edge extension, and GRPO's positive control, on raw tables whose answers are known."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,9 @@ STEPS = np.arange(0, 600, 100)
 
 @pytest.fixture(scope="module")
 def c():
-    spec = importlib.util.spec_from_file_location("test_study_v4_derive_c", HERE / "derive_c.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from popo.study.analysis import load_script
+
+    return load_script(HERE / "derive_c.py", "test_study_v4_derive_c")
 
 
 def write_tables(c, folder: Path, runs: dict[tuple[str, str], np.ndarray], spread: float = float("nan")) -> None:

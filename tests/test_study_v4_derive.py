@@ -1,6 +1,5 @@
 """Study v4's plateau rule and its ledger of finished runs (docs/results/study_v4/derive.py, collect.py)."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,9 @@ HERE = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_v4"
 
 def load(name: str):
     """docs/results/study_v4/`name`.py under a name of its own (study v3's scripts have the same file names)."""
-    spec = importlib.util.spec_from_file_location(f"test_study_v4_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from popo.study.analysis import load_script
+
+    return load_script(HERE / f"{name}.py", f"test_study_v4_{name}")
 
 
 @pytest.fixture(scope="module")

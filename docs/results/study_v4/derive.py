@@ -21,24 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from popo.study.analysis import (Components, difference_se, interaction_variance, minimum_detectable, pass_at,
-                                 read_rows, two_way_bootstrap, variance_components)
+from popo.study.analysis import (Components, difference_se, interaction_variance, load_script, minimum_detectable,
+                                 pass_at, read_rows, two_way_bootstrap, variance_components)
 from popo.study.stats import holm
 from popo.study.frontier import Trajectories, from_tables, matched_compute, matched_pass, mean_curve
 from popo.study.frontier_report import draw_frontier, frontier_lines
 
 
-def _sibling(name: str):
-    """This folder's `name`.py as a module of its own name (study v3 has a `collect` too: no sys.path clash)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"study_v4_{name}", Path(__file__).resolve().parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_collect = _sibling("collect")
+_collect = load_script(Path(__file__).resolve().parent / "collect.py", "study_v4_collect")  # v3 has a collect.py too
 OUTCOME_FIELDS, OUTCOMES = _collect.OUTCOME_FIELDS, _collect.OUTCOMES
 TRAJECTORY_FIELDS, TRAJECTORIES = _collect.TRAJECTORY_FIELDS, _collect.TRAJECTORIES
 

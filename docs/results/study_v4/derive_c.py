@@ -29,21 +29,12 @@ import argparse
 import json
 from pathlib import Path
 
-from popo.study.analysis import read_rows, two_way_bootstrap
+from popo.study.analysis import load_script, read_rows, two_way_bootstrap
 from popo.study.frontier import Trajectories, from_tables, matched_compute, matched_pass, mean_curve
 from popo.study.frontier_report import draw_frontier, frontier_lines
 
 
-def _sibling(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"study_v4_{name}", Path(__file__).resolve().parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_derive = _sibling("derive")
+_derive = load_script(Path(__file__).resolve().parent / "derive.py", "study_v4_derive")
 _collect = _derive._collect
 TRAJECTORY_FIELDS, TRAJECTORIES = _collect.TRAJECTORY_FIELDS, _collect.TRAJECTORIES
 OUTCOME_FIELDS, OUTCOMES = _collect.OUTCOME_FIELDS, _collect.OUTCOMES

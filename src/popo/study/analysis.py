@@ -35,6 +35,17 @@ OUTCOME_FIELDS = ("task", "method", "seed", "problem", "greedy", "correct", "k",
 CURVE_FIELDS = ("task", "split", "method", "seed", "step", "greedy_acc", "avg", "pass", "k")
 
 
+def load_script(path: Path, name: str):
+    """The study script at `path` as a module named `name`, without touching sys.path or sys.modules: two
+    studies' scripts share file names (derive.py, collect.py), and a test process loads both."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_rows(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
     """`rows` as a gzip-compressed CSV with a header, written whole and then renamed into place (mtime 0,
     so the same rows give the same bytes)."""
