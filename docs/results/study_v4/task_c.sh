@@ -11,6 +11,11 @@
 #   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh tune
 #   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh components   # d, once POPO is tuned
 #
+# c2 (addendum 4: c's control failed at 1,000 steps): GRPO's tuning runs at 1e-5, 3e-5 and 1e-4 continued to
+# 2,000 steps from copies of c's run folders, then the same rounds at 2,000 steps with tables in task_c/c2:
+#   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh extend
+#   WORKERS=2 OUT=runs/study-v4 C2=1 bash docs/results/study_v4/task_c.sh tune     # (and components)
+#
 # d (exploratory): POPO at its tuned rate with one of alpha, T_w (algo.weight_temperature) or tau moved from its
 # default (0.1, 1, 0.995) to each pre-registered value, seeds 0-2; the default's runs are POPO's tuning runs.
 # Tables in $HERE/task_c/components (configurations labelled with the three settings); `derive_c.py components`.
@@ -18,20 +23,32 @@
 # Resumable: runs already in the committed tables are skipped (`collect.py todo`); a run interrupted within a
 # sitting resumes from its last checkpoint (its folder under $OUT).
 set -euo pipefail
-PHASE=${1:?tune or components}
+PHASE=${1:?tune, components or extend}
 OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 DATA=$HERE/task_c/tuning
+TUNE_OUT=$OUT
+if [ -n "${C2:-}" ] || [ "$PHASE" = extend ]; then DATA=$HERE/task_c/c2; TUNE_OUT=$OUT/c2; fi
 SEEDS=0,1,2
-case "$PHASE" in tune|components) ;; *) echo "unknown phase $PHASE: tune or components" >&2; exit 2 ;; esac
+case "$PHASE" in tune|components|extend) ;; *) echo "unknown phase $PHASE: tune, components or extend" >&2; exit 2 ;; esac
 popo sft testbed.task=countdown testbed.numbers=4 testbed.max_number=20 testbed.warmup_steps=800 \
     testbed.test_size=2000 testbed.validation_size=500  # the shipped warm start of c (installed, not rebuilt)
 STEPS=$(python $HERE/derive_c.py phase0 $HERE/task_c/phase0 | tail -1)
+if [ "$DATA" = "$HERE/task_c/c2" ]; then STEPS=2000; fi  # addendum 4
+if [ "$PHASE" = extend ]; then
+  mkdir -p "$TUNE_OUT"
+  [ -d "$TUNE_OUT/task-c-tune-grpo" ] || cp -r "$OUT/task-c-tune-grpo" "$TUNE_OUT/"
+  ls -d "$TUNE_OUT"/task-c-tune-grpo/grpo_lr_{1e-5,3e-5,1e-4}/seed-* \
+      | xargs -P "${WORKERS:-2}" -I{} popo train --resume {} train.steps=$STEPS
+  python $HERE/collect.py collect "$TUNE_OUT/task-c-tune-grpo" --out "$DATA"
+  python $HERE/derive_c.py tuning "$DATA" | tail -1
+  exit 0
+fi
 RUN=(popo sweep $HERE/task_c.yaml train.steps="$STEPS" --workers "${WORKERS:-2}" --threads 1 --no-report)
 if [ "$PHASE" = components ]; then
   [ "$(python $HERE/derive_c.py tuning "$DATA" | tail -1)" = tuned ] || { echo "d runs once c is tuned" >&2; exit 1; }
   rate=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["choices"]["popo"]["config"])' "$DATA/numbers.json")
-  PARTS=$HERE/task_c/components
+  PARTS=$DATA/components
   for setting in algo.alpha=0 algo.alpha=0.3 algo.alpha=1 algo.weight_temperature=0.1 algo.weight_temperature=0.3 \
                  algo.tau=0.9 algo.tau=0.99; do
     config=$(python $HERE/derive_c.py label "$rate" "$setting")
@@ -39,8 +56,8 @@ if [ "$PHASE" = components ]; then
     for batch in "${TODO[@]}"; do
       read -r _ first count <<< "$batch"
       "${RUN[@]}" optim.lr="${rate#lr=}" "$setting" --methods popo --seeds "$count" --seed-start "$first" \
-          --out "$OUT/task-c-d-${setting//=/-}"
-      python $HERE/collect.py collect "$OUT"/task-c-d-* --out "$PARTS" --label algo.alpha,algo.weight_temperature,algo.tau
+          --out "$TUNE_OUT/task-c-d-${setting//=/-}"
+      python $HERE/collect.py collect "$TUNE_OUT"/task-c-d-* --out "$PARTS" --label algo.alpha,algo.weight_temperature,algo.tau
     done
   done
   python $HERE/derive_c.py components "$PARTS"
@@ -64,13 +81,13 @@ while true; do
   if [ ${#todo[@]} -eq ${#rates[@]} ] && ! printf '%s\n' "${todo[@]}" | grep -qv " 0 3$"; then
     # every rate lacks every seed: one sweep over the grid keeps both workers busy to the end
     grid=$(IFS=,; echo "${rates[*]}")
-    "${RUN[@]}" --methods "$arms" --seeds 3 --seed-start 0 --grid optim.lr="$grid" --out "$OUT/task-c-tune-$arms"
+    "${RUN[@]}" --methods "$arms" --seeds 3 --seed-start 0 --grid optim.lr="$grid" --out "$TUNE_OUT/task-c-tune-$arms"
   else
     for batch in "${todo[@]}"; do
       read -r lr batch_arms first count <<< "$batch"
       "${RUN[@]}" optim.lr="$lr" --methods "$batch_arms" --seeds "$count" --seed-start "$first" \
-          --out "$OUT/task-c-tune-$batch_arms-$lr"
+          --out "$TUNE_OUT/task-c-tune-$batch_arms-$lr"
     done
   fi
-  python $HERE/collect.py collect "$OUT"/task-c-tune-* --out "$DATA"
+  python $HERE/collect.py collect "$TUNE_OUT"/task-c-tune-* --out "$DATA"
 done
