@@ -223,6 +223,10 @@ def test_collect_extends_an_older_table_with_the_later_columns(v4, tmp_path, war
     assert collect.collect([tmp_path / "study"], tmp_path / "labelled", ("algo.alpha", "algo.tau")) == 1
     labelled = read_rows(tmp_path / "labelled" / collect.TRAJECTORIES, collect.TRAJECTORY_FIELDS)
     assert {r["config"] for r in labelled} == {f"{after[0]['config']} alpha=0.1 tau=0.995"}
+    # continued with `popo train --resume ... train.steps=6` and stopped before the end: done.json is the old one
+    config_file = run / "config.yaml"
+    config_file.write_text(config_file.read_text().replace("steps: 3\n", "steps: 6\n", 1))
+    assert not collect.finished(run) and collect.collect([tmp_path / "study"], tmp_path / "unfinished") == 0
     assert len(read_rows(data / collect.OUTCOMES, collect.OUTCOME_FIELDS)) == 1 + 2 * 20  # 20 problems x 2 evals
 
 

@@ -4,7 +4,8 @@
     python docs/results/study_v4/collect.py todo docs/results/study_v4/plateau --arms grpo,popo,raft --seeds 0,1,2 \
         --config lr=1e-4
 
-`collect` reads every finished run (a ``done.json`` beside its ``metrics.jsonl``) under the study folders given
+`collect` reads every finished run (a ``done.json`` beside its ``metrics.jsonl`` and a last evaluation at its
+``train.steps``) under the study folders given
 and writes, or extends (rows of runs it does not see again are kept), two tables in ``--out``:
 
 - ``trajectories.csv.gz``: a row per (method, config, seed, evaluation step): greedy accuracy, avg@k, pass@k,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from popo.study.analysis import read_rows, write_rows
@@ -82,8 +84,21 @@ def _key(row: dict) -> tuple:
     return row["task"], row["method"], row["config"], int(row["seed"])
 
 
+def finished(run_dir: Path) -> bool:
+    """A run is finished when its last evaluation is at its config's train.steps: a ``done.json`` alone is not
+    enough, since a run continued with `popo train --resume ... train.steps=N` keeps its earlier one."""
+    import yaml
+
+    target = int(yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["steps"])
+    points = trajectory(run_dir)
+    return bool(points) and points[-1].step == target
+
+
 def collect(folders: list[Path], out: Path, label: tuple[str, ...] = ()) -> int:
-    runs = sorted({done.parent for folder in folders for done in Path(folder).rglob("done.json")})
+    found = sorted({done.parent for folder in folders for done in Path(folder).rglob("done.json")})
+    runs = [run_dir for run_dir in found if finished(run_dir)]
+    for run_dir in sorted(set(found) - set(runs)):
+        print(f"skipped, not finished: {run_dir}", file=sys.stderr)
     new_curves, new_outcomes = [], []
     for run_dir in runs:
         curves, outcomes = run_rows(run_dir, label)
