@@ -112,7 +112,7 @@ def tuning(data: Path, *, resamples: int = 10_000) -> str:
     sets = _sets(data)
     table, chosen = choices(sets)
     text = ["# Study v4, part c: tuning (validation)", "",
-            "Made by `python docs/results/study_v4/derive_c.py tuning docs/results/study_v4/task_c/tuning` from the raw "
+            f"Made by `python docs/results/study_v4/derive_c.py tuning {data.as_posix()}` from the raw "
             "tables beside it. Seed means at the last evaluation; the choice maximises the mean final avg@16 "
             "(pre-registration, c; addendum 2).", "", *table, ""]
     numbers: dict = {"choices": chosen}
@@ -199,7 +199,7 @@ def components(data: Path, tuning: Path, *, resamples: int = 1000) -> dict:
     figure = draw_frontier(sets, data / "frontier.png")
     (data / "report.md").write_text("\n".join([
         "# Study v4, part d: do POPO's components act? (validation, exploratory)", "",
-        "Made by `python docs/results/study_v4/derive_c.py components docs/results/study_v4/task_c/components` from "
+        f"Made by `python docs/results/study_v4/derive_c.py components {data.as_posix()}` from "
         "the raw tables beside it and POPO's tuning runs (its default). One setting moved at a time from α = 0.1, "
         f"T_w = 1, τ = 0.995, POPO at {rate}; seed means at the last evaluation; intervals: two-way bootstrap over "
         f"seeds and problems, {resamples:,} resamples, no correction (exploratory, as pre-registered).", "", *lines,
@@ -221,14 +221,15 @@ def main(argv: list[str] | None = None) -> None:
     lab.add_argument("setting", nargs="?", default="")
     d = sub.add_parser("components")
     d.add_argument("data", type=Path)
-    d.add_argument("--tuning", type=Path, default=Path(__file__).resolve().parent / "task_c" / "tuning")
+    d.add_argument("--tuning", type=Path, default=None,
+                   help="the tuning tables holding POPO's default (default: the folder above DATA)")
     args = parser.parse_args(argv)
     if args.command == "phase0":
         print(phase0(args.data))
     elif args.command == "label":
         print(setting_label(args.rate, args.setting))
     elif args.command == "components":
-        print(json.dumps(components(args.data, args.tuning), indent=1, default=float))
+        print(json.dumps(components(args.data, args.tuning or args.data.parent), indent=1, default=float))
     else:
         print(tuning(args.data, resamples=args.resamples) if (args.data / TRAJECTORIES).exists() else "arms grpo")
 

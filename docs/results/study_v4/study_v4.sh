@@ -63,9 +63,10 @@ case "$PHASE" in
     python $HERE/derive.py plateau "$HERE/plateau" > /dev/null
     python $HERE/derive.py warmups "$HERE/task_c/warmups" > /dev/null
     python $HERE/derive_c.py phase0 "$HERE/task_c/phase0" > /dev/null
-    for part in tuning components; do
-      if [ -f "$HERE/task_c/$part/trajectories.csv.gz" ]; then
-        python $HERE/derive_c.py $part "$HERE/task_c/$part" > /dev/null
+    for tuned in "$HERE/task_c/tuning" "$HERE/task_c/c2"; do  # c, then c2 (addendum 4); d under each
+      if [ -f "$tuned/trajectories.csv.gz" ]; then python $HERE/derive_c.py tuning "$tuned" > /dev/null; fi
+      if [ -f "$tuned/components/trajectories.csv.gz" ]; then
+        python $HERE/derive_c.py components "$tuned/components" > /dev/null
       fi
     done
     if [ -f "$HERE/finals/outcomes.csv.gz" ]; then python $HERE/derive_b.py "$HERE/finals" > /dev/null; fi

@@ -18,7 +18,7 @@
 #
 # d (exploratory): POPO at its tuned rate with one of alpha, T_w (algo.weight_temperature) or tau moved from its
 # default (0.1, 1, 0.995) to each pre-registered value, seeds 0-2; the default's runs are POPO's tuning runs.
-# Tables in $HERE/task_c/components (configurations labelled with the three settings); `derive_c.py components`.
+# Tables in components/ under the tuning tables (configurations labelled with the three settings); `derive_c.py components`.
 #
 # Resumable: runs already in the committed tables are skipped (`collect.py todo`); a run interrupted within a
 # sitting resumes from its last checkpoint (its folder under $OUT).
