@@ -60,3 +60,22 @@ def test_pass16_is_the_unbiased_estimate_from_64_samples(b):
     from popo.study.analysis import pass_at
 
     assert pass_at(np.array([[1.0]]), b.K, 16)[0, 0] == pytest.approx(0.25, abs=1e-12)
+
+
+def test_c2s_choice_carries_its_own_match_margin(b, tmp_path):
+    """RAFT one more correct of 64 on every problem GRPO leaves unsolved at least once: avg@64 about +0.0156,
+    inside b's ±0.0288 but outside a margin of ±0.01, which c2's choice carries (addendum 5); the report made by
+    `--key finals` says which margin it tested."""
+    import json
+
+    g = grpo_counts()
+    write(b, tmp_path, {("grpo", 1500): g, ("grpo", 2000): g, ("popo", 2000): g.copy(),
+                        ("raft", 1600): np.minimum(g + 1, 64)})
+    _, wide = b.tests_b(tmp_path, CHOICE, resamples=300)
+    assert wide["tests"]["raft"]["matched"]
+    (tmp_path / "numbers.json").write_text(json.dumps({"finals": CHOICE | {"margin": 0.01}}))
+    b.main([str(tmp_path), "--choice", str(tmp_path / "numbers.json"), "--key", "finals", "--resamples", "300"])
+    narrow = json.loads((tmp_path / "numbers.json").read_text())
+    assert narrow["tests"]["popo"]["matched"] and not narrow["tests"]["raft"]["matched"]
+    report = (tmp_path / "report.md").read_text()
+    assert "part c2" in report and "match TOST ±0.0100" in report and "--key finals" in report

@@ -120,3 +120,30 @@ def test_components_compare_each_setting_with_popos_default_at_its_tuned_rate(c,
     assert more["matched_rows"] == pytest.approx(0.125, abs=1e-12) and more["weight_dev"] == pytest.approx(0.004)
     assert numbers[c.default_label("lr=3e-5")]["weight_dev"] == pytest.approx(0.002)
     assert "(default)" in (parts / "report.md").read_text() and "lr=1e-4" not in json.dumps(numbers)
+
+
+@pytest.mark.parametrize("popo_gain, grpo_config, s_g", [(1, "lr=3e-5", 300), (0, "lr=1e-5", 100)])
+def test_c2s_final_runs_follow_bs_rule_with_its_own_margin(c, tmp_path, popo_gain, grpo_config, s_g):
+    """Addendum 5. GRPO 3e-5 gains 2 of 16 (lift 0.125, so the margin is 0.25 x 0.125 = 0.03125); the other GRPO
+    rates stay at 1 of 16 (1e-5) or at 0. POPO and RAFT are best at 3e-5. POPO gaining 1 ends at 2/16, which GRPO 3e-5 reaches
+    at steps 300 and 400 (a tie: the first); POPO flat stays at 1/16, which GRPO 1e-5 has at every step, step 0
+    included: step 0 (the start) is not a candidate, so the match is step 100."""
+    runs = {("grpo", r): ramp(1, 2) if r == "lr=3e-5" else ramp(1, 0) if r == "lr=1e-5" else ramp(0, 0) for r in GRID}
+    runs.update({(arm, r): ramp(1, popo_gain) if r == "lr=3e-5" else ramp(0, 0)
+                 for arm in ("popo", "raft") for r in GRID})
+    write_tables(c, tmp_path, runs)
+    assert c.tuning(tmp_path, resamples=100) == "tuned"
+    import json
+
+    numbers = json.loads((tmp_path / "numbers.json").read_text())
+    finals = numbers["finals"]
+    assert finals["margin"] == 0.03125 and finals["how"] == "matched"
+    assert (finals["grpo_config"], finals["s_G"]) == (grpo_config, s_g)
+    assert finals["popo_config"] == finals["raft_config"] == "lr=3e-5"
+    assert finals["a_P"] == pytest.approx((1 + popo_gain) / 16, abs=1e-12) and finals["a_G"] == finals["a_P"]
+    assert "## c2's final runs" in (tmp_path / "report.md").read_text()
+    plan = c._derive.finals_plan(numbers, "finals")
+    last = max(s_g, finals["grpo_stop"])
+    assert plan == [f"popo lr=3e-5 {finals['s_P']} 0 {finals['seeds']}",
+                    f"raft lr=3e-5 {finals['raft_stop']} 0 {finals['seeds']}",
+                    f"grpo {grpo_config} {last} 0{',' + str(s_g) if s_g != last else ''} {finals['seeds']}"]

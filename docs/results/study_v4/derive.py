@@ -159,16 +159,25 @@ def v3_seed_upper() -> float:
     return max(v3["seed_variance"][f"{arm} pass@16"]["upper95"] for arm in ("grpo", "popo"))
 
 
-def choose_b(sets: list[Trajectories], v3_seed_upper: float, *, problems: int = TEST_PROBLEMS) -> tuple[list[str], dict]:
+def choose_b(sets: list[Trajectories], v3_seed_upper: float, *, problems: int = TEST_PROBLEMS,
+             configs: dict[str, str] | None = None, grpo_configs: tuple[str, ...] | None = None,
+             margin: float = MARGIN, first_step: int = 0, title: str = "Part b's choices (validation; the "
+             "pre-registration's rule and addendum 1)") -> tuple[list[str], dict]:
     """Part b's choices on validation (the pre-registration's b and addendum 1): POPO's stopping step s_P (its
     plateau step, the last step if still rising) and avg@16 a_P there; GRPO's matched (rate, step) over every
     GRPO configuration and evaluation step, the closest seed-mean avg@16 to a_P, ties within TIE broken by the
     highest seed-mean pass@16 (GRPO 1e-4's plateau instead when none comes within MARGIN); RAFT's plateau step;
     and the number of final seeds S by the power rule: seed variance of pass@16 the larger of v3's upper bound
     (`v3_seed_upper`) and the plateau runs' estimate at the chosen points, interaction and residual from the same
-    points, S the smallest of SEED_OPTIONS whose minimum detectable pass@16 difference is at most 0.03."""
+    points, S the smallest of SEED_OPTIONS whose minimum detectable pass@16 difference is at most 0.03.
+
+    Part c2 (addendum 5) uses the same rule with its own `configs` (each arm's tuned rate: "popo", "raft" and
+    "grpo", GRPO's fallback), `grpo_configs` (the GRPO configurations searched; None: all), `margin` and
+    `first_step` (the earliest GRPO step that may be matched)."""
+    explicit, configs = configs is not None, configs if configs is not None else {"popo": CONFIG, "raft": CONFIG,
+                                                                                "grpo": CONFIG}
     by = {(t.method, t.config): t for t in sets}
-    popo, raft = by[("popo", CONFIG)], by[("raft", CONFIG)]
+    popo, raft = by[("popo", configs["popo"])], by[("raft", configs["raft"])]
 
     def stop(t: Trajectories) -> int:
         step = plateau_step(levels(t.steps, mean_curve(t, t.k)[0]))
@@ -177,20 +186,20 @@ def choose_b(sets: list[Trajectories], v3_seed_upper: float, *, problems: int = 
     s_p = stop(popo)
     a_p = float(mean_curve(popo, popo.k)[0][popo.index(s_p)])
     candidates = []
-    for t in (t for t in sets if t.method == "grpo"):
+    for t in (t for t in sets if t.method == "grpo" and (grpo_configs is None or t.config in grpo_configs)):
         avg, breadth = mean_curve(t, t.k)
         candidates += [(abs(float(avg[e]) - a_p), -float(breadth[e]), t.config, int(t.steps[e]), float(avg[e]),
-                        float(breadth[e])) for e in range(len(t.steps))]
+                        float(breadth[e])) for e in range(len(t.steps)) if t.steps[e] >= first_step]
     closest = min(c[0] for c in candidates)
-    if closest <= MARGIN:
+    if closest <= margin:
         near = [c for c in candidates if c[0] <= closest + TIE]
         _, _, config, s_g, a_g, p_g = min(near, key=lambda c: (c[1], c[0]))
         how = "matched"
     else:
-        base = by[("grpo", CONFIG)]
-        config, s_g = CONFIG, stop(base)
+        base = by[("grpo", configs["grpo"])]
+        config, s_g = configs["grpo"], stop(base)
         a_g, p_g = (float(v[base.index(s_g)]) for v in mean_curve(base, base.k))
-        how = f"no GRPO configuration comes within {MARGIN} of a_P: GRPO {CONFIG} at its plateau"
+        how = f"no GRPO configuration comes within {margin} of a_P: GRPO {config} at its plateau"
     grpo = by[("grpo", config)]
     x = pass_at(popo.correct[:, popo.index(s_p)], popo.k, 16)
     y = pass_at(grpo.correct[:, grpo.index(s_g)], grpo.k, 16)
@@ -204,9 +213,12 @@ def choose_b(sets: list[Trajectories], v3_seed_upper: float, *, problems: int = 
                "raft_stop": stop(raft), "grpo_stop": stop(grpo), "seed_variance": seed_var,
                "v3_seed_upper": v3_seed_upper, "plateau_seed": [cx.seed, cy.seed], "interaction": interaction,
                "residual": comp.residual, "mde": mde, "seeds": seeds}
-    lines = ["## Part b's choices (validation; the pre-registration's rule and addendum 1)", "",
-             f"- POPO {CONFIG} stops at step {s_p} (a_P = {a_p:.4f} validation avg@16, pass@16 "
-             f"{float(mean_curve(popo, popo.k)[1][popo.index(s_p)]):.4f}); RAFT at {stop(raft)}.",
+    if explicit:  # c2: its own rates and margin travel with the choice (b's committed choice predates them)
+        numbers |= {"margin": margin, "popo_config": configs["popo"], "raft_config": configs["raft"]}
+    lines = [f"## {title}", "",
+             f"- POPO {configs['popo']} stops at step {s_p} (a_P = {a_p:.4f} validation avg@16, pass@16 "
+             f"{float(mean_curve(popo, popo.k)[1][popo.index(s_p)]):.4f}); RAFT{' ' + configs['raft'] if explicit else ''} "
+             f"at {stop(raft)}.",
              f"- GRPO's matched configuration: {config} at step {s_g} (avg@16 {a_g:.4f}, pass@16 {p_g:.4f}; {how});"
              f" its run continues to step {max(s_g, stop(grpo))} ("
              + (f"its plateau step is {plateau}" if (plateau := plateau_step(levels(grpo.steps, mean_curve(grpo, grpo.k)[0])))
@@ -272,12 +284,13 @@ def warmups(folder: Path, band: tuple[float, float] = (0.30, 0.60)) -> int | Non
     return chosen
 
 
-def finals_plan(numbers: dict) -> list[str]:
-    """b's final runs from b's committed choice (``numbers.json``'s "b"), one line per arm: ``ARM CONFIG STEPS
-    EVAL_STEPS SEEDS`` (test evaluations at step 0 and EVAL_STEPS besides the last; seeds 100 on)."""
-    b = numbers["b"]
+def finals_plan(numbers: dict, key: str = "b") -> list[str]:
+    """b's final runs from b's committed choice (``numbers.json``'s "b"; c2's: "finals"), one line per arm: ``ARM
+    CONFIG STEPS EVAL_STEPS SEEDS`` (test evaluations at step 0 and EVAL_STEPS besides the last; seeds 100 on)."""
+    b = numbers[key]
     grpo_last = max(b["s_G"], b["grpo_stop"])
-    return [f"popo {CONFIG} {b['s_P']} 0 {b['seeds']}", f"raft {CONFIG} {b['raft_stop']} 0 {b['seeds']}",
+    return [f"popo {b.get('popo_config', CONFIG)} {b['s_P']} 0 {b['seeds']}",
+            f"raft {b.get('raft_config', CONFIG)} {b['raft_stop']} 0 {b['seeds']}",
             f"grpo {b['grpo_config']} {grpo_last} 0{',' + str(b['s_G']) if b['s_G'] != grpo_last else ''} {b['seeds']}"]
 
 

@@ -14,6 +14,11 @@ problems resampled, 10,000 resamples).
 - Secondary, exploratory (uncorrected p): pass@64, greedy accuracy, and POPO − GRPO at GRPO's last step.
 
 Nothing is tested until every arm has all its seeds (addendum 3); until then the report lists what is in.
+
+c2's finals (addendum 5) use the same tests with c2's choice and its own match margin:
+
+    python docs/results/study_v4/derive_b.py docs/results/study_v4/task_c/c2/finals \
+        --choice docs/results/study_v4/task_c/c2/numbers.json --key finals
 """
 
 from __future__ import annotations
@@ -76,7 +81,8 @@ def tests_b(data: Path, choice: dict, *, resamples: int = 10_000) -> tuple[list[
     base = found[("grpo", stops["grpo"])]
     arms = {m: found[(m, stops[m])] for m in ("popo", "raft")}
     diff = {m: compare(a, base, "pass@16", margin=PASS_MARGIN, resamples=resamples) for m, a in arms.items()}
-    match = {m: compare(a, base, "avg@64", margin=MATCH, resamples=resamples) for m, a in arms.items()}
+    margin = choice.get("margin", MATCH)  # c2 (addendum 5) carries its own
+    match = {m: compare(a, base, "avg@64", margin=margin, resamples=resamples) for m, a in arms.items()}
     p_diff, r_diff = holm([t.p_difference for t in diff.values()])
     p_equiv, r_equiv = holm([t.p_equivalence for t in diff.values()])
     p_match, r_match = holm([t.p_equivalence for t in match.values()])
@@ -84,7 +90,7 @@ def tests_b(data: Path, choice: dict, *, resamples: int = 10_000) -> tuple[list[
     lines += [f"## The tests of b (v4-test, {len(base['problems']):,} problems x {choice['seeds']} seeds; {resamples:,} "
               f"resamples; GRPO {choice['grpo_config']} at step {stops['grpo']})", "",
               "| comparison | pass@16 difference [95%] | Holm p (diff.) | Holm p (TOST ±0.03) | avg@64 difference [95%] "
-              "| Holm p (match TOST ±0.0288) | reading |", "|" + " --- |" * 7]
+              f"| Holm p (match TOST ±{margin:.4f}) | reading |", "|" + " --- |" * 7]
     for i, m in enumerate(arms):
         d, a = diff[m], match[m]
         reading = ("not at matched accuracy: no breadth claim" if not r_match[i] else
@@ -115,13 +121,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path)
     parser.add_argument("--choice", type=Path, default=HERE / "plateau" / "numbers.json")
+    parser.add_argument("--key", default="b", help="the choice's key in --choice's file (c2: finals)")
     parser.add_argument("--resamples", type=int, default=10_000)
     args = parser.parse_args(argv)
-    choice = json.loads(args.choice.read_text())["b"]
+    choice = json.loads(args.choice.read_text())[args.key]
     lines, numbers = tests_b(args.data, choice, resamples=args.resamples)
-    (args.data / "report.md").write_text("\n".join(["# Study v4, part b: breadth at matched accuracy (v4-test)", "",
+    title = ("part b: breadth at matched accuracy (v4-test)" if args.key == "b" else
+             "part c2: breadth at matched accuracy (4-number countdown, its test split; addendum 5)")
+    shown = "" if args.key == "b" else f" --choice {args.choice.as_posix()} --key {args.key}"
+    (args.data / "report.md").write_text("\n".join([f"# Study v4, {title}", "",
                                                     "Made by `python docs/results/study_v4/derive_b.py "
-                                                    "docs/results/study_v4/finals` from the raw tables beside it.",
+                                                    f"{args.data.as_posix()}{shown}` from the raw tables beside it.",
                                                     "", *lines]))
     (args.data / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True, default=float) + "\n")
     print(json.dumps(numbers.get("tests", {}), indent=1, default=float))

@@ -2,7 +2,8 @@
 
     python docs/results/study_v4/derive_c.py phase0 docs/results/study_v4/task_c/phase0   # last line: the budget
     python docs/results/study_v4/derive_c.py tuning docs/results/study_v4/task_c/tuning   # last line: what is next
-    python docs/results/study_v4/derive_c.py components docs/results/study_v4/task_c/components   # part d
+    python docs/results/study_v4/derive_c.py finals-plan docs/results/study_v4/task_c/c2   # c2's final runs
+    python docs/results/study_v4/derive_c.py components docs/results/study_v4/task_c/c2/components   # part d
 
 `phase0` (exploratory, one seed): GRPO's trajectory at each probe rate, the best rate (highest final validation
 avg@16) and its rise L(last) − L(last − 300) (L as in part a), and the step budget of c's tuning and finals: 500
@@ -14,7 +15,8 @@ edge choice names the rate that extends the grid), GRPO's positive control (adde
 avg@16 minus the same runs' step-0 avg@16, paired by seed and problem, passes when the estimate is at least
 max(0.5 x the start's avg@16, 0.05) and the lower 95% bound is above 0), and once POPO or RAFT have their tuned
 runs, the frontier and their matched comparisons against GRPO over all its rates and steps (part a's
-`along_steps`). Its last line says what runs next: ``extend ARM RATE``, ``control-failed``, ``arms ARMS`` (the
+`along_steps`); once every arm is tuned, c2's final runs by b's rule (addendum 5: `finals_choice`, in
+numbers.json as "finals"). Its last line says what runs next: ``extend ARM RATE``, ``control-failed``, ``arms ARMS`` (the
 arms whose tuning runs are still missing) or ``tuned``.
 
 `components` (part d, exploratory: no test, no correction): POPO at its tuned rate with one of α, T_w or τ moved
@@ -43,6 +45,8 @@ SHORT, LONG = 500, 1000  # phase 0's budget rule
 GRID = ("lr=1e-5", "lr=3e-5", "lr=1e-4", "lr=3e-4")  # c's tuning grid; an edge choice extends it by 3x
 EXTEND = {"lr=1e-5": "lr=3e-6", "lr=3e-4": "lr=1e-3"}
 ARMS, SEEDS, FLOOR = ("grpo", "popo", "raft"), 3, 0.05  # tuning arms, tuning seeds, the control's absolute floor
+MATCH_SHARE, FIRST_STEP = 0.25, 100  # c2's finals (addendum 5): the match margin's share of GRPO's lift; s_G >= 100
+FINAL_GRPO = ("lr=1e-5", "lr=3e-5", "lr=1e-4")  # the GRPO configurations c2's match searches (3e-4 collapsed)
 
 
 def _sets(data: Path) -> list[Trajectories]:
@@ -108,6 +112,17 @@ def control(t: Trajectories, *, resamples: int = 10_000) -> dict:
             "low": test.low, "high": test.high, "passed": bool(test.estimate >= threshold and test.low > 0)}
 
 
+def finals_choice(sets: list[Trajectories], chosen: dict, control: dict) -> tuple[list[str], dict]:
+    """c2's final runs (addendum 5): b's rule (`derive.choose_b`) with each arm's tuned rate, GRPO matched over
+    FINAL_GRPO at steps from FIRST_STEP on, and the match margin MATCH_SHARE of GRPO's validated lift (v3's rule
+    for its margin, 25% of g, on this task)."""
+    margin = round(MATCH_SHARE * control["lift"], 5)
+    return _derive.choose_b(sets, _derive.v3_seed_upper(), configs={arm: chosen[arm]["config"] for arm in ARMS},
+                            grpo_configs=FINAL_GRPO, margin=margin, first_step=FIRST_STEP,
+                            title="c2's final runs (validation; addendum 5: b's rule with c2's rates and a margin of "
+                                  f"{MATCH_SHARE:.0%} of GRPO's lift, ±{margin})")
+
+
 def tuning(data: Path, *, resamples: int = 10_000) -> str:
     sets = _sets(data)
     table, chosen = choices(sets)
@@ -138,6 +153,9 @@ def tuning(data: Path, *, resamples: int = 10_000) -> str:
         configs = {arm: c["config"] for arm, c in chosen.items() if arm != "grpo" and not c["extend"]}
         lines, along = _derive.along_steps(sets, configs=configs, base=grpo["config"])
         numbers["along"] = along
+        text += ["", *lines]
+    if nxt == "tuned":  # addendum 5: c2's final runs, chosen from these tables by b's rule
+        lines, numbers["finals"] = finals_choice(sets, chosen, numbers["control"])
         text += ["", *lines]
     figure = draw_frontier(sets, data / "frontier.png")
     if figure is not None:
@@ -219,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     lab = sub.add_parser("label", help="part d: a run's configuration label (RATE SETTING)")
     lab.add_argument("rate")
     lab.add_argument("setting", nargs="?", default="")
+    f = sub.add_parser("finals-plan", help="c2's final runs, one line per arm (ARM CONFIG STEPS EVAL_STEPS SEEDS)")
+    f.add_argument("data", type=Path)
     d = sub.add_parser("components")
     d.add_argument("data", type=Path)
     d.add_argument("--tuning", type=Path, default=None,
@@ -226,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "phase0":
         print(phase0(args.data))
+    elif args.command == "finals-plan":
+        print("\n".join(_derive.finals_plan(json.loads((args.data / "numbers.json").read_text()), "finals")))
     elif args.command == "label":
         print(setting_label(args.rate, args.setting))
     elif args.command == "components":

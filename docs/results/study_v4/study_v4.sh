@@ -65,6 +65,9 @@ case "$PHASE" in
     python $HERE/derive_c.py phase0 "$HERE/task_c/phase0" > /dev/null
     for tuned in "$HERE/task_c/tuning" "$HERE/task_c/c2"; do  # c, then c2 (addendum 4); d under each
       if [ -f "$tuned/trajectories.csv.gz" ]; then python $HERE/derive_c.py tuning "$tuned" > /dev/null; fi
+      if [ -f "$tuned/finals/outcomes.csv.gz" ]; then
+        python $HERE/derive_b.py "$tuned/finals" --choice "$tuned/numbers.json" --key finals > /dev/null
+      fi
       if [ -f "$tuned/components/trajectories.csv.gz" ]; then
         python $HERE/derive_c.py components "$tuned/components" > /dev/null
       fi

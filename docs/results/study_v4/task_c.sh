@@ -15,6 +15,7 @@
 # 2,000 steps from copies of c's run folders, then the same rounds at 2,000 steps with tables in task_c/c2:
 #   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh extend
 #   WORKERS=2 OUT=runs/study-v4 C2=1 bash docs/results/study_v4/task_c.sh tune     # (and components)
+#   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh finals          # c2's finals (addendum 5)
 #
 # d (exploratory): POPO at its tuned rate with one of alpha, T_w (algo.weight_temperature) or tau moved from its
 # default (0.1, 1, 0.995) to each pre-registered value, seeds 0-2; the default's runs are POPO's tuning runs.
@@ -23,14 +24,14 @@
 # Resumable: runs already in the committed tables are skipped (`collect.py todo`); a run interrupted within a
 # sitting resumes from its last checkpoint (its folder under $OUT).
 set -euo pipefail
-PHASE=${1:?tune, components or extend}
+PHASE=${1:?tune, extend, finals or components}
 OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 DATA=$HERE/task_c/tuning
 TUNE_OUT=$OUT
-if [ -n "${C2:-}" ] || [ "$PHASE" = extend ]; then DATA=$HERE/task_c/c2; TUNE_OUT=$OUT/c2; fi
+if [ -n "${C2:-}" ] || [ "$PHASE" = extend ] || [ "$PHASE" = finals ]; then DATA=$HERE/task_c/c2; TUNE_OUT=$OUT/c2; fi
 SEEDS=0,1,2
-case "$PHASE" in tune|components|extend) ;; *) echo "unknown phase $PHASE: tune, components or extend" >&2; exit 2 ;; esac
+case "$PHASE" in tune|components|extend|finals) ;; *) echo "unknown phase $PHASE: tune, extend, finals or components" >&2; exit 2 ;; esac
 popo sft testbed.task=countdown testbed.numbers=4 testbed.max_number=20 testbed.warmup_steps=800 \
     testbed.test_size=2000 testbed.validation_size=500  # the shipped warm start of c (installed, not rebuilt)
 STEPS=$(python $HERE/derive_c.py phase0 $HERE/task_c/phase0 | tail -1)
@@ -42,6 +43,25 @@ if [ "$PHASE" = extend ]; then
       | xargs -P "${WORKERS:-2}" -I{} popo train --resume {} train.steps=$STEPS
   python $HERE/collect.py collect "$TUNE_OUT/task-c-tune-grpo" --out "$DATA"
   python $HERE/derive_c.py tuning "$DATA" | tail -1
+  exit 0
+fi
+if [ "$PHASE" = finals ]; then  # c2 (addendum 5): fresh seeds from 100 on c's test split, from c2's committed choice
+  [ "$(python $HERE/derive_c.py tuning "$DATA" | tail -1)" = tuned ] || { echo "c2's finals run once c2 is tuned" >&2; exit 1; }
+  TEST=(data.eval_source=testbed:test data.eval_size=1500 train.eval_samples=64 train.eval_every=0)
+  mapfile -t PLAN < <(python $HERE/derive_c.py finals-plan "$DATA")
+  for spec in "${PLAN[@]}"; do
+    read -r arm config steps at seeds <<< "$spec"
+    mapfile -t TODO < <(python $HERE/collect.py todo "$DATA/finals" --arms "$arm" \
+        --seeds "$(seq -s, 100 $((99 + seeds)))" --config "$config")
+    for batch in "${TODO[@]}"; do
+      read -r arms first count <<< "$batch"
+      popo compare $HERE/task_c.yaml "optim.${config}" train.steps="$steps" train.eval_steps="$at" "${TEST[@]}" \
+          --methods "$arms" --seeds "$count" --seed-start "$first" --out "$TUNE_OUT/finals-$arm" \
+          --workers "${WORKERS:-2}" --threads 1 --no-report
+      python $HERE/collect.py collect "$TUNE_OUT/finals-$arm" --out "$DATA/finals"
+    done
+  done
+  python $HERE/derive_b.py "$DATA/finals" --choice "$DATA/numbers.json" --key finals  # c2's tests, all seeds in
   exit 0
 fi
 RUN=(popo sweep $HERE/task_c.yaml train.steps="$STEPS" --workers "${WORKERS:-2}" --threads 1 --no-report)
