@@ -68,6 +68,7 @@ case "$PHASE" in
       if [ -f "$tuned/finals/outcomes.csv.gz" ]; then
         python $HERE/derive_b.py "$tuned/finals" --choice "$tuned/numbers.json" --key finals > /dev/null
       fi
+      if [ -f "$tuned/explore/outcomes.csv.gz" ]; then python $HERE/explore_c.py report "$tuned/explore" > /dev/null; fi
       if [ -f "$tuned/components/trajectories.csv.gz" ]; then
         python $HERE/derive_c.py components "$tuned/components" > /dev/null
       fi

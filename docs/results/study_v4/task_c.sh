@@ -16,6 +16,7 @@
 #   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh extend
 #   WORKERS=2 OUT=runs/study-v4 C2=1 bash docs/results/study_v4/task_c.sh tune     # (and components)
 #   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh finals          # c2's finals (addendum 5)
+#   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh explore         # then pass@256 (addendum 5)
 #
 # d (exploratory): POPO at its tuned rate with one of alpha, T_w (algo.weight_temperature) or tau moved from its
 # default (0.1, 1, 0.995) to each pre-registered value, seeds 0-2; the default's runs are POPO's tuning runs.
@@ -29,11 +30,14 @@ OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 DATA=$HERE/task_c/tuning
 TUNE_OUT=$OUT
-if [ -n "${C2:-}" ] || [ "$PHASE" = extend ] || [ "$PHASE" = finals ]; then DATA=$HERE/task_c/c2; TUNE_OUT=$OUT/c2; fi
+case "$PHASE" in extend|finals|explore) C2=1 ;; esac
+if [ -n "${C2:-}" ]; then DATA=$HERE/task_c/c2; TUNE_OUT=$OUT/c2; fi
 SEEDS=0,1,2
-case "$PHASE" in tune|components|extend|finals) ;; *) echo "unknown phase $PHASE: tune, extend, finals or components" >&2; exit 2 ;; esac
-popo sft testbed.task=countdown testbed.numbers=4 testbed.max_number=20 testbed.warmup_steps=800 \
-    testbed.test_size=2000 testbed.validation_size=500  # the shipped warm start of c (installed, not rebuilt)
+case "$PHASE" in tune|components|extend|finals|explore) ;;
+  *) echo "unknown phase $PHASE: tune, extend, finals, explore or components" >&2; exit 2 ;; esac
+TESTBED=(testbed.task=countdown testbed.numbers=4 testbed.max_number=20 testbed.test_size=2000
+         testbed.validation_size=500)
+WARM=$(popo sft "${TESTBED[@]}" testbed.warmup_steps=800 | tail -1)  # the shipped warm start of c (installed)
 STEPS=$(python $HERE/derive_c.py phase0 $HERE/task_c/phase0 | tail -1)
 if [ "$DATA" = "$HERE/task_c/c2" ]; then STEPS=2000; fi  # addendum 4
 if [ "$PHASE" = extend ]; then
@@ -62,6 +66,37 @@ if [ "$PHASE" = finals ]; then  # c2 (addendum 5): fresh seeds from 100 on c's t
     done
   done
   python $HERE/derive_b.py "$DATA/finals" --choice "$DATA/numbers.json" --key finals  # c2's tests, all seeds in
+  exit 0
+fi
+if [ "$PHASE" = explore ]; then  # c2's pass@256 exploration (addendum 5), once c2's finals are all in
+  python -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1])).get("complete"))' "$DATA/finals/numbers.json" \
+      || { echo "the exploration runs once c2's finals are complete" >&2; exit 1; }
+  RAW=$TUNE_OUT/explore
+  mkdir -p "$RAW"
+  EVAL=(--benchmarks testbed:test --limit 500 --samples 256 --temperature 1.0 --top-p 1.0 --max-new-tokens 48
+        --template plain --zero-if-truncated)
+  evaluate() {  # NAME MODEL SEED: one evaluation, skipped when its records exist
+    [ -f "$RAW/$1.records.jsonl" ] || popo eval --model "$2" "${EVAL[@]}" --seed "$3" --out "$RAW/$1.json" "${TESTBED[@]}"
+  }
+  read -r s_g grpo_last grpo_config < <(python -c 'import json, sys; f = json.load(open(sys.argv[1]))["finals"]
+print(f["s_G"], max(f["s_G"], f["grpo_stop"]), f["grpo_config"])' "$DATA/numbers.json")
+  if [ "$s_g" != "$grpo_last" ]; then  # GRPO stopped at s_G: the finals' seeds 100-102 trained to s_G
+    popo compare $HERE/task_c.yaml "optim.${grpo_config}" train.steps="$s_g" train.eval_every=0 --methods grpo \
+        --seeds 3 --seed-start 100 --out "$TUNE_OUT/explore-grpo" --workers "${WORKERS:-2}" --threads 1 --no-report
+  fi
+  mapfile -t PLAN < <(python $HERE/derive_c.py finals-plan "$DATA")
+  for seed in 100 101 102; do
+    evaluate "start-0-seed-$seed" "$WARM" "$seed"
+    for spec in "${PLAN[@]}"; do
+      read -r arm _ steps _ _ <<< "$spec"
+      evaluate "$arm-$steps-seed-$seed" "$TUNE_OUT/finals-$arm/$arm/seed-$seed/checkpoints/step-$(printf %06d "$steps")/policy" "$seed"
+    done
+    if [ "$s_g" != "$grpo_last" ]; then
+      evaluate "grpo-$s_g-seed-$seed" "$TUNE_OUT/explore-grpo/grpo/seed-$seed/checkpoints/step-$(printf %06d "$s_g")/policy" "$seed"
+    fi
+  done
+  python $HERE/explore_c.py collect "$RAW" "$DATA/explore"
+  python $HERE/explore_c.py report "$DATA/explore"
   exit 0
 fi
 RUN=(popo sweep $HERE/task_c.yaml train.steps="$STEPS" --workers "${WORKERS:-2}" --threads 1 --no-report)
