@@ -79,3 +79,4 @@ def test_c2s_choice_carries_its_own_match_margin(b, tmp_path):
     assert narrow["tests"]["popo"]["matched"] and not narrow["tests"]["raft"]["matched"]
     report = (tmp_path / "report.md").read_text()
     assert "part c2" in report and "match TOST ±0.0100" in report and "--key finals" in report
+    assert "erratum to addendum 5" in report

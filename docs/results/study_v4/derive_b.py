@@ -129,10 +129,14 @@ def main(argv: list[str] | None = None) -> None:
     title = ("part b: breadth at matched accuracy (v4-test)" if args.key == "b" else
              "part c2: breadth at matched accuracy (4-number countdown, its test split; addendum 5)")
     shown = "" if args.key == "b" else f" --choice {args.choice.as_posix()} --key {args.key}"
+    note = [] if args.key == "b" else [
+        "Note (erratum to addendum 5): before the finals, a tool check read test problems test-0 to test-2 (greedy "
+        "and 4 samples, from the warm start and one GRPO tuning checkpoint; every score 0). Nothing was chosen from "
+        "it; those three problems are among the 1,500 tested here.", ""]
     (args.data / "report.md").write_text("\n".join([f"# Study v4, {title}", "",
                                                     "Made by `python docs/results/study_v4/derive_b.py "
                                                     f"{args.data.as_posix()}{shown}` from the raw tables beside it.",
-                                                    "", *lines]))
+                                                    "", *note, *lines]))
     (args.data / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True, default=float) + "\n")
     print(json.dumps(numbers.get("tests", {}), indent=1, default=float))
 
