@@ -15,6 +15,7 @@ PHASE=${1:?plateau, rates, finals, collect or report}
 OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 PAR=(--workers "${WORKERS:-2}" --threads 1 --no-report)
+source "$HERE/finals.sh"
 # Every setting of the plateau runs (v3's task and warm start, testbed.reserved=demo:500,v4-test:1500 so that no v4
 # run trains on v4-test or the demo's split, 2,000 steps x 16 x 8 at lr 1e-4, validation every 100 steps) is pinned
 # in plateau.yaml: the study defaults of `popo compare` do not reach it.
@@ -44,18 +45,7 @@ case "$PHASE" in
     done ;;
   finals)  # b (addendum 3): fresh seeds from 100, each arm's steps and test evaluations from b's committed choice
     TEST=(data.eval_source=testbed:v4-test data.eval_size=1500 train.eval_samples=64 train.eval_every=0)
-    mapfile -t PLAN < <(python $HERE/derive.py finals-plan "$HERE/plateau")
-    for spec in "${PLAN[@]}"; do
-      read -r arm config steps at seeds <<< "$spec"
-      mapfile -t TODO < <(python $HERE/collect.py todo "$HERE/finals" --arms "$arm" \
-          --seeds "$(seq -s, 100 $((99 + seeds)))" --config "$config")
-      for batch in "${TODO[@]}"; do
-        read -r arms first count <<< "$batch"
-        popo compare "$PLATEAU" "optim.${config}" train.steps="$steps" train.eval_steps="$at" "${TEST[@]}" \
-            --methods "$arms" --seeds "$count" --seed-start "$first" --out "$OUT/finals-$arm" "${PAR[@]}"
-        python $HERE/collect.py collect "$OUT/finals-$arm" --out "$HERE/finals"
-      done
-    done
+    run_finals "$(python $HERE/derive.py finals-plan "$HERE/plateau")" "$PLATEAU" "$HERE/finals" "$OUT/finals" "${TEST[@]}"
     python $HERE/derive_b.py "$HERE/finals" ;;  # b's tests (derive_b.py), once every seed is in
   collect)
     python $HERE/collect.py collect "$OUT"/plateau* --out "$HERE/plateau" ;;

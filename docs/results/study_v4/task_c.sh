@@ -52,19 +52,9 @@ fi
 if [ "$PHASE" = finals ]; then  # c2 (addendum 5): fresh seeds from 100 on c's test split, from c2's committed choice
   [ "$(python $HERE/derive_c.py tuning "$DATA" | tail -1)" = tuned ] || { echo "c2's finals run once c2 is tuned" >&2; exit 1; }
   TEST=(data.eval_source=testbed:test data.eval_size=1500 train.eval_samples=64 train.eval_every=0)
-  mapfile -t PLAN < <(python $HERE/derive_c.py finals-plan "$DATA")
-  for spec in "${PLAN[@]}"; do
-    read -r arm config steps at seeds <<< "$spec"
-    mapfile -t TODO < <(python $HERE/collect.py todo "$DATA/finals" --arms "$arm" \
-        --seeds "$(seq -s, 100 $((99 + seeds)))" --config "$config")
-    for batch in "${TODO[@]}"; do
-      read -r arms first count <<< "$batch"
-      popo compare $HERE/task_c.yaml "optim.${config}" train.steps="$steps" train.eval_steps="$at" "${TEST[@]}" \
-          --methods "$arms" --seeds "$count" --seed-start "$first" --out "$TUNE_OUT/finals-$arm" \
-          --workers "${WORKERS:-2}" --threads 1 --no-report
-      python $HERE/collect.py collect "$TUNE_OUT/finals-$arm" --out "$DATA/finals"
-    done
-  done
+  source "$HERE/finals.sh"
+  run_finals "$(python $HERE/derive_c.py finals-plan "$DATA")" "$HERE/task_c.yaml" "$DATA/finals" "$TUNE_OUT/finals" \
+      "${TEST[@]}"
   python $HERE/derive_b.py "$DATA/finals" --choice "$DATA/numbers.json" --key finals  # c2's tests, all seeds in
   exit 0
 fi
