@@ -109,6 +109,9 @@ if [ "$PHASE" = components ]; then
   exit 0
 fi
 while true; do
+  if compgen -G "$TUNE_OUT/task-c-tune-*" > /dev/null; then  # runs an earlier sitting finished but did not collect
+    python $HERE/collect.py collect "$TUNE_OUT"/task-c-tune-* --out "$DATA"
+  fi
   next=$(python $HERE/derive_c.py tuning "$DATA" | tail -1)
   echo "c tuning, next: $next"
   case "$next" in
@@ -123,8 +126,10 @@ while true; do
     for line in "${lines[@]}"; do todo+=("$lr $line"); done
   done
   [ ${#todo[@]} -gt 0 ] || { echo "nothing left to run for: $next" >&2; exit 1; }
-  if [ ${#todo[@]} -eq ${#rates[@]} ] && ! printf '%s\n' "${todo[@]}" | grep -qv " 0 3$"; then
-    # every rate lacks every seed: one sweep over the grid keeps both workers busy to the end
+  if [ ${#rates[@]} -gt 1 ] && { [ -d "$TUNE_OUT/task-c-tune-$arms" ] || { [ ${#todo[@]} -eq ${#rates[@]} ] \
+      && ! printf '%s\n' "${todo[@]}" | grep -qv " 0 3$"; }; }; then
+    # every rate lacks every seed, or an earlier sitting's grid sweep was interrupted: one sweep over the grid
+    # (it skips the runs it finished and resumes the one it was in) keeps both workers busy to the end
     grid=$(IFS=,; echo "${rates[*]}")
     "${RUN[@]}" --methods "$arms" --seeds 3 --seed-start 0 --grid optim.lr="$grid" --out "$TUNE_OUT/task-c-tune-$arms"
   else
