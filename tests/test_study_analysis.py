@@ -9,7 +9,7 @@ import pytest
 from popo.sampling_metrics import pass_at_k
 from popo.study.analysis import (CURVE_FIELDS, OUTCOME_FIELDS, Components, curve_area, difference_se,
                                  interaction_variance, minimum_detectable, paired_scores, pass_at, read_rows,
-                                 score_matrix, two_way_bootstrap, variance_components, write_rows)
+                                 outcome_grids, score_matrix, two_way_bootstrap, variance_components, write_rows)
 
 
 def test_constant_difference_is_certain():
@@ -91,6 +91,20 @@ def test_raw_rows_round_trip_and_score_matrices(tmp_path):
     assert a.shape == b.shape == (3, 2) and (b == b[0]).all()  # the one start seed paired with every seed
     with pytest.raises(KeyError, match="raft"):
         score_matrix(rows, "countdown", "raft", "avg")
+
+
+def test_outcome_grids_groups_sorts_naturally_and_refuses_holes():
+    rows = [{"method": m, "step": "100", "seed": s, "problem": f"test-{p}", "correct": 10 * s + p, "greedy": p % 2}
+            for m in ("grpo", "popo") for s in (1, 0) for p in (10, 2, 1)]
+    grids = outcome_grids(rows, ("method", "step"), ("correct", "greedy"))
+    assert sorted(grids) == [("grpo", 100), ("popo", 100)]
+    g = grids[("popo", 100)]
+    assert g["seeds"] == [0, 1] and g["problems"] == ["test-1", "test-2", "test-10"]  # 2 before 10
+    assert g["correct"].tolist() == [[1, 2, 10], [11, 12, 20]] and g["greedy"].tolist() == [[1, 0, 0], [1, 0, 0]]
+    with pytest.raises(ValueError, match="every seed needs every problem"):
+        outcome_grids(rows[:-1], ("method", "step"), ("correct",))
+    with pytest.raises(ValueError, match="appears twice"):
+        outcome_grids(rows + rows[:1], ("method", "step"), ("correct",))
 
 
 def test_a_missing_column_or_bad_number_is_named(tmp_path):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from popo.study.analysis import pass_at, read_rows, two_way_bootstrap
+from popo.study.analysis import outcome_grids, pass_at, read_rows, two_way_bootstrap
 from popo.study.stats import holm
 
 HERE = Path(__file__).resolve().parent
@@ -40,21 +40,7 @@ OUTCOME_FIELDS = ("task", "method", "config", "seed", "step", "problem", "greedy
 
 def cells(rows: list[dict]) -> dict[tuple[str, int], dict[str, np.ndarray]]:
     """(method, step) -> {"correct": [S, P] correct of K, "greedy": [S, P]}, seeds and problems sorted."""
-    table: dict[tuple[str, int], dict[tuple[int, str], tuple[int, int]]] = {}
-    for r in rows:
-        table.setdefault((r["method"], int(r["step"])), {})[(int(r["seed"]), str(r["problem"]))] = (
-            int(r["correct"]), int(r["greedy"]))
-    out = {}
-    for key, cell in table.items():
-        seeds, problems = sorted({s for s, _ in cell}), sorted({p for _, p in cell}, key=_problem_order)
-        grid = np.array([[cell[(s, p)] for p in problems] for s in seeds], dtype=float)  # [S, P, 2]
-        out[key] = {"correct": grid[..., 0], "greedy": grid[..., 1], "seeds": seeds, "problems": problems}
-    return out
-
-
-def _problem_order(name: str) -> tuple:
-    head, _, tail = name.rpartition("-")
-    return (head, int(tail)) if tail.isdigit() else (name, 0)
+    return outcome_grids(rows, ("method", "step"), ("correct", "greedy"))
 
 
 def _pair(x: dict, y: dict) -> None:

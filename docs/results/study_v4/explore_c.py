@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from popo.study.analysis import pass_at, read_rows, two_way_bootstrap, write_rows
+from popo.study.analysis import outcome_grids, pass_at, read_rows, two_way_bootstrap, write_rows
 
 HERE = Path(__file__).resolve().parent
 OUTCOMES, FIELDS = "outcomes.csv.gz", ("method", "step", "seed", "problem", "correct", "k")
@@ -47,17 +47,11 @@ def collect(raw: Path, out: Path) -> int:
 
 def cells(rows: list[dict]) -> dict[tuple[str, int], tuple[np.ndarray, int]]:
     """(method, step) -> ([seeds, problems] correct counts, samples per problem); seeds and problems sorted."""
-    table: dict = {}
-    for r in rows:
-        table.setdefault((r["method"], int(r["step"])), {})[(int(r["seed"]), str(r["problem"]))] = (int(r["correct"]),
-                                                                                                  int(r["k"]))
     out = {}
-    for key, cell in table.items():
-        seeds, problems = sorted({s for s, _ in cell}), sorted({p for _, p in cell})
-        if len({n for _, n in cell.values()}) != 1 or len(cell) != len(seeds) * len(problems):
+    for key, grid in outcome_grids(rows, ("method", "step"), ("correct", "k")).items():
+        if len(np.unique(grid["k"])) != 1:
             raise ValueError(f"{key}: every seed needs every problem with the same number of samples")
-        out[key] = (np.array([[cell[(s, p)][0] for p in problems] for s in seeds], dtype=float),
-                    next(iter(cell.values()))[1])
+        out[key] = (grid["correct"], int(grid["k"].flat[0]))
     return out
 
 

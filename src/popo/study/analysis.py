@@ -102,6 +102,37 @@ def score_matrix(rows: list[dict], task: str, method: str, score: str) -> tuple[
     return seeds, problems, np.array([[by_seed[s][p] for p in problems] for s in seeds])
 
 
+def problem_order(name: str) -> tuple:
+    """Sort key that puts ``test-2`` before ``test-10`` (a trailing number compares as a number)."""
+    head, _, tail = name.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (name, 0)
+
+
+def outcome_grids(rows: list[dict], key: tuple[str, ...], values: tuple[str, ...]) -> dict[tuple, dict]:
+    """Group outcome rows by the fields in `key` (e.g. method and step) into [seeds, problems] grids.
+
+    Each group maps to ``{"seeds": [...], "problems": [...], value: ndarray}`` for every field in `values`, seeds
+    sorted and problems in `problem_order`. Every seed of a group must hold every problem of that group once."""
+    table: dict[tuple, dict[tuple[int, str], tuple[float, ...]]] = {}
+    for r in rows:
+        group = tuple(int(r[f]) if f in ("seed", "step") else r[f] for f in key)
+        cell = table.setdefault(group, {})
+        where = (int(r["seed"]), str(r["problem"]))
+        if where in cell:
+            raise ValueError(f"{group}: seed {where[0]} problem {where[1]} appears twice")
+        cell[where] = tuple(float(r[v]) for v in values)
+    out = {}
+    for group, cell in table.items():
+        seeds, problems = sorted({s for s, _ in cell}), sorted({p for _, p in cell}, key=problem_order)
+        if len(cell) != len(seeds) * len(problems):
+            raise ValueError(f"{group}: every seed needs every problem ({len(cell)} outcomes for "
+                             f"{len(seeds)} seeds x {len(problems)} problems)")
+        grid = np.array([[cell[(s, p)] for p in problems] for s in seeds], dtype=float).reshape(
+            len(seeds), len(problems), len(values))
+        out[group] = {"seeds": seeds, "problems": problems, **{v: grid[..., i] for i, v in enumerate(values)}}
+    return out
+
+
 @dataclass(frozen=True)
 class BootstrapTest:
     """A paired difference (treatment - baseline) with its bootstrap interval and p-values."""
