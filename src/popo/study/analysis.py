@@ -127,8 +127,7 @@ def outcome_grids(rows: list[dict], key: tuple[str, ...], values: tuple[str, ...
         if len(cell) != len(seeds) * len(problems):
             raise ValueError(f"{group}: every seed needs every problem ({len(cell)} outcomes for "
                              f"{len(seeds)} seeds x {len(problems)} problems)")
-        grid = np.array([[cell[(s, p)] for p in problems] for s in seeds], dtype=float).reshape(
-            len(seeds), len(problems), len(values))
+        grid = np.array([[cell[(s, p)] for p in problems] for s in seeds], dtype=float)  # [S, P, values]
         out[group] = {"seeds": seeds, "problems": problems, **{v: grid[..., i] for i, v in enumerate(values)}}
     return out
 
