@@ -46,6 +46,7 @@ def test_a_copy_is_equivalent_and_a_shifted_arm_is_not_matched(b, tmp_path):
     assert raft_t["avg64"] == pytest.approx(float((raft - g).mean()) / 64, abs=1e-12) and not raft_t["matched"]
     assert raft_t["reading"] == "not at matched accuracy: no breadth claim"
     assert "popo − grpo@2000 pass@16" in numbers["secondary"] and any("| popo@2000 − grpo@1500 |" in x for x in lines)
+    assert any(x.startswith("## The tests of b on v4-test (") for x in lines)
 
 
 def test_nothing_is_tested_until_every_seed_is_in(b, tmp_path):

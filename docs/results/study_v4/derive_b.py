@@ -56,7 +56,7 @@ def compare(x: dict, y: dict, score: str, *, margin: float = float("nan"), resam
     return two_way_bootstrap(value(x), value(y), margin=margin, resamples=resamples)
 
 
-def tests_b(data: Path, choice: dict, *, resamples: int = 10_000) -> tuple[list[str], dict]:
+def tests_b(data: Path, choice: dict, *, resamples: int = 10_000, part: str = "b on v4-test") -> tuple[list[str], dict]:
     found = cells(read_rows(data / OUTCOMES, OUTCOME_FIELDS))
     stops = {"popo": choice["s_P"], "raft": choice["raft_stop"], "grpo": choice["s_G"]}
     grpo_last = max(choice["s_G"], choice["grpo_stop"])
@@ -73,7 +73,7 @@ def tests_b(data: Path, choice: dict, *, resamples: int = 10_000) -> tuple[list[
     p_equiv, r_equiv = holm([t.p_equivalence for t in diff.values()])
     p_match, r_match = holm([t.p_equivalence for t in match.values()])
     numbers: dict = {"complete": True, "stops": stops, "grpo_last": grpo_last, "tests": {}, "secondary": {}}
-    lines += [f"## The tests of b (v4-test, {len(base['problems']):,} problems x {choice['seeds']} seeds; {resamples:,} "
+    lines += [f"## The tests of {part} ({len(base['problems']):,} problems x {choice['seeds']} seeds; {resamples:,} "
               f"resamples; GRPO {choice['grpo_config']} at step {stops['grpo']})", "",
               "| comparison | pass@16 difference [95%] | Holm p (diff.) | Holm p (TOST ±0.03) | avg@64 difference [95%] "
               f"| Holm p (match TOST ±{margin:.4f}) | reading |", "|" + " --- |" * 7]
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     args = parser.parse_args(argv)
     choice = json.loads(args.choice.read_text())[args.key]
-    lines, numbers = tests_b(args.data, choice, resamples=args.resamples)
+    part = "b on v4-test" if args.key == "b" else "c2 on the 4-number countdown's test split"
+    lines, numbers = tests_b(args.data, choice, resamples=args.resamples, part=part)
     title = ("part b: breadth at matched accuracy (v4-test)" if args.key == "b" else
              "part c2: breadth at matched accuracy (4-number countdown, its test split; addendum 5)")
     shown = "" if args.key == "b" else f" --choice {args.choice.as_posix()} --key {args.key}"
