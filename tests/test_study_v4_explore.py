@@ -62,3 +62,32 @@ def test_a_seed_missing_a_problem_is_refused(explore, tmp_path):
     explore.collect(tmp_path, tmp_path / "out")
     with pytest.raises(ValueError, match="every seed needs every problem"):
         explore.report(tmp_path / "out", CHOICE, resamples=10)
+
+
+def test_a_run_trained_again_is_checked_against_the_finals_rows_and_tokens(explore, tmp_path):
+    """A run that logs 10 rows and 100 tokens a step (a resume repeats step 2) is the finals' run when the
+    committed trajectory has (20, 200) at step 2 and (30, 300) at step 3, and is not when one token differs."""
+    from popo.study.analysis import write_rows
+
+    run, finals = tmp_path / "grpo" / "seed-100", tmp_path / "finals"
+    run.mkdir(parents=True)
+    finals.mkdir()
+    (run / "config.yaml").write_text("algo: {name: grpo}\ntrain: {seed: 100}\n")
+    steps = [1, 2, 2, 3]
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "trained_rollouts": 10, "trained_tokens": 100}) + "\n" for s in steps))
+    fields = ("method", "seed", "step", "rows", "tokens")
+
+    def committed(tokens_at_3: int) -> None:
+        write_rows(finals / "trajectories.csv.gz", fields,
+                   [{"method": "grpo", "seed": 100, "step": 0, "rows": 0, "tokens": 0},
+                    {"method": "grpo", "seed": 100, "step": 2, "rows": 20, "tokens": 200},
+                    {"method": "grpo", "seed": 100, "step": 3, "rows": 30, "tokens": tokens_at_3},
+                    {"method": "grpo", "seed": 101, "step": 3, "rows": 99, "tokens": 999}])
+
+    committed(300)
+    assert explore.same_run(run, finals, [2, 3]) == []
+    committed(301)
+    assert explore.same_run(run, finals, [2, 3]) == [
+        f"grpo seed 100 step 3: (rows, tokens) (30, 300) in {run}, (30, 301) in the finals"]
+    assert explore.same_run(run, finals, [4]) == ["grpo seed 100: the finals' trajectories have no step 4"]

@@ -9,6 +9,9 @@ problems of c's test split) into one raw table: each problem's correct samples o
 arm's seed-mean pass@k for k = 1, 4, 16, 64, 256 (unbiased) and, for POPO, RAFT and the start, the difference from
 GRPO at s_G paired by seed and problem with two-way bootstrap intervals, from that table and c2's committed
 choice alone.
+`same-run` checks that a run trained again for the exploration (a later sitting no longer holds the finals' run
+folders) is the finals' run: the rows and tokens through forward+backward before each named step equal those the
+committed finals' trajectories record for that arm and seed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from popo.study.analysis import outcome_grids, pass_at, read_rows, two_way_bootstrap, write_rows
+from popo.tracking import read_metrics
 
 HERE = Path(__file__).resolve().parent
 OUTCOMES, FIELDS = "outcomes.csv.gz", ("method", "step", "seed", "problem", "correct", "k")
@@ -94,6 +98,32 @@ def report(folder: Path, choice: dict, *, resamples: int = 10_000) -> dict:
     return numbers
 
 
+def same_run(run_dir: Path, finals: Path, steps: list[int]) -> list[str]:
+    """How the training `run_dir` logged differs from the committed finals' trajectory of its arm and seed in the
+    rows and tokens before each of `steps`; empty when it is the same run."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    method, seed = config["algo"]["name"], int(config["train"]["seed"])
+    last = {int(r["step"]): r for r in read_metrics(run_dir / "metrics.jsonl") if "step" in r}  # resumes repeat
+    logged, rows, tokens = {0: (0, 0)}, 0, 0
+    for step in sorted(s for s in last if s > 0):
+        rows += int(last[step].get("trained_rollouts", 0))
+        tokens += int(last[step].get("trained_tokens", 0))
+        logged[step] = (rows, tokens)
+    committed = {int(r["step"]): (int(r["rows"]), int(r["tokens"]))
+                 for r in read_rows(finals / "trajectories.csv.gz", ("method", "seed", "step", "rows", "tokens"))
+                 if r["method"] == method and int(r["seed"]) == seed}
+    problems = []
+    for step in steps:
+        if step not in committed:
+            problems.append(f"{method} seed {seed}: the finals' trajectories have no step {step}")
+        elif logged.get(step) != committed[step]:
+            problems.append(f"{method} seed {seed} step {step}: (rows, tokens) {logged.get(step)} in {run_dir}, "
+                            f"{committed[step]} in the finals")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,7 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("folder", type=Path)
     r.add_argument("--choice", type=Path, default=None, help="c2's numbers.json (default: the folder above)")
     r.add_argument("--resamples", type=int, default=10_000)
+    s = sub.add_parser("same-run")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("finals", type=Path, help="c2's finals tables (task_c/c2/finals)")
+    s.add_argument("steps", type=int, nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "same-run":
+        problems = same_run(args.run_dir, args.finals, args.steps)
+        print("\n".join(problems) or f"{args.run_dir}: the finals' run (rows and tokens at {args.steps})")
+        raise SystemExit(1 if problems else 0)
     if args.command == "collect":
         print(f"{collect(args.raw, args.out)} evaluations collected into {args.out / OUTCOMES}")
         return

@@ -68,23 +68,44 @@ if [ "$PHASE" = explore ]; then  # c2's pass@256 exploration (addendum 5), once 
   evaluate() {  # NAME MODEL SEED: one evaluation, skipped when its records exist
     [ -f "$RAW/$1.records.jsonl" ] || popo eval --model "$2" "${EVAL[@]}" --seed "$3" --out "$RAW/$1.json" "${TESTBED[@]}"
   }
-  read -r s_g grpo_last grpo_config < <(python -c 'import json, sys; f = json.load(open(sys.argv[1]))["finals"]
-print(f["s_G"], max(f["s_G"], f["grpo_stop"]), f["grpo_config"])' "$DATA/numbers.json")
-  if [ "$s_g" != "$grpo_last" ]; then  # GRPO stopped at s_G: the finals' seeds 100-102 trained to s_G
-    popo compare $HERE/task_c.yaml "optim.${grpo_config}" train.steps="$s_g" train.eval_every=0 --methods grpo \
-        --seeds 3 --seed-start 100 --out "$TUNE_OUT/explore-grpo" --workers "${WORKERS:-2}" --threads 1 --no-report
-  fi
   mapfile -t PLAN < <(python $HERE/derive_c.py finals-plan "$DATA")
-  for seed in 100 101 102; do
-    evaluate "start-0-seed-$seed" "$WARM" "$seed"
-    for spec in "${PLAN[@]}"; do
-      read -r arm _ steps _ _ <<< "$spec"
-      evaluate "$arm-$steps-seed-$seed" "$TUNE_OUT/finals-$arm/$arm/seed-$seed/checkpoints/step-$(printf %06d "$steps")/policy" "$seed"
-    done
-    if [ "$s_g" != "$grpo_last" ]; then
-      evaluate "grpo-$s_g-seed-$seed" "$TUNE_OUT/explore-grpo/grpo/seed-$seed/checkpoints/step-$(printf %06d "$s_g")/policy" "$seed"
+  # Each arm's checkpoints of seeds 100-102 (at its stopping step and, for GRPO, at s_G) come from the finals' run
+  # folders when this sitting still holds them, else from the same runs trained again into explore-ARM (same
+  # configuration and seed, no test evaluation, every checkpoint kept), which must log the rows and tokens the
+  # committed finals' trajectories record before those steps (`explore_c.py same-run`).
+  source_of() {  # ARM STEP SEED: the run folder holding that checkpoint
+    local finals=$TUNE_OUT/finals-$1/$1/seed-$3
+    if [ -d "$finals/checkpoints/step-$(printf %06d "$2")/policy" ]; then echo "$finals"
+    else echo "$TUNE_OUT/explore-$1/$1/seed-$3"; fi
+  }
+  JOBS=()  # NAME MODEL SEED per evaluation
+  for spec in "${PLAN[@]}"; do
+    read -r arm config steps at _ <<< "$spec"
+    wanted=$(printf '%s\n' "$steps" ${at//,/ } | grep -vx 0 | sort -nu | tr '\n' ' ')
+    missing=0
+    for seed in 100 101 102; do for step in $wanted; do
+      [ -d "$(source_of "$arm" "$step" "$seed")/checkpoints/step-$(printf %06d "$step")/policy" ] || missing=1
+    done; done
+    if [ $missing = 1 ]; then
+      popo compare $HERE/task_c.yaml "optim.${config}" train.steps="$steps" train.eval_every=0 \
+          train.keep_last=$((steps / 100 + 1)) --methods "$arm" --seeds 3 --seed-start 100 \
+          --out "$TUNE_OUT/explore-$arm" --workers "${WORKERS:-2}" --threads 1 --no-report
     fi
+    for seed in 100 101 102; do
+      for step in $wanted; do
+        run=$(source_of "$arm" "$step" "$seed")
+        case "$run" in "$TUNE_OUT/explore-"*) python $HERE/explore_c.py same-run "$run" "$DATA/finals" $wanted ;; esac
+        JOBS+=("$arm-$step-seed-$seed $run/checkpoints/step-$(printf %06d "$step")/policy $seed")
+      done
+    done
   done
+  for seed in 100 101 102; do JOBS+=("start-0-seed-$seed $WARM $seed"); done
+  for job in "${JOBS[@]}"; do  # WORKERS evaluations at a time
+    evaluate $job &
+    while [ "$(jobs -rp | wc -l)" -ge "${WORKERS:-2}" ]; do wait -n; done
+  done
+  wait
+  [ "$(ls "$RAW"/*.records.jsonl | wc -l)" -eq ${#JOBS[@]} ] || { echo "some evaluations failed: see above" >&2; exit 1; }
   python $HERE/explore_c.py collect "$RAW" "$DATA/explore"
   python $HERE/explore_c.py report "$DATA/explore"
   exit 0
