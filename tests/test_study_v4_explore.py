@@ -91,3 +91,17 @@ def test_a_run_trained_again_is_checked_against_the_finals_rows_and_tokens(explo
     assert explore.same_run(run, finals, [2, 3]) == [
         f"grpo seed 100 step 3: (rows, tokens) (30, 300) in {run}, (30, 301) in the finals"]
     assert explore.same_run(run, finals, [4]) == ["grpo seed 100: the finals' trajectories have no step 4"]
+
+
+def test_collect_keeps_an_earlier_sittings_evaluations(explore, tmp_path):
+    """A second sitting's records replace the evaluations they repeat and keep the table's others."""
+    out = tmp_path / "explore"
+    write_records(tmp_path / "first", "popo-2000-seed-100", [1, 2])
+    write_records(tmp_path / "first", "start-0-seed-100", [0, 0])
+    assert explore.collect(tmp_path / "first", out) == 2
+    write_records(tmp_path / "second", "start-0-seed-100", [3, 3])
+    write_records(tmp_path / "second", "grpo-1500-seed-100", [5, 5])
+    assert explore.collect(tmp_path / "second", out) == 2
+    assert explore.committed(out) == {"popo-2000-seed-100", "start-0-seed-100", "grpo-1500-seed-100"}
+    found = explore.cells(explore.read_rows(out / explore.OUTCOMES, explore.FIELDS))
+    assert found[("start", 0)][0].tolist() == [[3, 3]] and found[("popo", 2000)][0].tolist() == [[1, 2]]

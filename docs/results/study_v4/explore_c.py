@@ -32,8 +32,13 @@ KS = (1, 4, 16, 64, 256)
 NAME = re.compile(r"^(?P<method>[a-z0-9_]+)-(?P<step>\d+)-seed-(?P<seed>\d+)\.records\.jsonl$")
 
 
+def _evaluation(row: dict) -> str:
+    return f"{row['method']}-{row['step']}-seed-{row['seed']}"
+
+
 def collect(raw: Path, out: Path) -> int:
-    """Every ``ARM-STEP-seed-S.records.jsonl`` in `raw` as rows of `out`/outcomes.csv.gz; the number of files."""
+    """Every ``ARM-STEP-seed-S.records.jsonl`` in `raw` as rows of `out`/outcomes.csv.gz, kept beside the rows of
+    evaluations the table already holds and `raw` does not (an earlier sitting's); the number of files read."""
     rows, files = [], sorted(p for p in raw.glob("*.records.jsonl") if NAME.match(p.name))
     for path in files:
         name = NAME.match(path.name)
@@ -44,9 +49,18 @@ def collect(raw: Path, out: Path) -> int:
             rows.append({"method": name["method"], "step": int(name["step"]), "seed": int(name["seed"]),
                          "problem": record["id"], "correct": int(sum(bool(x) for x in record["correct"])),
                          "k": len(record["correct"])})
+    fresh = {_evaluation(r) for r in rows}
+    earlier = [r for r in read_rows(out / OUTCOMES, FIELDS) if _evaluation(r) not in fresh] \
+        if (out / OUTCOMES).is_file() else []
     out.mkdir(parents=True, exist_ok=True)
-    write_rows(out / OUTCOMES, FIELDS, rows)
+    write_rows(out / OUTCOMES, FIELDS, earlier + rows)
     return len(files)
+
+
+def committed(folder: Path) -> set[str]:
+    """The evaluations (``ARM-STEP-seed-S``) the table in `folder` holds."""
+    path = folder / OUTCOMES
+    return {_evaluation(r) for r in read_rows(path, FIELDS)} if path.is_file() else set()
 
 
 def cells(rows: list[dict]) -> dict[tuple[str, int], tuple[np.ndarray, int]]:
@@ -138,7 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("run_dir", type=Path)
     s.add_argument("finals", type=Path, help="c2's finals tables (task_c/c2/finals)")
     s.add_argument("steps", type=int, nargs="+")
+    h = sub.add_parser("has", help="exit status 0 when the table in FOLDER holds evaluation NAME (ARM-STEP-seed-S)")
+    h.add_argument("folder", type=Path)
+    h.add_argument("name")
     args = parser.parse_args(argv)
+    if args.command == "has":
+        raise SystemExit(0 if args.name in committed(args.folder) else 1)
     if args.command == "same-run":
         problems = same_run(args.run_dir, args.finals, args.steps)
         print("\n".join(problems) or f"{args.run_dir}: the finals' run (rows and tokens at {args.steps})")

@@ -17,6 +17,7 @@
 #   WORKERS=2 OUT=runs/study-v4 C2=1 bash docs/results/study_v4/task_c.sh tune     # (and components)
 #   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh finals          # c2's finals (addendum 5)
 #   WORKERS=2 OUT=runs/study-v4 bash docs/results/study_v4/task_c.sh explore         # then pass@256 (addendum 5)
+# (explore runs one `explore-one` job per arm and seed; evaluations already in task_c/c2/explore are skipped)
 #
 # d (exploratory): POPO at its tuned rate with one of alpha, T_w (algo.weight_temperature) or tau moved from its
 # default (0.1, 1, 0.995) to each pre-registered value, seeds 0-2; the default's runs are POPO's tuning runs.
@@ -30,10 +31,10 @@ OUT=${OUT:-runs/study-v4}
 HERE=docs/results/study_v4
 DATA=$HERE/task_c/tuning
 TUNE_OUT=$OUT
-case "$PHASE" in extend|finals|explore) C2=1 ;; esac
+case "$PHASE" in extend|finals|explore|explore-one) C2=1 ;; esac
 if [ -n "${C2:-}" ]; then DATA=$HERE/task_c/c2; TUNE_OUT=$OUT/c2; fi
 SEEDS=0,1,2
-case "$PHASE" in tune|components|extend|finals|explore) ;;
+case "$PHASE" in tune|components|extend|finals|explore|explore-one) ;;
   *) echo "unknown phase $PHASE: tune, extend, finals, explore or components" >&2; exit 2 ;; esac
 TESTBED=(testbed.task=countdown testbed.numbers=4 testbed.max_number=20 testbed.test_size=2000
          testbed.validation_size=500)
@@ -61,53 +62,54 @@ fi
 if [ "$PHASE" = explore ]; then  # c2's pass@256 exploration (addendum 5), once c2's finals are all in
   python -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1])).get("complete"))' "$DATA/finals/numbers.json" \
       || { echo "the exploration runs once c2's finals are complete" >&2; exit 1; }
+  mkdir -p "$TUNE_OUT/explore"
+  # one job per (arm, seed) and the start's three, longest first, WORKERS at a time (`explore-one` below)
+  { python $HERE/derive_c.py finals-plan "$DATA" | sort -k3,3nr | while read -r arm config steps at _; do
+      wanted=$(printf '%s\n' "$steps" ${at//,/ } | grep -vx 0 | sort -nu | paste -sd,)
+      for seed in 100 101 102; do echo "$arm $config $steps $wanted $seed"; done
+    done
+    for seed in 100 101 102; do echo "start - 0 0 $seed"; done
+  } | xargs -P "${WORKERS:-2}" -L 1 bash "$0" explore-one || echo "some evaluations failed: collecting the rest" >&2
+  python $HERE/explore_c.py collect "$TUNE_OUT/explore" "$DATA/explore"
+  for arm_steps in start:0 $(python $HERE/derive_c.py finals-plan "$DATA" | awk '{print $1 ":" $3 "," $4}'); do
+    for step in $(echo "${arm_steps#*:}" | tr , '\n' | grep -vx 0 || echo 0); do for seed in 100 101 102; do
+      python $HERE/explore_c.py has "$DATA/explore" "${arm_steps%%:*}-$step-seed-$seed" \
+          || { echo "evaluation ${arm_steps%%:*}-$step-seed-$seed is missing: see above" >&2; exit 1; }
+    done; done
+  done
+  python $HERE/explore_c.py report "$DATA/explore"
+  exit 0
+fi
+if [ "$PHASE" = explore-one ]; then  # ARM CONFIG STEPS WANTED SEED: one seed of one arm (or the start) evaluated
+  read -r arm config steps wanted seed <<< "${*:2}"
   RAW=$TUNE_OUT/explore
-  mkdir -p "$RAW"
   EVAL=(--benchmarks testbed:test --limit 500 --samples 256 --temperature 1.0 --top-p 1.0 --max-new-tokens 48
         --template plain --zero-if-truncated)
-  evaluate() {  # NAME MODEL SEED: one evaluation, skipped when its records exist
-    [ -f "$RAW/$1.records.jsonl" ] || popo eval --model "$2" "${EVAL[@]}" --seed "$3" --out "$RAW/$1.json" "${TESTBED[@]}"
-  }
-  mapfile -t PLAN < <(python $HERE/derive_c.py finals-plan "$DATA")
-  # Each arm's checkpoints of seeds 100-102 (at its stopping step and, for GRPO, at s_G) come from the finals' run
-  # folders when this sitting still holds them, else from the same runs trained again into explore-ARM (same
-  # configuration and seed, no test evaluation, every checkpoint kept), which must log the rows and tokens the
-  # committed finals' trajectories record before those steps (`explore_c.py same-run`).
-  source_of() {  # ARM STEP SEED: the run folder holding that checkpoint
-    local finals=$TUNE_OUT/finals-$1/$1/seed-$3
-    if [ -d "$finals/checkpoints/step-$(printf %06d "$2")/policy" ]; then echo "$finals"
-    else echo "$TUNE_OUT/explore-$1/$1/seed-$3"; fi
-  }
-  JOBS=()  # NAME MODEL SEED per evaluation
-  for spec in "${PLAN[@]}"; do
-    read -r arm config steps at _ <<< "$spec"
-    wanted=$(printf '%s\n' "$steps" ${at//,/ } | grep -vx 0 | sort -nu | tr '\n' ' ')
-    missing=0
-    for seed in 100 101 102; do for step in $wanted; do
-      [ -d "$(source_of "$arm" "$step" "$seed")/checkpoints/step-$(printf %06d "$step")/policy" ] || missing=1
-    done; done
-    if [ $missing = 1 ]; then
-      popo compare $HERE/task_c.yaml "optim.${config}" train.steps="$steps" train.eval_every=0 \
-          train.keep_last=$((steps / 100 + 1)) --methods "$arm" --seeds 3 --seed-start 100 \
-          --out "$TUNE_OUT/explore-$arm" --workers "${WORKERS:-2}" --threads 1 --no-report
-    fi
-    for seed in 100 101 102; do
-      for step in $wanted; do
-        run=$(source_of "$arm" "$step" "$seed")
-        case "$run" in "$TUNE_OUT/explore-"*) python $HERE/explore_c.py same-run "$run" "$DATA/finals" $wanted ;; esac
-        JOBS+=("$arm-$step-seed-$seed $run/checkpoints/step-$(printf %06d "$step")/policy $seed")
-      done
-    done
+  todo=()
+  for step in ${wanted//,/ }; do
+    name=$arm-$step-seed-$seed
+    [ -f "$RAW/$name.records.jsonl" ] || python $HERE/explore_c.py has "$DATA/explore" "$name" || todo+=("$step")
   done
-  for seed in 100 101 102; do JOBS+=("start-0-seed-$seed $WARM $seed"); done
-  for job in "${JOBS[@]}"; do  # WORKERS evaluations at a time
-    evaluate $job &
-    while [ "$(jobs -rp | wc -l)" -ge "${WORKERS:-2}" ]; do wait -n; done
+  [ ${#todo[@]} -gt 0 ] || exit 0  # evaluated here or committed by an earlier sitting
+  if [ "$arm" = start ]; then
+    exec popo eval --model "$WARM" "${EVAL[@]}" --seed "$seed" --out "$RAW/start-0-seed-$seed.json" "${TESTBED[@]}"
+  fi
+  # the finals' run folder when this sitting still holds its checkpoints, else the same run trained again (same
+  # configuration and seed, no test evaluation, every checkpoint kept) and checked against the committed finals'
+  # rows and tokens before each evaluated step (addendum 6)
+  run=$TUNE_OUT/finals-$arm/$arm/seed-$seed
+  for step in "${todo[@]}"; do [ -d "$run/checkpoints/step-$(printf %06d "$step")/policy" ] || run=; done
+  if [ -z "$run" ]; then
+    popo compare $HERE/task_c.yaml "optim.${config}" train.steps="$steps" train.eval_every=0 \
+        train.keep_last=$((steps / 100 + 1)) --methods "$arm" --seeds 1 --seed-start "$seed" \
+        --out "$TUNE_OUT/explore-$arm-$seed" --workers 1 --threads 1 --no-report
+    run=$TUNE_OUT/explore-$arm-$seed/$arm/seed-$seed
+    python $HERE/explore_c.py same-run "$run" "$DATA/finals" ${wanted//,/ }
+  fi
+  for step in "${todo[@]}"; do
+    popo eval --model "$run/checkpoints/step-$(printf %06d "$step")/policy" "${EVAL[@]}" --seed "$seed" \
+        --out "$RAW/$arm-$step-seed-$seed.json" "${TESTBED[@]}"
   done
-  wait
-  [ "$(ls "$RAW"/*.records.jsonl | wc -l)" -eq ${#JOBS[@]} ] || { echo "some evaluations failed: see above" >&2; exit 1; }
-  python $HERE/explore_c.py collect "$RAW" "$DATA/explore"
-  python $HERE/explore_c.py report "$DATA/explore"
   exit 0
 fi
 RUN=(popo sweep $HERE/task_c.yaml train.steps="$STEPS" --workers "${WORKERS:-2}" --threads 1 --no-report)
