@@ -47,6 +47,24 @@ def test_a_copy_is_equivalent_and_a_shifted_arm_is_not_matched(b, tmp_path):
     assert raft_t["reading"] == "not at matched accuracy: no breadth claim"
     assert "popo − grpo@2000 pass@16" in numbers["secondary"] and any("| popo@2000 − grpo@1500 |" in x for x in lines)
     assert any(x.startswith("## The tests of b on v4-test (") for x in lines)
+    assert numbers["levels"]["raft@1600"]["avg@64"] == pytest.approx(float(raft.mean()) / 64, abs=1e-12)
+    assert numbers["levels"]["popo@2000"] == numbers["levels"]["grpo@1500"] and "start@0" not in numbers["levels"]
+
+
+def test_the_start_is_shown_once_over_every_arms_step_0(b, tmp_path):
+    """Two arms' step-0 evaluations of the same start, 10 and 20 correct of 64 on every problem: one start row
+    with avg@64 = (10 + 20) / 2 / 64 and 6 evaluations, pass@16 the mean of 1 − C(64 − n, 16) / C(64, 16) over
+    n = 10, 20, pass@64 1 and greedy 0 (fewer than 32 correct)."""
+    from math import comb
+
+    g = grpo_counts()
+    write(b, tmp_path, {("grpo", 0): np.full((3, 40), 10.0), ("popo", 0): np.full((3, 40), 20.0),
+                        ("grpo", 1500): g, ("grpo", 2000): g, ("popo", 2000): g, ("raft", 1600): g})
+    lines, numbers = b.tests_b(tmp_path, CHOICE, resamples=100)
+    pass16 = sum(1 - comb(64 - n, 16) / comb(64, 16) for n in (10, 20)) / 2
+    assert numbers["levels"]["start@0"] == pytest.approx({"greedy": 0.0, "avg@64": 15 / 64, "pass@16": pass16,
+                                                          "pass@64": 1.0}, abs=1e-12)
+    assert "grpo@0" not in numbers["levels"] and "| start | 0 | 6 |" in "\n".join(lines)
 
 
 def test_nothing_is_tested_until_every_seed_is_in(b, tmp_path):

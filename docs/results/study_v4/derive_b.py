@@ -56,6 +56,25 @@ def compare(x: dict, y: dict, score: str, *, margin: float = float("nan"), resam
     return two_way_bootstrap(value(x), value(y), margin=margin, resamples=resamples)
 
 
+def levels(found: dict) -> tuple[list[str], dict]:
+    """Each evaluated (arm, step)'s seed means (descriptive): greedy, avg@64, pass@16, pass@64. Every arm's step 0
+    is the same start, so step 0 is shown once, over every arm's start evaluations."""
+    scores = {"greedy": lambda c: c["greedy"], "avg@64": lambda c: c["correct"] / K,
+              "pass@16": lambda c: pass_at(c["correct"], K, 16), "pass@64": lambda c: (c["correct"] > 0).astype(float)}
+    starts = [c for (m, step), c in sorted(found.items()) if step == 0]
+    shown = ([("start", 0, starts)] if starts else []) + [(m, step, [c]) for (m, step), c in sorted(found.items())
+                                                           if step > 0]
+    lines = ["Levels (seed means over the problems; descriptive):", "",
+             "| arm | step | evaluations | " + " | ".join(scores) + " |", "|" + " --- |" * (3 + len(scores))]
+    numbers = {}
+    for m, step, group in shown:
+        level = {name: float(np.mean([f(c).mean() for c in group])) for name, f in scores.items()}
+        numbers[f"{m}@{step}"] = level
+        lines.append(f"| {m} | {step} | {sum(len(c['seeds']) for c in group)} | "
+                     + " | ".join(f"{v:.4f}" for v in level.values()) + " |")
+    return lines + [""], numbers
+
+
 def tests_b(data: Path, choice: dict, *, resamples: int = 10_000, part: str = "b on v4-test") -> tuple[list[str], dict]:
     found = cells(read_rows(data / OUTCOMES, OUTCOME_FIELDS))
     stops = {"popo": choice["s_P"], "raft": choice["raft_stop"], "grpo": choice["s_G"]}
@@ -72,7 +91,9 @@ def tests_b(data: Path, choice: dict, *, resamples: int = 10_000, part: str = "b
     p_diff, r_diff = holm([t.p_difference for t in diff.values()])
     p_equiv, r_equiv = holm([t.p_equivalence for t in diff.values()])
     p_match, r_match = holm([t.p_equivalence for t in match.values()])
-    numbers: dict = {"complete": True, "stops": stops, "grpo_last": grpo_last, "tests": {}, "secondary": {}}
+    level_lines, level_numbers = levels(found)
+    numbers: dict = {"complete": True, "stops": stops, "grpo_last": grpo_last, "tests": {}, "secondary": {},
+                     "levels": level_numbers}
     lines += [f"## The tests of {part} ({len(base['problems']):,} problems x {choice['seeds']} seeds; {resamples:,} "
               f"resamples; GRPO {choice['grpo_config']} at step {stops['grpo']})", "",
               "| comparison | pass@16 difference [95%] | Holm p (diff.) | Holm p (TOST ±0.03) | avg@64 difference [95%] "
@@ -100,7 +121,7 @@ def tests_b(data: Path, choice: dict, *, resamples: int = 10_000, part: str = "b
                                                                  "high": t.high, "p": t.p_difference}
             lines.append(f"| {m}@{stops[m]} − grpo@{step} | {score} | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}] "
                          f"| {t.p_difference:.4f} |")
-    return lines + [""], numbers
+    return lines + ["", *level_lines], numbers
 
 
 def main(argv: list[str] | None = None) -> None:
