@@ -52,7 +52,7 @@ def test_a_copy_is_equivalent_and_a_shifted_arm_is_not_matched(b, tmp_path):
 
 
 def test_the_start_is_shown_once_over_every_arms_step_0(b, tmp_path):
-    """Two arms' step-0 evaluations of the same start, 10 and 20 correct of 64 on every problem: one start row
+    """POPO's compute is the mean over its seeds' trajectories (rows 100, 300, 200). Two arms' step-0 evaluations of the same start, 10 and 20 correct of 64 on every problem: one start row
     with avg@64 = (10 + 20) / 2 / 64 and 6 evaluations, pass@16 the mean of 1 − C(64 − n, 16) / C(64, 16) over
     n = 10, 20, pass@64 1 and greedy 0 (fewer than 32 correct)."""
     from math import comb
@@ -60,10 +60,18 @@ def test_the_start_is_shown_once_over_every_arms_step_0(b, tmp_path):
     g = grpo_counts()
     write(b, tmp_path, {("grpo", 0): np.full((3, 40), 10.0), ("popo", 0): np.full((3, 40), 20.0),
                         ("grpo", 1500): g, ("grpo", 2000): g, ("popo", 2000): g, ("raft", 1600): g})
+    from popo.study.analysis import write_rows
+
+    write_rows(tmp_path / b.TRAJECTORIES, ("method", "seed", "step", "rows", "tokens", "seconds"),
+               [{"method": "popo", "seed": 100 + i, "step": 2000, "rows": r, "tokens": 10 * r, "seconds": 1.5}
+                for i, r in enumerate((100, 300, 200))])
     lines, numbers = b.tests_b(tmp_path, CHOICE, resamples=100)
     pass16 = sum(1 - comb(64 - n, 16) / comb(64, 16) for n in (10, 20)) / 2
     assert numbers["levels"]["start@0"] == pytest.approx({"greedy": 0.0, "avg@64": 15 / 64, "pass@16": pass16,
-                                                          "pass@64": 1.0}, abs=1e-12)
+                                                          "pass@64": 1.0, "rows": 0, "tokens": 0, "seconds": 0},
+                                                         abs=1e-12)
+    popo = numbers["levels"]["popo@2000"]
+    assert (popo["rows"], popo["tokens"], popo["seconds"]) == (200, 2000, 1.5)
     assert "grpo@0" not in numbers["levels"] and "| start | 0 | 6 |" in "\n".join(lines)
 
 

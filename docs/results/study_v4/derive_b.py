@@ -56,22 +56,30 @@ def compare(x: dict, y: dict, score: str, *, margin: float = float("nan"), resam
     return two_way_bootstrap(value(x), value(y), margin=margin, resamples=resamples)
 
 
-def levels(found: dict) -> tuple[list[str], dict]:
-    """Each evaluated (arm, step)'s seed means (descriptive): greedy, avg@64, pass@16, pass@64. Every arm's step 0
-    is the same start, so step 0 is shown once, over every arm's start evaluations."""
+def levels(found: dict, trajectories: list[dict] = ()) -> tuple[list[str], dict]:
+    """Each evaluated (arm, step)'s seed means (descriptive): greedy, avg@64, pass@16, pass@64 and, from the
+    trajectories' rows, the compute before that step (rows and tokens through forward+backward, training seconds
+    without evaluations). Every arm's step 0 is the same start: one row over every arm's start evaluations."""
     scores = {"greedy": lambda c: c["greedy"], "avg@64": lambda c: c["correct"] / K,
               "pass@16": lambda c: pass_at(c["correct"], K, 16), "pass@64": lambda c: (c["correct"] > 0).astype(float)}
+    spent = {}
+    for row in trajectories:
+        spent.setdefault((row["method"], int(row["step"])), []).append([row[c] for c in ("rows", "tokens", "seconds")])
     starts = [c for (m, step), c in sorted(found.items()) if step == 0]
     shown = ([("start", 0, starts)] if starts else []) + [(m, step, [c]) for (m, step), c in sorted(found.items())
                                                            if step > 0]
-    lines = ["Levels (seed means over the problems; descriptive):", "",
-             "| arm | step | evaluations | " + " | ".join(scores) + " |", "|" + " --- |" * (3 + len(scores))]
+    lines = ["Levels (seed means over the problems; descriptive; seconds: training only, one run per core of two):",
+             "", "| arm | step | evaluations | " + " | ".join(scores) + " | rows | tokens | seconds |",
+             "|" + " --- |" * (6 + len(scores))]
     numbers = {}
     for m, step, group in shown:
         level = {name: float(np.mean([f(c).mean() for c in group])) for name, f in scores.items()}
+        cost = np.mean(spent[(m, step)], axis=0) if (m, step) in spent else np.zeros(3)
+        level |= {"rows": float(cost[0]), "tokens": float(cost[1]), "seconds": float(cost[2])}
         numbers[f"{m}@{step}"] = level
         lines.append(f"| {m} | {step} | {sum(len(c['seeds']) for c in group)} | "
-                     + " | ".join(f"{v:.4f}" for v in level.values()) + " |")
+                     + " | ".join(f"{level[name]:.4f}" for name in scores)
+                     + f" | {level['rows']:,.0f} | {level['tokens']:,.0f} | {level['seconds']:,.0f} |")
     return lines + [""], numbers
 
 
@@ -91,7 +99,9 @@ def tests_b(data: Path, choice: dict, *, resamples: int = 10_000, part: str = "b
     p_diff, r_diff = holm([t.p_difference for t in diff.values()])
     p_equiv, r_equiv = holm([t.p_equivalence for t in diff.values()])
     p_match, r_match = holm([t.p_equivalence for t in match.values()])
-    level_lines, level_numbers = levels(found)
+    level_lines, level_numbers = levels(found, read_rows(data / TRAJECTORIES, ("method", "step", "rows", "tokens",
+                                                                            "seconds"))
+                                        if (data / TRAJECTORIES).is_file() else ())
     numbers: dict = {"complete": True, "stops": stops, "grpo_last": grpo_last, "tests": {}, "secondary": {},
                      "levels": level_numbers}
     lines += [f"## The tests of {part} ({len(base['problems']):,} problems x {choice['seeds']} seeds; {resamples:,} "
