@@ -107,3 +107,20 @@ def test_c2s_choice_carries_its_own_match_margin(b, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "part c2" in report and "match TOST ±0.0100" in report and "--key finals" in report
     assert "erratum to addendum 5" in report
+
+
+def test_the_docs_quote_c2s_tests_as_committed():
+    """README and docs/results.md quote c2's primary tests as the committed numbers.json gives them (derive_b.py
+    writes it from the raw tables beside it)."""
+    import json
+
+    tests = json.loads((HERE / "task_c" / "c2" / "finals" / "numbers.json").read_text())["tests"]
+    root = HERE.parents[2]
+
+    def quoted(t: dict) -> str:
+        return " ".join([f"{t['pass16']:+.3f}", f"[{t['low']:+.3f},", f"{t['high']:+.3f}]"]).replace("-", "−")
+
+    for doc in (root / "README.md", root / "docs" / "results.md"):
+        text = " ".join(doc.read_text().split())
+        assert quoted(tests["popo"]) in text and quoted(tests["raft"]) in text, doc
+    assert tests["popo"]["reading"] == tests["raft"]["reading"] == "equivalent within ±0.03"
