@@ -105,3 +105,14 @@ def test_collect_keeps_an_earlier_sittings_evaluations(explore, tmp_path):
     assert explore.committed(out) == {"popo-2000-seed-100", "start-0-seed-100", "grpo-1500-seed-100"}
     found = explore.cells(explore.read_rows(out / explore.OUTCOMES, explore.FIELDS))
     assert found[("start", 0)][0].tolist() == [[3, 3]] and found[("popo", 2000)][0].tolist() == [[1, 2]]
+
+
+def test_the_docs_quote_c2s_exploration_as_committed():
+    """docs/results.md and README quote POPO − GRPO@s_G pass@256 as the committed numbers.json gives it."""
+    numbers = json.loads((HERE / "task_c" / "c2" / "explore" / "numbers.json").read_text())
+    t = numbers["differences"]["popo@1000 pass@256"]
+    quoted = f"{t['estimate']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]".replace("-", "−")
+    root = HERE.parents[2]
+    for doc in (root / "README.md", root / "docs" / "results.md"):
+        assert quoted in " ".join(doc.read_text().split()), doc
+    assert round(numbers["levels"]["start@0"]["pass@256"], 3) == 0.863
