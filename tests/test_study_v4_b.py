@@ -52,8 +52,8 @@ def test_a_copy_is_equivalent_and_a_shifted_arm_is_not_matched(b, tmp_path):
 
 
 def test_the_start_is_shown_once_over_every_arms_step_0(b, tmp_path):
-    """POPO's compute is the mean over its seeds' trajectories (rows 100, 300, 200). Two arms' step-0 evaluations of the same start, 10 and 20 correct of 64 on every problem: one start row
-    with avg@64 = (10 + 20) / 2 / 64 and 6 evaluations, pass@16 the mean of 1 − C(64 − n, 16) / C(64, 16) over
+    """POPO's compute is the mean over its seeds' trajectories (rows 100, 300, 200). Two arms' step-0
+    evaluations of the same start, 10 and 20 correct of 64 on every problem: one start row with avg@64 = (10 + 20) / 2 / 64 and 6 evaluations, pass@16 the mean of 1 − C(64 − n, 16) / C(64, 16) over
     n = 10, 20, pass@64 1 and greedy 0 (fewer than 32 correct)."""
     from math import comb
 

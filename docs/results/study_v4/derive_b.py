@@ -37,6 +37,10 @@ MATCH, PASS_MARGIN, K = 0.028812, 0.03, 64  # v3's margin for the avg match; 3 p
 TRAJECTORIES, OUTCOMES = "trajectories.csv.gz", "outcomes.csv.gz"
 OUTCOME_FIELDS = ("task", "method", "config", "seed", "step", "problem", "greedy", "correct", "k")
 
+# per-problem scores of a cell ([seeds, problems] grids), in the levels table's column order
+SCORES = {"greedy": lambda c: c["greedy"], "avg@64": lambda c: c["correct"] / K,
+          "pass@16": lambda c: pass_at(c["correct"], K, 16), "pass@64": lambda c: (c["correct"] > 0).astype(float)}
+
 
 def cells(rows: list[dict]) -> dict[tuple[str, int], dict[str, np.ndarray]]:
     """(method, step) -> {"correct": [S, P] correct of K, "greedy": [S, P]}, seeds and problems sorted."""
@@ -51,8 +55,7 @@ def _pair(x: dict, y: dict) -> None:
 def compare(x: dict, y: dict, score: str, *, margin: float = float("nan"), resamples: int = 10_000):
     """x − y in `score` (pass@16, pass@64, avg@64 or greedy) by the two-way bootstrap."""
     _pair(x, y)
-    value = {"pass@16": lambda c: pass_at(c["correct"], K, 16), "pass@64": lambda c: (c["correct"] > 0).astype(float),
-             "avg@64": lambda c: c["correct"] / K, "greedy": lambda c: c["greedy"]}[score]
+    value = SCORES[score]
     return two_way_bootstrap(value(x), value(y), margin=margin, resamples=resamples)
 
 
@@ -60,8 +63,7 @@ def levels(found: dict, trajectories: list[dict] = ()) -> tuple[list[str], dict]
     """Each evaluated (arm, step)'s seed means (descriptive): greedy, avg@64, pass@16, pass@64 and, from the
     trajectories' rows, the compute before that step (rows and tokens through forward+backward, training seconds
     without evaluations). Every arm's step 0 is the same start: one row over every arm's start evaluations."""
-    scores = {"greedy": lambda c: c["greedy"], "avg@64": lambda c: c["correct"] / K,
-              "pass@16": lambda c: pass_at(c["correct"], K, 16), "pass@64": lambda c: (c["correct"] > 0).astype(float)}
+    scores = SCORES
     spent = {}
     for row in trajectories:
         spent.setdefault((row["method"], int(row["step"])), []).append([row[c] for c in ("rows", "tokens", "seconds")])
